@@ -1,0 +1,101 @@
+"""Classical OpenCV flow models that need no weights: DIS (Kroeger et al. 2016) and Farnebäck (2003)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .contract import FlowModel
+from .registry import ModelSpec
+
+DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+def to_gray_uint8(images: torch.Tensor) -> np.ndarray:
+    """B×3×H×W float RGB in [0, 255] → B×H×W uint8 luma (BT.601, as cv2.COLOR_RGB2GRAY)."""
+    rgb = images.detach().to("cpu", torch.float32)
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    gray = (rgb * weights).sum(1).round().clamp(0, 255)
+    return gray.to(torch.uint8).numpy()
+
+
+class OpenCVFlow(FlowModel):
+    """Runs an OpenCV dense-flow algorithm pair by pair on the CPU, whatever the input device."""
+
+    def _flow_one(self, gray0: np.ndarray, gray1: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
+        gray0, gray1 = to_gray_uint8(image0), to_gray_uint8(image1)
+        flows = np.stack([self._flow_one(a, b) for a, b in zip(gray0, gray1)])  # B×H×W×2
+        return torch.from_numpy(flows).permute(0, 3, 1, 2).to(image0.device)
+
+
+class DISFlow(OpenCVFlow):
+    """Dense Inverse Search; ``preset`` is one of ultrafast, fast, medium."""
+
+    def __init__(self, *, preset: str = "medium"):
+        super().__init__()
+        if preset not in DIS_PRESETS:
+            raise ValueError(f"DIS preset: expected one of {sorted(DIS_PRESETS)}, got {preset!r}")
+        self.preset = preset
+        self._dis = None
+
+    def _flow_one(self, gray0: np.ndarray, gray1: np.ndarray) -> np.ndarray:
+        if self._dis is None:  # created lazily: cv2 objects do not pickle, models cross Ray by value
+            self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[self.preset])
+        return self._dis.calc(gray0, gray1, None)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_dis"] = None
+        return state
+
+
+@dataclass(frozen=True)
+class FarnebackParams:
+    pyr_scale: float = 0.5
+    levels: int = 5
+    winsize: int = 15
+    iterations: int = 3
+    poly_n: int = 5
+    poly_sigma: float = 1.2
+
+
+class FarnebackFlow(OpenCVFlow):
+    """Farnebäck polynomial-expansion flow with OpenCV's recommended parameters."""
+
+    def __init__(self, **params: float):
+        super().__init__()
+        self.params = FarnebackParams(**params)
+
+    def _flow_one(self, gray0: np.ndarray, gray1: np.ndarray) -> np.ndarray:
+        p = self.params
+        return cv2.calcOpticalFlowFarneback(
+            gray0, gray1, None, p.pyr_scale, p.levels, p.winsize, p.iterations, p.poly_n, p.poly_sigma, 0
+        )
+
+
+SPECS = (
+    ModelSpec(
+        name="dis",
+        builder=DISFlow,
+        description="OpenCV Dense Inverse Search (Kroeger et al., ECCV 2016); CPU, no weights",
+        default_config={"preset": "medium"},
+        needs_weights=False,
+    ),
+    ModelSpec(
+        name="farneback",
+        builder=FarnebackFlow,
+        description="OpenCV Farnebäck polynomial expansion (SCIA 2003); CPU, no weights",
+        default_config={},
+        needs_weights=False,
+    ),
+)

@@ -1,0 +1,106 @@
+"""The one input/output convention every flow model in flowlabel follows.
+
+Images go in as float tensors B×3×H×W, RGB, values in [0, 255], any H and W.
+Flow comes out as float32 B×2×H×W in pixels of the input, frame0 → frame1,
+channel 0 = u (+x, right), channel 1 = v (+y, down).
+
+Subclasses implement :meth:`FlowModel.predict` on inputs already padded to a
+multiple of ``pad_multiple``; padding, input checks and cropping live here only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Padding:
+    """Replicate padding to a multiple of ``multiple``, and the crop that undoes it.
+
+    ``mode="sintel"`` splits the padding evenly between both sides of each axis;
+    ``mode="kitti"`` splits the width padding evenly but pads height only at the bottom,
+    as RAFT's InputPadder does for KITTI.
+    """
+
+    height: int
+    width: int
+    multiple: int
+    mode: str = "sintel"
+
+    @property
+    def pads(self) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) in pixels."""
+        ph = (-self.height) % self.multiple
+        pw = (-self.width) % self.multiple
+        if self.mode == "kitti":
+            return pw // 2, pw - pw // 2, 0, ph
+        return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        left, right, top, bottom = self.pads
+        if left == right == top == bottom == 0:
+            return x
+        return F.pad(x, (left, right, top, bottom), mode="replicate")
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        left, _, top, _ = self.pads
+        return x[..., top : top + self.height, left : left + self.width]
+
+
+def check_pair(image0: torch.Tensor, image1: torch.Tensor) -> None:
+    """Raise ValueError unless both images are float B×3×H×W of the same shape."""
+    for name, img in (("image0", image0), ("image1", image1)):
+        if not isinstance(img, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(img).__name__}")
+        if img.ndim != 4 or img.shape[1] != 3:
+            raise ValueError(f"{name}: expected shape B×3×H×W, got {tuple(img.shape)}")
+        if not img.is_floating_point():
+            raise ValueError(f"{name}: expected a float tensor with values in [0, 255], got {img.dtype}")
+    if image0.shape != image1.shape:
+        raise ValueError(f"expected image0 and image1 of the same shape, got {tuple(image0.shape)} and {tuple(image1.shape)}")
+
+
+class FlowModel(nn.Module):
+    """Base class: checks inputs, pads, calls :meth:`predict`, crops the flow back.
+
+    Class attributes a subclass may set:
+      pad_multiple: spatial size the network needs (8 for RAFT, 16/32 for GMFlow).
+      pad_mode: "sintel" (centre) or "kitti" (height padded at the bottom), as the official evaluation uses.
+      native_bidirectional: True when :meth:`bidirectional` costs one pass, not two.
+    """
+
+    pad_multiple: int = 1
+    pad_mode: str = "sintel"
+    native_bidirectional: bool = False
+
+    def predict(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
+        """Padded B×3×H×W float images in [0, 255] → B×2×H×W float flow in pixels."""
+        raise NotImplementedError
+
+    def predict_bidirectional(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward flow on padded inputs. Default: one batched call of :meth:`predict`
+        on (image0, image1) and (image1, image0) stacked along the batch axis."""
+        b = image0.shape[0]
+        flow = self.predict(torch.cat([image0, image1]), torch.cat([image1, image0]))
+        return flow[:b], flow[b:]
+
+    def _padding(self, image0: torch.Tensor) -> Padding:
+        return Padding(image0.shape[-2], image0.shape[-1], self.pad_multiple, self.pad_mode)
+
+    def forward(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
+        """B×3×H×W float RGB in [0, 255] (both frames) → B×2×H×W float32 flow, frame0 → frame1, pixels."""
+        check_pair(image0, image1)
+        padding = self._padding(image0)
+        flow = self.predict(padding.pad(image0), padding.pad(image1))
+        return padding.crop(flow).float()
+
+    def bidirectional(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward (0 → 1) and backward (1 → 0) flow, each B×2×H×W float32 in pixels."""
+        check_pair(image0, image1)
+        padding = self._padding(image0)
+        fwd, bwd = self.predict_bidirectional(padding.pad(image0), padding.pad(image1))
+        return padding.crop(fwd).float(), padding.crop(bwd).float()

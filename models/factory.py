@@ -1,0 +1,54 @@
+"""``load_model``: registry name (+ checkpoint) → a ready :class:`FlowModel` in eval mode."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .checkpoint import load_checkpoint, load_strict
+from .contract import FlowModel
+from .registry import ModelSpec, Registry
+
+
+def load_model(
+    registry: Registry,
+    name: str,
+    checkpoint: str | None = None,
+    device: str | torch.device | None = None,
+    *,
+    checkpoint_sha256: str | None = None,
+    random_init: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> FlowModel:
+    """Build ``name`` with its default config, the checkpoint's official settings, then ``overrides``.
+
+    ``checkpoint`` is a local path or fsspec URI; it is verified against ``checkpoint_sha256`` or
+    the registry's digest when either is known. A learned model without a checkpoint raises,
+    unless ``random_init=True`` (tests, speed benchmarks).
+    """
+    spec = registry[name]
+    known = spec.find_checkpoint(checkpoint) if checkpoint else None
+    config = {**spec.default_config, **(known.eval_config if known else {}), **overrides}
+    model = spec.builder(**config)
+    model.checkpoint_sha256 = ""
+    model.config = config
+    if checkpoint:
+        if not spec.needs_weights:
+            raise ValueError(f"{name} takes no checkpoint, got {checkpoint!r}")
+        _load_weights(spec, model, checkpoint, checkpoint_sha256 or (known.sha256 if known else None), storage_options)
+    elif spec.needs_weights and not random_init:
+        files = ", ".join(f"{c.filename} ({c.url})" for c in spec.checkpoints) or "none registered"
+        raise ValueError(f"{name} needs a checkpoint (official files: {files}); pass checkpoint=URI, or random_init=True")
+    model.model_name = name
+    return model.eval().to(device or "cpu")
+
+
+def _load_weights(
+    spec: ModelSpec, model: FlowModel, uri: str, sha256: str | None, storage_options: Mapping[str, Any] | None
+) -> None:
+    state, digest = load_checkpoint(uri, sha256, storage_options)
+    load_strict(model, spec.convert(state), name=uri)
+    model.checkpoint_sha256 = digest

@@ -1,0 +1,102 @@
+"""Model registry: one record per model name with its builder, default config and checkpoints.
+
+A record holds everything needed to build a model and load an official checkpoint:
+the builder (which only sets hyperparameters), the default inference config, the
+released checkpoints with their official evaluation settings and published scores,
+and the pure function that converts an official state_dict into this project's keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .contract import FlowModel
+
+StateDict = dict[str, Any]
+
+
+def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One released checkpoint of a model.
+
+    ``eval_config`` holds the official evaluation settings of this checkpoint; they are
+    applied on top of the model's ``default_config`` when it is loaded. ``published`` maps
+    a benchmark key (e.g. ``"sintel_clean_epe"``) to the number its authors report, and
+    ``source`` says where that number comes from.
+    """
+
+    name: str
+    filename: str
+    url: str
+    sha256: str | None = None
+    trained_on: str = ""
+    eval_config: Mapping[str, Any] = field(default_factory=dict)
+    published: Mapping[str, float] = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eval_config", _frozen(self.eval_config))
+        object.__setattr__(self, "published", _frozen(self.published))
+
+
+def identity(state: StateDict) -> StateDict:
+    """Converter for checkpoints whose keys already match the model."""
+    return state
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Registry record: ``builder(**config)`` returns a :class:`FlowModel` in eval mode."""
+
+    name: str
+    builder: Callable[..., FlowModel]
+    description: str
+    default_config: Mapping[str, Any] = field(default_factory=dict)
+    checkpoints: tuple[Checkpoint, ...] = ()
+    convert: Callable[[StateDict], StateDict] = identity
+    needs_weights: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "default_config", _frozen(self.default_config))
+
+    def find_checkpoint(self, uri: str | None = None, sha256: str | None = None) -> Checkpoint | None:
+        """The registry record of a checkpoint, matched by sha256 or by file name."""
+        for ckpt in self.checkpoints:
+            if sha256 and ckpt.sha256 == sha256:
+                return ckpt
+        if uri:
+            basename = uri.rstrip("/").rsplit("/", 1)[-1]
+            for ckpt in self.checkpoints:
+                if ckpt.filename == basename:
+                    return ckpt
+        return None
+
+
+class Registry(Mapping[str, ModelSpec]):
+    """Read-only mapping name → :class:`ModelSpec`; names are unique."""
+
+    def __init__(self, specs: Iterable[ModelSpec]):
+        self._specs: dict[str, ModelSpec] = {}
+        for spec in specs:
+            if spec.name in self._specs:
+                raise ValueError(f"duplicate model name {spec.name!r} in the registry")
+            self._specs[spec.name] = spec
+
+    def __getitem__(self, name: str) -> ModelSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise KeyError(f"unknown model {name!r}; expected one of {sorted(self._specs)}") from None
+
+    def __iter__(self):
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
