@@ -10,6 +10,7 @@ multiple of ``pad_multiple``; padding, input checks and cropping live here only.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -71,11 +72,20 @@ class FlowModel(nn.Module):
       pad_multiple: spatial size the network needs (8 for RAFT, 16/32 for GMFlow).
       pad_mode: "sintel" (centre) or "kitti" (height padded at the bottom), as the official evaluation uses.
       native_bidirectional: True when :meth:`bidirectional` costs one pass, not two.
+    Instance attribute set by ``load_model(precision=...)``:
+      autocast_dtype: torch.bfloat16 / torch.float16 to run :meth:`predict` under CUDA autocast;
+      None (default) runs in float32. On CPU it is ignored: flowlabel's CPU path stays float32.
     """
 
     pad_multiple: int = 1
     pad_mode: str = "sintel"
     native_bidirectional: bool = False
+    autocast_dtype: torch.dtype | None = None
+
+    def _autocast(self, x: torch.Tensor):
+        if self.autocast_dtype is None or x.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.autocast_dtype)
 
     def predict(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
         """Padded B×3×H×W float images in [0, 255] → B×2×H×W float flow in pixels."""
@@ -95,12 +105,14 @@ class FlowModel(nn.Module):
         """B×3×H×W float RGB in [0, 255] (both frames) → B×2×H×W float32 flow, frame0 → frame1, pixels."""
         check_pair(image0, image1)
         padding = self._padding(image0)
-        flow = self.predict(padding.pad(image0), padding.pad(image1))
+        with self._autocast(image0):
+            flow = self.predict(padding.pad(image0), padding.pad(image1))
         return padding.crop(flow).float()
 
     def bidirectional(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward (0 → 1) and backward (1 → 0) flow, each B×2×H×W float32 in pixels."""
         check_pair(image0, image1)
         padding = self._padding(image0)
-        fwd, bwd = self.predict_bidirectional(padding.pad(image0), padding.pad(image1))
+        with self._autocast(image0):
+            fwd, bwd = self.predict_bidirectional(padding.pad(image0), padding.pad(image1))
         return padding.crop(fwd).float(), padding.crop(bwd).float()

@@ -11,6 +11,8 @@ from .checkpoint import load_checkpoint, load_strict
 from .contract import FlowModel
 from .registry import ModelSpec, Registry
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 def load_model(
     registry: Registry,
@@ -20,6 +22,7 @@ def load_model(
     *,
     checkpoint_sha256: str | None = None,
     random_init: bool = False,
+    precision: str = "fp32",
     storage_options: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> FlowModel:
@@ -27,8 +30,11 @@ def load_model(
 
     ``checkpoint`` is a local path or fsspec URI; it is verified against ``checkpoint_sha256`` or
     the registry's digest when either is known. A learned model without a checkpoint raises,
-    unless ``random_init=True`` (tests, speed benchmarks).
+    unless ``random_init=True`` (tests, speed benchmarks). ``precision`` is "fp32", "bf16" or
+    "fp16": the latter two run the network under CUDA autocast (ignored on CPU).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {sorted(PRECISIONS)}, got {precision!r}")
     spec = registry[name]
     known = spec.find_checkpoint(checkpoint) if checkpoint else None
     config = {**spec.default_config, **(known.eval_config if known else {}), **overrides}
@@ -43,6 +49,7 @@ def load_model(
         files = ", ".join(f"{c.filename} ({c.url})" for c in spec.checkpoints) or "none registered"
         raise ValueError(f"{name} needs a checkpoint (official files: {files}); pass checkpoint=URI, or random_init=True")
     model.model_name = name
+    model.autocast_dtype = PRECISIONS[precision]
     return model.eval().to(device or "cpu")
 
 

@@ -27,7 +27,10 @@ class Checkpoint:
     """One released checkpoint of a model.
 
     ``eval_config`` holds the official evaluation settings of this checkpoint; they are
-    applied on top of the model's ``default_config`` when it is loaded. ``published`` maps
+    applied on top of the model's ``default_config`` when it is loaded. ``benchmark_config``
+    maps a benchmark name ("sintel", "kitti", "chairs", …) to the settings the official
+    evaluation uses on that benchmark only (e.g. RAFT: iters=24 and KITTI padding on
+    KITTI); the scoring job applies them on top of ``eval_config``. ``published`` maps
     a benchmark key (e.g. ``"sintel_clean_epe"``) to the number its authors report, and
     ``source`` says where that number comes from.
     """
@@ -38,11 +41,13 @@ class Checkpoint:
     sha256: str | None = None
     trained_on: str = ""
     eval_config: Mapping[str, Any] = field(default_factory=dict)
+    benchmark_config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     published: Mapping[str, float] = field(default_factory=dict)
     source: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eval_config", _frozen(self.eval_config))
+        object.__setattr__(self, "benchmark_config", _frozen({k: _frozen(v) for k, v in self.benchmark_config.items()}))
         object.__setattr__(self, "published", _frozen(self.published))
 
 
