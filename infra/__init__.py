@@ -1,0 +1,1 @@
+"""Deployment helpers and configs: the local object store (SeaweedFS), container image, cluster configs."""

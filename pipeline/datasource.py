@@ -1,0 +1,190 @@
+"""Ray Data reader: read units → blocks of frame-pair rows, one chunk of pairs per block.
+
+``read_unit`` is the plain function (tests call it without Ray); ``FramePairDatasource``
+turns each planned unit into one Ray read task. A unit's pairs are cut into chunks of at
+most ``chunk_bytes`` of frames; a chunk is the unit of labeling and of output files, so its
+boundaries are deterministic (they depend only on the source and the options).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray.data.block import BlockAccessor, BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from .decode import (DecodeOptions, DecodeReport, NoFramesError, Pair, iter_sequence_frames, iter_video_frames,
+                     make_pairs, resample)
+from .plan import ReadUnit
+from .records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, record_exception, write_record
+from .storage import filesystem
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """chunk_bytes: frame bytes (both frames of every pair) per chunk; max_chunk_pairs caps it."""
+
+    decode: DecodeOptions = DecodeOptions()
+    chunk_bytes: int = 48 * 2**20
+    max_chunk_pairs: int = 64
+
+    def chunk_pairs(self, height: int, width: int) -> int:
+        """Pairs per chunk for frames of this size (≥ 1)."""
+        return int(max(1, min(self.max_chunk_pairs, self.chunk_bytes // (2 * height * width * 3))))
+
+
+def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport,
+                    storage_options: Mapping[str, Any] | None = None) -> Iterator[Pair]:
+    """The pairs of ``unit`` in order: frame0 index in [start, stop), at most ``max_pairs`` per video."""
+    source = unit.source
+    if source.kind == "sequence":
+        fs, _ = filesystem(source.uri, storage_options)
+        last = len(source.frames) if unit.stop is None else min(len(source.frames), unit.stop + options.stride)
+        frames = iter_sequence_frames(fs.cat_file, _strip(fs, source.frames[unit.start:last]),
+                                      first_index=unit.start, max_side=options.max_side)
+        if options.fps is not None:
+            raise ValueError("--fps needs timestamps; image sequences have none")
+        yield from _limit(make_pairs(frames, options.stride, unit.first_ordinal, report), unit, options)
+        return
+    fs, path = filesystem(source.uri, storage_options)
+    time_to_index = None
+    if unit.times is not None:
+        lookup = {t: unit.start + i for i, t in enumerate(unit.times)}
+        time_to_index = lookup.get
+    with fs.open(path, "rb") as f:
+        frames = iter_video_frames(f, report, start_time=unit.seek_time, time_to_index=time_to_index,
+                                   max_side=options.max_side)
+        sampled = resample(frames, options.fps, unit.origin, unit.previous_time)
+        yield from _limit(make_pairs(sampled, options.stride, unit.first_ordinal, report), unit, options)
+
+
+def _strip(fs, uris: tuple[str, ...]) -> list[str]:
+    return [fs._strip_protocol(u) for u in uris]
+
+
+def _limit(pairs: Iterator[Pair], unit: ReadUnit, options: DecodeOptions) -> Iterator[Pair]:
+    for pair in pairs:
+        if unit.stop is not None and pair.frame0.index >= unit.stop:
+            return
+        if options.max_pairs is not None and pair.ordinal >= options.max_pairs:
+            return
+        yield pair
+
+
+def chunk_batch(pairs: list[Pair], unit: ReadUnit) -> dict[str, np.ndarray]:
+    """Rows of one chunk as a numpy batch; images N×H×W×3 uint8."""
+    source = unit.source
+    n = len(pairs)
+    first = pairs[0].frame0
+    h, w = first.image.shape[:2]
+
+    def times(which: str) -> np.ndarray:
+        values = [getattr(p, which).time for p in pairs]
+        return np.array([np.nan if t is None else t for t in values], np.float64)
+
+    return {
+        "video_id": np.full(n, source.video_id, object),
+        "source": np.full(n, source.uri, object),
+        "corpus": np.full(n, source.corpus, object),
+        "chunk": np.full(n, f"{first.index:08d}-{pairs[-1].frame0.index:08d}", object),
+        "ordinal": np.array([p.ordinal for p in pairs], np.int64),
+        "frame0": np.array([p.frame0.index for p in pairs], np.int32),
+        "frame1": np.array([p.frame1.index for p in pairs], np.int32),
+        "t0": times("frame0"),
+        "t1": times("frame1"),
+        "height": np.full(n, h, np.int32),
+        "width": np.full(n, w, np.int32),
+        "source_height": np.full(n, first.source_size[0], np.int32),
+        "source_width": np.full(n, first.source_size[1], np.int32),
+        "image0": np.stack([p.frame0.image for p in pairs]),
+        "image1": np.stack([p.frame1.image for p in pairs]),
+    }
+
+
+def read_unit(unit: ReadUnit, options: ReadOptions, storage_options: Mapping[str, Any] | None = None,
+              records: list[tuple[str, UnitRecord]] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Decode ``unit`` and yield one batch per chunk of pairs.
+
+    Never raises for bad input: failures are appended to ``records`` as (folder, record)
+    with folder ``_errors`` (the unit failed, or lost frames) or ``_skipped`` (no pairs).
+    """
+    records = [] if records is None else records
+    source = unit.source
+    report = DecodeReport()
+    chunk: list[Pair] = []
+    limit = None
+    produced = 0
+    try:
+        for pair in iter_unit_pairs(unit, options.decode, report, storage_options):
+            if chunk and (chunk[-1].frame0.image.shape != pair.frame0.image.shape
+                          or (pair.ordinal - unit.first_ordinal) % limit == 0):
+                yield chunk_batch(chunk, unit)
+                produced += len(chunk)
+                chunk = []
+            if not chunk:
+                limit = options.chunk_pairs(*pair.frame0.image.shape[:2])
+            chunk.append(pair)
+        if chunk:
+            yield chunk_batch(chunk, unit)
+            produced += len(chunk)
+    except Exception as exc:  # bad input must not stop the job: record it against the unit
+        stage = "open" if report.frames == 0 and report.decode_errors == 0 else "decode"
+        records.append((ERRORS_DIR, record_exception(source.uri, source.video_id, unit.key, stage, exc,
+                                                     storage_options)))
+        return
+    if report.decode_errors:
+        message = f"{report.decode_errors} packet(s) failed to decode and were skipped; first: {report.first_error}"
+        exc_type = "DecodeError" if produced else NoFramesError.__name__
+        if not produced:
+            message = "no pairs: " + message
+        records.append((ERRORS_DIR, UnitRecord(source.uri, source.video_id, unit.key, "decode", exc_type, message)))
+    elif report.size_changes:
+        records.append((ERRORS_DIR, UnitRecord(source.uri, source.video_id, unit.key, "pair", "FrameSizeChanged",
+                                               "; ".join(report.size_changes))))
+    elif report.frames == 0 and unit.start == 0:
+        records.append((ERRORS_DIR, UnitRecord(source.uri, source.video_id, unit.key, "decode",
+                                               NoFramesError.__name__, "no decodable frame in the source")))
+    elif produced == 0 and unit.start == 0:
+        records.append((SKIPPED_DIR, UnitRecord(
+            source.uri, source.video_id, unit.key, "pair", "NoPairs",
+            f"{report.frames} frame(s) decoded, a pair needs {options.decode.stride + 1}")))
+
+
+class FramePairDatasource(Datasource):
+    """One Ray read task per planned unit; each task yields one block per chunk of pairs and
+    writes the unit's error/skip records under ``records_out`` itself (so they survive even
+    when the unit yields no rows)."""
+
+    def __init__(self, units: list[ReadUnit], options: ReadOptions, records_out: str,
+                 storage_options: Mapping[str, Any] | None = None):
+        super().__init__()
+        self._units = units
+        self._options = options
+        self._records_out = records_out
+        self._storage_options = dict(storage_options or {})
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        tasks = []
+        for unit in self._units:
+            metadata = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(unit.source.uri,))
+            tasks.append(ReadTask(self._read_fn(unit), metadata))
+        return tasks
+
+    def _read_fn(self, unit: ReadUnit):
+        options, records_out, storage_options = self._options, self._records_out, self._storage_options
+
+        def read() -> Iterator[Any]:
+            records: list[tuple[str, UnitRecord]] = []
+            for batch in read_unit(unit, options, storage_options, records):
+                yield BlockAccessor.batch_to_block(batch)
+            for folder, record in records:
+                write_record(records_out, folder, record, storage_options)
+
+        return read

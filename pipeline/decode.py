@@ -1,0 +1,265 @@
+"""Decoding: video files (PyAV) and image sequences (OpenCV) → frames → frame pairs.
+
+Every frame is decoded once; pairs (k, k + stride) are formed from a sliding window.
+Frames are RGB uint8 H×W×3 in display orientation (rotation metadata applied).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+import av
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How frames are sampled and sized.
+
+    stride: pair frame k with frame k + stride (in sampled frames).
+    fps: resample to this rate (first frame at or after each tick); None keeps every frame.
+    max_side: downscale so that max(H, W) ≤ max_side, keeping the aspect ratio; flow is then
+        in the pixels of the resized frame.
+    max_pairs: at most this many pairs per video (the first ones).
+    """
+
+    stride: int = 1
+    fps: float | None = None
+    max_side: int | None = None
+    max_pairs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise ValueError(f"stride: expected an integer ≥ 1, got {self.stride}")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"fps: expected a positive rate, got {self.fps}")
+        if self.max_side is not None and self.max_side < 8:
+            raise ValueError(f"max_side: expected ≥ 8 pixels, got {self.max_side}")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise ValueError(f"max_pairs: expected ≥ 1, got {self.max_pairs}")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame. ``index``: 0-based presentation-order index in the source;
+    ``time``: presentation time in seconds (None for image sequences);
+    ``source_size``: (H, W) before any downscaling."""
+
+    index: int
+    time: float | None
+    image: np.ndarray
+    source_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Frames (frame0, frame1) and ``ordinal``, the pair's position among the video's pairs."""
+
+    ordinal: int
+    frame0: Frame
+    frame1: Frame
+
+
+@dataclass
+class DecodeReport:
+    """What went wrong while decoding one source, without stopping it."""
+
+    frames: int = 0
+    decode_errors: int = 0
+    first_error: str = ""
+    size_changes: list[str] = field(default_factory=list)
+
+    def add_error(self, exc: Exception) -> None:
+        self.decode_errors += 1
+        if not self.first_error:
+            self.first_error = f"{type(exc).__name__}: {exc}"
+
+
+class NoFramesError(ValueError):
+    """A source yielded no decodable frame (truncated upload, corrupt bitstream, empty file)."""
+
+
+def resize_to_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Downscale H×W×3 so that max(H, W) ≤ max_side (area interpolation); never upscales."""
+    h, w = image.shape[:2]
+    if max_side is None or max(h, w) <= max_side:
+        return image
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def display_orientation(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply a display-matrix rotation (degrees counter-clockwise, as PyAV's ``frame.rotation``)."""
+    k = (int(round(rotation / 90))) % 4
+    return np.ascontiguousarray(np.rot90(image, k)) if k else image
+
+
+# ---------------------------------------------------------------- video (PyAV)
+
+
+def open_video(fileobj: IO[bytes]) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """Open a container from a (possibly remote, seekable) file object; pick the best video stream.
+
+    ``streams.best('video')`` is what ffmpeg itself would choose: it can differ from stream 0
+    when a file holds several video streams (e.g. two renditions).
+    """
+    container = av.open(fileobj, mode="r")
+    stream = container.streams.best("video")
+    if stream is None:
+        container.close()
+        raise NoFramesError("no video stream in the container")
+    stream.thread_type = "AUTO"  # frame + slice threads: decode is the read stage's hot loop
+    return container, stream
+
+
+def video_frame_times(fileobj: IO[bytes]) -> tuple[list[float], list[int]]:
+    """Demux (without decoding) the best video stream → (sorted frame times in s, keyframe positions).
+
+    Used to plan long videos as several keyframe-aligned read tasks with exact frame indices.
+    """
+    container, stream = open_video(fileobj)
+    try:
+        entries = []
+        for packet in container.demux(stream):
+            if packet.pts is None or packet.size == 0:
+                continue
+            entries.append((packet.pts, packet.is_keyframe))
+    finally:
+        container.close()
+    entries.sort()
+    tb = float(stream.time_base)
+    return [pts * tb for pts, _ in entries], [i for i, (_, key) in enumerate(entries) if key]
+
+
+def iter_video_frames(
+    fileobj: IO[bytes],
+    report: DecodeReport,
+    *,
+    start_time: float | None = None,
+    time_to_index: Callable[[float], int | None] | None = None,
+    max_side: int | None = None,
+) -> Iterator[Frame]:
+    """Decode the best video stream in presentation order.
+
+    Without ``start_time``: from the beginning, frame index = count of decoded frames.
+    With it (a planned segment): seek to the keyframe at ``start_time``, drop earlier frames,
+    and take indices from ``time_to_index`` (built from the demuxed timestamps).
+    Corrupt packets are counted in ``report`` and skipped; decoding goes on.
+    """
+    container, stream = open_video(fileobj)
+    try:
+        tb = stream.time_base
+        if start_time is not None and start_time > 0:
+            container.seek(int(round(start_time / tb)), stream=stream, backward=True, any_frame=False)
+        count = 0
+        for frame in _decode_tolerant(container, stream, report):
+            time = float(frame.pts * tb) if frame.pts is not None else None
+            if start_time is not None and time is not None and time < start_time - 1e-6:
+                continue
+            index = time_to_index(time) if time_to_index and time is not None else count
+            count += 1
+            if index is None:
+                continue
+            image = display_orientation(frame.to_ndarray(format="rgb24"), frame.rotation)
+            source_size = image.shape[:2]
+            yield Frame(index, time, resize_to_max_side(image, max_side), source_size)
+    finally:
+        container.close()
+
+
+def _decode_tolerant(container, stream, report: DecodeReport) -> Iterator[av.VideoFrame]:
+    """Decode packet by packet so one corrupt packet costs one frame, not the video."""
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as exc:
+            report.add_error(exc)
+            continue
+        yield from frames
+
+
+# ---------------------------------------------------------------- image sequences (OpenCV)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Encoded image bytes → H×W×3 uint8 RGB. Gray is replicated, alpha dropped, 16-bit scaled to 8."""
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise ValueError("not a decodable image (expected PNG, JPEG, PPM, BMP, TIFF or WebP)")
+    if array.dtype == np.uint16:
+        array = (array.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ValueError(f"expected 8- or 16-bit image data, got {array.dtype}")
+    if array.ndim == 2:
+        return np.ascontiguousarray(np.repeat(array[:, :, None], 3, axis=2))
+    if array.shape[2] == 4:
+        return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+
+
+def iter_sequence_frames(
+    read: Callable[[str], bytes], paths: Iterable[str], *, first_index: int = 0, max_side: int | None = None
+) -> Iterator[Frame]:
+    """Decode image files in the given (already sorted) order; index = position in the sequence."""
+    for index, path in enumerate(paths, start=first_index):
+        image = decode_image(read(path))
+        yield Frame(index, None, resize_to_max_side(image, max_side), image.shape[:2])
+
+
+# ---------------------------------------------------------------- sampling and pairing
+
+
+def on_tick(time: float, previous_time: float | None, origin: float, fps: float) -> bool:
+    """True when the frame at ``time`` is the first at or after some tick origin + n / fps."""
+    tick = math.ceil((time - origin) * fps - 1e-9)
+    previous_tick = -1 if previous_time is None else math.ceil((previous_time - origin) * fps - 1e-9)
+    return tick > previous_tick
+
+
+def resample(frames: Iterable[Frame], fps: float | None, origin: float | None = None,
+             previous_time: float | None = None) -> Iterator[Frame]:
+    """Keep the first frame at or after each tick origin + n / fps (all frames when fps is None).
+
+    ``origin`` is the time of the video's first frame (default: the first frame seen);
+    ``previous_time`` the time of the frame before the first one seen (for segments).
+    """
+    if fps is None:
+        yield from frames
+        return
+    for frame in frames:
+        if frame.time is None:
+            raise ValueError("fps resampling needs timestamps; image sequences have none")
+        if origin is None:
+            origin = frame.time
+        keep = on_tick(frame.time, previous_time, origin, fps)
+        previous_time = frame.time
+        if keep:
+            yield frame
+
+
+def make_pairs(frames: Iterable[Frame], stride: int, first_ordinal: int = 0,
+               report: DecodeReport | None = None) -> Iterator[Pair]:
+    """Pairs (k, k + stride) over the sampled frames, each frame decoded once.
+
+    A change of frame size ends the window: no pair spans two sizes (recorded in ``report``).
+    """
+    window: deque[Frame] = deque(maxlen=stride + 1)
+    ordinal = first_ordinal
+    for frame in frames:
+        if report is not None:
+            report.frames += 1
+        if window and window[-1].image.shape != frame.image.shape:
+            if report is not None:
+                report.size_changes.append(
+                    f"frame size changed at frame {frame.index}: {window[-1].image.shape[:2]} → {frame.image.shape[:2]}")
+            window.clear()
+        window.append(frame)
+        if len(window) == stride + 1:
+            yield Pair(ordinal, window[0], window[-1])
+            ordinal += 1

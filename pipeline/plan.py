@@ -1,0 +1,126 @@
+"""Planning: sources → read units (a whole source, or a keyframe-aligned segment of a long one).
+
+Short sources are one unit. A video larger than ``split_bytes`` is demuxed once (no decode)
+to learn its frame times and keyframes, and cut at keyframes into segments of at least
+``segment_frames`` frames, so one long file does not serialize the job and each segment
+seeks straight to its keyframe: every frame is still decoded exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .decode import DecodeOptions, on_tick, video_frame_times
+from .sources import Source
+from .storage import filesystem
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """segment_frames: target frames per read task of a long source;
+    split_bytes: videos at most this large are never split (no planning I/O at all)."""
+
+    segment_frames: int = 1800
+    split_bytes: int = 256 * 2**20
+    probe_threads: int = 16
+
+    def __post_init__(self) -> None:
+        if self.segment_frames < 2:
+            raise ValueError(f"segment_frames: expected ≥ 2, got {self.segment_frames}")
+
+
+@dataclass(frozen=True)
+class ReadUnit:
+    """Pairs of ``source`` whose frame0 index lies in [start, stop).
+
+    For a video segment: ``seek_time`` is its keyframe, ``times`` maps frame index
+    ``start + i`` to its time (so indices are exact after a seek), ``origin`` is the
+    video's first frame time and ``previous_time`` the time of frame ``start - 1``
+    (both for fps ticks), ``first_ordinal`` the number of sampled frames before ``start``.
+    """
+
+    source: Source
+    start: int = 0
+    stop: int | None = None
+    seek_time: float | None = None
+    times: tuple[float, ...] | None = None
+    origin: float | None = None
+    previous_time: float | None = None
+    first_ordinal: int = 0
+
+    @property
+    def key(self) -> str:
+        """Deterministic name of this unit: video id and first frame index."""
+        return f"{self.source.video_id}-{self.start:08d}"
+
+
+def plan_units(
+    sources: Sequence[Source],
+    decode: DecodeOptions,
+    plan: PlanOptions = PlanOptions(),
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[ReadUnit]:
+    """One or more read units per source, in source order."""
+    def units_of(source: Source) -> list[ReadUnit]:
+        if source.kind == "sequence":
+            return _sequence_units(source, plan.segment_frames)
+        if source.size is None or source.size <= plan.split_bytes:
+            return [ReadUnit(source)]
+        return _video_units(source, decode, plan.segment_frames, storage_options)
+
+    with ThreadPoolExecutor(max(1, plan.probe_threads)) as pool:
+        return [unit for units in pool.map(units_of, sources) for unit in units]
+
+
+def _sequence_units(source: Source, segment_frames: int) -> list[ReadUnit]:
+    n = len(source.frames)
+    starts = list(range(0, max(n - 1, 1), segment_frames))
+    return [ReadUnit(source, start, starts[i + 1] if i + 1 < len(starts) else None, first_ordinal=start)
+            for i, start in enumerate(starts)]
+
+
+def _video_units(source: Source, decode: DecodeOptions, segment_frames: int,
+                 storage_options: Mapping[str, Any] | None) -> list[ReadUnit]:
+    fs, path = filesystem(source.uri, storage_options)
+    try:
+        with fs.open(path, "rb") as f:
+            times, keyframes = video_frame_times(f)
+    except Exception:
+        # Unreadable here: one unit, so the read task records the error against the source.
+        return [ReadUnit(source)]
+    starts = [0]
+    for k in keyframes:
+        if k - starts[-1] >= segment_frames:
+            starts.append(k)
+    if len(starts) == 1 or not times:
+        return [ReadUnit(source)]
+    selected_before = _selected_counts(times, decode.fps)
+    units = []
+    for i, start in enumerate(starts):
+        stop = starts[i + 1] if i + 1 < len(starts) else None
+        # Frames past ``stop`` are needed for the pairs that end after it: hand over the times
+        # up to the end of the next segment, far more than any stride needs.
+        end = starts[i + 2] if i + 2 < len(starts) else len(times)
+        units.append(ReadUnit(
+            source, start, stop,
+            seek_time=times[start] if start else None,
+            times=tuple(times[start:end]),
+            origin=times[0],
+            previous_time=times[start - 1] if start else None,
+            first_ordinal=selected_before[start],
+        ))
+    return units
+
+
+def _selected_counts(times: Sequence[float], fps: float | None) -> list[int]:
+    """counts[k] = number of frames before frame k that fps resampling keeps."""
+    counts, kept, previous = [], 0, None
+    for t in times:
+        counts.append(kept)
+        if fps is None or on_tick(t, previous, times[0], fps):
+            kept += 1
+        previous = t
+    return counts

@@ -1,0 +1,105 @@
+"""Writing labeled chunks: one Parquet and/or npz file per chunk, committed atomically.
+
+Layout under ``out``: ``corpus=<corpus>/video=<video_id>/<first frame0>-<last frame0>.parquet``
+(hive partitions, configurable). A partition column is not repeated inside the file:
+pyarrow/pandas restore it from the path when the folder is read as a dataset. npz shards
+take the same relative paths below ``out/_npz/``: pyarrow skips folders whose names start
+with '_', so ``pq.read_table(out)`` still reads the Parquet dataset alone.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .chunks import iter_chunks
+from .schema import ARRAY_COLUMNS, SCALAR_COLUMNS, to_table
+from .storage import filesystem, join, write_atomic
+
+FORMATS = ("parquet", "npz")
+NPZ_DIR = "_npz"
+PARTITION_KEYS = {"corpus": "corpus", "video": "video_id"}  # path key → column
+SUMMARY_KEYS = ("video_id", "source", "corpus", "chunk", "pairs", "pixels", "bytes_written",
+                "flow_magnitude_sum", "occluded_sum")
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    """out: output URI; formats: subset of ("parquet", "npz"); partition: path keys, in order."""
+
+    out: str
+    formats: tuple[str, ...] = ("parquet",)
+    partition: tuple[str, ...] = ("corpus", "video")
+    compression: str = "zstd"
+
+    def __post_init__(self) -> None:
+        if not self.formats or set(self.formats) - set(FORMATS):
+            raise ValueError(f"formats: expected a non-empty subset of {FORMATS}, got {self.formats}")
+        if set(self.partition) - set(PARTITION_KEYS):
+            raise ValueError(f"partition: expected keys among {sorted(PARTITION_KEYS)}, got {self.partition}")
+
+    @property
+    def excluded_columns(self) -> tuple[str, ...]:
+        """Partition columns whose path key has the column's own name (kept out of the files)."""
+        return tuple(key for key in self.partition if PARTITION_KEYS[key] == key)
+
+    def chunk_stem(self, corpus: str, video_id: str, chunk: str) -> str:
+        """Path of a chunk below ``out``, without extension."""
+        values = {"corpus": corpus, "video": video_id}
+        parts = [f"{key}={values[key]}" for key in self.partition]
+        return "/".join([*parts, chunk] if parts else [f"{video_id}-{chunk}"])
+
+
+def encode_parquet(rows: Mapping[str, np.ndarray], options: SinkOptions) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(to_table(rows, options.excluded_columns), buffer, compression=options.compression)
+    return buffer.getvalue()
+
+
+def encode_npz(rows: Mapping[str, np.ndarray]) -> bytes:
+    """The same arrays (N×H×W[×2]) and columns as the Parquet file, in one compressed npz."""
+    arrays = {name: np.asarray(rows[name], dtype=spec[0]) for name, spec in ARRAY_COLUMNS.items()}
+    arrays.update({name: np.asarray(rows[name]).astype(str) if rows[name].dtype == object else np.asarray(rows[name])
+                   for name in SCALAR_COLUMNS})
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
+                storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write one chunk in every requested format; returns a summary row."""
+    fs, root = filesystem(options.out, storage_options)
+    stem = options.chunk_stem(str(rows["corpus"][0]), str(rows["video_id"][0]), str(rows["chunk"][0]))
+    written = 0
+    for fmt in options.formats:
+        if fmt == "parquet":
+            data, path = encode_parquet(rows, options), join(root, f"{stem}.parquet")
+        else:
+            data, path = encode_npz(rows), join(root, NPZ_DIR, f"{stem}.npz")
+        write_atomic(fs, path, data)
+        written += len(data)
+    flow = np.asarray(rows["flow"], np.float32)
+    return {
+        "video_id": str(rows["video_id"][0]),
+        "source": str(rows["source"][0]),
+        "corpus": str(rows["corpus"][0]),
+        "chunk": str(rows["chunk"][0]),
+        "pairs": len(rows["frame0"]),
+        "pixels": int(np.prod(flow.shape[:3])),
+        "bytes_written": written,
+        "flow_magnitude_sum": float(np.linalg.norm(flow, axis=-1).sum()),
+        "occluded_sum": int(np.asarray(rows["occlusion"]).sum()),
+    }
+
+
+def write_batch(batch: Mapping[str, np.ndarray], options: SinkOptions,
+                storage_options: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Write every chunk in ``batch``; returns the summary rows as a numpy batch."""
+    summaries = [write_chunk(rows, options, storage_options) for rows in iter_chunks(batch)]
+    return {key: np.array([s[key] for s in summaries]) for key in SUMMARY_KEYS}

@@ -1,0 +1,92 @@
+"""All object-store and file IO goes through here: fsspec filesystems, atomic writes, secret hygiene.
+
+Credentials come from the standard AWS variables (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``) or explicit ``storage_options``; they are
+never logged, stored in manifests or put into error messages (see :func:`redact`).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+SECRET_OPTION_NAMES = frozenset({"key", "secret", "token", "password", "session_token", "aws_secret_access_key",
+                                 "aws_access_key_id", "aws_session_token", "access_key", "secret_key"})
+
+
+def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path inside it) for a local path or any fsspec URI.
+
+    For ``s3://`` an ``AWS_ENDPOINT_URL`` in the environment is honoured when the options
+    name no endpoint, so a local S3 server works with the plain AWS variables.
+    """
+    options = dict(storage_options or {})
+    protocol = fsspec.utils.get_protocol(uri)
+    if protocol in ("s3", "s3a") and "endpoint_url" not in options and os.environ.get("AWS_ENDPOINT_URL"):
+        options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+    fs, path = fsspec.core.url_to_fs(uri, **options)
+    return fs, path
+
+
+def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The URI that names ``path`` on ``fs`` (``s3://bucket/key`` or a local absolute path)."""
+    if isinstance(fs, LocalFileSystem):
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI/path parts with '/', whatever the protocol."""
+    return posixpath.join(base.rstrip("/"), *parts) if parts else base
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Make ``data`` visible at ``path`` all at once, or not at all.
+
+    Object stores: a single PUT (or completed multipart upload) is the commit, so the bytes
+    are uploaded in one call from memory, never through a streaming writer whose ``close``
+    would publish a partial object after an error. Local files: write a hidden temporary
+    file in the same folder, then rename it over the target.
+    """
+    parent = posixpath.dirname(path)
+    if isinstance(fs, LocalFileSystem):
+        fs.makedirs(parent, exist_ok=True)
+        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    fs.pipe_file(path, data)
+
+
+def redact(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of storage options safe to print or store: secret values replaced by '***'."""
+    out: dict[str, Any] = {}
+    for name, value in (options or {}).items():
+        if isinstance(value, Mapping):
+            out[name] = redact(value)
+        elif name.lower() in SECRET_OPTION_NAMES:
+            out[name] = "***"
+        else:
+            out[name] = value
+    return out
+
+
+def scrub(text: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """``text`` with any secret from the options or the AWS environment replaced by '***'."""
+    secrets = [v for k, v in (storage_options or {}).items() if k.lower() in SECRET_OPTION_NAMES and isinstance(v, str)]
+    secrets += [os.environ.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
