@@ -163,3 +163,11 @@ def _short_hash(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+if __name__ == "__main__":  # python -m jobs.label SRC... --out DST (as on a Ray cluster's working dir)
+    import sys
+
+    from .cli import main
+
+    sys.exit(main(["label", *sys.argv[1:]]))

@@ -1,0 +1,168 @@
+"""``flowlabel``: the command line. Each subcommand only parses options into a job and runs it."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .cluster import ClusterOptions
+
+EXIT_FAILED = 1
+
+# Other jobs add their subcommands here: each entry is register(subparsers), which adds a
+# parser and sets ``func`` (args → exit code) as its default.
+SUBCOMMANDS: tuple = ()
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["iters=12", "corr=on_demand"]`` → ``{"iters": 12, "corr": "on_demand"}`` (values as Python literals)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise argparse.ArgumentTypeError(f"--set: expected NAME=VALUE, got {item!r}")
+        try:
+            out[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[name] = value
+    return out
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def add_storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage-options", type=_json_object, default={},
+                        help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:8333"}\'; '
+                             "by default credentials come from the AWS_* environment variables")
+
+
+def add_model_options(parser: argparse.ArgumentParser, default_model: str = "dis") -> None:
+    parser.add_argument("--model", default=default_model, help=f"registry name (default {default_model}); "
+                                                                 "see `flowlabel models`")
+    parser.add_argument("--checkpoint", help="checkpoint path or URI (s3://, https://, …)")
+    parser.add_argument("--checkpoint-sha256", help="expected sha256 of the checkpoint file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                        help="model config override, e.g. --set iters=12 (repeatable)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="autocast dtype on GPU (CPU always runs fp32)")
+    parser.add_argument("--batch-size", type=int, default=4, help="pairs per forward pass (default 4)")
+
+
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray address (auto, ray://host:10001); default: a local Ray on 127.0.0.1")
+    parser.add_argument("--actors", type=int, help="max labeler actors (default: one per GPU)")
+    parser.add_argument("--gpus-per-actor", type=float, help="GPUs per labeler actor, e.g. 0.5 (default 1 if any)")
+
+
+def cluster_options(args: argparse.Namespace) -> ClusterOptions:
+    return ClusterOptions(address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowlabel", description="Optical-flow labeling of video at scale on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    label = sub.add_parser("label", help="label every frame pair of videos / image sequences")
+    label.add_argument("inputs", nargs="+", metavar="SRC", help="video files, folders, globs or image-sequence folders")
+    label.add_argument("--out", required=True, help="output URI (local path, s3://bucket/prefix, …)")
+    add_model_options(label)
+    label.add_argument("--stride", type=int, default=1, help="pair frame k with k+stride (default 1)")
+    label.add_argument("--fps", type=float, help="resample videos to this frame rate first")
+    label.add_argument("--max-side", type=int, help="downscale so that max(H, W) ≤ this (flow in resized pixels)")
+    label.add_argument("--max-pairs-per-video", type=int, help="label at most this many pairs per video")
+    label.add_argument("--format", choices=("parquet", "npz", "both"), default="parquet")
+    label.add_argument("--partition", default="corpus,video",
+                       help="hive partition keys, comma-separated, from {corpus, video}; 'none' for flat")
+    label.add_argument("--corpus", help="corpus name (default: last path element of each input's root)")
+    label.add_argument("--segment-frames", type=int, default=1800,
+                       help="split videos larger than --split-mb into read tasks of about this many frames")
+    label.add_argument("--split-mb", type=float, default=256.0, help="videos above this size are split (default 256)")
+    add_storage_options(label)
+    add_cluster_options(label)
+    label.set_defaults(func=cmd_label)
+
+    sub.add_parser("models", help="list the registered models and their checkpoints").set_defaults(func=cmd_models)
+    for register in SUBCOMMANDS:
+        register(sub)
+    return parser
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from pipeline.datasource import ReadOptions
+    from pipeline.decode import DecodeOptions
+    from pipeline.labeler import LabelerConfig
+    from pipeline.plan import PlanOptions
+    from pipeline.sinks import SinkOptions
+
+    from .label import LabelJob, run_label
+
+    formats = ("parquet", "npz") if args.format == "both" else (args.format,)
+    partition = () if args.partition == "none" else tuple(p.strip() for p in args.partition.split(",") if p.strip())
+    job = LabelJob(
+        inputs=tuple(args.inputs),
+        sink=SinkOptions(args.out, formats=formats, partition=partition),
+        labeler=LabelerConfig(model=args.model, checkpoint=args.checkpoint, checkpoint_sha256=args.checkpoint_sha256,
+                              overrides=parse_overrides(args.overrides), batch_size=args.batch_size,
+                              precision=args.precision),
+        read=ReadOptions(decode=DecodeOptions(stride=args.stride, fps=args.fps, max_side=args.max_side,
+                                              max_pairs=args.max_pairs_per_video)),
+        plan=PlanOptions(segment_frames=args.segment_frames, split_bytes=int(args.split_mb * 2**20)),
+        cluster=cluster_options(args),
+        corpus=args.corpus,
+        storage_options=args.storage_options,
+    )
+    result = run_label(job)
+    print(format_label_summary(result))
+    return result.exit_code
+
+
+def format_label_summary(result) -> str:
+    lines = [f"labeled {result.pairs} pairs from {result.sources} sources in {result.seconds:.1f} s "
+             f"({result.pairs_per_second:.2f} pairs/s), {result.chunks} files, {result.bytes_written / 2**20:.1f} MiB"]
+    if result.per_video:
+        lines.append(f"{'pairs':>7}  {'mean |flow| px':>14}  {'occluded':>8}  source")
+        for v in result.per_video:
+            lines.append(f"{v['pairs']:>7}  {v['mean_flow_magnitude']:>14.3f}  {v['occluded_fraction']:>7.1%}  {v['source']}")
+    for r in result.skipped:
+        lines.append(f"skipped  {r.source}: {r.message}")
+    for r in result.errors:
+        lines.append(f"FAILED   {r.source} [{r.stage}] {r.error_type}: {r.message}")
+    if result.errors:
+        lines.append(f"{len(result.errors)} input(s) failed; details in <out>/_errors/ (exit code 2)")
+    return "\n".join(lines)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from models import REGISTRY
+
+    for name in sorted(REGISTRY):
+        spec = REGISTRY[name]
+        print(f"{name:<22} {spec.description}")
+        for ckpt in spec.checkpoints:
+            print(f"{'':<24}{ckpt.filename}  ({ckpt.trained_on or 'unknown data'})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, PermissionError, KeyError) as exc:
+        print(f"flowlabel {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

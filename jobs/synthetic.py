@@ -1,0 +1,85 @@
+"""Videos with known motion, for the demo, the tests and the benchmarks.
+
+A smooth random texture translates by a constant (u, v) pixels per frame, so the true
+flow of every pair is (u·stride, v·stride) wherever the content stays in view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+# (container format, codec, pixel format, encoder options) per file suffix.
+CODECS = {
+    ".mp4": ("mp4", "libx264", "yuv420p", {"crf": "12", "preset": "veryfast"}),
+    ".webm": ("webm", "libvpx-vp9", "yuv420p", {"crf": "12", "b": "0", "deadline": "realtime", "cpu-used": "8"}),
+    ".avi": ("avi", "mjpeg", "yuvj420p", {"q:v": "2"}),
+    ".mkv": ("matroska", "libx264", "yuv420p", {"crf": "12", "preset": "veryfast"}),
+}
+
+
+@dataclass(frozen=True)
+class Motion:
+    """Constant translation of the content, pixels per frame (u right, v down)."""
+
+    u: float = 2.0
+    v: float = 1.0
+
+
+def texture(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth, well-textured RGB uint8 image (blurred noise at two scales)."""
+    rng = np.random.default_rng(seed)
+    coarse = cv2.resize(rng.random((height // 16 + 2, width // 16 + 2, 3), np.float32), (width, height),
+                        interpolation=cv2.INTER_CUBIC)
+    fine = cv2.GaussianBlur(rng.random((height, width, 3), np.float32), (0, 0), 1.5)
+    image = 0.6 * coarse + 0.4 * (fine - fine.mean()) * 4 + 0.2
+    return np.clip(image * 255, 0, 255).astype(np.uint8)
+
+
+def translating_frames(height: int, width: int, frames: int, motion: Motion, seed: int = 0) -> list[np.ndarray]:
+    """Frames whose content moves by ``motion`` per frame (sub-pixel shifts by bilinear warping)."""
+    margin = int(np.ceil(max(abs(motion.u), abs(motion.v)) * frames)) + 4
+    canvas = texture(height + 2 * margin, width + 2 * margin, seed)
+    out = []
+    for k in range(frames):
+        # Content at canvas (x, y) appears at frame (x − margin + k·u, y − margin + k·v).
+        shift = np.float32([[1, 0, -margin + k * motion.u], [0, 1, -margin + k * motion.v]])
+        out.append(cv2.warpAffine(canvas, shift, (width, height), flags=cv2.INTER_LINEAR))
+    return out
+
+
+def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 30) -> Path:
+    """Encode RGB uint8 frames with the codec chosen by the file suffix (see ``CODECS``)."""
+    path = Path(path)
+    fmt, codec, pix_fmt, options = CODECS[path.suffix.lower()]
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=fps, options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_translating_video(path: str | Path, height: int, width: int, frames: int, motion: Motion = Motion(),
+                            fps: int = 30, seed: int = 0) -> Path:
+    return write_video(path, translating_frames(height, width, frames, motion, seed), fps)
+
+
+def write_image_sequence(folder: str | Path, frames: list[np.ndarray], pattern: str = "frame_{:04d}.png",
+                         first: int = 1) -> list[Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(frames, start=first):
+        path = folder / pattern.format(i)
+        cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        paths.append(path)
+    return paths
