@@ -52,10 +52,13 @@ def translating_frames(height: int, width: int, frames: int, motion: Motion, see
     return out
 
 
-def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 30) -> Path:
-    """Encode RGB uint8 frames with the codec chosen by the file suffix (see ``CODECS``)."""
+def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 30, gop: int | None = None) -> Path:
+    """Encode RGB uint8 frames with the codec chosen by the file suffix (see ``CODECS``);
+    ``gop``: a keyframe every ``gop`` frames (H.264/VP9), to exercise keyframe-aligned splits."""
     path = Path(path)
     fmt, codec, pix_fmt, options = CODECS[path.suffix.lower()]
+    if gop is not None:
+        options = {**options, "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
     height, width = frames[0].shape[:2]
     with av.open(str(path), mode="w", format=fmt) as container:
         stream = container.add_stream(codec, rate=fps, options=options)
@@ -69,8 +72,8 @@ def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 30) -> Pa
 
 
 def write_translating_video(path: str | Path, height: int, width: int, frames: int, motion: Motion = Motion(),
-                            fps: int = 30, seed: int = 0) -> Path:
-    return write_video(path, translating_frames(height, width, frames, motion, seed), fps)
+                            fps: int = 30, seed: int = 0, gop: int | None = None) -> Path:
+    return write_video(path, translating_frames(height, width, frames, motion, seed), fps, gop)
 
 
 def write_image_sequence(folder: str | Path, frames: list[np.ndarray], pattern: str = "frame_{:04d}.png",

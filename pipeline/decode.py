@@ -133,8 +133,14 @@ def video_frame_times(fileobj: IO[bytes]) -> tuple[list[float], list[int]]:
     finally:
         container.close()
     entries.sort()
-    tb = float(stream.time_base)
-    return [pts * tb for pts, _ in entries], [i for i, (_, key) in enumerate(entries) if key]
+    return ([pts_seconds(pts, stream.time_base) for pts, _ in entries],
+            [i for i, (_, key) in enumerate(entries) if key])
+
+
+def pts_seconds(pts: int, time_base) -> float:
+    """Presentation time in seconds, computed exactly (Fraction) then rounded once, so that
+    planning (packets) and decoding (frames) get bit-identical times for one timestamp."""
+    return float(pts * time_base)
 
 
 def iter_video_frames(
@@ -159,7 +165,7 @@ def iter_video_frames(
             container.seek(int(round(start_time / tb)), stream=stream, backward=True, any_frame=False)
         count = 0
         for frame in _decode_tolerant(container, stream, report):
-            time = float(frame.pts * tb) if frame.pts is not None else None
+            time = pts_seconds(frame.pts, tb) if frame.pts is not None else None
             if start_time is not None and time is not None and time < start_time - 1e-6:
                 continue
             index = time_to_index(time) if time_to_index and time is not None else count
@@ -216,10 +222,12 @@ def iter_sequence_frames(
 
 
 def on_tick(time: float, previous_time: float | None, origin: float, fps: float) -> bool:
-    """True when the frame at ``time`` is the first at or after some tick origin + n / fps."""
-    tick = math.ceil((time - origin) * fps - 1e-9)
-    previous_tick = -1 if previous_time is None else math.ceil((previous_time - origin) * fps - 1e-9)
-    return tick > previous_tick
+    """True when the frame at ``time`` is the first at or after some tick origin + n / fps,
+    i.e. a tick falls in (previous_time, time]. The 1e-9 absorbs timestamps like 0.1 that
+    land a rounding error below their tick."""
+    if previous_time is None:
+        return True
+    return math.floor((time - origin) * fps + 1e-9) > math.floor((previous_time - origin) * fps + 1e-9)
 
 
 def resample(frames: Iterable[Frame], fps: float | None, origin: float | None = None,

@@ -71,8 +71,11 @@ def plan_units(
             return [ReadUnit(source)]
         return _video_units(source, decode, plan.segment_frames, storage_options)
 
+    def wanted(unit: ReadUnit) -> bool:  # segments past --max-pairs-per-video are never read
+        return decode.max_pairs is None or unit.first_ordinal < decode.max_pairs or unit.start == 0
+
     with ThreadPoolExecutor(max(1, plan.probe_threads)) as pool:
-        return [unit for units in pool.map(units_of, sources) for unit in units]
+        return [unit for units in pool.map(units_of, sources) for unit in units if wanted(unit)]
 
 
 def _sequence_units(source: Source, segment_frames: int) -> list[ReadUnit]:

@@ -1,0 +1,192 @@
+"""Decoding and pairing on generated videos (known content) and on the real corpus in ../shared/data/videos."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jobs.synthetic import Motion, translating_frames, write_video
+from pipeline.datasource import ReadOptions, read_unit
+from pipeline.decode import DecodeOptions, decode_image
+from pipeline.plan import PlanOptions, plan_units
+from pipeline.sources import list_sources
+
+from .conftest import BENCHMARKS, VIDEOS
+
+
+def read_all(path, decode=DecodeOptions(), plan=PlanOptions(), read=None):
+    sources, errors = list_sources([str(path)])
+    assert errors == []
+    records, batches = [], []
+    for unit in plan_units(sources, decode, plan):
+        batches += list(read_unit(unit, read or ReadOptions(decode=decode), records=records))
+    return batches, records
+
+
+def pairs_of(batches):
+    return [(int(a), int(b)) for batch in batches for a, b in zip(batch["frame0"], batch["frame1"])]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """One video per container/codec, odd sizes included: (path, frames written)."""
+    folder = tmp_path_factory.mktemp("generated")
+    specs = {"h264.mp4": (64, 96), "vp9_odd.webm": (61, 83), "mjpeg_odd.avi": (75, 99)}
+    out = {}
+    for name, (h, w) in specs.items():
+        frames = translating_frames(h, w, 9, Motion(1.0, 0.5), seed=3)
+        out[name] = (write_video(folder / name, frames), frames)
+    return out
+
+
+@pytest.mark.parametrize("name", ["h264.mp4", "vp9_odd.webm", "mjpeg_odd.avi"])
+def test_generated_video_decodes_every_frame_once_in_order(generated, name):
+    path, frames = generated[name]
+    batches, records = read_all(path)
+    assert records == []
+    assert pairs_of(batches) == [(k, k + 1) for k in range(8)]
+    batch = batches[0]
+    assert batch["image0"].dtype == np.uint8 and batch["image0"].shape == (8, *frames[0].shape)
+    # frame k+1 of pair k is frame k+1 of pair k+1's frame0: each frame decoded once, reused
+    np.testing.assert_array_equal(batch["image1"][:-1], batch["image0"][1:])
+    # lossy codecs: each decoded frame is closest to the frame encoded at its index
+    encoded = np.stack(frames).astype(int)
+    for k, image in enumerate(batch["image0"].astype(int)):
+        errors = np.abs(encoded - image).mean(axis=(1, 2, 3))
+        assert errors.argmin() == k and errors[k] < 12, errors
+    np.testing.assert_allclose(batch["t0"], np.arange(8) / 30, atol=1e-3)
+
+
+def test_stride_max_pairs_and_max_side(generated):
+    path, frames = generated["h264.mp4"]
+    batches, _ = read_all(path, DecodeOptions(stride=3, max_pairs=4, max_side=48))
+    assert pairs_of(batches) == [(0, 3), (1, 4), (2, 5), (3, 6)]
+    assert batches[0]["image0"].shape[1:] == (32, 48, 3)
+    assert (batches[0]["source_height"][0], batches[0]["source_width"][0]) == (64, 96)
+
+
+def test_fps_resampling_keeps_first_frame_at_each_tick(generated):
+    path, _ = generated["h264.mp4"]  # 30 fps, 9 frames
+    batches, _ = read_all(path, DecodeOptions(fps=10))
+    assert pairs_of(batches) == [(0, 3), (3, 6)]
+
+
+def test_chunks_cut_at_a_fixed_number_of_pairs(generated):
+    path, _ = generated["h264.mp4"]
+    pair_bytes = 2 * 64 * 96 * 3
+    batches, _ = read_all(path, read=ReadOptions(chunk_bytes=3 * pair_bytes))
+    assert [len(b["frame0"]) for b in batches] == [3, 3, 2]
+    assert [b["chunk"][0] for b in batches] == ["00000000-00000002", "00000003-00000005", "00000006-00000007"]
+
+
+def test_image_sequence_pairs_and_times(shared_data):
+    batches, records = read_all(BENCHMARKS / "Sintel" / "training" / "final" / "cave_2")
+    assert records == []
+    assert pairs_of(batches) == [(0, 1), (1, 2), (2, 3)]
+    assert np.isnan(batches[0]["t0"]).all()
+    assert batches[0]["image0"].shape == (3, 436, 1024, 3)
+
+
+@pytest.fixture(scope="module")
+def short_gop_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gop") / "gop8.mp4"
+    return write_video(path, translating_frames(32, 48, 60, Motion(1.0, 0.0)), gop=8)
+
+
+# Units planned: all pairs / at most 30 pairs (segments starting past pair 30 are not read at all).
+@pytest.mark.parametrize("video, units_expected", [("short_gop", (4, 2)), ("var_fps", (2, 1))])
+@pytest.mark.parametrize("decode", [DecodeOptions(), DecodeOptions(stride=2, fps=12), DecodeOptions(max_pairs=30)])
+def test_split_video_gives_exactly_the_pairs_of_the_whole_video(short_gop_video, video, units_expected, decode):
+    """Keyframe-aligned segments (forced small here) reproduce the unsplit pairs and times."""
+    path = short_gop_video if video == "short_gop" else VIDEOS / "var_fps_video.mp4"  # VFR, keyframes at 0, 250
+    whole, _ = read_all(path, decode)
+    split_plan = PlanOptions(segment_frames=12, split_bytes=0)
+    sources, _ = list_sources([str(path)])
+    units = plan_units(sources, decode, split_plan)
+    # short_gop: keyframes every 8 frames, segments ≥ 12 frames → 0, 16, 32, 48
+    assert len(units) == units_expected[decode.max_pairs is not None]
+    parts, records = read_all(path, decode, split_plan)
+    assert records == []
+    assert pairs_of(parts) == pairs_of(whole)
+    np.testing.assert_array_equal(np.concatenate([b["t1"] for b in parts]),
+                                  np.concatenate([b["t1"] for b in whole]))
+    np.testing.assert_array_equal(np.concatenate([b["ordinal"] for b in parts]),
+                                  np.arange(len(pairs_of(whole))))
+
+
+# Frames decoded by PyAV per file (../shared/data/videos/README.md) and display size (H, W).
+REAL = {
+    "nasa_13013.mp4": (390, (270, 480)),  # best() picks stream 3, not stream 0
+    "dolbyVision-hdr.MOV": (4, (1280, 720)),  # rotation −90: portrait when displayed
+    "big_buck_bunny_432_433.webm": (24, (720, 1280)),
+    "bear-vp9-odd-dimensions.webm": (30, (121, 161)),
+    "no_duration.webm": (74, (720, 1280)),
+    "sample_with_colr_mdcv_and_clli.mp4": (60, (1080, 1920)),
+    "vid1_camera-1.avi": (12, (747, 832)),
+    "bt601-525_480_interlaced_bff.ts": (300, (480, 720)),
+    "pigs_in_a_polka.gif": (30, (273, 314)),
+    "portrait_4k60.mp4": (18, (3840, 2160)),
+    "fire2.mp4": (25, (720, 1280)),
+    "var_fps_video.mp4": (300, (128, 128)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_corpus_one_pair_per_consecutive_frames_in_display_orientation(shared_data, name):
+    frames, size = REAL[name]
+    batches, records = read_all(VIDEOS / name, read=ReadOptions(chunk_bytes=2**40))
+    assert records == []
+    assert pairs_of(batches) == [(k, k + 1) for k in range(frames - 1)]
+    assert {b["image0"].shape[1:3] for b in batches} == {size}
+    times = np.concatenate([b["t0"] for b in batches])
+    assert np.all(np.diff(times) > 0)
+
+
+def test_rotation_matches_opencv_display_orientation(shared_data):
+    cv2 = pytest.importorskip("cv2")
+    batches, _ = read_all(VIDEOS / "fire2.mp4", DecodeOptions(max_pairs=1))
+    capture = cv2.VideoCapture(str(VIDEOS / "fire2.mp4"))  # OpenCV applies the display matrix
+    ok, bgr = capture.read()
+    assert ok
+    ours = batches[0]["image0"][0].astype(int)
+    assert np.abs(ours - bgr[:, :, ::-1].astype(int)).mean() < 3
+    assert np.abs(ours[::-1, ::-1] - bgr[:, :, ::-1].astype(int)).mean() > 20  # 180° would be visibly wrong
+
+
+@pytest.mark.parametrize("name, folder, error_type", [
+    ("broken__invalid_userdata.mp4", "_errors", "NoFramesError"),  # header, no media data
+    ("broken__invalid-bitstream.webm", "_errors", "NoFramesError"),  # every packet corrupt
+    ("bbb_sunflower_QCIF_30fps_mp4v_noaudio_1f.mp4", "_skipped", "NoPairs"),  # one frame
+])
+def test_bad_and_short_inputs_are_recorded_not_raised(shared_data, name, folder, error_type):
+    batches, records = read_all(VIDEOS / name)
+    assert batches == []
+    [(where, record)] = records
+    assert (where, record.error_type) == (folder, error_type)
+    assert record.source.endswith(name) and record.message
+
+
+def test_not_a_video_is_an_open_error(tmp_path):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is text, not a video")
+    batches, records = read_all(fake)
+    [(where, record)] = records
+    assert batches == [] and where == "_errors" and record.stage == "open"
+
+
+def test_decode_image_gray_alpha_and_16_bit():
+    cv2 = pytest.importorskip("cv2")
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    rgb = decode_image(cv2.imencode(".png", gray)[1].tobytes())
+    assert rgb.shape == (3, 4, 3) and (rgb[..., 0] == gray).all() and (rgb[..., 2] == gray).all()
+    bgra = np.dstack([np.full((2, 2), 10, np.uint8), np.full((2, 2), 20, np.uint8),
+                      np.full((2, 2), 30, np.uint8), np.full((2, 2), 40, np.uint8)])
+    assert decode_image(cv2.imencode(".png", bgra)[1].tobytes())[0, 0].tolist() == [30, 20, 10]
+    deep = np.full((2, 2), 65535, np.uint16)
+    assert decode_image(cv2.imencode(".png", deep)[1].tobytes()).max() == 255
+
+
+def test_manifest_of_corpus_matches_readme(shared_data):
+    manifest = json.loads((VIDEOS / "manifest.json").read_text())
+    assert manifest  # the corpus description that REAL above is taken from is present
