@@ -109,13 +109,14 @@ def _execute(job: LabelJob, units) -> list[dict[str, Any]]:
     so = dict(job.storage_options)
     source = FramePairDatasource(units, job.read, job.sink.out, so)
     pool, resources = actor_pool(job.cluster)
-    ds = ray.data.read_datasource(source, override_num_blocks=len(units),
-                                  ray_remote_args={"num_cpus": job.cluster.reader_cpus})
-    # max_restarts / max_task_retries: a killed labeler is restarted and its batch redone. The
-    # differing remote args also keep Ray from fusing the read into the actors, so decoding
-    # runs in CPU tasks beside the labelers instead of serially inside them.
+    # A read task holds a chunk of frames plus the decoder's buffers: telling Ray its memory
+    # keeps many 4K decodes off one node, and the differing resources keep Ray from fusing the
+    # read into the labeler actors, so decoding runs in CPU tasks beside them, not inside them.
+    ds = ray.data.read_datasource(source, override_num_blocks=len(units), num_cpus=job.cluster.reader_cpus,
+                                  memory=4 * job.read.chunk_bytes)
+    # Ray Data restarts a killed labeler actor and redoes its batch (max_restarts=-1 by default).
     ds = ds.map_batches(Labeler, fn_constructor_kwargs={"config": job.labeler, "storage_options": so},
-                        batch_size=None, compute=pool, max_restarts=-1, max_task_retries=-1, **resources)
+                        batch_size=None, compute=pool, **resources)
     ds = ds.map_batches(write_batch, fn_kwargs={"options": job.sink, "storage_options": so},
                         batch_size=None, num_cpus=job.cluster.writer_cpus)
     return [row for batch in ds.iter_batches(batch_size=None, batch_format="numpy")
