@@ -113,7 +113,7 @@ def _execute(job: LabelJob, units) -> list[dict[str, Any]]:
     # keeps many 4K decodes off one node, and the differing resources keep Ray from fusing the
     # read into the labeler actors, so decoding runs in CPU tasks beside them, not inside them.
     ds = ray.data.read_datasource(source, override_num_blocks=len(units), num_cpus=job.cluster.reader_cpus,
-                                  memory=4 * job.read.chunk_bytes)
+                                  memory=8 * job.read.chunk_bytes)
     # Ray Data restarts a killed labeler actor and redoes its batch (max_restarts=-1 by default).
     ds = ds.map_batches(Labeler, fn_constructor_kwargs={"config": job.labeler, "storage_options": so},
                         batch_size=None, compute=pool, **resources)
