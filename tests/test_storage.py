@@ -1,0 +1,46 @@
+import os
+
+import pytest
+
+from pipeline.storage import filesystem, redact, scrub, write_atomic
+
+
+def test_write_atomic_local_leaves_no_temporary_files(tmp_path):
+    fs, path = filesystem(str(tmp_path / "a" / "b.bin"))
+    write_atomic(fs, path, b"one")
+    write_atomic(fs, path, b"two")
+    assert (tmp_path / "a" / "b.bin").read_bytes() == b"two"
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.bin"]
+
+
+def test_write_atomic_local_failure_keeps_the_old_file(tmp_path, monkeypatch):
+    fs, path = filesystem(str(tmp_path / "b.bin"))
+    write_atomic(fs, path, b"old")
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(fs, path, b"new")
+    assert (tmp_path / "b.bin").read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["b.bin"]
+
+
+def test_s3_endpoint_from_environment(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    fs, path = filesystem("s3://bucket/key", {"key": "k", "secret": "s"})
+    assert path == "bucket/key"
+    assert fs.client_kwargs.get("endpoint_url") == "http://127.0.0.1:9" or \
+        fs.storage_options.get("endpoint_url") == "http://127.0.0.1:9"
+    fs2, _ = filesystem("s3://bucket/key", {"endpoint_url": "http://127.0.0.1:10", "key": "k", "secret": "s"})
+    assert fs2.storage_options["endpoint_url"] == "http://127.0.0.1:10"
+
+
+def test_redact_and_scrub(monkeypatch):
+    options = {"key": "AKIAXXXX", "secret": "s3cr3tvalue", "endpoint_url": "http://h", "client_kwargs": {"token": "t0k3n"}}
+    assert redact(options) == {"key": "***", "secret": "***", "endpoint_url": "http://h",
+                               "client_kwargs": {"token": "***"}}
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecret123")
+    text = "failed with secret s3cr3tvalue and envsecret123 at http://h"
+    assert scrub(text, options) == "failed with secret *** and *** at http://h"
