@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,10 +18,12 @@ import numpy as np
 from pipeline.datasource import FramePairDatasource, ReadOptions
 from pipeline.decode import DecodeOptions
 from pipeline.labeler import Labeler, LabelerConfig
-from pipeline.manifest import versions, write_manifest
+from pipeline.manifest import read_manifest, versions, write_manifest
 from pipeline.plan import PlanOptions, plan_units
-from pipeline.records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, read_records, write_record
-from pipeline.sinks import SinkOptions, write_batch
+from pipeline.progress import UnitTracker
+from pipeline.records import (ERRORS_DIR, SKIPPED_DIR, UnitRecord, clear_records, read_records, read_unit_markers,
+                              write_record, write_unit_marker)
+from pipeline.sinks import SinkOptions, committed_chunks, write_batch
 from pipeline.sources import list_sources
 from pipeline.storage import redact
 
@@ -71,38 +74,112 @@ class LabelResult:
         return self.pairs / self.seconds if self.seconds > 0 else math.nan
 
 
+class OutputConflictError(ValueError):
+    """``--out`` holds labels made with other settings: mixing them would be silent corruption."""
+
+
 def run_label(job: LabelJob) -> LabelResult:
-    """Label every frame pair of ``job.inputs`` into ``job.sink.out``."""
+    """Label every frame pair of ``job.inputs`` into ``job.sink.out``, exactly once.
+
+    Re-running the same job resumes: settled units are not read again, committed chunks are
+    not labeled again. A different model, checkpoint or labeling option on the same ``out``
+    raises :class:`OutputConflictError`.
+    """
     started = time.time()
     so = dict(job.storage_options)
     # Fail fast on a bad checkpoint or model name, before any data is read.
     checkpoint_sha256 = job.labeler.load("cpu", so).checkpoint_sha256
-    sources, listing_errors = list_sources(job.inputs, so, job.corpus)
-    units = plan_units(sources, job.read.decode, job.plan, so)
     manifest = _manifest(job, checkpoint_sha256, started)
-    write_manifest(job.sink.out, {**manifest, "status": "running", "sources": len(sources), "units": len(units)}, so)
+    _check_same_settings(job.sink.out, manifest, so)
+    sources, listing_errors = list_sources(job.inputs, so, job.corpus)
+    all_units = plan_units(sources, job.read.decode, job.plan, so)
+    settled = read_unit_markers(job.sink.out, so)
+    committed = committed_chunks(job.sink, so)
+    units = [replace(u, done_chunks=committed.get(u.source.video_id, frozenset()))
+             for u in all_units if u.key not in settled]
+    clear_records(job.sink.out, [u.key for u in units] + [_listing_key(e.uri) for e in listing_errors], so)
+    progress = Progress(job.sink.out, manifest, so, total=len(all_units), settled_before=len(settled))
+    progress.write("running")
     for err in listing_errors:
-        record = UnitRecord(err.uri, "", f"list-{_short_hash(err.uri)}", "list", err.error_type, err.message)
+        record = UnitRecord(err.uri, "", _listing_key(err.uri), "list", err.error_type, err.message)
         write_record(job.sink.out, ERRORS_DIR, record, so)
 
-    summaries = _execute(job, units) if units else []
-    unit_ids = {s.video_id for s in sources} | {f"list-{_short_hash(e.uri)}" for e in listing_errors}
-    errors = [r for r in read_records(job.sink.out, ERRORS_DIR, so) if r.video_id in unit_ids or r.unit in unit_ids]
-    skipped = [r for r in read_records(job.sink.out, SKIPPED_DIR, so) if r.video_id in unit_ids]
+    tracker = UnitTracker(committed, lambda unit, chunks: write_unit_marker(job.sink.out, unit, "done", chunks, so))
+    summaries = []
+    for summary in (_execute(job, units) if units else []):
+        summaries.append(summary)
+        tracker.add(summary)
+        progress.update(summary, len(tracker.settled))
+    planned = {u.key for u in all_units} | {_listing_key(e.uri) for e in listing_errors}
+    errors = [r for r in read_records(job.sink.out, ERRORS_DIR, so) if r.unit in planned]
+    skipped = [r for r in read_records(job.sink.out, SKIPPED_DIR, so) if r.unit in planned]
     result = LabelResult(
-        sources=len(sources), units=len(units), pairs=int(sum(s["pairs"] for s in summaries)),
+        sources=len(sources), units=len(all_units), pairs=int(sum(s["pairs"] for s in summaries)),
         chunks=len(summaries), bytes_written=int(sum(s["bytes_written"] for s in summaries)),
         seconds=time.time() - started, per_video=_per_video(summaries), errors=errors, skipped=skipped)
-    write_manifest(job.sink.out, {
-        **manifest, "status": "finished", "finished_at": _now(), "seconds": round(result.seconds, 3),
-        "counts": {"sources": result.sources, "units": result.units, "pairs": result.pairs,
-                   "chunks": result.chunks, "bytes_written": result.bytes_written,
-                   "errors": len(errors), "skipped": len(skipped)},
-    }, so)
+    settled_now = read_unit_markers(job.sink.out, so)
+    progress.write("finished", counts={
+        "sources": result.sources, "pairs": result.pairs, "chunks": result.chunks,
+        "bytes_written": result.bytes_written, "errors": len(errors), "skipped": len(skipped),
+        "units_total": len(all_units), "units_skipped_as_done": len(all_units) - len(units),
+        "units_done": sum(1 for u in all_units if settled_now.get(u.key, {}).get("status") in ("done", "skipped")),
+        "units_failed": sum(1 for u in all_units if u.key not in settled_now
+                            or settled_now[u.key]["status"] == "failed")})
     return result
 
 
-def _execute(job: LabelJob, units) -> list[dict[str, Any]]:
+class Progress:
+    """``_flowlabel.json`` kept current during the run (atomic replace, at most every ``every_s``)."""
+
+    def __init__(self, out: str, manifest: dict[str, Any], storage_options: Mapping[str, Any],
+                 total: int, settled_before: int, every_s: float = 10.0):
+        self._out, self._manifest, self._so = out, manifest, storage_options
+        self._total, self._before, self._every = total, settled_before, every_s
+        self._pairs, self._last = 0, 0.0
+
+    def write(self, status: str, counts: Mapping[str, Any] | None = None) -> None:
+        now = time.time()
+        body = {**self._manifest, "status": status, "updated_at": _now(),
+                "seconds": round(now - datetime.fromisoformat(self._manifest["started_at"]).timestamp(), 3)}
+        body["counts"] = dict(counts) if counts else {"units_total": self._total, "pairs": self._pairs,
+                                                      "units_done": self._before}
+        write_manifest(self._out, body, self._so)
+        self._last = now
+
+    def update(self, summary: Mapping[str, Any], settled_this_run: int) -> None:
+        self._pairs += int(summary["pairs"])
+        if time.time() - self._last >= self._every:
+            self.write("running", {"units_total": self._total, "units_done": self._before + settled_this_run,
+                                   "pairs": self._pairs})
+
+
+def fingerprint(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that decide what a row contains: they must match across runs on one ``out``."""
+    options = manifest["options"]
+    # The checkpoint counts by its digest, not by where it was read from; batch size changes no row.
+    labeler = {k: v for k, v in options["labeler"].items() if k not in ("batch_size", "checkpoint", "checkpoint_sha256")}
+    return {"model": manifest["model"], "checkpoint_sha256": manifest["checkpoint_sha256"], "labeler": labeler,
+            "read": options["read"], "plan": options["plan"],
+            "sink": {k: v for k, v in options["sink"].items() if k != "out"}, "corpus": options["corpus"]}
+
+
+def _check_same_settings(out: str, manifest: Mapping[str, Any], storage_options: Mapping[str, Any]) -> None:
+    previous = read_manifest(out, storage_options)
+    if previous is None or "options" not in previous:
+        return
+    old, new = fingerprint(previous), fingerprint(json.loads(json.dumps(manifest, default=str)))
+    if old != new:
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        details = "; ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed)
+        raise OutputConflictError(f"{out} holds labels made with other settings ({details}); "
+                                  "use a new --out, or the same settings to resume")
+
+
+def _listing_key(uri: str) -> str:
+    return f"list-{_short_hash(uri)}"
+
+
+def _execute(job: LabelJob, units) -> Iterator[dict[str, Any]]:
     import ray
 
     connect(job.cluster)
@@ -119,8 +196,8 @@ def _execute(job: LabelJob, units) -> list[dict[str, Any]]:
                         batch_size=None, compute=pool, **resources)
     ds = ds.map_batches(write_batch, fn_kwargs={"options": job.sink, "storage_options": so},
                         batch_size=None, num_cpus=job.cluster.writer_cpus)
-    return [row for batch in ds.iter_batches(batch_size=None, batch_format="numpy")
-            for row in _rows(batch)]
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        yield from _rows(batch)
 
 
 def _rows(batch: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:

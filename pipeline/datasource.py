@@ -9,7 +9,8 @@ boundaries are deterministic (they depend only on the source and the options).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from ray.data.datasource import Datasource, ReadTask
 from .decode import (DecodeOptions, DecodeReport, NoFramesError, Pair, iter_sequence_frames, iter_video_frames,
                      make_pairs, resample)
 from .plan import ReadUnit
-from .records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, record_exception, write_record
+from .records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, record_exception, write_record, write_unit_marker
 from .storage import filesystem
 
 
@@ -44,7 +45,7 @@ def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport
         fs, _ = filesystem(source.uri, storage_options)
         last = len(source.frames) if unit.stop is None else min(len(source.frames), unit.stop + options.stride)
         frames = iter_sequence_frames(fs.cat_file, _strip(fs, source.frames[unit.start:last]),
-                                      first_index=unit.start, max_side=options.max_side)
+                                      first_index=unit.start, fit=options.fit)
         if options.fps is not None:
             raise ValueError("--fps needs timestamps; image sequences have none")
         yield from _limit(make_pairs(frames, options.stride, unit.first_ordinal, report), unit, options)
@@ -56,7 +57,7 @@ def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport
         time_to_index = lookup.get
     with fs.open(path, "rb") as f:
         frames = iter_video_frames(f, report, start_time=unit.seek_time, time_to_index=time_to_index,
-                                   max_side=options.max_side)
+                                   fit=options.fit)
         sampled = resample(frames, options.fps, unit.origin, unit.previous_time)
         yield from _limit(make_pairs(sampled, options.stride, unit.first_ordinal, report), unit, options)
 
@@ -99,58 +100,122 @@ def chunk_batch(pairs: list[Pair], unit: ReadUnit) -> dict[str, np.ndarray]:
         "width": np.full(n, w, np.int32),
         "source_height": np.full(n, first.source_size[0], np.int32),
         "source_width": np.full(n, first.source_size[1], np.int32),
+        "unit": np.full(n, unit.key, object),
+        "unit_chunks": np.full(n, "", object),  # the unit's chunk list (JSON), on its last chunk only
         "image0": np.stack([p.frame0.image for p in pairs]),
         "image1": np.stack([p.frame1.image for p in pairs]),
     }
 
 
-def read_unit(unit: ReadUnit, options: ReadOptions, storage_options: Mapping[str, Any] | None = None,
-              records: list[tuple[str, UnitRecord]] | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Decode ``unit`` and yield one batch per chunk of pairs.
+@dataclass
+class UnitOutcome:
+    """What reading one unit did: its chunk names in order, how many were yielded (the rest
+    were already committed), the error/skip records, and whether it ended cleanly
+    (``finished``) or on an error that a later run could get past (``retryable``)."""
 
-    Never raises for bad input: failures are appended to ``records`` as (folder, record)
-    with folder ``_errors`` (the unit failed, or lost frames) or ``_skipped`` (no pairs).
+    chunks: list[str] = field(default_factory=list)
+    yielded: int = 0
+    records: list[tuple[str, UnitRecord]] = field(default_factory=list)
+    finished: bool = False
+    retryable: bool = False
+
+    @property
+    def status(self) -> str:
+        """done (has chunks), failed (an error and no chunks) or skipped (nothing to label)."""
+        if self.chunks:
+            return "done"
+        return "failed" if any(folder == ERRORS_DIR for folder, _ in self.records) else "skipped"
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Errors of the infrastructure (network, throttling, timeouts), not of the input: the
+    unit is left unfinished so that re-running the job tries it again."""
+    return isinstance(exc, (ConnectionError, TimeoutError)) or type(exc) is OSError
+
+
+def chunk_name(pairs: list[Pair]) -> str:
+    """First and last frame0 index of a chunk: its file name, unique within its video."""
+    return f"{pairs[0].frame0.index:08d}-{pairs[-1].frame0.index:08d}"
+
+
+def iter_unit_chunks(unit: ReadUnit, options: ReadOptions, report: DecodeReport,
+                     storage_options: Mapping[str, Any] | None = None) -> Iterator[list[Pair]]:
+    """The unit's pairs cut into chunks: a new chunk every ``chunk_pairs`` ordinals counted
+    from the unit's first ordinal, and at a change of frame size."""
+    chunk: list[Pair] = []
+    limit = 1
+    for pair in iter_unit_pairs(unit, options.decode, report, storage_options):
+        if chunk and (chunk[-1].frame0.image.shape != pair.frame0.image.shape
+                      or (pair.ordinal - unit.first_ordinal) % limit == 0):
+            yield chunk
+            chunk = []
+        if not chunk:
+            limit = options.chunk_pairs(*pair.frame0.image.shape[:2])
+        chunk.append(pair)
+    if chunk:
+        yield chunk
+
+
+def read_unit(unit: ReadUnit, options: ReadOptions, storage_options: Mapping[str, Any] | None = None,
+              outcome: UnitOutcome | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Decode ``unit`` and yield one batch per chunk not in ``unit.done_chunks``.
+
+    The last chunk is held back one step so that it can carry the unit's full chunk list
+    (column ``unit_chunks``): the driver marks the unit done once all of them are committed.
+    Never raises for bad input: failures go to ``outcome.records`` as (folder, record), with
+    folder ``_errors`` (the unit failed, or lost frames) or ``_skipped`` (no pairs).
     """
-    records = [] if records is None else records
+    outcome = UnitOutcome() if outcome is None else outcome
     source = unit.source
     report = DecodeReport()
-    chunk: list[Pair] = []
-    limit = None
-    produced = 0
+    pending = None
+    pairs_seen = 0
     try:
-        for pair in iter_unit_pairs(unit, options.decode, report, storage_options):
-            if chunk and (chunk[-1].frame0.image.shape != pair.frame0.image.shape
-                          or (pair.ordinal - unit.first_ordinal) % limit == 0):
-                yield chunk_batch(chunk, unit)
-                produced += len(chunk)
-                chunk = []
-            if not chunk:
-                limit = options.chunk_pairs(*pair.frame0.image.shape[:2])
-            chunk.append(pair)
-        if chunk:
-            yield chunk_batch(chunk, unit)
-            produced += len(chunk)
+        for pairs in iter_unit_chunks(unit, options, report, storage_options):
+            name = chunk_name(pairs)
+            outcome.chunks.append(name)
+            pairs_seen += len(pairs)
+            if pending is not None:
+                outcome.yielded += 1
+                yield pending
+            pending = None if name in unit.done_chunks else chunk_batch(pairs, unit)
     except Exception as exc:  # bad input must not stop the job: record it against the unit
         stage = "open" if report.frames == 0 and report.decode_errors == 0 else "decode"
-        records.append((ERRORS_DIR, record_exception(source.uri, source.video_id, unit.key, stage, exc,
-                                                     storage_options)))
+        outcome.records.append((ERRORS_DIR, record_exception(source.uri, source.video_id, unit.key, stage, exc,
+                                                             storage_options)))
+        outcome.retryable = is_retryable(exc)
+        if pending is not None:  # complete in itself; the unit stays unfinished and is redone later
+            outcome.yielded += 1
+            yield pending
         return
+    if pending is not None:
+        pending["unit_chunks"][:] = json.dumps(outcome.chunks)
+        outcome.yielded += 1
+        yield pending
+    outcome.finished = True
+    outcome.records += _report_records(unit, options, report, pairs_seen)
+
+
+def _report_records(unit: ReadUnit, options: ReadOptions, report: DecodeReport,
+                    pairs: int) -> list[tuple[str, UnitRecord]]:
+    source = unit.source
+
+    def record(folder: str, stage: str, error_type: str, message: str) -> tuple[str, UnitRecord]:
+        return folder, UnitRecord(source.uri, source.video_id, unit.key, stage, error_type, message)
+
     if report.decode_errors:
         message = f"{report.decode_errors} packet(s) failed to decode and were skipped; first: {report.first_error}"
-        exc_type = "DecodeError" if produced else NoFramesError.__name__
-        if not produced:
-            message = "no pairs: " + message
-        records.append((ERRORS_DIR, UnitRecord(source.uri, source.video_id, unit.key, "decode", exc_type, message)))
-    elif report.size_changes:
-        records.append((ERRORS_DIR, UnitRecord(source.uri, source.video_id, unit.key, "pair", "FrameSizeChanged",
-                                               "; ".join(report.size_changes))))
-    elif report.frames == 0 and unit.start == 0:
-        records.append((ERRORS_DIR, UnitRecord(source.uri, source.video_id, unit.key, "decode",
-                                               NoFramesError.__name__, "no decodable frame in the source")))
-    elif produced == 0 and unit.start == 0:
-        records.append((SKIPPED_DIR, UnitRecord(
-            source.uri, source.video_id, unit.key, "pair", "NoPairs",
-            f"{report.frames} frame(s) decoded, a pair needs {options.decode.stride + 1}")))
+        if not pairs:
+            return [record(ERRORS_DIR, "decode", NoFramesError.__name__, "no pairs: " + message)]
+        return [record(ERRORS_DIR, "decode", "DecodeError", message)]
+    if report.size_changes:
+        return [record(ERRORS_DIR, "pair", "FrameSizeChanged", "; ".join(report.size_changes))]
+    if report.frames == 0 and unit.start == 0:
+        return [record(ERRORS_DIR, "decode", NoFramesError.__name__, "no decodable frame in the source")]
+    if pairs == 0 and unit.start == 0:
+        return [record(SKIPPED_DIR, "pair", "NoPairs",
+                       f"{report.frames} frame(s) decoded, a pair needs {options.decode.stride + 1}")]
+    return []
 
 
 class FramePairDatasource(Datasource):
@@ -181,10 +246,14 @@ class FramePairDatasource(Datasource):
         options, records_out, storage_options = self._options, self._records_out, self._storage_options
 
         def read() -> Iterator[Any]:
-            records: list[tuple[str, UnitRecord]] = []
-            for batch in read_unit(unit, options, storage_options, records):
+            outcome = UnitOutcome()
+            for batch in read_unit(unit, options, storage_options, outcome):
                 yield BlockAccessor.batch_to_block(batch)
-            for folder, record in records:
+            for folder, record in outcome.records:
                 write_record(records_out, folder, record, storage_options)
+            if outcome.yielded == 0 and (outcome.finished or not outcome.retryable):
+                # Nothing reaches the writers (no pairs, a bad input, or every chunk already
+                # committed): the unit is settled here.
+                write_unit_marker(records_out, unit.key, outcome.status, outcome.chunks, storage_options)
 
         return read

@@ -26,12 +26,16 @@ class DecodeOptions:
     max_side: downscale so that max(H, W) ≤ max_side, keeping the aspect ratio; flow is then
         in the pixels of the resized frame.
     max_pairs: at most this many pairs per video (the first ones).
+    max_pixels: frames with more pixels than this (after max_side) are downscaled to fit
+        (``oversize="downscale"``) or make the source fail (``oversize="reject"``).
     """
 
     stride: int = 1
     fps: float | None = None
     max_side: int | None = None
     max_pairs: int | None = None
+    max_pixels: int | None = None
+    oversize: str = "downscale"
 
     def __post_init__(self) -> None:
         if self.stride < 1:
@@ -42,6 +46,22 @@ class DecodeOptions:
             raise ValueError(f"max_side: expected ≥ 8 pixels, got {self.max_side}")
         if self.max_pairs is not None and self.max_pairs < 1:
             raise ValueError(f"max_pairs: expected ≥ 1, got {self.max_pairs}")
+        if self.max_pixels is not None and self.max_pixels < 64:
+            raise ValueError(f"max_pixels: expected ≥ 64, got {self.max_pixels}")
+        if self.oversize not in ("downscale", "reject"):
+            raise ValueError(f"oversize: expected 'downscale' or 'reject', got {self.oversize!r}")
+
+    def fit(self, image: np.ndarray) -> np.ndarray:
+        """Apply ``max_side`` then ``max_pixels`` to one H×W×3 frame."""
+        image = resize_to_max_side(image, self.max_side)
+        h, w = image.shape[:2]
+        if self.max_pixels is None or h * w <= self.max_pixels:
+            return image
+        if self.oversize == "reject":
+            raise FrameTooLargeError(f"frame of {w}×{h} = {w * h} pixels, expected at most {self.max_pixels} "
+                                     "(--max-pixels; use --oversize downscale to resize instead)")
+        scale = (self.max_pixels / (h * w)) ** 0.5
+        return resize_to_max_side(image, max(8, int(max(h, w) * scale)))
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,10 @@ class DecodeReport:
 
 class NoFramesError(ValueError):
     """A source yielded no decodable frame (truncated upload, corrupt bitstream, empty file)."""
+
+
+class FrameTooLargeError(ValueError):
+    """A frame exceeds ``max_pixels`` and the options say to reject it."""
 
 
 def resize_to_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
@@ -149,14 +173,15 @@ def iter_video_frames(
     *,
     start_time: float | None = None,
     time_to_index: Callable[[float], int | None] | None = None,
-    max_side: int | None = None,
+    fit: Callable[[np.ndarray], np.ndarray] = lambda image: image,
 ) -> Iterator[Frame]:
     """Decode the best video stream in presentation order.
 
     Without ``start_time``: from the beginning, frame index = count of decoded frames.
     With it (a planned segment): seek to the keyframe at ``start_time``, drop earlier frames,
     and take indices from ``time_to_index`` (built from the demuxed timestamps).
-    Corrupt packets are counted in ``report`` and skipped; decoding goes on.
+    Corrupt packets are counted in ``report`` and skipped; decoding goes on. ``fit`` sizes each
+    frame (see :meth:`DecodeOptions.fit`).
     """
     container, stream = open_video(fileobj)
     try:
@@ -174,7 +199,7 @@ def iter_video_frames(
                 continue
             image = display_orientation(frame.to_ndarray(format="rgb24"), frame.rotation)
             source_size = image.shape[:2]
-            yield Frame(index, time, resize_to_max_side(image, max_side), source_size)
+            yield Frame(index, time, fit(image), source_size)
     finally:
         container.close()
 
@@ -210,12 +235,13 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 def iter_sequence_frames(
-    read: Callable[[str], bytes], paths: Iterable[str], *, first_index: int = 0, max_side: int | None = None
+    read: Callable[[str], bytes], paths: Iterable[str], *, first_index: int = 0,
+    fit: Callable[[np.ndarray], np.ndarray] = lambda image: image,
 ) -> Iterator[Frame]:
     """Decode image files in the given (already sorted) order; index = position in the sequence."""
     for index, path in enumerate(paths, start=first_index):
         image = decode_image(read(path))
-        yield Frame(index, None, resize_to_max_side(image, max_side), image.shape[:2])
+        yield Frame(index, None, fit(image), image.shape[:2])
 
 
 # ---------------------------------------------------------------- sampling and pairing

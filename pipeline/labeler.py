@@ -21,6 +21,7 @@ from .chunks import iter_chunks
 from .consistency import ConsistencyParams, consistency
 
 IMAGE_COLUMNS = ("image0", "image1")
+_TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,18 @@ def _to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 @torch.inference_mode()
 def label_pairs(model: FlowModel, image0: np.ndarray, image1: np.ndarray, batch_size: int = 4,
-                params: ConsistencyParams = ConsistencyParams()) -> dict[str, np.ndarray]:
-    """N×H×W×3 uint8 RGB pairs → {'flow': N×H×W×2 float16 (pixels, frame0 → frame1),
-    'occlusion': N×H×W uint8 (1 = occluded or leaves the frame), 'confidence': N×H×W float16 in (0, 1]}."""
+                params: ConsistencyParams = ConsistencyParams(),
+                out_dtype: np.dtype | type = np.float16) -> dict[str, np.ndarray]:
+    """N×H×W×3 uint8 RGB pairs → {'flow': N×H×W×2 (pixels, frame0 → frame1),
+    'occlusion': N×H×W uint8 (1 = occluded or leaves the frame), 'confidence': N×H×W in (0, 1]}.
+
+    Flow and confidence are float16 by default (the output contract); scoring passes
+    ``out_dtype=np.float32`` so metrics see the model's float32 flow, not a rounded copy.
+    """
+    out_dtype = np.dtype(out_dtype)
+    if out_dtype not in _TORCH_DTYPES:
+        raise ValueError(f"out_dtype: expected float16 or float32, got {out_dtype}")
+    dtype = _TORCH_DTYPES[out_dtype]  # converted on the device: float16 halves the bytes copied back
     if image0.shape != image1.shape or image0.ndim != 4 or image0.shape[-1] != 3 or image0.dtype != np.uint8:
         raise ValueError(f"expected two uint8 arrays N×H×W×3 of one shape, got {image0.shape} {image0.dtype} "
                          f"and {image1.shape} {image1.dtype}")
@@ -87,9 +97,9 @@ def label_pairs(model: FlowModel, image0: np.ndarray, image1: np.ndarray, batch_
         b = _to_device(image1[start:start + batch_size], device)
         forward, backward = model.bidirectional(a, b)
         occlusion, confidence = consistency(forward, backward, params)
-        outputs["flow"].append(forward.permute(0, 2, 3, 1).half().cpu().numpy())
+        outputs["flow"].append(forward.permute(0, 2, 3, 1).to(dtype).cpu().numpy())
         outputs["occlusion"].append(occlusion.to(torch.uint8).cpu().numpy())
-        outputs["confidence"].append(confidence.half().cpu().numpy())
+        outputs["confidence"].append(confidence.to(dtype).cpu().numpy())
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
 

@@ -40,6 +40,7 @@ class ReadUnit:
     ``start + i`` to its time (so indices are exact after a seek), ``origin`` is the
     video's first frame time and ``previous_time`` the time of frame ``start - 1``
     (both for fps ticks), ``first_ordinal`` the number of sampled frames before ``start``.
+    ``done_chunks``: chunks of this video already committed by an earlier run (not redone).
     """
 
     source: Source
@@ -50,6 +51,7 @@ class ReadUnit:
     origin: float | None = None
     previous_time: float | None = None
     first_ordinal: int = 0
+    done_chunks: frozenset[str] = frozenset()
 
     @property
     def key(self) -> str:

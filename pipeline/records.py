@@ -6,7 +6,8 @@ per unit and stage, with a deterministic name, so retries overwrite instead of d
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from .storage import filesystem, join, scrub, write_atomic
 
 ERRORS_DIR = "_errors"
 SKIPPED_DIR = "_skipped"
+UNITS_DIR = "_units"  # one marker per settled unit: re-runs skip it at planning time
 
 
 @dataclass(frozen=True)
@@ -59,3 +61,34 @@ def read_records(out: str, folder: str, storage_options: Mapping[str, Any] | Non
             with fs.open(path, "rb") as f:
                 records += [UnitRecord(**row) for row in pq.read_table(f).to_pylist()]
     return records
+
+
+def write_unit_marker(out: str, unit: str, status: str, chunks: list[str],
+                      storage_options: Mapping[str, Any] | None = None) -> None:
+    """Mark ``unit`` settled (status done | failed | skipped) with the chunk files it consists of."""
+    fs, root = filesystem(out, storage_options)
+    data = json.dumps({"unit": unit, "status": status, "chunks": chunks}).encode()
+    write_atomic(fs, join(root, UNITS_DIR, f"{unit}.json"), data)
+
+
+def read_unit_markers(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """unit key → marker, for every unit settled under ``out``."""
+    fs, root = filesystem(out, storage_options)
+    base = join(root, UNITS_DIR)
+    if not fs.exists(base):
+        return {}
+    paths = [p for p in fs.find(base) if p.endswith(".json")]
+    return {m["unit"]: m for m in (json.loads(data) for data in fs.cat(paths).values())} if paths else {}
+
+
+def clear_records(out: str, units: Iterable[str], storage_options: Mapping[str, Any] | None = None) -> None:
+    """Delete the error/skip records of ``units`` before they run again (a fixed input must not
+    keep reporting its old failure)."""
+    fs, root = filesystem(out, storage_options)
+    prefixes = tuple(f"{unit}-" for unit in units)
+    for folder in (ERRORS_DIR, SKIPPED_DIR):
+        base = join(root, folder)
+        if prefixes and fs.exists(base):
+            stale = [p for p in fs.find(base) if p.rsplit("/", 1)[-1].startswith(prefixes)]
+            if stale:
+                fs.rm(stale)

@@ -24,8 +24,8 @@ from .storage import filesystem, join, write_atomic
 FORMATS = ("parquet", "npz")
 NPZ_DIR = "_npz"
 PARTITION_KEYS = {"corpus": "corpus", "video": "video_id"}  # path key → column
-SUMMARY_KEYS = ("video_id", "source", "corpus", "chunk", "pairs", "pixels", "bytes_written",
-                "flow_magnitude_sum", "occluded_sum")
+SUMMARY_KEYS = ("video_id", "source", "corpus", "chunk", "unit", "unit_chunks", "pairs", "pixels",
+                "bytes_written", "flow_magnitude_sum", "occluded_sum")
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,28 @@ class SinkOptions:
         """Partition columns whose path key has the column's own name (kept out of the files)."""
         return tuple(key for key in self.partition if PARTITION_KEYS[key] == key)
 
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        return tuple(f".{fmt}" for fmt in self.formats)
+
+    def parse_stem(self, relative: str) -> tuple[str, str] | None:
+        """(video_id, chunk) of a data file path relative to ``out`` (npz paths without ``_npz/``)."""
+        parts = relative.split("/")
+        if len(parts) != len(self.partition) + 1:
+            return None
+        stem = parts[-1].rsplit(".", 1)[0]
+        if "video" not in self.partition:
+            video_id, _, chunk = stem.partition("-")
+            return video_id, chunk
+        values = dict(p.split("=", 1) for p in parts[:-1] if "=" in p)
+        return (values["video"], stem) if "video" in values else None
+
     def chunk_stem(self, corpus: str, video_id: str, chunk: str) -> str:
-        """Path of a chunk below ``out``, without extension."""
+        """Path of a chunk below ``out``, without extension; the video id is in the path
+        (``video=`` partition) or, without that partition, in the file name."""
         values = {"corpus": corpus, "video": video_id}
         parts = [f"{key}={values[key]}" for key in self.partition]
-        return "/".join([*parts, chunk] if parts else [f"{video_id}-{chunk}"])
+        return "/".join([*parts, chunk if "video" in self.partition else f"{video_id}-{chunk}"])
 
 
 def encode_parquet(rows: Mapping[str, np.ndarray], options: SinkOptions) -> bytes:
@@ -90,6 +107,8 @@ def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
         "source": str(rows["source"][0]),
         "corpus": str(rows["corpus"][0]),
         "chunk": str(rows["chunk"][0]),
+        "unit": str(rows["unit"][0]),
+        "unit_chunks": str(rows["unit_chunks"][-1]),
         "pairs": len(rows["frame0"]),
         "pixels": int(np.prod(flow.shape[:3])),
         "bytes_written": written,
@@ -103,3 +122,35 @@ def write_batch(batch: Mapping[str, np.ndarray], options: SinkOptions,
     """Write every chunk in ``batch``; returns the summary rows as a numpy batch."""
     summaries = [write_chunk(rows, options, storage_options) for rows in iter_chunks(batch)]
     return {key: np.array([s[key] for s in summaries]) for key in SUMMARY_KEYS}
+
+
+def committed_chunks(options: SinkOptions, storage_options: Mapping[str, Any] | None = None
+                     ) -> dict[str, frozenset[str]]:
+    """video_id → chunks committed in every requested format under ``options.out``.
+
+    Data files become visible only when complete (see ``write_atomic``), so a listed file is a
+    committed chunk. Requires the ``video`` partition or no partitioning (ids in file names).
+    """
+    fs, root = filesystem(options.out, storage_options)
+    if not fs.exists(root):
+        return {}
+    found: dict[tuple[str, str], set[str]] = {}
+    for path in fs.find(root):
+        relative = path[len(root.rstrip("/")) + 1:]
+        fmt = relative.rsplit(".", 1)[-1]
+        if fmt not in options.formats or relative.rsplit("/", 1)[-1].startswith("."):
+            continue
+        if fmt == "npz":
+            if not relative.startswith(NPZ_DIR + "/"):
+                continue
+            relative = relative[len(NPZ_DIR) + 1:]
+        elif relative.startswith("_"):
+            continue
+        key = options.parse_stem(relative)
+        if key is not None:
+            found.setdefault(key, set()).add(fmt)
+    done: dict[str, set[str]] = {}
+    for (video_id, chunk), formats in found.items():
+        if formats == set(options.formats):
+            done.setdefault(video_id, set()).add(chunk)
+    return {video_id: frozenset(chunks) for video_id, chunks in done.items()}

@@ -146,3 +146,112 @@ def encode_png(image: np.ndarray) -> bytes:
 def write_png(uri: str, image: np.ndarray, storage_options: Mapping[str, Any] | None = None) -> None:
     """Write an RGB or gray uint8 image as PNG to a local path or any fsspec URI."""
     write_bytes(uri, encode_png(image), storage_options)
+
+
+# ----------------------------------------------------------------------------- composing pictures
+
+CAPTION_BACKGROUND = (32, 32, 32)
+CAPTION_TEXT = (255, 255, 255)
+
+
+def colour_key(size: int) -> np.ndarray:
+    """size×size×3 uint8 legend of :func:`flow_to_rgb`: the colour of each direction and length, white
+    at the centre (no motion), saturated at the rim (the maximum radius); black outside the disc."""
+    if size < 3:
+        raise ValueError(f"size: expected ≥ 3 pixels, got {size}")
+    c = (size - 1) / 2
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    flow = np.stack([(xs - c) / c, (ys - c) / c], axis=-1)  # +x right, +y down, as flow
+    return flow_to_rgb(flow, np.hypot(flow[..., 0], flow[..., 1]) <= 1, max_radius=1.0)
+
+
+def with_colour_key(tile: np.ndarray, fraction: float = 0.22) -> np.ndarray:
+    """A copy of a flow picture with :func:`colour_key` in its top-right corner (a fraction of its shorter side)."""
+    size = int(min(tile.shape[:2]) * fraction)
+    out = tile.copy()
+    if size >= 9:
+        key = colour_key(size)
+        corner = out[2:2 + size, -size - 2:-2]
+        inside = key.any(axis=2, keepdims=True)
+        corner[...] = np.where(inside, key, corner)
+    return out
+
+
+def with_caption(tile: np.ndarray, text: str) -> np.ndarray:
+    """``tile`` (H×W×3 uint8) under a dark strip with ``text``; the font scales with the tile width."""
+    tile = np.asarray(tile)
+    if tile.ndim != 3 or tile.shape[2] != 3 or tile.dtype != np.uint8:
+        raise ValueError(f"tile: expected an H×W×3 uint8 array, got {tile.dtype} with shape {tile.shape}")
+    width = tile.shape[1]
+    scale = float(np.clip(width / 900, 0.35, 0.9))
+    thickness = 1 if scale < 0.6 else 2
+    (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    # Shrink long captions to the tile rather than cut them off.
+    if text_w > width - 8:
+        scale *= (width - 8) / text_w
+        (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    strip = np.full((text_h + baseline + 10, width, 3), CAPTION_BACKGROUND, np.uint8)
+    cv2.putText(strip, text, (4, text_h + 5), cv2.FONT_HERSHEY_SIMPLEX, scale, CAPTION_TEXT, thickness, cv2.LINE_AA)
+    return np.concatenate([strip, tile], axis=0)
+
+
+def tile_grid(tiles: list[np.ndarray], columns: int, gap: int = 4) -> np.ndarray:
+    """Tiles (H×W×3 uint8, any sizes) in rows of ``columns``, each cell the size of the largest tile,
+    separated by ``gap`` black pixels; empty cells stay black."""
+    if not tiles or columns < 1:
+        raise ValueError(f"expected at least one tile and ≥ 1 column, got {len(tiles)} tiles, {columns} columns")
+    h = max(t.shape[0] for t in tiles)
+    w = max(t.shape[1] for t in tiles)
+    rows = -(-len(tiles) // columns)
+    cols = min(columns, len(tiles))
+    out = np.zeros((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, 3), np.uint8)
+    for i, tile in enumerate(tiles):
+        y, x = (i // columns) * (h + gap), (i % columns) * (w + gap)
+        out[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
+    return out
+
+
+def encode_mp4(frames: list[np.ndarray], fps: float = 10.0) -> bytes:
+    """H×W×3 uint8 RGB pictures (one size) → H.264 MP4 bytes (yuv420p, so players everywhere read it).
+
+    Odd sizes are padded by one black row / column: 4:2:0 chroma needs even dimensions.
+    """
+    import fractions
+    import io
+
+    import av
+
+    if not frames:
+        raise ValueError("encode_mp4: expected at least one frame, got none")
+    h, w = frames[0].shape[:2]
+    if any(f.shape != frames[0].shape or f.dtype != np.uint8 for f in frames):
+        raise ValueError(f"encode_mp4: expected uint8 frames of one shape {frames[0].shape}")
+    even_h, even_w = h + h % 2, w + w % 2
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = even_w, even_h, "yuv420p"
+        stream.options = {"crf": "20", "preset": "veryfast"}
+        for image in frames:
+            padded = np.zeros((even_h, even_w, 3), np.uint8)
+            padded[:h, :w] = image
+            for packet in stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def error_to_rgb(error: np.ndarray, max_error: float, valid: np.ndarray | None = None) -> np.ndarray:
+    """H×W end-point error (pixels) → H×W×3 uint8 heat map (OpenCV's inferno: black 0 → yellow ≥ ``max_error``);
+    pixels that are not ``valid`` are black."""
+    error = np.asarray(error, dtype=np.float32)
+    if error.ndim != 2:
+        raise ValueError(f"error: expected an H×W array, got shape {error.shape}")
+    if not max_error > 0:
+        raise ValueError(f"max_error: expected a positive number of pixels, got {max_error}")
+    level = np.rint(np.clip(np.nan_to_num(error) / max_error, 0, 1) * 255).astype(np.uint8)
+    rgb = cv2.applyColorMap(level, cv2.COLORMAP_INFERNO)[..., ::-1].copy()
+    if valid is not None:
+        rgb[~np.asarray(valid, bool)] = 0
+    return rgb

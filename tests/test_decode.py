@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jobs.synthetic import Motion, translating_frames, write_video
-from pipeline.datasource import ReadOptions, read_unit
+from pipeline.datasource import ReadOptions, UnitOutcome, read_unit
 from pipeline.decode import DecodeOptions, decode_image
 from pipeline.plan import PlanOptions, plan_units
 from pipeline.sources import list_sources
@@ -19,7 +19,9 @@ def read_all(path, decode=DecodeOptions(), plan=PlanOptions(), read=None):
     assert errors == []
     records, batches = [], []
     for unit in plan_units(sources, decode, plan):
-        batches += list(read_unit(unit, read or ReadOptions(decode=decode), records=records))
+        outcome = UnitOutcome()
+        batches += list(read_unit(unit, read or ReadOptions(decode=decode), outcome=outcome))
+        records += outcome.records
     return batches, records
 
 

@@ -5,14 +5,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.schema import arrays_from_table, output_schema, to_table
-from pipeline.sinks import SinkOptions, write_batch
+from pipeline.sinks import SinkOptions, committed_chunks, write_batch
 
 
-def chunk_rows(n=3, h=5, w=7, seed=0, video="v1", chunk="00000000-00000002", t0=None):
+def chunk_rows(n=3, h=5, w=7, seed=0, video="v1", chunk="00000000-00000002", t0=None, unit_chunks=""):
     rng = np.random.default_rng(seed)
     return {
         "video_id": np.full(n, video, object), "source": np.full(n, f"s3://b/{video}.mp4", object),
         "corpus": np.full(n, "corp", object), "chunk": np.full(n, chunk, object),
+        "unit": np.full(n, f"{video}-00000000", object), "unit_chunks": np.full(n, unit_chunks, object),
         "frame0": np.arange(n, dtype=np.int32), "frame1": np.arange(1, n + 1, dtype=np.int32),
         "t0": np.full(n, np.nan) if t0 is None else t0, "t1": np.full(n, np.nan),
         "height": np.full(n, h, np.int32), "width": np.full(n, w, np.int32),
@@ -34,17 +35,19 @@ def test_table_round_trip_and_nulls():
         np.testing.assert_array_equal(arrays[name], rows[name])
 
 
-@pytest.mark.parametrize("partition", [("corpus", "video"), ("video",), ()])
+@pytest.mark.parametrize("partition", [("corpus", "video"), ("video",), ("corpus",), ()])
 def test_written_dataset_reads_with_plain_pyarrow(tmp_path, partition):
     options = SinkOptions(str(tmp_path), formats=("parquet", "npz"), partition=partition)
     a, b = chunk_rows(video="v1"), chunk_rows(n=2, h=4, w=9, seed=1, video="v2", chunk="00000000-00000001")
     summary = write_batch({k: np.concatenate([a[k], b[k]]) if k not in ("flow", "occlusion", "confidence")
                            else np.array(list(a[k]) + list(b[k]), dtype=object) for k in a}, options)
     assert sorted(summary["video_id"].tolist()) == ["v1", "v2"] and summary["pairs"].tolist() == [3, 2]
+    assert committed_chunks(options) == {"v1": {"00000000-00000002"}, "v2": {"00000000-00000001"}}
 
     def expected(video, chunk):
         parts = {"corpus": "corpus=corp", "video": f"video={video}"}
-        return "/".join([parts[k] for k in partition] + [chunk if partition else f"{video}-{chunk}"]) + ".parquet"
+        name = chunk if "video" in partition else f"{video}-{chunk}"
+        return "/".join([parts[k] for k in partition] + [name]) + ".parquet"
 
     files = sorted(tmp_path.rglob("*.parquet"))
     assert [f.relative_to(tmp_path).as_posix() for f in files] == [
@@ -73,3 +76,12 @@ def test_bad_sink_options():
         SinkOptions("x", formats=("csv",))
     with pytest.raises(ValueError, match="partition"):
         SinkOptions("x", partition=("date",))
+
+
+def test_a_chunk_counts_as_committed_only_in_every_format(tmp_path):
+    options = SinkOptions(str(tmp_path), formats=("parquet", "npz"))
+    write_batch(chunk_rows(), options)
+    [npz] = (tmp_path / "_npz").rglob("*.npz")
+    npz.unlink()  # as if the job died between the two formats
+    assert committed_chunks(options) == {}
+    assert committed_chunks(SinkOptions(str(tmp_path), formats=("parquet",))) == {"v1": {"00000000-00000002"}}
