@@ -9,13 +9,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from . import score, scores, viz
 from .cluster import ClusterOptions
 
 EXIT_FAILED = 1
 
 # Other jobs add their subcommands here: each entry is register(subparsers), which adds a
 # parser and sets ``func`` (args → exit code) as its default.
-SUBCOMMANDS: tuple = ()
+SUBCOMMANDS: tuple = (score.register, scores.register, viz.register)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--fps", type=float, help="resample videos to this frame rate first")
     label.add_argument("--max-side", type=int, help="downscale so that max(H, W) ≤ this (flow in resized pixels)")
     label.add_argument("--max-pairs-per-video", type=int, help="label at most this many pairs per video")
+    label.add_argument("--max-pixels", type=int, help="frames above this many pixels are downscaled or rejected")
+    label.add_argument("--oversize", choices=("downscale", "reject"), default="downscale",
+                       help="what --max-pixels does with a larger frame (default downscale)")
+    label.add_argument("--chunk-mb", type=float, default=48.0,
+                       help="frame megabytes per chunk of pairs: the unit of labeling and of output files")
     label.add_argument("--format", choices=("parquet", "npz", "both"), default="parquet")
     label.add_argument("--partition", default="corpus,video",
                        help="hive partition keys, comma-separated, from {corpus, video}; 'none' for flat")
@@ -117,7 +123,9 @@ def cmd_label(args: argparse.Namespace) -> int:
                               overrides=parse_overrides(args.overrides), batch_size=args.batch_size,
                               precision=args.precision),
         read=ReadOptions(decode=DecodeOptions(stride=args.stride, fps=args.fps, max_side=args.max_side,
-                                              max_pairs=args.max_pairs_per_video)),
+                                              max_pairs=args.max_pairs_per_video, max_pixels=args.max_pixels,
+                                              oversize=args.oversize),
+                         chunk_bytes=int(args.chunk_mb * 2**20)),
         plan=PlanOptions(segment_frames=args.segment_frames, split_bytes=int(args.split_mb * 2**20)),
         cluster=cluster_options(args),
         corpus=args.corpus,

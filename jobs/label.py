@@ -105,11 +105,13 @@ def run_label(job: LabelJob) -> LabelResult:
         write_record(job.sink.out, ERRORS_DIR, record, so)
 
     tracker = UnitTracker(committed, lambda unit, chunks: write_unit_marker(job.sink.out, unit, "done", chunks, so))
-    summaries = []
+    by_chunk: dict[tuple[str, str], dict[str, Any]] = {}
     for summary in (_execute(job, units) if units else []):
-        summaries.append(summary)
+        # A retried task re-writes the same chunk under the same name: count it once.
+        by_chunk[summary["video_id"], summary["chunk"]] = summary
         tracker.add(summary)
         progress.update(summary, len(tracker.settled))
+    summaries = list(by_chunk.values())
     planned = {u.key for u in all_units} | {_listing_key(e.uri) for e in listing_errors}
     errors = [r for r in read_records(job.sink.out, ERRORS_DIR, so) if r.unit in planned]
     skipped = [r for r in read_records(job.sink.out, SKIPPED_DIR, so) if r.unit in planned]
@@ -158,8 +160,9 @@ def fingerprint(manifest: Mapping[str, Any]) -> dict[str, Any]:
     options = manifest["options"]
     # The checkpoint counts by its digest, not by where it was read from; batch size changes no row.
     labeler = {k: v for k, v in options["labeler"].items() if k not in ("batch_size", "checkpoint", "checkpoint_sha256")}
+    read = {k: options["read"][k] for k in ("decode", "chunk_bytes", "max_chunk_pairs")}
     return {"model": manifest["model"], "checkpoint_sha256": manifest["checkpoint_sha256"], "labeler": labeler,
-            "read": options["read"], "plan": options["plan"],
+            "read": read, "plan": options["plan"],
             "sink": {k: v for k, v in options["sink"].items() if k != "out"}, "corpus": options["corpus"]}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,16 +22,19 @@ from .decode import (DecodeOptions, DecodeReport, NoFramesError, Pair, iter_sequ
                      make_pairs, resample)
 from .plan import ReadUnit
 from .records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, record_exception, write_record, write_unit_marker
-from .storage import filesystem
+from .storage import filesystem, is_transient
 
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """chunk_bytes: frame bytes (both frames of every pair) per chunk; max_chunk_pairs caps it."""
+    """chunk_bytes: frame bytes (both frames of every pair) per chunk; max_chunk_pairs caps it.
+    io_attempts: tries per unit when the storage fails transiently (waits 2, 4, 8, … s between)."""
 
     decode: DecodeOptions = DecodeOptions()
     chunk_bytes: int = 48 * 2**20
     max_chunk_pairs: int = 64
+    io_attempts: int = 5
+    io_first_delay_s: float = 2.0
 
     def chunk_pairs(self, height: int, width: int) -> int:
         """Pairs per chunk for frames of this size (≥ 1)."""
@@ -127,12 +131,6 @@ class UnitOutcome:
         return "failed" if any(folder == ERRORS_DIR for folder, _ in self.records) else "skipped"
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Errors of the infrastructure (network, throttling, timeouts), not of the input: the
-    unit is left unfinished so that re-running the job tries it again."""
-    return isinstance(exc, (ConnectionError, TimeoutError)) or type(exc) is OSError
-
-
 def chunk_name(pairs: list[Pair]) -> str:
     """First and last frame0 index of a chunk: its file name, unique within its video."""
     return f"{pairs[0].frame0.index:08d}-{pairs[-1].frame0.index:08d}"
@@ -162,38 +160,53 @@ def read_unit(unit: ReadUnit, options: ReadOptions, storage_options: Mapping[str
 
     The last chunk is held back one step so that it can carry the unit's full chunk list
     (column ``unit_chunks``): the driver marks the unit done once all of them are committed.
+    A transient IO error (object store restarting, throttling) restarts the unit after a
+    pause, up to ``options.io_attempts`` times, skipping the chunks already yielded.
     Never raises for bad input: failures go to ``outcome.records`` as (folder, record), with
     folder ``_errors`` (the unit failed, or lost frames) or ``_skipped`` (no pairs).
     """
     outcome = UnitOutcome() if outcome is None else outcome
     source = unit.source
-    report = DecodeReport()
-    pending = None
-    pairs_seen = 0
-    try:
-        for pairs in iter_unit_chunks(unit, options, report, storage_options):
-            name = chunk_name(pairs)
-            outcome.chunks.append(name)
-            pairs_seen += len(pairs)
-            if pending is not None:
-                outcome.yielded += 1
-                yield pending
-            pending = None if name in unit.done_chunks else chunk_batch(pairs, unit)
-    except Exception as exc:  # bad input must not stop the job: record it against the unit
-        stage = "open" if report.frames == 0 and report.decode_errors == 0 else "decode"
-        outcome.records.append((ERRORS_DIR, record_exception(source.uri, source.video_id, unit.key, stage, exc,
-                                                             storage_options)))
-        outcome.retryable = is_retryable(exc)
-        if pending is not None:  # complete in itself; the unit stays unfinished and is redone later
-            outcome.yielded += 1
-            yield pending
+    skip = set(unit.done_chunks)
+    for attempt in range(options.io_attempts):
+        report = DecodeReport()
+        held: list[Pair] = []  # the latest chunk, held back until we know whether it is the last
+        pairs_seen = 0
+        outcome.chunks = []
+        try:
+            for pairs in iter_unit_chunks(unit, options, report, storage_options):
+                if held and chunk_name(held) not in skip:
+                    yield _emit(held, unit, outcome, skip)
+                held = pairs
+                outcome.chunks.append(chunk_name(pairs))
+                pairs_seen += len(pairs)
+        except Exception as exc:  # bad input must not stop the job: record it against the unit
+            if held and chunk_name(held) not in skip:  # a complete chunk: keep it
+                yield _emit(held, unit, outcome, skip)
+            if is_transient(exc) and attempt + 1 < options.io_attempts:
+                time.sleep(options.io_first_delay_s * 2**attempt)
+                continue
+            stage = "open" if report.frames == 0 and report.decode_errors == 0 else "decode"
+            outcome.records.append((ERRORS_DIR, record_exception(source.uri, source.video_id, unit.key, stage, exc,
+                                                                 storage_options)))
+            outcome.retryable = is_transient(exc)
+            return
+        # The last chunk carries the unit's chunk list, so it is sent even when already committed
+        # (rewritten identically) unless the unit sends nothing at all: then the read task settles it.
+        if held and (chunk_name(held) not in skip or outcome.yielded):
+            yield _emit(held, unit, outcome, skip, unit_chunks=json.dumps(outcome.chunks))
+        outcome.finished = True
+        outcome.records += _report_records(unit, options, report, pairs_seen)
         return
-    if pending is not None:
-        pending["unit_chunks"][:] = json.dumps(outcome.chunks)
-        outcome.yielded += 1
-        yield pending
-    outcome.finished = True
-    outcome.records += _report_records(unit, options, report, pairs_seen)
+
+
+def _emit(pairs: list[Pair], unit: ReadUnit, outcome: UnitOutcome, sent: set[str],
+          unit_chunks: str = "") -> dict[str, np.ndarray]:
+    batch = chunk_batch(pairs, unit)
+    batch["unit_chunks"][:] = unit_chunks
+    outcome.yielded += 1
+    sent.add(chunk_name(pairs))
+    return batch
 
 
 def _report_records(unit: ReadUnit, options: ReadOptions, report: DecodeReport,

@@ -9,12 +9,58 @@ from __future__ import annotations
 
 import os
 import posixpath
+import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+T = TypeVar("T")
+
+
+def _transient_error_types() -> tuple[type[BaseException], ...]:
+    """Errors of the transport, not of the data, by backend: worth retrying after a pause.
+
+    s3fs already retries each request for several seconds before it lets these through; they
+    reach us when an object store restarts or throttles for longer than that.
+    """
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:
+        import botocore.exceptions as boto
+
+        types += [boto.ConnectionError, boto.HTTPClientError]
+    except ImportError:
+        pass
+    try:
+        import aiohttp
+
+        types += [aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError]
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+TRANSIENT_ERRORS = _transient_error_types()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for network/throttling failures (retry later), False for errors of the input itself."""
+    return isinstance(exc, TRANSIENT_ERRORS) or type(exc) is OSError
+
+
+def retry_io(fn: Callable[[], T], *, attempts: int = 6, first_delay_s: float = 1.0) -> T:
+    """Call ``fn``; on a transient error wait 1, 2, 4, … s and try again, ``attempts`` times in all."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == attempts - 1 or not is_transient(exc):
+                raise
+            time.sleep(first_delay_s * 2**attempt)
+    raise AssertionError("unreachable")
+
 
 SECRET_OPTION_NAMES = frozenset({"key", "secret", "token", "password", "session_token", "aws_secret_access_key",
                                  "aws_access_key_id", "aws_session_token", "access_key", "secret_key"})
@@ -51,8 +97,9 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 
     Object stores: a single PUT (or completed multipart upload) is the commit, so the bytes
     are uploaded in one call from memory, never through a streaming writer whose ``close``
-    would publish a partial object after an error. Local files: write a hidden temporary
-    file in the same folder, then rename it over the target.
+    would publish a partial object after an error; transient failures are retried with
+    backoff (see :func:`retry_io`). Local files: write a hidden temporary file in the same
+    folder, then rename it over the target.
     """
     parent = posixpath.dirname(path)
     if isinstance(fs, LocalFileSystem):
@@ -66,7 +113,7 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return
-    fs.pipe_file(path, data)
+    retry_io(lambda: fs.pipe_file(path, data))
 
 
 def redact(options: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -1,0 +1,131 @@
+"""Exactly-once and resume through the real stack (local Ray): re-runs, partial output, kills."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.label import LabelJob, OutputConflictError, run_label
+from jobs.synthetic import Motion, write_translating_video
+from pipeline.datasource import ReadOptions
+from pipeline.decode import DecodeOptions
+from pipeline.labeler import LabelerConfig
+from pipeline.records import read_unit_markers
+from pipeline.sinks import SinkOptions
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+PAIR_BYTES = 2 * 72 * 96 * 3
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume-corpus")
+    for i, frames in enumerate((14, 9, 12)):
+        write_translating_video(folder / f"clip{i}.mp4", 72, 96, frames, Motion(1.0 + i, 0.5), seed=i)
+    return folder
+
+
+def make_job(corpus, out, **decode):
+    # Three pairs per chunk: several chunk files per video, so partial output is possible.
+    return LabelJob(inputs=(str(corpus),), sink=SinkOptions(str(out)), labeler=LabelerConfig(model="dis"),
+                    read=ReadOptions(decode=DecodeOptions(**decode), chunk_bytes=3 * PAIR_BYTES))
+
+
+def rows(out):
+    table = pq.read_table(out, columns=["video_id", "frame0", "frame1", "flow"])
+    keys = list(zip(table["video_id"].to_pylist(), table["frame0"].to_pylist(), table["frame1"].to_pylist()))
+    flows = dict(zip(keys, (np.asarray(f, np.float16) for f in table["flow"].to_pylist())))
+    return keys, flows
+
+
+@pytest.fixture(scope="module")
+def baseline(ray_local, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("baseline") / "out"
+    result = run_label(make_job(corpus, out))
+    assert result.exit_code == 0 and result.pairs == 13 + 8 + 11
+    return out, rows(out)
+
+
+def data_files(out):
+    return sorted(p for p in Path(out).rglob("*.parquet") if not any(part.startswith("_") for part in p.parts[-4:]))
+
+
+def test_rerun_of_a_finished_job_does_no_work(ray_local, corpus, baseline):
+    out, (keys, _) = baseline
+    before = {p: p.stat().st_mtime_ns for p in data_files(out)}
+    result = run_label(make_job(corpus, out))
+    assert result.pairs == 0 and result.chunks == 0
+    assert {p: p.stat().st_mtime_ns for p in data_files(out)} == before
+    assert rows(out)[0] == keys
+
+
+def test_partial_output_is_completed_without_duplicates(ray_local, corpus, baseline, tmp_path):
+    out, (keys, flows) = baseline
+    import shutil
+
+    partial = tmp_path / "out"
+    shutil.copytree(out, partial)
+    # As if the job had been killed: one video never settled and two of its chunks never written,
+    # another video's marker lost after its last chunk was committed.
+    markers = sorted((partial / "_units").iterdir())
+    files = data_files(partial)
+    victim = files[0].parent
+    for marker in markers[:2]:
+        marker.unlink()
+    chunks = sorted(victim.glob("*.parquet"))
+    removed, last = chunks[:2], chunks[-1]
+    removed_pairs = sum(pq.read_metadata(p).num_rows for p in removed)
+    for p in removed:
+        p.unlink()
+
+    result = run_label(make_job(corpus, partial))
+    # Only the missing chunks are labeled again, plus the unit's last chunk, which carries the
+    # unit's chunk list to the driver (and is rewritten identically).
+    assert result.pairs == removed_pairs + pq.read_metadata(last).num_rows
+    again, again_flows = rows(partial)
+    assert sorted(again) == sorted(keys) and len(again) == len(set(again))
+    for key in keys:
+        np.testing.assert_array_equal(again_flows[key], flows[key])
+    assert len(read_unit_markers(str(partial))) == 3
+
+
+def test_changed_settings_refuse_to_mix(ray_local, corpus, baseline):
+    out, _ = baseline
+    with pytest.raises(OutputConflictError, match="stride"):
+        run_label(make_job(corpus, out, stride=2))
+
+
+def test_sigkill_of_the_driver_then_resume(ray_local, corpus, baseline, tmp_path):
+    """A real driver process with its own Ray, killed with SIGKILL once output appears."""
+    _, (keys, _) = baseline
+    out = tmp_path / "killed"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
+    cmd = [sys.executable, "-m", "jobs.label", str(corpus), "--out", str(out), "--chunk-mb",
+           str(3 * PAIR_BYTES / 2**20)]
+    driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not data_files(out) and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+        assert driver.poll() is None, "the driver finished before it could be killed"
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    committed_before = sum(pq.read_metadata(p).num_rows for p in data_files(out))
+    assert committed_before >= 1
+
+    result = run_label(make_job(corpus, out))
+    again, _ = rows(out)
+    assert sorted(again) == sorted(keys) and len(again) == len(set(again))
+    # Committed chunks are not labeled twice (but for each unfinished unit's last chunk, ≤ 3 pairs).
+    assert len(keys) - committed_before <= result.pairs <= len(keys) - committed_before + 3 * 3
