@@ -243,8 +243,8 @@ def encode_mp4(frames: list[np.ndarray], fps: float = 10.0) -> bytes:
 
 
 def error_to_rgb(error: np.ndarray, max_error: float, valid: np.ndarray | None = None) -> np.ndarray:
-    """H×W end-point error (pixels) → H×W×3 uint8 heat map (OpenCV's inferno: black 0 → yellow ≥ ``max_error``);
-    pixels that are not ``valid`` are black."""
+    """H×W end-point error (pixels) → H×W×3 uint8 heat map (OpenCV's inferno colour map: black at 0,
+    yellow at ``max_error`` and above); pixels that are not ``valid`` are black."""
     error = np.asarray(error, dtype=np.float32)
     if error.ndim != 2:
         raise ValueError(f"error: expected an H×W array, got shape {error.shape}")
