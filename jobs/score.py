@@ -34,6 +34,8 @@ EXIT_OK, EXIT_FAILED = 0, 1
 SCORES_JSON = "scores.json"
 SCORES_MD = "scores.md"
 FLOW_DIR = "flow"
+# Two 8-bit frames and float32 flow of a 2560×1080 HD1K pair take 40 MiB; the rest is decode headroom.
+READ_MEMORY_BYTES = 64 * 2**20
 UNITS = {"epe": "px", "epe_image_mean": "px", "fl_all": "% of valid pixels", "px1": "% of valid pixels",
          "px3": "% of valid pixels", "px5": "% of valid pixels"}
 
@@ -159,11 +161,12 @@ def _execute(job: ScoreJob, labeler: LabelerConfig,
     pool, resources = actor_pool(job.cluster)
     items = [{"record": record_to_json(r)} for r in records]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(load_row, fn_kwargs={"storage_options": so}, num_cpus=job.cluster.reader_cpus)
+    # A read task holds one pair's frames and ground truth: telling Ray its memory keeps many
+    # large reads off one node, and the differing resources keep Ray from fusing the read into
+    # the scorer actors, so loading runs in CPU tasks beside them (as in the label job).
+    ds = ds.map(load_row, fn_kwargs={"storage_options": so}, num_cpus=job.cluster.reader_cpus,
+                memory=READ_MEMORY_BYTES)
     # Ray's actor pools restart a killed actor and redo its batch by default (max_restarts=-1).
-    # With GPUs the read stays in CPU tasks beside the actors; on a CPU-only cluster the two
-    # stages ask for the same resources and Ray may fuse the read into the actors, which only
-    # moves the same work into the actor process.
     ds = ds.map_batches(Scorer, fn_constructor_kwargs={"config": labeler, "keep_flow": job.save_flow,
                                                        "storage_options": so},
                         batch_size=labeler.batch_size, compute=pool, **resources)
