@@ -19,6 +19,7 @@ CODECS = {
     ".webm": ("webm", "libvpx-vp9", "yuv420p", {"crf": "12", "b": "0", "deadline": "realtime", "cpu-used": "8"}),
     ".avi": ("avi", "mjpeg", "yuvj420p", {"q:v": "2"}),
     ".mkv": ("matroska", "libx264", "yuv420p", {"crf": "12", "preset": "veryfast"}),
+    ".ts": ("mpegts", "libx264", "yuv420p", {"crf": "12", "preset": "veryfast"}),
 }
 
 
@@ -52,15 +53,17 @@ def translating_frames(height: int, width: int, frames: int, motion: Motion, see
     return out
 
 
-def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 30, gop: int | None = None) -> Path:
+def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 30, gop: int | None = None,
+                container_options: dict[str, str] | None = None) -> Path:
     """Encode RGB uint8 frames with the codec chosen by the file suffix (see ``CODECS``);
-    ``gop``: a keyframe every ``gop`` frames (H.264/VP9), to exercise keyframe-aligned splits."""
+    ``gop``: a keyframe every ``gop`` frames (H.264/VP9), to exercise keyframe-aligned splits;
+    ``container_options``: muxer options, e.g. {"movflags": "faststart"} for MP4."""
     path = Path(path)
     fmt, codec, pix_fmt, options = CODECS[path.suffix.lower()]
     if gop is not None:
         options = {**options, "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
     height, width = frames[0].shape[:2]
-    with av.open(str(path), mode="w", format=fmt) as container:
+    with av.open(str(path), mode="w", format=fmt, options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         for image in frames:

@@ -52,7 +52,8 @@ def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport
                                       first_index=unit.start, fit=options.fit)
         if options.fps is not None:
             raise ValueError("--fps needs timestamps; image sequences have none")
-        yield from _limit(make_pairs(frames, options.stride, unit.first_ordinal, report), unit, options)
+        yield from _limit(make_pairs(frames, options.stride, unit.first_ordinal, report, contiguous=True),
+                          unit, options)
         return
     fs, path = filesystem(source.uri, storage_options)
     time_to_index = None
@@ -63,7 +64,8 @@ def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport
         frames = iter_video_frames(f, report, start_time=unit.seek_time, time_to_index=time_to_index,
                                    fit=options.fit)
         sampled = resample(frames, options.fps, unit.origin, unit.previous_time)
-        yield from _limit(make_pairs(sampled, options.stride, unit.first_ordinal, report), unit, options)
+        pairs = make_pairs(sampled, options.stride, unit.first_ordinal, report, contiguous=options.fps is None)
+        yield from _limit(pairs, unit, options)
 
 
 def _strip(fs, uris: tuple[str, ...]) -> list[str]:
@@ -218,13 +220,20 @@ def _report_records(unit: ReadUnit, options: ReadOptions, report: DecodeReport,
 
     if report.decode_errors:
         message = f"{report.decode_errors} packet(s) failed to decode and were skipped; first: {report.first_error}"
+        if report.gaps:
+            message += "; no pair spans them: " + "; ".join(report.gaps)
         if not pairs:
             return [record(ERRORS_DIR, "decode", NoFramesError.__name__, "no pairs: " + message)]
         return [record(ERRORS_DIR, "decode", "DecodeError", message)]
+    if report.frames == 0 and unit.start == 0:
+        announced = f" (the container announces {report.announced_frames})" if report.announced_frames else ""
+        return [record(ERRORS_DIR, "decode", NoFramesError.__name__, f"no decodable frame in the source{announced}")]
+    if report.truncated:
+        return [record(ERRORS_DIR, "decode", "TruncatedError",
+                       f"the container announces {report.announced_frames} frames, {report.decoded_frames} decoded: "
+                       "the file ends early (truncated upload?)")]
     if report.size_changes:
         return [record(ERRORS_DIR, "pair", "FrameSizeChanged", "; ".join(report.size_changes))]
-    if report.frames == 0 and unit.start == 0:
-        return [record(ERRORS_DIR, "decode", NoFramesError.__name__, "no decodable frame in the source")]
     if pairs == 0 and unit.start == 0:
         return [record(SKIPPED_DIR, "pair", "NoPairs",
                        f"{report.frames} frame(s) decoded, a pair needs {options.decode.stride + 1}")]

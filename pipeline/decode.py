@@ -93,6 +93,19 @@ class DecodeReport:
     decode_errors: int = 0
     first_error: str = ""
     size_changes: list[str] = field(default_factory=list)
+    gaps: list[str] = field(default_factory=list)
+    announced_frames: int = 0  # frame count from the container header (0: unknown)
+    decoded_frames: int = 0
+    reached_end: bool = False  # decoding ran to the end of the stream (not stopped early)
+
+    @property
+    def truncated(self) -> bool:
+        """The header announced more frames than could be decoded or accounted for as errors.
+
+        One frame of slack: containers often count a frame that never displays (dolbyVision-hdr.MOV
+        in the shared corpus announces 5 and decodes 4)."""
+        return (self.reached_end and self.announced_frames > 0
+                and self.decoded_frames + self.decode_errors < self.announced_frames - 1)
 
     def add_error(self, exc: Exception) -> None:
         self.decode_errors += 1
@@ -102,6 +115,10 @@ class DecodeReport:
 
 class NoFramesError(ValueError):
     """A source yielded no decodable frame (truncated upload, corrupt bitstream, empty file)."""
+
+
+class NotAVideoError(ValueError):
+    """The file is not a video (text, a still image, …) whatever its name says."""
 
 
 class FrameTooLargeError(ValueError):
@@ -134,6 +151,10 @@ def open_video(fileobj: IO[bytes]) -> tuple[av.container.InputContainer, av.vide
     when a file holds several video streams (e.g. two renditions).
     """
     container = av.open(fileobj, mode="r")
+    if container.format.name.endswith("_pipe"):  # png_pipe, jpeg_pipe, …: a still image, not a video
+        name = container.format.name
+        container.close()
+        raise NotAVideoError(f"expected a video container, got a single image ({name})")
     stream = container.streams.best("video")
     if stream is None:
         container.close()
@@ -177,7 +198,9 @@ def iter_video_frames(
 ) -> Iterator[Frame]:
     """Decode the best video stream in presentation order.
 
-    Without ``start_time``: from the beginning, frame index = count of decoded frames.
+    Without ``start_time``: from the beginning, frame index = count of decoded frames plus
+    packets that failed to decode (one frame each: exact for intra-only codecs, the best
+    estimate otherwise), so a corrupt frame leaves a gap instead of shifting later indices.
     With it (a planned segment): seek to the keyframe at ``start_time``, drop earlier frames,
     and take indices from ``time_to_index`` (built from the demuxed timestamps).
     Corrupt packets are counted in ``report`` and skipped; decoding goes on. ``fit`` sizes each
@@ -188,18 +211,22 @@ def iter_video_frames(
         tb = stream.time_base
         if start_time is not None and start_time > 0:
             container.seek(int(round(start_time / tb)), stream=stream, backward=True, any_frame=False)
+        if start_time is None:
+            report.announced_frames = stream.frames
         count = 0
         for frame in _decode_tolerant(container, stream, report):
             time = pts_seconds(frame.pts, tb) if frame.pts is not None else None
             if start_time is not None and time is not None and time < start_time - 1e-6:
                 continue
-            index = time_to_index(time) if time_to_index and time is not None else count
+            index = time_to_index(time) if time_to_index and time is not None else count + report.decode_errors
             count += 1
+            report.decoded_frames = count
             if index is None:
                 continue
             image = display_orientation(frame.to_ndarray(format="rgb24"), frame.rotation)
             source_size = image.shape[:2]
             yield Frame(index, time, fit(image), source_size)
+        report.reached_end = True
     finally:
         container.close()
 
@@ -278,20 +305,24 @@ def resample(frames: Iterable[Frame], fps: float | None, origin: float | None = 
 
 
 def make_pairs(frames: Iterable[Frame], stride: int, first_ordinal: int = 0,
-               report: DecodeReport | None = None) -> Iterator[Pair]:
+               report: DecodeReport | None = None, contiguous: bool = False) -> Iterator[Pair]:
     """Pairs (k, k + stride) over the sampled frames, each frame decoded once.
 
     A change of frame size ends the window: no pair spans two sizes (recorded in ``report``).
+    With ``contiguous`` (every frame kept, no fps resampling), a jump in frame indices (a
+    frame that failed to decode) ends it too: no pair spans a missing frame.
     """
     window: deque[Frame] = deque(maxlen=stride + 1)
     ordinal = first_ordinal
+    report = DecodeReport() if report is None else report
     for frame in frames:
-        if report is not None:
-            report.frames += 1
+        report.frames += 1
         if window and window[-1].image.shape != frame.image.shape:
-            if report is not None:
-                report.size_changes.append(
-                    f"frame size changed at frame {frame.index}: {window[-1].image.shape[:2]} → {frame.image.shape[:2]}")
+            report.size_changes.append(
+                f"frame size changed at frame {frame.index}: {window[-1].image.shape[:2]} → {frame.image.shape[:2]}")
+            window.clear()
+        elif contiguous and window and frame.index != window[-1].index + 1:
+            report.gaps.append(f"frames {window[-1].index + 1}–{frame.index - 1} missing")
             window.clear()
         window.append(frame)
         if len(window) == stride + 1:
