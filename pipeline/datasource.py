@@ -55,6 +55,8 @@ def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport
         yield from _limit(make_pairs(frames, options.stride, unit.first_ordinal, report, contiguous=True),
                           unit, options)
         return
+    if source.size == 0:
+        raise NoFramesError("empty file (0 bytes)")
     fs, path = filesystem(source.uri, storage_options)
     time_to_index = None
     if unit.times is not None:

@@ -7,6 +7,7 @@ never logged, stored in manifests or put into error messages (see :func:`redact`
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import time
@@ -45,9 +46,16 @@ def _transient_error_types() -> tuple[type[BaseException], ...]:
 TRANSIENT_ERRORS = _transient_error_types()
 
 
+# errno values of a transport failing, not of a file being bad (EIO: s3fs's code for 5xx / SlowDown).
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EPIPE,
+                              errno.EAGAIN, errno.EBUSY})
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for network/throttling failures (retry later), False for errors of the input itself."""
-    return isinstance(exc, TRANSIENT_ERRORS) or type(exc) is OSError
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return type(exc) is OSError and exc.errno in TRANSIENT_ERRNOS
 
 
 def retry_io(fn: Callable[[], T], *, attempts: int = 6, first_delay_s: float = 1.0) -> T:

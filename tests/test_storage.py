@@ -44,3 +44,27 @@ def test_redact_and_scrub(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecret123")
     text = "failed with secret s3cr3tvalue and envsecret123 at http://h"
     assert scrub(text, options) == "failed with secret *** and *** at http://h"
+
+
+def test_transient_errors_are_transport_failures_only():
+    import errno
+
+    import botocore.exceptions
+
+    from pipeline.storage import is_transient, retry_io
+
+    assert is_transient(botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+    assert is_transient(ConnectionResetError()) and is_transient(OSError(errno.EIO, "SlowDown"))
+    assert not is_transient(OSError(errno.EINVAL, "Invalid argument"))  # PyAV on an empty file
+    assert not is_transient(FileNotFoundError("x")) and not is_transient(ValueError("bad data"))
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError("reset")
+        return "ok"
+
+    assert retry_io(flaky, first_delay_s=0.01) == "ok" and len(calls) == 3
+    with pytest.raises(ValueError):
+        retry_io(lambda: (_ for _ in ()).throw(ValueError("not retried")), first_delay_s=0.01)
