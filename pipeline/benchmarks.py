@@ -42,10 +42,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-import fsspec
 import numpy as np
 
 from .flowio import read_bytes, read_flow, read_image, read_mask
+from .storage import filesystem
 
 
 class LayoutError(ValueError):
@@ -105,7 +105,7 @@ class _Tree:
 
     def __init__(self, root: str, storage_options: Mapping[str, Any] | None):
         self.root = root.rstrip("/")
-        self.fs, path = fsspec.core.url_to_fs(root, **dict(storage_options or {}))
+        self.fs, path = filesystem(root, storage_options)
         self.base = path.rstrip("/")
 
     def uri(self, relative: str) -> str:

@@ -24,8 +24,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import cv2
-import fsspec
 import numpy as np
+
+from .storage import filesystem, retry_io, write_atomic
 
 FLO_MAGIC = 202021.25
 # Middlebury's flowIO.h: values above this mark unknown flow; its writers use 1e10.
@@ -43,20 +44,17 @@ _PFM_HEADER = re.compile(rb"\A(P[Ff])\s+(\d+)\s+(\d+)\s+([-+0-9.eE]+)\s")
 
 def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
     """The whole file at ``uri``; FileNotFoundError names the URI."""
-    fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    fs, path = filesystem(uri, storage_options)
     try:
-        return fs.cat_file(path)  # one GET on object stores, no size lookup first
+        return retry_io(lambda: fs.cat_file(path))  # one GET on object stores, no size lookup first
     except FileNotFoundError:
         raise FileNotFoundError(f"not found: {uri}") from None
 
 
 def write_bytes(uri: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Write ``data`` to ``uri`` in one call (one PUT on object stores), creating local parent folders."""
-    fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
-    parent = posixpath.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    fs.pipe_file(path, data)
+    """Write ``data`` to ``uri`` all at once (one PUT on object stores, a rename on local disk)."""
+    fs, path = filesystem(uri, storage_options)
+    write_atomic(fs, path, data)
 
 
 def _suffix(uri: str) -> str:
