@@ -64,7 +64,7 @@ def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport
         time_to_index = lookup.get
     with fs.open(path, "rb") as f:
         frames = iter_video_frames(f, report, start_time=unit.seek_time, time_to_index=time_to_index,
-                                   fit=options.fit)
+                                   fit=options.fit, deinterlace=options.deinterlace)
         sampled = resample(frames, options.fps, unit.origin, unit.previous_time)
         pairs = make_pairs(sampled, options.stride, unit.first_ordinal, report, contiguous=options.fps is None)
         yield from _limit(pairs, unit, options)

@@ -28,6 +28,8 @@ class DecodeOptions:
     max_pairs: at most this many pairs per video (the first ones).
     max_pixels: frames with more pixels than this (after max_side) are downscaled to fit
         (``oversize="downscale"``) or make the source fail (``oversize="reject"``).
+    deinterlace: frames flagged interlaced go through yadif (one frame out per frame in);
+        combing would otherwise show up as vertical motion in the flow.
     """
 
     stride: int = 1
@@ -36,6 +38,7 @@ class DecodeOptions:
     max_pairs: int | None = None
     max_pixels: int | None = None
     oversize: str = "downscale"
+    deinterlace: bool = True
 
     def __post_init__(self) -> None:
         if self.stride < 1:
@@ -195,6 +198,7 @@ def iter_video_frames(
     start_time: float | None = None,
     time_to_index: Callable[[float], int | None] | None = None,
     fit: Callable[[np.ndarray], np.ndarray] = lambda image: image,
+    deinterlace: bool = True,
 ) -> Iterator[Frame]:
     """Decode the best video stream in presentation order.
 
@@ -214,8 +218,9 @@ def iter_video_frames(
         if start_time is None:
             report.announced_frames = stream.frames
         count = 0
-        for frame in _decode_tolerant(container, stream, report):
-            time = pts_seconds(frame.pts, tb) if frame.pts is not None else None
+        frames = _decode_tolerant(container, stream, report)
+        for frame, pts, rotation in (_deinterlaced(frames, stream) if deinterlace else _as_is(frames)):
+            time = pts_seconds(pts, tb) if pts is not None else None
             if start_time is not None and time is not None and time < start_time - 1e-6:
                 continue
             index = time_to_index(time) if time_to_index and time is not None else count + report.decode_errors
@@ -223,12 +228,56 @@ def iter_video_frames(
             report.decoded_frames = count
             if index is None:
                 continue
-            image = display_orientation(frame.to_ndarray(format="rgb24"), frame.rotation)
+            image = display_orientation(frame.to_ndarray(format="rgb24"), rotation)
             source_size = image.shape[:2]
             yield Frame(index, time, fit(image), source_size)
         report.reached_end = True
     finally:
         container.close()
+
+
+def _as_is(frames: Iterable[av.VideoFrame]) -> Iterator[tuple[av.VideoFrame, int | None, int]]:
+    for frame in frames:
+        yield frame, frame.pts, frame.rotation
+
+
+def _deinterlaced(frames: Iterable[av.VideoFrame], stream) -> Iterator[tuple[av.VideoFrame, int | None, int]]:
+    """(frame, pts, rotation), frames flagged interlaced deinterlaced by yadif.
+
+    yadif in send_frame mode gives one frame per input frame, in order, one frame late; the
+    graph is built at the first interlaced frame. Timestamps and rotation are taken from the
+    input frames: yadif's output uses its own time base and drops the display matrix.
+    """
+    graph = None
+    waiting: deque[tuple[int | None, int]] = deque()
+
+    def drain():
+        while True:
+            try:
+                out = graph.pull()
+            except (BlockingIOError, av.error.EOFError):
+                return
+            pts, rotation = waiting.popleft()
+            yield out, pts, rotation
+
+    for frame in frames:
+        if graph is None and not frame.interlaced_frame:
+            yield frame, frame.pts, frame.rotation
+            continue
+        if graph is None:
+            graph = av.filter.Graph()
+            source = graph.add_buffer(template=stream)
+            yadif = graph.add("yadif", "mode=send_frame:parity=auto:deint=interlaced")
+            sink = graph.add("buffersink")
+            source.link_to(yadif)
+            yadif.link_to(sink)
+            graph.configure()
+        waiting.append((frame.pts, frame.rotation))
+        graph.push(frame)
+        yield from drain()
+    if graph is not None:
+        graph.push(None)
+        yield from drain()
 
 
 def _decode_tolerant(container, stream, report: DecodeReport) -> Iterator[av.VideoFrame]:

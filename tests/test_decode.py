@@ -192,3 +192,18 @@ def test_decode_image_gray_alpha_and_16_bit():
 def test_manifest_of_corpus_matches_readme(shared_data):
     manifest = json.loads((VIDEOS / "manifest.json").read_text())
     assert manifest  # the corpus description that REAL above is taken from is present
+
+
+def test_interlaced_frames_are_deinterlaced(shared_data):
+    """The interlaced MPEG-2 test pattern: combing (odd rows unlike their neighbours) is gone."""
+    path = VIDEOS / "bt601-525_480_interlaced_bff.ts"
+
+    def combing(image):
+        gray = image.astype(np.float32).mean(axis=2)
+        return float(np.abs(gray[1:-1] - 0.5 * (gray[:-2] + gray[2:])).mean())
+
+    woven, _ = read_all(path, DecodeOptions(max_pairs=3, deinterlace=False))
+    clean, records = read_all(path, DecodeOptions(max_pairs=3))
+    assert records == [] and pairs_of(clean) == pairs_of(woven) == [(0, 1), (1, 2), (2, 3)]
+    np.testing.assert_array_equal(clean[0]["t0"], woven[0]["t0"])
+    assert combing(clean[0]["image0"][1]) < 0.2 * combing(woven[0]["image0"][1])
