@@ -27,6 +27,12 @@ def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> by
         raise FileNotFoundError(f"checkpoint not found: {uri}") from None
 
 
+def is_directory(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """True when ``uri`` (local path or fsspec URI) names a folder, e.g. a HuggingFace model directory."""
+    fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    return fs.isdir(path)
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

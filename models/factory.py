@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_checkpoint, load_strict
+from .checkpoint import is_directory, load_checkpoint, load_strict
 from .contract import FlowModel
 from .registry import ModelSpec, Registry
 
@@ -38,16 +38,23 @@ def load_model(
     spec = registry[name]
     known = spec.find_checkpoint(checkpoint) if checkpoint else None
     config = {**spec.default_config, **(known.eval_config if known else {}), **overrides}
-    model = spec.builder(**config)
-    model.checkpoint_sha256 = ""
+    if checkpoint and not spec.needs_weights:
+        raise ValueError(f"{name} takes no checkpoint, got {checkpoint!r}")
+    expected_sha256 = checkpoint_sha256 or (known.sha256 if known else None)
+    if checkpoint and spec.load_checkpoint is not None and is_directory(checkpoint, storage_options):
+        # A directory checkpoint holds its own architecture (HuggingFace config.json): it builds the model.
+        model, digest = spec.load_checkpoint(checkpoint, config, expected_sha256, storage_options)
+    else:
+        model = spec.builder(**config)
+        digest = ""
+        if checkpoint:
+            digest = _load_weights(spec, model, checkpoint, expected_sha256, storage_options)
+        elif spec.needs_weights and not random_init:
+            files = ", ".join(f"{c.filename} ({c.url})" for c in spec.checkpoints) or "none registered"
+            raise ValueError(f"{name} needs a checkpoint (official files: {files}); "
+                             "pass checkpoint=URI, or random_init=True")
+    model.checkpoint_sha256 = digest
     model.config = config
-    if checkpoint:
-        if not spec.needs_weights:
-            raise ValueError(f"{name} takes no checkpoint, got {checkpoint!r}")
-        _load_weights(spec, model, checkpoint, checkpoint_sha256 or (known.sha256 if known else None), storage_options)
-    elif spec.needs_weights and not random_init:
-        files = ", ".join(f"{c.filename} ({c.url})" for c in spec.checkpoints) or "none registered"
-        raise ValueError(f"{name} needs a checkpoint (official files: {files}); pass checkpoint=URI, or random_init=True")
     model.model_name = name
     model.autocast_dtype = PRECISIONS[precision]
     return model.eval().to(device or "cpu")
@@ -55,7 +62,8 @@ def load_model(
 
 def _load_weights(
     spec: ModelSpec, model: FlowModel, uri: str, sha256: str | None, storage_options: Mapping[str, Any] | None
-) -> None:
+) -> str:
+    """Load a state_dict checkpoint into ``model`` strictly; returns the file's sha256."""
     state, digest = load_checkpoint(uri, sha256, storage_options)
     load_strict(model, spec.convert(state), name=uri)
-    model.checkpoint_sha256 = digest
+    return digest

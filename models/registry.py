@@ -56,9 +56,19 @@ def identity(state: StateDict) -> StateDict:
     return state
 
 
+# (uri, config, expected sha256 or None, storage options) → (model, sha256 of the weights)
+CheckpointLoader = Callable[[str, Mapping[str, Any], "str | None", "Mapping[str, Any] | None"], tuple[FlowModel, str]]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """Registry record: ``builder(**config)`` returns a :class:`FlowModel` in eval mode."""
+    """Registry record: ``builder(**config)`` returns a :class:`FlowModel` in eval mode.
+
+    ``load_checkpoint``: for directory checkpoints that carry their own architecture (a HuggingFace
+    model directory with config.json), the function that builds the model from the checkpoint with
+    ``config``'s settings and loads its weights. Checkpoint files (and every checkpoint of a spec
+    without it) go through ``builder(**config)`` and a strict state_dict load through ``convert``.
+    """
 
     name: str
     builder: Callable[..., FlowModel]
@@ -67,6 +77,7 @@ class ModelSpec:
     checkpoints: tuple[Checkpoint, ...] = ()
     convert: Callable[[StateDict], StateDict] = identity
     needs_weights: bool = True
+    load_checkpoint: CheckpointLoader | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default_config", _frozen(self.default_config))
