@@ -95,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--segment-frames", type=int, default=1800,
                        help="split videos larger than --split-mb into read tasks of about this many frames")
     label.add_argument("--split-mb", type=float, default=256.0, help="videos above this size are split (default 256)")
+    label.add_argument("--frame-labels", metavar="NAME", choices=("perceiver_image_classifier",),
+                       help="add the top-k image classes of frame0 to each pair row: perceiver_image_classifier")
+    label.add_argument("--frame-labels-checkpoint", metavar="URI", help="its HuggingFace model directory")
+    label.add_argument("--frame-labels-top-k", type=int, default=5, help="classes per frame (default 5)")
+    label.add_argument("--frame-labels-every", type=int, default=1, metavar="N",
+                       help="classify frame0 of every N-th pair of a video; the others get nulls (default 1)")
+    label.add_argument("--clip-labels", metavar="NAME", choices=("perceiver_multimodal",),
+                       help="write a clip table to <out>/_clips/ (Kinetics-700 classes and reconstruction errors "
+                            "of 16-frame clips with audio): perceiver_multimodal")
+    label.add_argument("--clip-labels-checkpoint", metavar="URI", help="its HuggingFace model directory")
+    label.add_argument("--clip-labels-top-k", type=int, default=5, help="classes per clip (default 5)")
     add_storage_options(label)
     add_cluster_options(label)
     label.set_defaults(func=cmd_label)
@@ -106,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
+    from pipeline.clips import ClipLabelOptions
     from pipeline.datasource import ReadOptions
     from pipeline.decode import DecodeOptions
+    from pipeline.frame_labels import FrameLabelOptions
     from pipeline.labeler import LabelerConfig
     from pipeline.plan import PlanOptions
     from pipeline.sinks import SinkOptions
@@ -130,6 +143,11 @@ def cmd_label(args: argparse.Namespace) -> int:
         cluster=cluster_options(args),
         corpus=args.corpus,
         storage_options=args.storage_options,
+        frame_labels=FrameLabelOptions(args.frame_labels, args.frame_labels_checkpoint or "",
+                                       top_k=args.frame_labels_top_k, every=args.frame_labels_every)
+        if args.frame_labels else None,
+        clip_labels=ClipLabelOptions(args.clip_labels, args.clip_labels_checkpoint or "", top_k=args.clip_labels_top_k)
+        if args.clip_labels else None,
     )
     result = run_label(job)
     print(format_label_summary(result))
@@ -143,6 +161,8 @@ def format_label_summary(result) -> str:
         lines.append(f"{'pairs':>7}  {'mean |flow| px':>14}  {'occluded':>8}  source")
         for v in result.per_video:
             lines.append(f"{v['pairs']:>7}  {v['mean_flow_magnitude']:>14.3f}  {v['occluded_fraction']:>7.1%}  {v['source']}")
+    if result.clips:
+        lines.append(f"labeled {result.clips} clips (<out>/_clips/)")
     for r in result.skipped:
         lines.append(f"skipped  {r.source}: {r.message}")
     for r in result.errors:

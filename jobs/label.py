@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.clips import ClipLabelOptions
 from pipeline.datasource import FramePairDatasource, ReadOptions
 from pipeline.decode import DecodeOptions
+from pipeline.frame_labels import FrameLabelOptions
 from pipeline.labeler import Labeler, LabelerConfig
 from pipeline.manifest import read_manifest, versions, write_manifest
 from pipeline.plan import PlanOptions, plan_units
@@ -27,6 +29,7 @@ from pipeline.sinks import SinkOptions, committed_chunks, write_batch
 from pipeline.sources import list_sources
 from pipeline.storage import redact
 
+from .clips import clip_unit, run_clip_labels
 from .cluster import ClusterOptions, actor_pool, connect
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 2
@@ -44,6 +47,8 @@ class LabelJob:
     cluster: ClusterOptions = ClusterOptions()
     corpus: str | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    frame_labels: FrameLabelOptions | None = None  # --frame-labels: image classes of frame0 in the pair rows
+    clip_labels: ClipLabelOptions | None = None  # --clip-labels: the clip table under <out>/_clips/
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -64,6 +69,7 @@ class LabelResult:
     per_video: list[dict[str, Any]]
     errors: list[UnitRecord]
     skipped: list[UnitRecord]
+    clips: int = 0  # rows written to <out>/_clips/ (--clip-labels)
 
     @property
     def exit_code(self) -> int:
@@ -90,6 +96,7 @@ def run_label(job: LabelJob) -> LabelResult:
     # Fail fast on a bad checkpoint or model name, before any data is read.
     checkpoint_sha256 = job.labeler.load("cpu", so).checkpoint_sha256
     manifest = _manifest(job, checkpoint_sha256, started)
+    manifest["options"].update(_extra_labels(job, so))  # fails fast on their checkpoints too
     _check_same_settings(job.sink.out, manifest, so)
     sources, listing_errors = list_sources(job.inputs, so, job.corpus)
     all_units = plan_units(sources, job.read.decode, job.plan, so)
@@ -112,17 +119,20 @@ def run_label(job: LabelJob) -> LabelResult:
         tracker.add(summary)
         progress.update(summary, len(tracker.settled))
     summaries = list(by_chunk.values())
+    clips = run_clip_labels(sources, job.clip_labels, job.sink, job.cluster, so) if job.clip_labels else None
     planned = {u.key for u in all_units} | {_listing_key(e.uri) for e in listing_errors}
+    planned |= {clip_unit(s) for s in sources} if clips else set()
     errors = [r for r in read_records(job.sink.out, ERRORS_DIR, so) if r.unit in planned]
     skipped = [r for r in read_records(job.sink.out, SKIPPED_DIR, so) if r.unit in planned]
     result = LabelResult(
         sources=len(sources), units=len(all_units), pairs=int(sum(s["pairs"] for s in summaries)),
         chunks=len(summaries), bytes_written=int(sum(s["bytes_written"] for s in summaries)),
         seconds=time.time() - started, per_video=_per_video(summaries), errors=errors, skipped=skipped)
+    result.clips = clips.clips if clips else 0
     settled_now = read_unit_markers(job.sink.out, so)
     progress.write("finished", counts={
         "sources": result.sources, "pairs": result.pairs, "chunks": result.chunks,
-        "bytes_written": result.bytes_written, "errors": len(errors), "skipped": len(skipped),
+        "bytes_written": result.bytes_written, "errors": len(errors), "skipped": len(skipped), "clips": result.clips,
         "units_total": len(all_units), "units_skipped_as_done": len(all_units) - len(units),
         "units_done": sum(1 for u in all_units if settled_now.get(u.key, {}).get("status") in ("done", "skipped")),
         "units_failed": sum(1 for u in all_units if u.key not in settled_now
@@ -163,7 +173,32 @@ def fingerprint(manifest: Mapping[str, Any]) -> dict[str, Any]:
     read = {k: options["read"][k] for k in ("decode", "chunk_bytes", "max_chunk_pairs")}
     return {"model": manifest["model"], "checkpoint_sha256": manifest["checkpoint_sha256"], "labeler": labeler,
             "read": read, "plan": options["plan"],
-            "sink": {k: v for k, v in options["sink"].items() if k != "out"}, "corpus": options["corpus"]}
+            "sink": {k: v for k, v in options["sink"].items() if k != "out"}, "corpus": options["corpus"],
+            "frame_labels": _label_settings(options.get("frame_labels")),
+            "clip_labels": _label_settings(options.get("clip_labels"))}
+
+
+def _label_settings(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A labeler's options as the fingerprint sees them: weights by digest, not location; no batch size."""
+    if not options:
+        return None
+    return {k: v for k, v in options.items() if k not in ("checkpoint", "checkpoint_sha256", "batch_size")}
+
+
+def _extra_labels(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[str, Any]:
+    """Manifest options of --frame-labels / --clip-labels with their weights' sha256 (loading them
+    on the driver also fails the job early on a bad checkpoint)."""
+    out: dict[str, Any] = {}
+    if job.frame_labels:
+        out["frame_labels"] = {**asdict(job.frame_labels),
+                               "weights_sha256": job.frame_labels.load("cpu", storage_options).checkpoint_sha256}
+    if job.clip_labels:
+        out["clip_labels"] = {**asdict(job.clip_labels), "weights_sha256": job.clip_labels.load("cpu", storage_options)[1]}
+    return out
+
+
+def _labeler_kwargs(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"config": job.labeler, "storage_options": storage_options, "frame_labels": job.frame_labels}
 
 
 def _check_same_settings(out: str, manifest: Mapping[str, Any], storage_options: Mapping[str, Any]) -> None:
@@ -195,7 +230,7 @@ def _execute(job: LabelJob, units) -> Iterator[dict[str, Any]]:
     ds = ray.data.read_datasource(source, override_num_blocks=len(units), num_cpus=job.cluster.reader_cpus,
                                   memory=8 * job.read.chunk_bytes)
     # Ray Data restarts a killed labeler actor and redoes its batch (max_restarts=-1 by default).
-    ds = ds.map_batches(Labeler, fn_constructor_kwargs={"config": job.labeler, "storage_options": so},
+    ds = ds.map_batches(Labeler, fn_constructor_kwargs=_labeler_kwargs(job, so),
                         batch_size=None, compute=pool, **resources)
     ds = ds.map_batches(write_batch, fn_kwargs={"options": job.sink, "storage_options": so},
                         batch_size=None, num_cpus=job.cluster.writer_cpus)

@@ -74,6 +74,36 @@ def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 30, gop: 
     return path
 
 
+def tone(seconds: float, rate: int = 48000, hz: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
+    """A mono sine, float32 samples in [−1, 1]."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    return (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def write_video_with_audio(path: str | Path, frames: list[np.ndarray], audio: np.ndarray, fps: int = 25,
+                           rate: int = 48000) -> Path:
+    """Like :func:`write_video` (H.264 in MP4/MKV/TS), plus ``audio`` (mono float32 in [−1, 1] at ``rate``)
+    as an AAC track starting at time 0."""
+    path = Path(path)
+    fmt, codec, pix_fmt, options = CODECS[path.suffix.lower()]
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), mode="w", format=fmt) as container:
+        video = container.add_stream(codec, rate=fps, options=options)
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        sound = container.add_stream("aac", rate=rate, layout="mono")
+        for image in frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(video.encode())
+        step = 1024  # AAC frame size
+        for start in range(0, len(audio), step):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[None, start:start + step]), format="fltp",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode())
+    return path
+
+
 def write_translating_video(path: str | Path, height: int, width: int, frames: int, motion: Motion = Motion(),
                             fps: int = 30, seed: int = 0, gop: int | None = None) -> Path:
     return write_video(path, translating_frames(height, width, frames, motion, seed), fps, gop)

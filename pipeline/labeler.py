@@ -19,6 +19,7 @@ from models import FlowModel, load_model
 
 from .chunks import iter_chunks
 from .consistency import ConsistencyParams, consistency
+from .frame_labels import FrameLabelOptions
 
 IMAGE_COLUMNS = ("image0", "image1")
 _TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
@@ -110,10 +111,13 @@ class Labeler:
     flow, occlusion, confidence, model and checkpoint.
     """
 
-    def __init__(self, config: LabelerConfig, storage_options: Mapping[str, Any] | None = None):
+    def __init__(self, config: LabelerConfig, storage_options: Mapping[str, Any] | None = None,
+                 frame_labels: FrameLabelOptions | None = None):
         self.config = config
         self.device = assigned_device()
         self.model = config.load(self.device, storage_options)
+        # --frame-labels: classes of frame0 from the frames this actor already holds (pipeline.frame_labels).
+        self.frame_labeler = frame_labels.load(self.device, storage_options) if frame_labels else None
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for rows in iter_chunks(batch):
@@ -123,5 +127,7 @@ class Labeler:
             n = len(out["frame0"])
             out["model"] = np.full(n, self.config.model, object)
             out["checkpoint"] = np.full(n, self.model.checkpoint_sha256, object)
+            if self.frame_labeler is not None:
+                out.update(self.frame_labeler(rows))
             out.update(labels)
             yield out

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .chunks import iter_chunks
-from .schema import ARRAY_COLUMNS, SCALAR_COLUMNS, to_table
+from .schema import ARRAY_COLUMNS, SCALAR_COLUMNS, optional_columns, to_table
 from .storage import filesystem, join, write_atomic
 
 FORMATS = ("parquet", "npz")
@@ -83,6 +83,7 @@ def encode_npz(rows: Mapping[str, np.ndarray]) -> bytes:
     arrays = {name: np.asarray(rows[name], dtype=spec[0]) for name, spec in ARRAY_COLUMNS.items()}
     arrays.update({name: np.asarray(rows[name]).astype(str) if rows[name].dtype == object else np.asarray(rows[name])
                    for name in SCALAR_COLUMNS})
+    arrays.update({name: np.asarray(rows[name]) for name in optional_columns(rows)})  # N×k, --frame-labels
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()

@@ -7,18 +7,31 @@ for the released weights, which are not available here.
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import uuid
 
 import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
 import pytest
+import s3fs
 import torch
 from safetensors.torch import save_file
 
+from jobs.cli import main as cli_main
+from jobs.synthetic import Motion, tone, translating_frames, write_video, write_video_with_audio
 from models import CheckpointError, get_spec, load_model
 from models.hf_directory import load_pretrained
 from models.perceiver import FLOW_SCALE, PerceiverIOFlow, flow_patches, normalize
+from models.perceiver_labels import (IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing, clip_frame,
+                                     load_clip_classifier, load_image_classifier)
 from models.tiling import TileGrid, tent_weights, tile_starts
+from pipeline.clips import ClipShape, iter_clips
+from pipeline.decode import DecodeReport, iter_video_frames
+from pipeline.frame_labels import FrameLabeler
+from pipeline.schema import output_schema, top_k_column
 
 TILE = (16, 24)
 TINY_FLOW = {"num_latents": 8, "d_latents": 16, "num_self_attends_per_block": 1, "num_self_attention_heads": 2,
@@ -39,7 +52,7 @@ def tiny_clip_network():
 
     torch.manual_seed(0)
     config = PerceiverConfig(num_latents=8, d_latents=16, num_self_attends_per_block=1, num_self_attention_heads=2,
-                             num_cross_attention_heads=1, num_frames=2, image_size=4, audio_samples_per_frame=32,
+                             num_cross_attention_heads=1, num_frames=2, image_size=4, audio_samples_per_frame=1920,
                              samples_per_patch=16, output_shape=[1, 2, 16, 16], output_num_channels=8,
                              id2label=KINETICS_TINY, label2id={v: k for k, v in KINETICS_TINY.items()})
     config._label_trainable_num_channels = 8
@@ -270,3 +283,187 @@ def test_small_frames_are_padded_where_pad_mode_says(flow_dir):
         torch.testing.assert_close(kitti(image0, image1), expected)
         centred = torch.nn.functional.pad(torch.cat([image0, image1]), (0, 0, 3, 3), mode="replicate")
         torch.testing.assert_close(sintel(image0, image1), sintel(centred[:1], centred[1:])[..., 3:13, :])
+
+
+# ----------------------------------------------------------------------------- frame labels
+
+
+def test_image_preprocessing_crops_the_centre_as_the_model_card():
+    preprocessing = ImagePreprocessing()  # transformers' PerceiverImageProcessor defaults: 224 of 256, ImageNet stats
+    image = torch.zeros(1, 3, 480, 640)
+    image[..., 30:450, 110:530] = 200.0  # the centre crop: int(224 / 256 · 480) = 420 px, top 30, left 110
+    pixels = preprocessing(image)
+    assert pixels.shape == (1, 3, 224, 224)
+    expected = (200 / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(pixels, expected.view(1, 3, 1, 1).expand_as(pixels), rtol=0, atol=1e-6)
+    config = ImagePreprocessing.from_config({"size": {"height": 32, "width": 32}, "crop_size": 36})
+    assert config.size == (32, 32) and config.crop_size == (36, 36)
+    with pytest.raises(ValueError, match="do_normalize"):
+        ImagePreprocessing.from_config({"do_normalize": False})
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vision-perceiver-conv")
+    tiny_image_network().save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(TINY_PREPROCESSOR))
+    return folder
+
+
+def test_image_classifier_top_k_from_its_directory(image_dir, no_network):
+    classifier, sha256 = load_image_classifier(str(image_dir), k=3, batch_size=2)
+    assert sha256 == sha256_of(image_dir / "model.safetensors")
+    assert classifier.preprocessing.size == (32, 32)  # from preprocessor_config.json
+    frames = np.random.default_rng(0).integers(0, 256, (3, 40, 50, 3), dtype=np.uint8)
+    top = classifier(frames)
+    assert top.ids.shape == top.names.shape == top.probs.shape == (3, 3)
+    assert all(top.names[i, j] == IMAGENET_TINY[top.ids[i, j]] for i in range(3) for j in range(3))
+    assert (np.diff(top.probs, axis=1) <= 0).all()
+    with torch.inference_mode():
+        pixels = classifier.preprocessing(torch.from_numpy(frames).permute(0, 3, 1, 2).float())
+        probs = classifier.network(inputs=pixels).logits.softmax(-1)
+    np.testing.assert_allclose(top.probs, probs.topk(3).values.numpy(), rtol=1e-6)
+
+
+class FakeClassifier:
+    k = 2
+
+    def __init__(self):
+        self.seen = 0
+
+    def __call__(self, images):
+        from models.perceiver_labels import TopK
+
+        self.seen += len(images)
+        n = len(images)
+        return TopK(np.tile(np.int32([7, 3]), (n, 1)), np.tile(np.array(["seven", "three"]), (n, 1)),
+                    np.tile(np.float32([0.75, 0.25]), (n, 1)))
+
+
+def test_frame_labels_every_n_pairs_and_their_columns():
+    classifier = FakeClassifier()
+    rows = {"ordinal": np.arange(5, 10), "image0": np.zeros((5, 4, 4, 3), np.uint8)}
+    labels = FrameLabeler(classifier, every=2, checkpoint_sha256="")(rows)
+    assert classifier.seen == 2  # ordinals 6 and 8
+    assert labels["frame_classes"][:, 0].tolist() == [-1, 7, -1, 7, -1]
+    assert labels["frame_class_names"][1].tolist() == ["seven", "three"]
+    valid = labels["frame_classes"][:, 0] >= 0
+    column = top_k_column(labels["frame_class_probs"], valid, pa.float32())
+    assert column.to_pylist() == [None, [0.75, 0.25], None, [0.75, 0.25], None]
+    assert "frame_classes" not in output_schema().names  # the default schema is unchanged
+    assert output_schema(optional=("frame_classes",)).field("frame_classes").type == pa.list_(pa.int32())
+
+
+# ----------------------------------------------------------------------------- clip labels
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("multimodal-perceiver")
+    tiny_clip_network().save_pretrained(folder)
+    return folder
+
+
+def test_clip_decoding_in_chunks_equals_transformers_subsampled_forward(clip_dir):
+    classifier, _ = load_clip_classifier(str(clip_dir), k=3, output_chunks=4)
+    assert (classifier.frames, classifier.image_size, classifier.fps) == (2, (16, 16), 25.0)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 2, 16, 16, 3), dtype=np.uint8)
+    audio = rng.uniform(-1, 1, (2, classifier.audio_samples)).astype(np.float32)
+    inputs = classifier.inputs(torch.from_numpy(frames), torch.from_numpy(audio))
+    image, sound = [], []
+    with torch.inference_mode():
+        encoded = classifier.encode(inputs)
+        for points in classifier.chunk_points():
+            reference = classifier.network(inputs=inputs, subsampled_output_points=points).logits
+            mine = classifier.decode(encoded, points)
+            for key in ("image", "audio", "label"):
+                torch.testing.assert_close(mine[key], reference[key], rtol=0, atol=0)
+            image.append(reference["image"])
+            sound.append(reference["audio"])
+    labels = classifier(frames, audio)
+    video = torch.cat(image, dim=1).reshape(2, 2, 16, 16, 3)
+    expected_video = (video - torch.from_numpy(frames).float() / 255).square().mean(dim=(1, 2, 3, 4))
+    expected_audio = (torch.cat(sound, dim=1) - torch.from_numpy(audio)).square().mean(dim=1)
+    np.testing.assert_allclose(labels.video_mse, expected_video.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(labels.audio_mse, expected_audio.numpy(), rtol=1e-5)
+    assert labels.classes.names[0, 0] == KINETICS_TINY[labels.classes.ids[0, 0]]
+
+
+def test_clips_take_their_audio_by_timestamp_and_silence_without_a_track(tmp_path):
+    frames = translating_frames(40, 56, 12, Motion(1.0, 0.0))
+    audio = tone(12 / 25, hz=300)
+    with_audio = write_video_with_audio(tmp_path / "with.mp4", frames, audio, fps=25)
+    silent = write_video(tmp_path / "silent.mp4", frames, fps=25)
+    shape = ClipShape(frames=4, size=(16, 16), fps=25.0, audio_samples=4 * 1920, audio_rate=48000)
+    with open(with_audio, "rb") as video, open(with_audio, "rb") as sound:
+        clips = list(iter_clips(video, sound, shape))
+    assert [c.frame_indices for c, _ in clips] == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11)]
+    assert all(has for _, has in clips) and clips[0][0].frames.shape == (4, 16, 16, 3)
+    for clip, _ in clips[1:]:  # AAC's first frames ramp up; later ones match the tone closely
+        start = int(round(clip.times[0] * 48000))
+        assert np.abs(clip.audio - audio[start:start + 4 * 1920]).max() < 0.05
+    with open(silent, "rb") as video, open(silent, "rb") as sound:
+        clips = list(iter_clips(video, sound, shape, max_clips=2))
+    assert len(clips) == 2 and not any(has for _, has in clips)
+    assert all(not clip.audio.any() for clip, _ in clips)
+    with open(silent, "rb") as video:
+        decoded = [frame.image for frame in iter_video_frames(video, DecodeReport())]
+    np.testing.assert_array_equal(clips[1][0].frames[2], clip_frame(decoded[6], (16, 16)))
+
+
+# ----------------------------------------------------------------------------- through the pipeline
+
+
+@pytest.mark.slow
+def test_frame_and_clip_labels_through_the_pipeline(ray_local, local_s3, tmp_path, image_dir, clip_dir, capsys):
+    """flowlabel label from SeaweedFS with both labelers, their checkpoints read from S3 too; then a resume."""
+    fs = s3fs.S3FileSystem(**local_s3.storage_options)
+    root = f"{local_s3.bucket}/perceiver-{uuid.uuid4().hex[:8]}"
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    frames = translating_frames(48, 64, 9, Motion(1.0, 0.5))
+    write_video_with_audio(videos / "talking.mp4", frames, tone(9 / 25), fps=25)
+    write_video(videos / "silent.mp4", frames, fps=25)
+    fs.put(str(videos), f"{root}/videos", recursive=True)
+    fs.put(str(image_dir), f"{root}/weights/vision", recursive=True)
+    fs.put(str(clip_dir), f"{root}/weights/multimodal", recursive=True)
+    out = f"s3://{root}/labels"
+    argv = ["label", f"s3://{root}/videos/", "--out", out, "--storage-options", json.dumps(local_s3.storage_options),
+            "--frame-labels", "perceiver_image_classifier", "--frame-labels-checkpoint", f"s3://{root}/weights/vision",
+            "--frame-labels-top-k", "3", "--frame-labels-every", "3",
+            "--clip-labels", "perceiver_multimodal", "--clip-labels-checkpoint", f"s3://{root}/weights/multimodal",
+            "--clip-labels-top-k", "3"]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "labeled 16 pairs" in printed and "labeled 8 clips" in printed, printed
+
+    pairs = pads.dataset(f"{root}/labels", filesystem=fs, format="parquet", partitioning="hive").to_table()
+    assert pairs.num_rows == 16
+    for frame0, classes, names, probs in zip(*(pairs[c].to_pylist() for c in
+                                               ("frame0", "frame_classes", "frame_class_names", "frame_class_probs"))):
+        if frame0 % 3:  # every 3rd pair of a video: ordinals 0, 3, 6
+            assert classes is None and names is None and probs is None
+        else:
+            assert len(classes) == 3 and names == [IMAGENET_TINY[c] for c in classes] and probs == sorted(probs)[::-1]
+
+    clips = pads.dataset(f"{root}/labels/_clips", filesystem=fs, format="parquet", partitioning="hive").to_table()
+    rows = sorted(clips.to_pylist(), key=lambda r: (r["source"], r["clip"]))
+    assert len(rows) == 8  # 9 frames at 25 frames/s: 4 clips of 2 per video, the 9th frame left over
+    assert [(r["frame_first"], r["frame_last"]) for r in rows[:4]] == [(0, 1), (2, 3), (4, 5), (6, 7)]
+    assert {r["source"].rsplit("/", 1)[-1]: r["has_audio"] for r in rows} == {"silent.mp4": False, "talking.mp4": True}
+    assert all(len(r["classes"]) == 3 and r["class_names"][0] == KINETICS_TINY[r["classes"][0]] for r in rows)
+    assert all(np.isfinite(r["video_mse"]) and r["video_mse"] > 0 and np.isfinite(r["audio_mse"]) for r in rows)
+    assert {r["checkpoint"] for r in rows} == {sha256_of(clip_dir / "model.safetensors")}
+    assert pairs.num_rows == pads.dataset(f"{root}/labels", filesystem=fs, format="parquet",
+                                          partitioning="hive").count_rows()  # _clips/ stays out of the pair table
+
+    manifest = json.loads(fs.cat(f"{root}/labels/_flowlabel.json"))
+    assert manifest["options"]["frame_labels"]["weights_sha256"] == sha256_of(image_dir / "model.safetensors")
+    assert manifest["counts"]["clips"] == 8
+
+    before = {p: fs.info(p)["ETag"] for p in fs.find(f"{root}/labels/_clips")}
+    assert cli_main(argv) == 0  # resumed: nothing left to label
+    printed = capsys.readouterr().out
+    assert "labeled 0 pairs" in printed and "clips" not in printed, printed
+    assert {p: fs.info(p)["ETag"] for p in fs.find(f"{root}/labels/_clips")} == before
