@@ -11,6 +11,7 @@ from typing import Any
 
 from . import score, scores, viz
 from .cluster import ClusterOptions
+from .stats import format_stats
 
 EXIT_FAILED = 1
 
@@ -62,13 +63,22 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str = "dis
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", help="Ray address (auto, ray://host:10001); default: a local Ray on 127.0.0.1")
+    parser.add_argument("--address", help="Ray address (auto, ray://host:10001, host:6379); default: $RAY_ADDRESS "
+                                          "when set (ray job submit sets it), else a local Ray on 127.0.0.1")
     parser.add_argument("--actors", type=int, help="max labeler actors (default: one per GPU)")
+    parser.add_argument("--min-actors", type=int, default=1, help="labeler actors started up front (default 1)")
     parser.add_argument("--gpus-per-actor", type=float, help="GPUs per labeler actor, e.g. 0.5 (default 1 if any)")
+    parser.add_argument("--tasks-per-actor", type=int, default=2,
+                        help="chunks queued on each labeler actor (default 2: one running, one in transit)")
+    parser.add_argument("--object-store-mb", type=float,
+                        help="cap on the object store memory the job's blocks use (default: Ray Data's share)")
 
 
 def cluster_options(args: argparse.Namespace) -> ClusterOptions:
-    return ClusterOptions(address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor)
+    object_store = None if args.object_store_mb is None else int(args.object_store_mb * 2**20)
+    return ClusterOptions(address=args.address, actors=args.actors, min_actors=args.min_actors,
+                          gpus_per_actor=args.gpus_per_actor, tasks_per_actor=args.tasks_per_actor,
+                          object_store_bytes=object_store)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +177,7 @@ def format_label_summary(result) -> str:
         lines.append(f"skipped  {r.source}: {r.message}")
     for r in result.errors:
         lines.append(f"FAILED   {r.source} [{r.stage}] {r.error_type}: {r.message}")
+    lines += format_stats(result.stats)
     if result.errors:
         lines.append(f"{len(result.errors)} input(s) failed; details in <out>/_errors/ (exit code 2)")
     return "\n".join(lines)

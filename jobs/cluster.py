@@ -1,70 +1,186 @@
-"""Connecting to Ray and sizing the labeler actor pool from the cluster's resources."""
+"""Connecting to Ray and sizing the stages (decode tasks, labeler actors, writers) from the cluster.
+
+The labeler is the expensive stage: one actor per GPU (or per ``gpus_per_actor`` of one).
+Decoding runs in CPU tasks beside the actors; its concurrency is tied to the number of
+actors so that decoded frames cannot pile up faster than the GPUs consume them.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
+# Set by `ray job submit` (and by users) for a driver that should join an existing cluster.
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
+MIN_ACTORS_WAIT_S = 600  # GPU nodes of an autoscaling cluster take minutes to come up
 
 
 @dataclass(frozen=True)
 class ClusterOptions:
-    """address: Ray address ("auto", "ray://host:10001", …); None starts a local Ray on 127.0.0.1.
-    actors: max labeler actors (default: one per GPU, or per two CPUs without GPUs).
-    gpus_per_actor: GPUs each labeler actor holds (default 1 when the cluster has GPUs, else 0).
-    local_cpus: CPUs of a local Ray (default: all)."""
+    """Where the job runs and how its stages are sized.
+
+    address: Ray address ("auto", "ray://host:10001", "host:6379"); None joins ``$RAY_ADDRESS``
+      when set (as in a job submitted with ``ray job submit``), else starts a local Ray on 127.0.0.1.
+    actors: max labeler actors (default: one per ``gpus_per_actor`` of the cluster's GPUs, or
+      one per two CPUs without GPUs). min_actors: actors started up front; the pool grows to
+      ``actors`` with demand (an autoscaling cluster adds GPU nodes as it grows).
+    gpus_per_actor: GPUs each labeler actor holds, e.g. 0.5 puts two actors on one GPU
+      (default 1 when the cluster has GPUs, else 0).
+    tasks_per_actor: batches queued on each actor (Ray Data's ``max_tasks_in_flight_per_actor``):
+      2 lets the next chunk travel to the GPU while the current one runs, without a deep queue.
+    read_tasks_per_actor: concurrent decode tasks per labeler actor (at least 2 in all).
+    object_store_bytes: cap on the object store memory this job's blocks may use (default:
+      Ray Data's share of the cluster's object store).
+    local_cpus: CPUs of a local Ray (default: all).
+    """
 
     address: str | None = None
     actors: int | None = None
+    min_actors: int = 1
     gpus_per_actor: float | None = None
     cpus_per_actor: float = 1.0
+    tasks_per_actor: int = 2
     reader_cpus: float = 1.0
+    read_tasks_per_actor: float = 2.0
     writer_cpus: float = 0.5
+    object_store_bytes: int | None = None
     local_cpus: int | None = None
 
     def __post_init__(self) -> None:
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors: expected ≥ 1, got {self.actors}")
+        if self.min_actors < 1 or (self.actors is not None and self.min_actors > self.actors):
+            raise ValueError(f"min_actors: expected 1 to actors ({self.actors}), got {self.min_actors}")
         if self.gpus_per_actor is not None and not 0 <= self.gpus_per_actor <= 8:
             raise ValueError(f"gpus_per_actor: expected 0 to 8, got {self.gpus_per_actor}")
+        if self.gpus_per_actor and self.gpus_per_actor > 1 and not float(self.gpus_per_actor).is_integer():
+            # Ray only packs fractions below one GPU; 1.5 GPUs cannot be assigned.
+            raise ValueError(f"gpus_per_actor: expected a fraction ≤ 1 or a whole number, got {self.gpus_per_actor}")
+        if self.tasks_per_actor < 1:
+            raise ValueError(f"tasks_per_actor: expected ≥ 1, got {self.tasks_per_actor}")
+        if self.read_tasks_per_actor <= 0:
+            raise ValueError(f"read_tasks_per_actor: expected > 0, got {self.read_tasks_per_actor}")
+        if self.object_store_bytes is not None and self.object_store_bytes < 2**20:
+            raise ValueError(f"object_store_bytes: expected ≥ 1 MiB, got {self.object_store_bytes}")
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Keyword arguments for the three Ray Data calls, decided from the options and the cluster.
+
+    read: for ``ray.data.read_datasource``; label: for ``map_batches(Labeler, …)`` (compute
+    strategy and per-actor resources); write: for ``map_batches(write_batch, …)``.
+    """
+
+    read: dict[str, Any]
+    label: dict[str, Any]
+    write: dict[str, Any]
+    max_actors: int
+    gpus_per_actor: float
+    cluster_gpus: float
+    cluster_cpus: float
+    limits: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """The plan as plain JSON for ``_flowlabel.json``."""
+        pool = self.label["compute"]
+        return {"cluster": {"CPU": self.cluster_cpus, "GPU": self.cluster_gpus},
+                "labeler": {"min_actors": pool.min_size, "max_actors": self.max_actors,
+                            "gpus_per_actor": self.gpus_per_actor, "cpus_per_actor": self.label.get("num_cpus", 1.0),
+                            "tasks_per_actor": pool.max_tasks_in_flight_per_actor},
+                "read": {"concurrency": self.read["concurrency"], "cpus": self.read["num_cpus"],
+                         "memory_bytes": self.read["memory"]},
+                "write": {"cpus": self.write["num_cpus"]}, "limits": dict(self.limits)}
 
 
 def connect(options: ClusterOptions) -> None:
-    """Join the cluster at ``options.address``, or start a local Ray bound to loopback.
+    """Join the cluster at ``options.address`` (or ``$RAY_ADDRESS``), or start a local Ray bound to loopback.
 
     Does nothing when Ray is already initialized in this process (tests, notebooks).
+    Progress bars show in interactive use only: on a terminal, outside CI.
     """
     import ray
     from ray.data import DataContext
 
     if not ray.is_initialized():
-        if options.address:
-            ray.init(address=options.address, logging_level=logging.WARNING)
+        address = options.address or os.environ.get(RAY_ADDRESS_ENV) or None
+        if address:
+            # Token auth (RAY_AUTH_MODE=token) needs no argument: Ray reads RAY_AUTH_TOKEN,
+            # RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token itself.
+            ray.init(address=address, logging_level=logging.WARNING)
         else:
             ray.init(num_cpus=options.local_cpus, include_dashboard=False, _node_ip_address=LOOPBACK,
                      logging_level=logging.WARNING)
+    interactive = sys.stderr.isatty() and not os.environ.get("CI")
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty() and not os.environ.get("CI")
+    ctx.enable_progress_bars = interactive
+    ctx.print_on_execution_start = interactive  # the execution plan banner; quiet in CI and in job logs
 
 
-def actor_pool(options: ClusterOptions) -> tuple[Any, dict[str, float]]:
-    """(ActorPoolStrategy, per-actor resources) for the labeler stage."""
-    import ray
-    from ray.data import ActorPoolStrategy
+def plan_stages(options: ClusterOptions, chunk_bytes: int, read_tasks: int | None = None,
+                resources: Mapping[str, float] | None = None) -> StagePlan:
+    """Size the stages from the cluster's resources (default: the connected cluster's
+    ``ray.cluster_resources()``); sets Ray Data's resource limits on the current DataContext.
 
-    resources = ray.cluster_resources()
+    ``chunk_bytes`` (frames of one chunk) sizes a decode task's memory request; ``read_tasks``
+    (the number of read units, when known) caps the decode concurrency.
+    """
+    from ray.data import ActorPoolStrategy, DataContext, ExecutionResources
+    from ray.data.context import DEFAULT_WAIT_FOR_MIN_ACTORS_S
+
+    if resources is None:
+        import ray
+
+        resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0))
     cpus = float(resources.get("CPU", 1))
     per_actor = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    if per_actor > 0 and gpus and per_actor > gpus:
+        raise ValueError(f"gpus_per_actor: expected ≤ the cluster's {gpus:g} GPUs, got {per_actor:g}")
     if options.actors is not None:
         max_size = options.actors
     elif per_actor > 0:
+        # An autoscaling cluster may start with no GPU node: one actor then waits for the first.
         max_size = max(1, int(gpus // per_actor))
     else:
         max_size = max(1, int(cpus // 2))
-    pool = ActorPoolStrategy(min_size=1, max_size=max_size)
-    return pool, {"num_gpus": per_actor, "num_cpus": options.cpus_per_actor}
+    min_size = min(options.min_actors, max_size)
+    pool = ActorPoolStrategy(min_size=min_size, max_size=max_size,
+                             max_tasks_in_flight_per_actor=options.tasks_per_actor)
+    read_concurrency = max(2, math.ceil(options.read_tasks_per_actor * max_size))
+    if read_tasks is not None:
+        read_concurrency = max(1, min(read_concurrency, read_tasks))  # Ray Data warns about idle slots
+    # Set (or reset) on every plan: the DataContext outlives a run in a notebook or test session.
+    ctx = DataContext.get_current()
+    ctx.execution_options.resource_limits = ExecutionResources.for_limits(object_store_memory=options.object_store_bytes)
+    # With min_actors > 1 the data starts only when those actors are up, so the first chunks
+    # do not all queue on the actor that happened to start first.
+    ctx.wait_for_min_actors_s = MIN_ACTORS_WAIT_S if min_size > 1 else DEFAULT_WAIT_FOR_MIN_ACTORS_S
+    limits = {"object_store_bytes": options.object_store_bytes,
+              "wait_for_min_actors_s": MIN_ACTORS_WAIT_S if min_size > 1 else None}
+    # A read task holds a chunk of frames plus the decoder's buffers: telling Ray its memory
+    # keeps many 4K decodes off one node, and the differing resources keep Ray from fusing the
+    # read into the labeler actors, so decoding runs in CPU tasks beside them, not inside them.
+    # Its concurrency bounds the decoded frames in flight: each read task is a streaming
+    # generator that Ray pauses when its unconsumed blocks pile up.
+    read = {"num_cpus": options.reader_cpus, "memory": 8 * chunk_bytes, "concurrency": read_concurrency}
+    label = {"compute": pool, "num_gpus": per_actor}
+    if not per_actor or options.cpus_per_actor != 1.0:
+        # GPU actors reserve 1 CPU by Ray Data's default; naming CPUs beside GPUs is flagged
+        # "experimental" by Ray Data, so it is left out unless asked for.
+        label["num_cpus"] = options.cpus_per_actor
+    write = {"num_cpus": options.writer_cpus}
+    return StagePlan(read=read, label=label, write=write, max_actors=max_size, gpus_per_actor=per_actor,
+                     cluster_gpus=gpus, cluster_cpus=cpus, limits=limits)
+
+
+def actor_pool(options: ClusterOptions) -> tuple[Any, dict[str, float]]:
+    """(ActorPoolStrategy, per-actor resources) for a model stage (the scoring job's scorers)."""
+    plan = plan_stages(options, chunk_bytes=0)
+    return plan.label["compute"], {k: v for k, v in plan.label.items() if k != "compute"}

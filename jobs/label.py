@@ -30,7 +30,8 @@ from pipeline.sources import list_sources
 from pipeline.storage import redact
 
 from .clips import clip_unit, run_clip_labels
-from .cluster import ClusterOptions, actor_pool, connect
+from .cluster import ClusterOptions, connect, plan_stages
+from .stats import placements, run_stats, stage_stats
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 2
 
@@ -70,6 +71,7 @@ class LabelResult:
     errors: list[UnitRecord]
     skipped: list[UnitRecord]
     clips: int = 0  # rows written to <out>/_clips/ (--clip-labels)
+    stats: dict[str, Any] = field(default_factory=dict)  # throughput per stage, actors, bytes (jobs/stats.py)
 
     @property
     def exit_code(self) -> int:
@@ -113,7 +115,8 @@ def run_label(job: LabelJob) -> LabelResult:
 
     tracker = UnitTracker(committed, lambda unit, chunks: write_unit_marker(job.sink.out, unit, "done", chunks, so))
     by_chunk: dict[tuple[str, str], dict[str, Any]] = {}
-    for summary in (_execute(job, units) if units else []):
+    execution: dict[str, Any] = {}
+    for summary in (_execute(job, units, execution) if units else []):
         # A retried task re-writes the same chunk under the same name: count it once.
         by_chunk[summary["video_id"], summary["chunk"]] = summary
         tracker.add(summary)
@@ -128,9 +131,12 @@ def run_label(job: LabelJob) -> LabelResult:
         sources=len(sources), units=len(all_units), pairs=int(sum(s["pairs"] for s in summaries)),
         chunks=len(summaries), bytes_written=int(sum(s["bytes_written"] for s in summaries)),
         seconds=time.time() - started, per_video=_per_video(summaries), errors=errors, skipped=skipped)
+    result.stats = run_stats(execution.get("stages", []), placements(summaries), pairs=result.pairs,
+                             seconds=result.seconds, errors=len(errors), bytes_written=result.bytes_written,
+                             source_bytes=sum({u.source.uri: u.source.size or 0 for u in units}.values()))
     result.clips = clips.clips if clips else 0
     settled_now = read_unit_markers(job.sink.out, so)
-    progress.write("finished", counts={
+    progress.write("finished", stats=result.stats, plan=execution.get("plan"), counts={
         "sources": result.sources, "pairs": result.pairs, "chunks": result.chunks,
         "bytes_written": result.bytes_written, "errors": len(errors), "skipped": len(skipped), "clips": result.clips,
         "units_total": len(all_units), "units_skipped_as_done": len(all_units) - len(units),
@@ -149,12 +155,13 @@ class Progress:
         self._total, self._before, self._every = total, settled_before, every_s
         self._pairs, self._last = 0, 0.0
 
-    def write(self, status: str, counts: Mapping[str, Any] | None = None) -> None:
+    def write(self, status: str, counts: Mapping[str, Any] | None = None, **fields: Any) -> None:
         now = time.time()
         body = {**self._manifest, "status": status, "updated_at": _now(),
                 "seconds": round(now - datetime.fromisoformat(self._manifest["started_at"]).timestamp(), 3)}
         body["counts"] = dict(counts) if counts else {"units_total": self._total, "pairs": self._pairs,
                                                       "units_done": self._before}
+        body.update(fields)
         write_manifest(self._out, body, self._so)
         self._last = now
 
@@ -217,25 +224,29 @@ def _listing_key(uri: str) -> str:
     return f"list-{_short_hash(uri)}"
 
 
-def _execute(job: LabelJob, units) -> Iterator[dict[str, Any]]:
+def _execute(job: LabelJob, units, execution: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Write summaries as the chunks are committed; fills ``execution`` with the stage plan and,
+    once the stream is consumed, Ray Data's per-stage stats."""
     import ray
 
     connect(job.cluster)
     so = dict(job.storage_options)
     source = FramePairDatasource(units, job.read, job.sink.out, so)
-    pool, resources = actor_pool(job.cluster)
-    # A read task holds a chunk of frames plus the decoder's buffers: telling Ray its memory
-    # keeps many 4K decodes off one node, and the differing resources keep Ray from fusing the
-    # read into the labeler actors, so decoding runs in CPU tasks beside them, not inside them.
-    ds = ray.data.read_datasource(source, override_num_blocks=len(units), num_cpus=job.cluster.reader_cpus,
-                                  memory=8 * job.read.chunk_bytes)
+    stages = plan_stages(job.cluster, job.read.chunk_bytes, len(units))  # resources and limits: jobs/cluster.py
+    execution["plan"] = stages.describe()
+    ds = ray.data.read_datasource(source, override_num_blocks=len(units), **stages.read)
     # Ray Data restarts a killed labeler actor and redoes its batch (max_restarts=-1 by default).
-    ds = ds.map_batches(Labeler, fn_constructor_kwargs=_labeler_kwargs(job, so),
-                        batch_size=None, compute=pool, **resources)
+    # A batch is whole blocks (batch_size=None), so never part of a chunk (one output file): a
+    # row count would cut chunks. map_batches refuses batch_size=None with GPUs, to make users
+    # size GPU batches; the labeler sizes its forward passes itself (--batch-size), and
+    # map_batches_internal is the same call without that check.
+    ds = ds.map_batches_internal(Labeler, fn_constructor_kwargs=_labeler_kwargs(job, so),
+                                 batch_size=None, **stages.label)
     ds = ds.map_batches(write_batch, fn_kwargs={"options": job.sink, "storage_options": so},
-                        batch_size=None, num_cpus=job.cluster.writer_cpus)
+                        batch_size=None, **stages.write)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         yield from _rows(batch)
+    execution["stages"] = stage_stats(ds)
 
 
 def _rows(batch: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:

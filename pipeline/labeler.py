@@ -62,6 +62,21 @@ def assigned_device() -> torch.device:
     return torch.device("cpu")
 
 
+def placement(device: torch.device) -> str:
+    """Where this labeler runs, as JSON: Ray actor id, node IP, the GPU ids Ray assigned
+    (``ray.get_gpu_ids()``) and the torch device used; it travels with each chunk into the
+    write summary so the run's record shows which GPUs did the work."""
+    import json
+
+    import ray
+
+    if not ray.is_initialized():
+        return json.dumps({"actor": "local", "node": "", "gpu_ids": [], "device": str(device)})
+    context = ray.get_runtime_context()
+    return json.dumps({"actor": context.get_actor_id() or "driver", "node": ray.util.get_node_ip_address(),
+                       "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": str(device)})
+
+
 def _to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """N×H×W×3 uint8 → N×3×H×W float32 on ``device``; moves uint8 (4× fewer bytes) then converts."""
     with warnings.catch_warnings():
@@ -108,7 +123,7 @@ class Labeler:
     """Ray Data UDF (``map_batches(Labeler, fn_constructor_kwargs=…, batch_size=None)``).
 
     Yields one output batch per input chunk: the input's columns without the frames, plus
-    flow, occlusion, confidence, model and checkpoint.
+    flow, occlusion, confidence, model, checkpoint and ``labeled_on`` (see :func:`placement`).
     """
 
     def __init__(self, config: LabelerConfig, storage_options: Mapping[str, Any] | None = None,
@@ -118,6 +133,7 @@ class Labeler:
         self.model = config.load(self.device, storage_options)
         # --frame-labels: classes of frame0 from the frames this actor already holds (pipeline.frame_labels).
         self.frame_labeler = frame_labels.load(self.device, storage_options) if frame_labels else None
+        self.placement = placement(self.device)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for rows in iter_chunks(batch):
@@ -129,5 +145,6 @@ class Labeler:
             out["checkpoint"] = np.full(n, self.model.checkpoint_sha256, object)
             if self.frame_labeler is not None:
                 out.update(self.frame_labeler(rows))
+            out["labeled_on"] = np.full(n, self.placement, object)  # not written: the sinks keep the schema's columns
             out.update(labels)
             yield out

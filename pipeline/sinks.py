@@ -25,7 +25,7 @@ FORMATS = ("parquet", "npz")
 NPZ_DIR = "_npz"
 PARTITION_KEYS = {"corpus": "corpus", "video": "video_id"}  # path key → column
 SUMMARY_KEYS = ("video_id", "source", "corpus", "chunk", "unit", "unit_chunks", "pairs", "pixels",
-                "bytes_written", "flow_magnitude_sum", "occluded_sum")
+                "bytes_written", "flow_magnitude_sum", "occluded_sum", "labeled_on")
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,8 @@ def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
         "bytes_written": written,
         "flow_magnitude_sum": float(np.linalg.norm(flow, axis=-1).sum()),
         "occluded_sum": int(np.asarray(rows["occlusion"]).sum()),
+        # Which labeler actor (node, GPU ids) made the chunk, as the labeler stamped it.
+        "labeled_on": str(rows["labeled_on"][0]) if "labeled_on" in rows else "",
     }
 
 

@@ -1,0 +1,120 @@
+"""The end-of-run summary of a label job: throughput per stage, actor use, bytes, errors.
+
+Per-stage numbers come from Ray Data's own execution stats (``Dataset.get_stats_summary``,
+filled in once the stream has been consumed); which GPU each labeler actor held comes from
+the write summaries (the labeler stamps every chunk with its placement).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Stage name → how Ray Data names its operator (the read operator is "Read" + datasource name).
+STAGE_OPERATORS = {"read": "Read", "label": "Labeler", "write": "write_batch"}
+
+
+def stage_stats(ds: Any) -> list[dict[str, Any]]:
+    """One record per Ray Data operator of an executed dataset, in pipeline order.
+
+    ``seconds``: first task start to last task end; ``busy_seconds``: sum of the tasks'
+    wall times (for an actor pool: the time its actors spent on batches); ``rows_in`` /
+    ``rows_out``: rows consumed / produced; ``bytes_out``: size of the blocks produced.
+    Empty when Ray Data has no stats to give.
+    """
+    try:
+        summary = ds.get_stats_summary()
+    except Exception:  # noqa: BLE001 — stats are a report: their absence (e.g. via Ray Client) never fails a run
+        return []
+    chain = []
+    while summary is not None:
+        chain.append(summary)
+        summary = summary.parents[0] if summary.parents else None
+    out = []
+    for level in reversed(chain):
+        for op in level.operators_stats:
+            stage = next((s for s, key in STAGE_OPERATORS.items() if key in op.operator_name), op.operator_name)
+            out.append({
+                "stage": stage, "operator": op.operator_name,
+                "seconds": _round(op.time_total_s),
+                "busy_seconds": _round(op.wall_time.sum if op.wall_time else 0.0),
+                "cpu_seconds": _round(op.cpu_time.sum if op.cpu_time else 0.0),
+                "blocks": int(op.wall_time.count) if op.wall_time else 0,
+                "rows_in": int(op.total_input_num_rows or 0),
+                "rows_out": int(op.output_num_rows.sum) if op.output_num_rows else 0,
+                "bytes_out": int(op.output_size_bytes.sum) if op.output_size_bytes else 0,
+                "failed_tasks": int((level.extra_metrics or {}).get("num_tasks_failed", 0)),
+            })
+    return out
+
+
+def placements(summaries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Labeler actors seen in the write summaries: {actor, node, gpu_ids, device, pairs}, by actor id."""
+    actors: dict[str, dict[str, Any]] = {}
+    for s in summaries:
+        if not s.get("labeled_on"):
+            continue
+        where = json.loads(s["labeled_on"])
+        entry = actors.setdefault(where["actor"], {**where, "pairs": 0, "chunks": 0})
+        entry["pairs"] += int(s["pairs"])
+        entry["chunks"] += 1
+    return [actors[k] for k in sorted(actors)]
+
+
+def run_stats(stages: list[dict[str, Any]], actors: list[dict[str, Any]], *, pairs: int, seconds: float,
+              source_bytes: int, bytes_written: int, errors: int) -> dict[str, Any]:
+    """The summary stored in ``_flowlabel.json`` under ``stats`` and printed by the CLI.
+
+    A stage's ``pairs_per_second`` is the pairs it handled over its own span; the label
+    stage's ``utilisation`` is its busy time over (span × actors): 1.0 means no actor idled.
+    """
+    stages = [dict(s) for s in stages]
+    for s in stages:
+        # The writer turns pairs into one summary row per chunk: count the pairs it consumed.
+        handled = s["rows_in"] if s["stage"] == "write" else s["rows_out"]
+        s["pairs_per_second"] = _round(handled / s["seconds"]) if s["seconds"] > 0 else None
+    label = next((s for s in stages if s["stage"] == "label"), None)
+    if label is not None and actors and label["seconds"] > 0:
+        label["actors"] = len(actors)
+        label["utilisation"] = _round(min(1.0, label["busy_seconds"] / (label["seconds"] * len(actors))))
+    return {
+        "pairs": pairs, "seconds": _round(seconds),
+        "pairs_per_second": _round(pairs / seconds) if seconds > 0 else None,
+        "stages": stages, "actors": actors,
+        "bytes": {"sources": int(source_bytes), "decoded": next((s["bytes_out"] for s in stages
+                                                                 if s["stage"] == "read"), 0),
+                  "written": int(bytes_written)},
+        "errors": errors, "failed_tasks": sum(s["failed_tasks"] for s in stages),
+    }
+
+
+def format_stats(stats: Mapping[str, Any]) -> list[str]:
+    """Lines for the CLI summary: one per stage, one per labeler actor, bytes."""
+    if not stats.get("stages"):
+        return []
+    lines = [f"{'stage':<6} {'span s':>8} {'busy s':>8} {'pairs/s':>8}  operator"]
+    for s in stats["stages"]:
+        rate = "-" if s.get("pairs_per_second") is None else f"{s['pairs_per_second']:.2f}"
+        extra = f", {s['actors']} actor(s), {s['utilisation']:.0%} busy" if "utilisation" in s else ""
+        lines.append(f"{s['stage']:<6} {s['seconds']:>8.1f} {s['busy_seconds']:>8.1f} {rate:>8}  {s['operator']}{extra}")
+    for a in stats.get("actors", []):
+        gpus = ",".join(str(g) for g in a["gpu_ids"]) or "none"
+        lines.append(f"actor {a['actor'][:8]} on {a['node']}: GPU {gpus} → {a['device']}, {a['pairs']} pairs")
+    b = stats["bytes"]
+    lines.append(f"read {_size(b['sources'])} of sources ({_size(b['decoded'])} decoded), wrote {_size(b['written'])}; "
+                 f"{stats['failed_tasks']} task retries")
+    return lines
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _round(value: float) -> float:
+    return round(float(value), 3) if math.isfinite(value) else value
