@@ -89,8 +89,9 @@ class PerceiverIOFlow(FlowModel):
     """Perceiver IO flow on frames of any size; build with :func:`perceiver_io` or :func:`load_perceiver_io`.
 
     ``network``: a ``transformers.PerceiverForOpticalFlow``; its ``config.train_size`` is the window size.
-    ``tile_batch``: windows per network call. Memory is dominated by the two 2048 × 182,528
-    attention matrices of each 368×496 window (~1.5 GB each in float32).
+    ``tile_batch``: windows per network call. Memory is dominated by the 2048 × 182,528 attention
+    matrices of each 368×496 window (~1.5 GB each in float32, in the encoder and in the decoder):
+    one window on CPU peaked at 4.5 GB resident, model included.
     ``min_overlap``: minimum overlap of neighbouring windows in pixels (colab: 20).
     ``pad_mode``: where frames smaller than a window are padded: "sintel" (centred) or "kitti"
     (height at the bottom), as the other models' official padders.

@@ -22,7 +22,7 @@ These are labelers, not flow models: they live beside the flow registry in :data
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -294,7 +294,6 @@ class LabelerSpec:
     load: Callable[..., tuple[Any, str]]
     published: Mapping[str, float] = field(default_factory=dict)
     source: str = ""
-    options: Sequence[str] = ()
 
 
 LABELERS: Mapping[str, LabelerSpec] = {
@@ -312,7 +311,6 @@ LABELERS: Mapping[str, LabelerSpec] = {
             published={"imagenet_top1": 82.1},
             source="transformers docs of PerceiverForImageClassificationConvProcessing (Perceiver IO paper, "
                    "ImageNet without JFT pre-training)",
-            options=("k", "batch_size"),
         ),
         LabelerSpec(
             name="perceiver_multimodal",
@@ -324,7 +322,6 @@ LABELERS: Mapping[str, LabelerSpec] = {
             revision="4a12bbf63e4b0cbd170e9dc23e67c2283190ca18",
             load=load_clip_classifier,
             source="no classification accuracy published for this checkpoint",
-            options=("k", "output_chunks"),
         ),
     )
 }

@@ -25,10 +25,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from models.perceiver_labels import get_labeler
+from models.perceiver_labels import AUDIO_RATE, clip_frame, get_labeler
 
 from .chunks import iter_chunks
 from .decode import DecodeReport, iter_video_frames, resample
+from .labeler import assigned_device
 from .schema import clip_table
 from .sinks import SinkOptions
 from .sources import Source
@@ -83,8 +84,6 @@ class ClipShape:
 
     @classmethod
     def of(cls, classifier: Any) -> ClipShape:
-        from models.perceiver_labels import AUDIO_RATE
-
         return cls(classifier.frames, tuple(classifier.image_size), classifier.fps, classifier.audio_samples, AUDIO_RATE)
 
 
@@ -172,8 +171,6 @@ def iter_clips(video: IO[bytes], audio: IO[bytes], shape: ClipShape,
                max_clips: int | None = None) -> Iterator[tuple[Clip, bool]]:
     """Consecutive clips of a video → (clip, has_audio). ``video`` and ``audio`` are two file
     objects of the same file (decoded side by side)."""
-    from models.perceiver_labels import clip_frame
-
     track = AudioTrack(audio, shape.audio_rate)
     try:
         frames = resample(iter_video_frames(video, DecodeReport(), fit=lambda image: clip_frame(image, shape.size)),
@@ -241,8 +238,6 @@ class ClipLabeler:
     """Ray Data UDF: chunks of clips → the same rows without frames and audio, plus the labels."""
 
     def __init__(self, options: ClipLabelOptions, storage_options: Mapping[str, Any] | None = None):
-        from .labeler import assigned_device
-
         self.options = options
         self.classifier, self.checkpoint_sha256 = options.load(assigned_device(), storage_options)
 
