@@ -63,7 +63,7 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str = "dis
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", help="Ray address (auto, ray://host:10001, host:6379); default: $RAY_ADDRESS "
+    parser.add_argument("--address", help="Ray address (auto, host:6379); default: $RAY_ADDRESS "
                                           "when set (ray job submit sets it), else a local Ray on 127.0.0.1")
     parser.add_argument("--actors", type=int, help="max labeler actors (default: one per GPU)")
     parser.add_argument("--min-actors", type=int, default=1, help="labeler actors started up front (default 1)")

@@ -25,8 +25,9 @@ MIN_ACTORS_WAIT_S = 600  # GPU nodes of an autoscaling cluster take minutes to c
 class ClusterOptions:
     """Where the job runs and how its stages are sized.
 
-    address: Ray address ("auto", "ray://host:10001", "host:6379"); None joins ``$RAY_ADDRESS``
-      when set (as in a job submitted with ``ray job submit``), else starts a local Ray on 127.0.0.1.
+    address: Ray address ("auto", "host:6379"); None joins ``$RAY_ADDRESS`` when set (as in a job
+      submitted with ``ray job submit``), else starts a local Ray on 127.0.0.1. Not "ray://…":
+      Ray Data, which runs the pipeline, does not run through Ray Client.
     actors: max labeler actors (default: one per ``gpus_per_actor`` of the cluster's GPUs, or
       one per two CPUs without GPUs). min_actors: actors started up front; the pool grows to
       ``actors`` with demand (an autoscaling cluster adds GPU nodes as it grows).
@@ -53,6 +54,12 @@ class ClusterOptions:
     local_cpus: int | None = None
 
     def __post_init__(self) -> None:
+        if self.address and self.address.startswith("ray://"):
+            # Ray Data's executor needs a driver connected to the GCS; through Ray Client it
+            # fails at the first batch ("'Worker' object has no attribute 'core_worker'").
+            raise ValueError(f"address: expected a cluster address (auto, host:6379), got {self.address!r}: "
+                             "the pipeline does not run through Ray Client; submit it with `ray job submit` "
+                             "or run it on the head node with --address auto")
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors: expected ≥ 1, got {self.actors}")
         if self.min_actors < 1 or (self.actors is not None and self.min_actors > self.actors):

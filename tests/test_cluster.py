@@ -76,6 +76,7 @@ def test_limits_are_set_and_reset_on_the_data_context(fresh_context):
     ({"gpus_per_actor": 1.5}, "expected a fraction ≤ 1 or a whole number, got 1.5"),
     ({"tasks_per_actor": 0}, "tasks_per_actor: expected ≥ 1, got 0"),
     ({"object_store_bytes": 10}, "object_store_bytes: expected ≥ 1 MiB, got 10"),
+    ({"address": "ray://head:10001"}, "address: expected a cluster address .* does not run through Ray Client"),
 ])
 def test_bad_cluster_options_say_what_was_expected(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -88,10 +89,10 @@ def test_more_gpus_per_actor_than_the_cluster_has_is_refused(fresh_context):
 
 
 def test_cli_cluster_flags():
-    args = build_parser().parse_args(["label", "in", "--out", "o", "--address", "ray://head:10001", "--actors", "3",
+    args = build_parser().parse_args(["label", "in", "--out", "o", "--address", "head:6379", "--actors", "3",
                                       "--min-actors", "2", "--gpus-per-actor", "0.5", "--tasks-per-actor", "1",
                                       "--object-store-mb", "512"])
-    assert cluster_options(args) == ClusterOptions(address="ray://head:10001", actors=3, min_actors=2,
+    assert cluster_options(args) == ClusterOptions(address="head:6379", actors=3, min_actors=2,
                                                    gpus_per_actor=0.5, tasks_per_actor=1,
                                                    object_store_bytes=512 * 2**20)
 
