@@ -98,3 +98,22 @@ def test_cli_label_local_paths(ray_local, tmp_path, capsys):
     assert sorted(zip(table["frame0"].to_pylist(), table["frame1"].to_pylist())) == [(0, 2), (1, 3)]
     assert (out / "_npz").is_dir() and (out / "_errors").is_dir()
     assert set(table.column_names) >= {"flow", "occlusion", "confidence", "video_id", "t0", "model", "checkpoint"}
+
+
+def test_label_with_raft_small_real_weights(ray_local, tmp_path):
+    """A learned model through the same pipeline: the official RAFT-small checkpoint, on Ray."""
+    from .conftest import RAFT_SMALL
+
+    write_translating_video(tmp_path / "in" / "pan.mp4", 128, 160, 4, MOTION) \
+        if (tmp_path / "in").mkdir() is None else None
+    out = tmp_path / "out"
+    job = LabelJob(inputs=(str(tmp_path / "in"),), sink=SinkOptions(str(out)),
+                   labeler=LabelerConfig(model="raft_small", checkpoint=str(RAFT_SMALL), overrides={"iters": 12}))
+    result = run_label(job)
+    assert result.exit_code == 0 and result.pairs == 3
+    table = pq.read_table(out)
+    assert set(table["checkpoint"].to_pylist()) == \
+        {"c7d41b9cc88442bb8aa911dbb33086dac55a226394b142937ff22d5578717332"}
+    assert set(table["model"].to_pylist()) == {"raft_small"}
+    flow = arrays_from_table(table)["flow"].astype(np.float32)[:, 16:-16, 16:-16]
+    assert np.linalg.norm(flow - np.array([MOTION.u, MOTION.v]), axis=-1).mean() < 0.5
