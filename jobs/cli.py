@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--chunk-mb", type=float, default=48.0,
                        help="frame megabytes per chunk of pairs: the unit of labeling and of output files")
     label.add_argument("--format", choices=("parquet", "npz", "both"), default="parquet")
+    label.add_argument("--flow-encoding", choices=("int16", "float16"), default="int16",
+                       help="int16: flow in 1/64 px steps (KITTI precision) and confidence in 1/255, about "
+                            "half the bytes (default); float16: as the model's float16 output")
     label.add_argument("--partition", default="corpus,video",
                        help="hive partition keys, comma-separated, from {corpus, video}; 'none' for flat")
     label.add_argument("--corpus", help="corpus name (default: last path element of each input's root)")
@@ -141,7 +144,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     partition = () if args.partition == "none" else tuple(p.strip() for p in args.partition.split(",") if p.strip())
     job = LabelJob(
         inputs=tuple(args.inputs),
-        sink=SinkOptions(args.out, formats=formats, partition=partition),
+        sink=SinkOptions(args.out, formats=formats, partition=partition, flow_encoding=args.flow_encoding),
         labeler=LabelerConfig(model=args.model, checkpoint=args.checkpoint, checkpoint_sha256=args.checkpoint_sha256,
                               overrides=parse_overrides(args.overrides), batch_size=args.batch_size,
                               precision=args.precision),

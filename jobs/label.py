@@ -205,7 +205,8 @@ def _extra_labels(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[str
 
 
 def _labeler_kwargs(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[str, Any]:
-    return {"config": job.labeler, "storage_options": storage_options, "frame_labels": job.frame_labels}
+    return {"config": job.labeler, "storage_options": storage_options, "frame_labels": job.frame_labels,
+            "flow_encoding": job.sink.flow_encoding}
 
 
 def _check_same_settings(out: str, manifest: Mapping[str, Any], storage_options: Mapping[str, Any]) -> None:

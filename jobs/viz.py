@@ -28,6 +28,7 @@ import numpy as np
 from pipeline import viz
 from pipeline.benchmarks import Sample, load_pair
 from pipeline.decode import DecodeReport, decode_image, iter_video_frames
+from pipeline.encoding import decode_labels
 from pipeline.flowio import read_flow, read_image
 from pipeline.labeler import LabelerConfig, label_pairs
 from pipeline.metrics import endpoint_error
@@ -159,6 +160,7 @@ def read_label_file(fs, path: str) -> dict[str, np.ndarray]:
     if path.endswith(".npz"):
         with np.load(io.BytesIO(data)) as npz:
             columns = {name: npz[name] for name in npz.files}
+        columns.update(decode_labels(columns))  # int16 flow and uint8 confidence → pixels and [0, 1]
     else:
         import pyarrow.parquet as pq
 

@@ -19,6 +19,7 @@ from models import FlowModel, load_model
 
 from .chunks import iter_chunks
 from .consistency import ConsistencyParams, consistency
+from .encoding import DEFAULT_FLOW_ENCODING, check_encoding, encode_labels, transfer_dtype
 from .frame_labels import FrameLabelOptions
 
 IMAGE_COLUMNS = ("image0", "image1")
@@ -124,11 +125,14 @@ class Labeler:
 
     Yields one output batch per input chunk: the input's columns without the frames, plus
     flow, occlusion, confidence, model, checkpoint and ``labeled_on`` (see :func:`placement`).
+    Flow and confidence leave already in the sink's ``flow_encoding`` (see pipeline.encoding):
+    rounded once from float32, and as few bytes as the files will hold cross the object store.
     """
 
     def __init__(self, config: LabelerConfig, storage_options: Mapping[str, Any] | None = None,
-                 frame_labels: FrameLabelOptions | None = None):
+                 frame_labels: FrameLabelOptions | None = None, flow_encoding: str = DEFAULT_FLOW_ENCODING):
         self.config = config
+        self.flow_encoding = check_encoding(flow_encoding)
         self.device = assigned_device()
         self.model = config.load(self.device, storage_options)
         # --frame-labels: classes of frame0 from the frames this actor already holds (pipeline.frame_labels).
@@ -138,7 +142,7 @@ class Labeler:
     def __call__(self, batch: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for rows in iter_chunks(batch):
             labels = label_pairs(self.model, rows["image0"], rows["image1"], self.config.batch_size,
-                                 self.config.consistency)
+                                 self.config.consistency, out_dtype=transfer_dtype(self.flow_encoding))
             out = {name: column for name, column in rows.items() if name not in IMAGE_COLUMNS}
             n = len(out["frame0"])
             out["model"] = np.full(n, self.config.model, object)
@@ -146,5 +150,5 @@ class Labeler:
             if self.frame_labeler is not None:
                 out.update(self.frame_labeler(rows))
             out["labeled_on"] = np.full(n, self.placement, object)  # not written: the sinks keep the schema's columns
-            out.update(labels)
+            out.update(encode_labels(labels, self.flow_encoding))
             yield out

@@ -1,10 +1,15 @@
 """The output data contract: one row per frame pair, arrays as flat lists plus height/width.
 
-Plain pyarrow reads it back without flowlabel (see README)::
+Plain pyarrow reads it back without flowlabel (see README); with the default int16 encoding
+(:mod:`pipeline.encoding`) each row's flow is stored channel-planar, in 1/flow_scale px::
 
     t = pq.read_table(path)
     h, w = t["height"][0].as_py(), t["width"][0].as_py()
-    flow = t["flow"].combine_chunks().flatten().to_numpy().reshape(-1, h, w, 2)
+    stored = t["flow"].combine_chunks().flatten().to_numpy().reshape(-1, 2, h, w).transpose(0, 2, 3, 1)
+    flow = stored / t["flow_scale"].to_numpy()[:, None, None, None]   # N×H×W×2 pixels (flow_scale = 64)
+
+and with ``flow_encoding="float16"`` as float16 H×W×2:
+``flow = t["flow"].combine_chunks().flatten().to_numpy().reshape(-1, h, w, 2)``.
 
 List columns (not Arrow's fixed-shape tensor type) keep files of different frame sizes
 readable as one dataset: every file has the same schema.
@@ -17,12 +22,10 @@ from collections.abc import Mapping
 import numpy as np
 import pyarrow as pa
 
-ARRAY_COLUMNS = {
-    # name: (numpy dtype, arrow type, trailing shape after H×W)
-    "flow": (np.float16, pa.float16(), (2,)),
-    "occlusion": (np.uint8, pa.uint8(), ()),
-    "confidence": (np.float16, pa.float16(), ()),
-}
+from .encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, STORED_TYPES, check_encoding, decode_labels, encode_labels
+
+# name: trailing shape after H×W; the stored dtype depends on the flow encoding (STORED_TYPES)
+ARRAY_COLUMNS = {"flow": (2,), "occlusion": (), "confidence": ()}
 
 # Optional columns, present only when their labeler is on (``--frame-labels``), then in every file
 # of the run: the top-k classes of frame0, most probable first; null for pairs left unlabeled
@@ -50,11 +53,19 @@ SCALAR_COLUMNS = {
 }
 
 
-def output_schema(exclude: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> pa.Schema:
+def output_schema(exclude: tuple[str, ...] = (), optional: tuple[str, ...] = (),
+                  flow_encoding: str = DEFAULT_FLOW_ENCODING) -> pa.Schema:
     """Schema of a data file; ``exclude`` drops partition columns (they live in the path);
-    ``optional`` names the :data:`FRAME_LABEL_COLUMNS` the run writes."""
+    ``optional`` names the :data:`FRAME_LABEL_COLUMNS` the run writes; ``flow_encoding`` the
+    array types (int16 adds the per-row ``flow_scale``)."""
+    types = STORED_TYPES[check_encoding(flow_encoding)]
     fields = [pa.field(n, t) for n, t in SCALAR_COLUMNS.items() if n not in exclude]
-    fields += [pa.field(n, pa.list_(t)) for n, (_, t, _) in ARRAY_COLUMNS.items()]
+    if flow_encoding == "int16":
+        fields.append(pa.field(SCALE_COLUMN, pa.int32()))
+    layout = "2×H×W" if flow_encoding == "int16" else "H×W×2"
+    fields += [pa.field(n, pa.list_(types[n][1]), metadata={"flowlabel.encoding": flow_encoding,
+                                                            "flowlabel.layout": layout} if n == "flow" else None)
+               for n in ARRAY_COLUMNS]
     fields += [pa.field(n, pa.list_(t)) for n, (_, t) in FRAME_LABEL_COLUMNS.items() if n in optional]
     return pa.schema(fields)
 
@@ -114,14 +125,20 @@ def clip_table(rows: Mapping[str, np.ndarray], exclude: tuple[str, ...] = ()) ->
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def to_table(rows: Mapping[str, np.ndarray], exclude: tuple[str, ...] = ()) -> pa.Table:
-    """Numpy columns of one chunk (arrays N×H×W[×2]) → an Arrow table with :func:`output_schema`."""
-    schema = output_schema(exclude, optional_columns(rows))
+def to_table(rows: Mapping[str, np.ndarray], exclude: tuple[str, ...] = (),
+             flow_encoding: str = DEFAULT_FLOW_ENCODING) -> pa.Table:
+    """Numpy columns of one chunk (arrays N×H×W[×2], float or already encoded) → an Arrow
+    table with :func:`output_schema`, arrays stored in ``flow_encoding``."""
+    schema = output_schema(exclude, optional_columns(rows), flow_encoding)
+    rows = {**rows, **encode_labels(rows, flow_encoding)}
     columns = []
     for field in schema:
         if field.name in ARRAY_COLUMNS:
-            dtype, arrow_type, _ = ARRAY_COLUMNS[field.name]
-            columns.append(_list_column(rows[field.name], dtype, arrow_type))
+            dtype, arrow_type = STORED_TYPES[flow_encoding][field.name]
+            values = rows[field.name]
+            if field.name == "flow" and flow_encoding == "int16":
+                values = np.moveaxis(values, -1, 1)  # channel planes: each is smooth, so deltas stay small
+            columns.append(_list_column(values, dtype, arrow_type))
         elif field.name in FRAME_LABEL_COLUMNS:
             valid = np.asarray(rows["frame_classes"])[:, 0] >= 0
             columns.append(top_k_column(rows[field.name], valid, FRAME_LABEL_COLUMNS[field.name][1]))
@@ -133,11 +150,17 @@ def to_table(rows: Mapping[str, np.ndarray], exclude: tuple[str, ...] = ()) -> p
 
 
 def arrays_from_table(table: pa.Table) -> dict[str, np.ndarray]:
-    """The inverse for files of one frame size: {'flow': N×H×W×2, 'occlusion': N×H×W, …}."""
+    """The inverse for files of one frame size, decoded: {'flow': N×H×W×2 pixels (float32 from
+    int16, float16 as stored), 'occlusion': N×H×W uint8, 'confidence': N×H×W in [0, 1]}."""
     h, w = table["height"][0].as_py(), table["width"][0].as_py()
-    out = {}
-    for name, (_, _, trailing) in ARRAY_COLUMNS.items():
+    stored: dict[str, np.ndarray] = {}
+    for name, trailing in ARRAY_COLUMNS.items():
         if name in table.column_names:
             flat = table[name].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            out[name] = flat.reshape(table.num_rows, h, w, *trailing)
-    return out
+            if name == "flow" and pa.types.is_int16(table.schema.field(name).type.value_type):
+                stored[name] = flat.reshape(table.num_rows, 2, h, w).transpose(0, 2, 3, 1)
+            else:
+                stored[name] = flat.reshape(table.num_rows, h, w, *trailing)
+    if SCALE_COLUMN in table.column_names:
+        stored[SCALE_COLUMN] = table[SCALE_COLUMN].to_numpy()
+    return decode_labels(stored)

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .chunks import iter_chunks
+from .encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, check_encoding, encode_labels, flow_magnitude_sum, \
+    parquet_options
 from .schema import ARRAY_COLUMNS, SCALAR_COLUMNS, optional_columns, to_table
 from .storage import filesystem, join, write_atomic
 
@@ -30,14 +32,17 @@ SUMMARY_KEYS = ("video_id", "source", "corpus", "chunk", "unit", "unit_chunks", 
 
 @dataclass(frozen=True)
 class SinkOptions:
-    """out: output URI; formats: subset of ("parquet", "npz"); partition: path keys, in order."""
+    """out: output URI; formats: subset of ("parquet", "npz"); partition: path keys, in order;
+    flow_encoding: how flow and confidence are stored, "int16" or "float16" (see pipeline.encoding)."""
 
     out: str
     formats: tuple[str, ...] = ("parquet",)
     partition: tuple[str, ...] = ("corpus", "video")
     compression: str = "zstd"
+    flow_encoding: str = DEFAULT_FLOW_ENCODING
 
     def __post_init__(self) -> None:
+        check_encoding(self.flow_encoding)
         if not self.formats or set(self.formats) - set(FORMATS):
             raise ValueError(f"formats: expected a non-empty subset of {FORMATS}, got {self.formats}")
         if set(self.partition) - set(PARTITION_KEYS):
@@ -73,14 +78,18 @@ class SinkOptions:
 
 
 def encode_parquet(rows: Mapping[str, np.ndarray], options: SinkOptions) -> bytes:
+    table = to_table(rows, options.excluded_columns, options.flow_encoding)
     buffer = io.BytesIO()
-    pq.write_table(to_table(rows, options.excluded_columns), buffer, compression=options.compression)
+    pq.write_table(table, buffer, compression=options.compression,
+                   **parquet_options(table.schema, options.flow_encoding))
     return buffer.getvalue()
 
 
-def encode_npz(rows: Mapping[str, np.ndarray]) -> bytes:
-    """The same arrays (N×H×W[×2]) and columns as the Parquet file, in one compressed npz."""
-    arrays = {name: np.asarray(rows[name], dtype=spec[0]) for name, spec in ARRAY_COLUMNS.items()}
+def encode_npz(rows: Mapping[str, np.ndarray], flow_encoding: str = DEFAULT_FLOW_ENCODING) -> bytes:
+    """The same arrays (N×H×W[×2], stored in ``flow_encoding``) and columns as the Parquet file,
+    in one compressed npz."""
+    stored = encode_labels(rows, flow_encoding)
+    arrays = {name: stored[name] for name in (*ARRAY_COLUMNS, SCALE_COLUMN) if name in stored}
     arrays.update({name: np.asarray(rows[name]).astype(str) if rows[name].dtype == object else np.asarray(rows[name])
                    for name in SCALAR_COLUMNS})
     arrays.update({name: np.asarray(rows[name]) for name in optional_columns(rows)})  # N×k, --frame-labels
@@ -94,15 +103,15 @@ def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
     """Write one chunk in every requested format; returns a summary row."""
     fs, root = filesystem(options.out, storage_options)
     stem = options.chunk_stem(str(rows["corpus"][0]), str(rows["video_id"][0]), str(rows["chunk"][0]))
+    rows = {**rows, **encode_labels(rows, options.flow_encoding)}  # once, for every format and the summary
     written = 0
     for fmt in options.formats:
         if fmt == "parquet":
             data, path = encode_parquet(rows, options), join(root, f"{stem}.parquet")
         else:
-            data, path = encode_npz(rows), join(root, NPZ_DIR, f"{stem}.npz")
+            data, path = encode_npz(rows, options.flow_encoding), join(root, NPZ_DIR, f"{stem}.npz")
         write_atomic(fs, path, data)
         written += len(data)
-    flow = np.asarray(rows["flow"], np.float32)
     return {
         "video_id": str(rows["video_id"][0]),
         "source": str(rows["source"][0]),
@@ -111,9 +120,9 @@ def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
         "unit": str(rows["unit"][0]),
         "unit_chunks": str(rows["unit_chunks"][-1]),
         "pairs": len(rows["frame0"]),
-        "pixels": int(np.prod(flow.shape[:3])),
+        "pixels": int(np.prod(np.shape(rows["flow"])[:3])),
         "bytes_written": written,
-        "flow_magnitude_sum": float(np.linalg.norm(flow, axis=-1).sum()),
+        "flow_magnitude_sum": flow_magnitude_sum(rows),
         "occluded_sum": int(np.asarray(rows["occlusion"]).sum()),
         # Which labeler actor (node, GPU ids) made the chunk, as the labeler stamped it.
         "labeled_on": str(rows["labeled_on"][0]) if "labeled_on" in rows else "",

@@ -27,8 +27,8 @@ def chunk_rows(n=3, h=5, w=7, seed=0, video="v1", chunk="00000000-00000002", t0=
 
 def test_table_round_trip_and_nulls():
     rows = chunk_rows(t0=np.array([0.0, np.nan, 0.5]))
-    table = to_table(rows)
-    assert table.schema == output_schema()
+    table = to_table(rows, flow_encoding="float16")  # stored as given: exact (int16: tests/test_encoding.py)
+    assert table.schema == output_schema(flow_encoding="float16")
     assert table["t0"].to_pylist() == [0.0, None, 0.5]
     arrays = arrays_from_table(table)
     for name in ("flow", "occlusion", "confidence"):
@@ -37,7 +37,7 @@ def test_table_round_trip_and_nulls():
 
 @pytest.mark.parametrize("partition", [("corpus", "video"), ("video",), ("corpus",), ()])
 def test_written_dataset_reads_with_plain_pyarrow(tmp_path, partition):
-    options = SinkOptions(str(tmp_path), formats=("parquet", "npz"), partition=partition)
+    options = SinkOptions(str(tmp_path), formats=("parquet", "npz"), partition=partition, flow_encoding="float16")
     a, b = chunk_rows(video="v1"), chunk_rows(n=2, h=4, w=9, seed=1, video="v2", chunk="00000000-00000001")
     summary = write_batch({k: np.concatenate([a[k], b[k]]) if k not in ("flow", "occlusion", "confidence")
                            else np.array(list(a[k]) + list(b[k]), dtype=object) for k in a}, options)
