@@ -29,8 +29,9 @@ class ClusterOptions:
       submitted with ``ray job submit``), else starts a local Ray on 127.0.0.1. Not "ray://…":
       Ray Data, which runs the pipeline, does not run through Ray Client.
     actors: max labeler actors (default: one per ``gpus_per_actor`` of the cluster's GPUs, or
-      one per two CPUs without GPUs). min_actors: actors started up front; the pool grows to
-      ``actors`` with demand (an autoscaling cluster adds GPU nodes as it grows).
+      one per CPU without GPUs). min_actors: actors started up front; the pool grows to
+      ``actors`` with demand (an autoscaling cluster adds GPU nodes as it grows). Without GPUs
+      every actor starts up front, each asking for the CPUs the decode and write tasks leave.
     gpus_per_actor: GPUs each labeler actor holds, e.g. 0.5 puts two actors on one GPU
       (default 1 when the cluster has GPUs, else 0).
     tasks_per_actor: batches queued on each actor (Ray Data's ``max_tasks_in_flight_per_actor``):
@@ -156,8 +157,12 @@ def plan_stages(options: ClusterOptions, chunk_bytes: int, read_tasks: int | Non
         # An autoscaling cluster may start with no GPU node: one actor then waits for the first.
         max_size = max(1, int(gpus // per_actor))
     else:
-        max_size = max(1, int(cpus // 2))
-    min_size = min(options.min_actors, max_size)
+        # No GPUs: the actors are the CPU work (decode and write are a few % of it, BENCHMARKS.md).
+        max_size = max(1, int(cpus))
+    # Without GPUs the actors start at once (as many as there are read tasks to feed them): the
+    # CPUs are there already, and a pool growing from one leaves them idle while the first
+    # chunks queue on it.
+    min_size = min(max_size, read_tasks or max_size) if not per_actor else min(options.min_actors, max_size)
     pool = ActorPoolStrategy(min_size=min_size, max_size=max_size,
                              max_tasks_in_flight_per_actor=options.tasks_per_actor)
     read_concurrency = max(2, math.ceil(options.read_tasks_per_actor * max_size))
@@ -178,7 +183,11 @@ def plan_stages(options: ClusterOptions, chunk_bytes: int, read_tasks: int | Non
     # generator that Ray pauses when its unconsumed blocks pile up.
     read = {"num_cpus": options.reader_cpus, "memory": 8 * chunk_bytes, "concurrency": read_concurrency}
     label = {"compute": pool, "num_gpus": per_actor}
-    if not per_actor or options.cpus_per_actor != 1.0:
+    if not per_actor and options.cpus_per_actor == 1.0:
+        # One actor per CPU asking a whole CPU each would leave none for the decode and write
+        # tasks (Ray Data then holds the pool at one actor, measured): they share what those leave.
+        label["num_cpus"] = max(0.1, (cpus - options.reader_cpus - options.writer_cpus) / max_size)
+    elif not per_actor or options.cpus_per_actor != 1.0:
         # GPU actors reserve 1 CPU by Ray Data's default; naming CPUs beside GPUs is flagged
         # "experimental" by Ray Data, so it is left out unless asked for.
         label["num_cpus"] = options.cpus_per_actor

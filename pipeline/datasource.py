@@ -28,13 +28,21 @@ from .storage import filesystem, is_transient
 @dataclass(frozen=True)
 class ReadOptions:
     """chunk_bytes: frame bytes (both frames of every pair) per chunk; max_chunk_pairs caps it.
-    io_attempts: tries per unit when the storage fails transiently (waits 2, 4, 8, … s between)."""
+    io_attempts: tries per unit when the storage fails transiently (waits 2, 4, 8, … s between).
+    decode_threads: FFmpeg decoder threads per read task; 1 (default) matches the one CPU a read
+      task asks Ray for: the parallelism comes from read tasks side by side, and FFmpeg's own
+      threads (0: one per core) would contend with them and the labelers for the same cores."""
 
     decode: DecodeOptions = DecodeOptions()
     chunk_bytes: int = 48 * 2**20
     max_chunk_pairs: int = 64
     io_attempts: int = 5
     io_first_delay_s: float = 2.0
+    decode_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.decode_threads < 0:
+            raise ValueError(f"decode_threads: expected ≥ 0 (0 = one per core), got {self.decode_threads}")
 
     def chunk_pairs(self, height: int, width: int) -> int:
         """Pairs per chunk for frames of this size (≥ 1)."""
@@ -42,7 +50,7 @@ class ReadOptions:
 
 
 def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport,
-                    storage_options: Mapping[str, Any] | None = None) -> Iterator[Pair]:
+                    storage_options: Mapping[str, Any] | None = None, decode_threads: int = 0) -> Iterator[Pair]:
     """The pairs of ``unit`` in order: frame0 index in [start, stop), at most ``max_pairs`` per video."""
     source = unit.source
     if source.kind == "sequence":
@@ -64,7 +72,8 @@ def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport
         time_to_index = lookup.get
     with fs.open(path, "rb") as f:
         frames = iter_video_frames(f, report, start_time=unit.seek_time, time_to_index=time_to_index,
-                                   fit=options.fit, deinterlace=options.deinterlace)
+                                   fit=options.fit, deinterlace=options.deinterlace,
+                                   threads=decode_threads)
         sampled = resample(frames, options.fps, unit.origin, unit.previous_time)
         pairs = make_pairs(sampled, options.stride, unit.first_ordinal, report, contiguous=options.fps is None)
         yield from _limit(pairs, unit, options)
@@ -146,7 +155,7 @@ def iter_unit_chunks(unit: ReadUnit, options: ReadOptions, report: DecodeReport,
     from the unit's first ordinal, and at a change of frame size."""
     chunk: list[Pair] = []
     limit = 1
-    for pair in iter_unit_pairs(unit, options.decode, report, storage_options):
+    for pair in iter_unit_pairs(unit, options.decode, report, storage_options, options.decode_threads):
         if chunk and (chunk[-1].frame0.image.shape != pair.frame0.image.shape
                       or (pair.ordinal - unit.first_ordinal) % limit == 0):
             yield chunk

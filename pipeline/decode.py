@@ -147,11 +147,13 @@ def display_orientation(image: np.ndarray, rotation: int) -> np.ndarray:
 # ---------------------------------------------------------------- video (PyAV)
 
 
-def open_video(fileobj: IO[bytes]) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+def open_video(fileobj: IO[bytes], threads: int = 0) -> tuple[av.container.InputContainer,
+                                                                av.video.stream.VideoStream]:
     """Open a container from a (possibly remote, seekable) file object; pick the best video stream.
 
     ``streams.best('video')`` is what ffmpeg itself would choose: it can differ from stream 0
-    when a file holds several video streams (e.g. two renditions).
+    when a file holds several video streams (e.g. two renditions). ``threads``: decoder
+    threads (frame + slice); 0 lets FFmpeg pick one per core.
     """
     container = av.open(fileobj, mode="r")
     if container.format.name.endswith("_pipe"):  # png_pipe, jpeg_pipe, …: a still image, not a video
@@ -162,7 +164,8 @@ def open_video(fileobj: IO[bytes]) -> tuple[av.container.InputContainer, av.vide
     if stream is None:
         container.close()
         raise NoFramesError("no video stream in the container")
-    stream.thread_type = "AUTO"  # frame + slice threads: decode is the read stage's hot loop
+    stream.thread_type = "AUTO"
+    stream.thread_count = threads
     return container, stream
 
 
@@ -199,6 +202,7 @@ def iter_video_frames(
     time_to_index: Callable[[float], int | None] | None = None,
     fit: Callable[[np.ndarray], np.ndarray] = lambda image: image,
     deinterlace: bool = True,
+    threads: int = 0,
 ) -> Iterator[Frame]:
     """Decode the best video stream in presentation order.
 
@@ -208,9 +212,9 @@ def iter_video_frames(
     With it (a planned segment): seek to the keyframe at ``start_time``, drop earlier frames,
     and take indices from ``time_to_index`` (built from the demuxed timestamps).
     Corrupt packets are counted in ``report`` and skipped; decoding goes on. ``fit`` sizes each
-    frame (see :meth:`DecodeOptions.fit`).
+    frame (see :meth:`DecodeOptions.fit`); ``threads`` as in :func:`open_video`.
     """
-    container, stream = open_video(fileobj)
+    container, stream = open_video(fileobj, threads)
     try:
         tb = stream.time_base
         if start_time is not None and start_time > 0:

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -134,6 +135,10 @@ class Labeler:
         self.config = config
         self.flow_encoding = check_encoding(flow_encoding)
         self.device = assigned_device()
+        if self.device.type == "cpu":
+            # OpenCV (DIS, Farnebäck) sizes its thread pool to the machine, torch to the CPUs Ray
+            # gave this actor (OMP_NUM_THREADS): match them, or N actors on N CPUs run N × cores threads.
+            cv2.setNumThreads(torch.get_num_threads())
         self.model = config.load(self.device, storage_options)
         # --frame-labels: classes of frame0 from the frames this actor already holds (pipeline.frame_labels).
         self.frame_labeler = frame_labels.load(self.device, storage_options) if frame_labels else None

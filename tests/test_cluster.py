@@ -49,10 +49,17 @@ def test_fractional_gpus_pack_two_actors_per_gpu(fresh_context):
     assert few_inputs.read["concurrency"] == 3
 
 
-def test_cpu_only_cluster_runs_one_actor_per_two_cpus(fresh_context):
+def test_cpu_only_cluster_runs_one_actor_per_cpu_beside_decode_and_write(fresh_context):
     plan = plan_stages(ClusterOptions(), CHUNK, resources={"CPU": 8.0})
-    assert plan.label["compute"].max_size == 4
-    assert plan.label["num_gpus"] == 0.0 and plan.label["num_cpus"] == 1.0
+    pool = plan.label["compute"]
+    assert (pool.min_size, pool.max_size) == (8, 8)  # all up front
+    # the actors share what one decode task (1 CPU) and one write task (0.5) leave
+    assert plan.label["num_gpus"] == 0.0 and plan.label["num_cpus"] == (8 - 1.0 - 0.5) / 8
+    assert plan.read["num_cpus"] == 1.0 and plan.write == {"num_cpus": 0.5}
+    one_input = plan_stages(ClusterOptions(), CHUNK, read_tasks=1, resources={"CPU": 8.0}).label["compute"]
+    assert (one_input.min_size, one_input.max_size) == (1, 8)
+    chosen = plan_stages(ClusterOptions(actors=2, cpus_per_actor=2.0), CHUNK, resources={"CPU": 8.0})
+    assert chosen.label["compute"].max_size == 2 and chosen.label["num_cpus"] == 2.0
 
 
 def test_autoscaling_cluster_without_gpu_nodes_yet_gets_one_gpu_actor(fresh_context):
