@@ -1,4 +1,4 @@
-# flowlabel: `make demo` and `make test` do all set-up on a fresh machine.
+# flowlabel: `make demo`, `make test` and `make bench` do all set-up on a fresh machine.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.flowlabel-installed
@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.flowlabel-installed
 # so that resolving the project does not pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# Minutes on a 2-core CPU machine; writes BENCHMARKS.json and the tables of BENCHMARKS.md.
+# Full run: $(VENV)/bin/flowlabel bench; on a GPU machine add --device cuda.
+bench: setup
+	$(VENV)/bin/flowlabel bench --quick
 
 clean:
 	rm -rf demo-out .pytest_cache

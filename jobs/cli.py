@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import score, scores, viz
+from . import bench, score, scores, viz
 from .cluster import ClusterOptions
 from .stats import format_stats
 
@@ -17,7 +17,7 @@ EXIT_FAILED = 1
 
 # Other jobs add their subcommands here: each entry is register(subparsers), which adds a
 # parser and sets ``func`` (args → exit code) as its default.
-SUBCOMMANDS: tuple = (score.register, scores.register, viz.register)
+SUBCOMMANDS: tuple = (score.register, scores.register, viz.register, bench.register)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
