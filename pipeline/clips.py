@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Any
 
 import av
@@ -31,7 +31,7 @@ from .chunks import iter_chunks
 from .decode import DecodeReport, iter_video_frames, resample
 from .labeler import assigned_device
 from .schema import clip_table
-from .sinks import SinkOptions
+from .sinks import SinkOptions, committed_chunks
 from .sources import Source
 from .storage import filesystem, join, write_atomic
 
@@ -278,16 +278,6 @@ def write_clip_batch(batch: Mapping[str, np.ndarray], sink: SinkOptions,
 def committed_clip_chunks(sink: SinkOptions, storage_options: Mapping[str, Any] | None = None
                           ) -> dict[str, frozenset[str]]:
     """video_id → clip chunks already written under ``<out>/_clips`` (files appear only when complete)."""
-    fs, root = filesystem(sink.out, storage_options)
-    base = join(root, CLIPS_DIR)
-    if not fs.exists(base):
-        return {}
-    done: dict[str, set[str]] = {}
-    for path in fs.find(base):
-        relative = path[len(base.rstrip("/")) + 1:]
-        if not relative.endswith(".parquet") or relative.rsplit("/", 1)[-1].startswith("."):
-            continue
-        key = sink.parse_stem(relative)
-        if key is not None:
-            done.setdefault(key[0], set()).add(key[1])
-    return {video_id: frozenset(chunks) for video_id, chunks in done.items()}
+    # The clip table is laid out like the pair data, one folder down: the same listing serves.
+    clips = replace(sink, out=join(sink.out, CLIPS_DIR), formats=("parquet",))
+    return committed_chunks(clips, storage_options)
