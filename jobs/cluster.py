@@ -123,12 +123,26 @@ def connect(options: ClusterOptions) -> None:
             # RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token itself.
             ray.init(address=address, logging_level=logging.WARNING)
         else:
+            cpus = options.local_cpus or os.cpu_count() or 1
             ray.init(num_cpus=options.local_cpus, include_dashboard=False, _node_ip_address=LOOPBACK,
-                     logging_level=logging.WARNING)
+                     logging_level=logging.WARNING, _system_config=local_system_config(cpus))
     interactive = sys.stderr.isatty() and not os.environ.get("CI")
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = interactive
     ctx.print_on_execution_start = interactive  # the execution plan banner; quiet in CI and in job logs
+
+
+def local_system_config(cpus: int) -> dict[str, int]:
+    """Ray settings of a local cluster with ``cpus`` CPUs.
+
+    Ray keeps about one idle worker process per CPU and kills the rest after a second idle;
+    without GPUs the labeler actors hold one process per CPU, so every decode or write task
+    found no warm worker and paid a fresh interpreter and its imports (pyarrow, PyAV): 0.035
+    CPU-s per written pair instead of 0.028 at 960×540 (BENCHMARKS.md). Room for one task
+    process per CPU beside the actors keeps them warm. On a cluster this is the nodes'
+    ``RAY_num_workers_soft_limit`` (infra/README.md).
+    """
+    return {"num_workers_soft_limit": 2 * cpus + 2}
 
 
 def plan_stages(options: ClusterOptions, chunk_bytes: int, read_tasks: int | None = None,

@@ -18,12 +18,26 @@ DIS_PRESETS = {
 }
 
 
+_LUMA = np.float32([0.299, 0.587, 0.114])  # BT.601, as cv2.COLOR_RGB2GRAY
+
+
 def to_gray_uint8(images: torch.Tensor) -> np.ndarray:
-    """B×3×H×W float RGB in [0, 255] → B×H×W uint8 luma (BT.601, as cv2.COLOR_RGB2GRAY)."""
-    rgb = images.detach().to("cpu", torch.float32)
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    gray = (rgb * weights).sum(1).round().clamp(0, 255)
-    return gray.to(torch.uint8).numpy()
+    """B×3×H×W float RGB in [0, 255] → B×H×W uint8 luma, round(0.299 R + 0.587 G + 0.114 B).
+
+    Works on the H×W×3 view, which the labeler's frames (decoded H×W×3 uint8, converted to
+    float channels-last) give without a copy, in float32 with the sum in R, G, B order: the
+    same luma, bit for bit, as the torch expression this replaced, at a tenth of its time
+    (DIS's scores depend on single grey levels).
+    """
+    rgb = images.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).numpy()
+    gray = np.empty(rgb.shape[:3], np.uint8)
+    for k, image in enumerate(rgb):
+        r, g, b = cv2.split(image)  # contiguous planes: numpy is slow on the interleaved ones
+        luma = np.multiply(r, _LUMA[0], out=r)
+        luma += np.multiply(g, _LUMA[1], out=g)
+        luma += np.multiply(b, _LUMA[2], out=b)
+        gray[k] = np.clip(np.rint(luma, out=luma), 0, 255, out=luma)
+    return gray
 
 
 class OpenCVFlow(FlowModel):
@@ -33,9 +47,18 @@ class OpenCVFlow(FlowModel):
         raise NotImplementedError
 
     def predict(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
+        return self._flows(to_gray_uint8(image0), to_gray_uint8(image1), image0.device)
+
+    def predict_bidirectional(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Each frame is converted to gray once for both directions (the default would stack
+        # the pairs and convert each frame twice: 15 % of DIS's time at 960×540).
         gray0, gray1 = to_gray_uint8(image0), to_gray_uint8(image1)
+        return self._flows(gray0, gray1, image0.device), self._flows(gray1, gray0, image0.device)
+
+    def _flows(self, gray0: np.ndarray, gray1: np.ndarray, device: torch.device) -> torch.Tensor:
+        """B×H×W uint8 pairs → B×2×H×W float32 flow on ``device``."""
         flows = np.stack([self._flow_one(a, b) for a, b in zip(gray0, gray1)])  # B×H×W×2
-        return torch.from_numpy(flows).permute(0, 3, 1, 2).to(image0.device)
+        return torch.from_numpy(flows).permute(0, 3, 1, 2).to(device)
 
 
 class DISFlow(OpenCVFlow):

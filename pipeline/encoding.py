@@ -142,15 +142,17 @@ def flow_magnitude_sum(stored: Mapping[str, np.ndarray]) -> float:
 
 def parquet_options(schema: pa.Schema, encoding: str) -> dict[str, Any]:
     """``pq.write_table`` arguments for a file of ``schema``: int16 flow delta-encoded, float16
-    arrays byte-stream-split (both instead of a dictionary, which these values overflow), the
+    flow and confidence of either encoding byte-stream-split (instead of a dictionary, which
+    flow values overflow and whose hashing of every uint8 confidence costs CPU), the
     0/1 occlusion plain (zstd gets it within 0.02 B/px of a dictionary, in 40 % less time:
     the writer's CPU is CPU the labelers lack); statistics only for the per-row columns (nobody
     filters on the min/max of the arrays)."""
     check_encoding(encoding)
+    # uint8 confidence is an INT32 column in Parquet: byte-stream-split leaves its three zero
+    # bytes in runs for zstd, 0.7 % smaller than a dictionary on the real videos and 20 % less
+    # of the writer's Parquet time (BENCHMARKS.md, optimisation log).
     special = {"flow.list.element": "DELTA_BINARY_PACKED" if encoding == "int16" else "BYTE_STREAM_SPLIT",
-               "occlusion.list.element": "PLAIN"}
-    if encoding == "float16":
-        special["confidence.list.element"] = "BYTE_STREAM_SPLIT"
+               "occlusion.list.element": "PLAIN", "confidence.list.element": "BYTE_STREAM_SPLIT"}
     leaves = {f.name: f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name for f in schema}
     return {"use_dictionary": [leaf for leaf in leaves.values() if leaf not in special],
             "write_statistics": [name for name, leaf in leaves.items() if leaf == name],

@@ -51,6 +51,10 @@ def test_quick_subset_end_to_end(ray_local, tmp_path, monkeypatch):
     # tiny runs are start-up dominated: the steady state (a difference of two timings) can come out
     # at any value here, so only its presence is checked
     assert pipeline["slowest_stage"] in pipeline["stages_alone"] and isinstance(pipeline["efficiency"], float)
+    alone_rates = [r["pairs_per_s"] for r in pipeline["stages_alone"].values()]
+    assert pipeline["all_stages_pairs_per_s"] == pytest.approx(1 / sum(1 / r for r in alone_rates))
+    steady = pipeline["end_to_end"]["steady_pairs_per_s"]
+    assert pipeline["machine_efficiency"] == pytest.approx(steady / pipeline["all_stages_pairs_per_s"])
 
     output = suites["output"]
     assert {r["encoding"] for r in output} == {"int16", "float16"}

@@ -81,6 +81,7 @@ def test_parquet_column_encodings_are_applied(encoding, flow_codec):
     group = pq.ParquetFile(io.BytesIO(data)).metadata.row_group(0)
     columns = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
     assert flow_codec in columns["flow.list.element"].encodings
+    assert "BYTE_STREAM_SPLIT" in columns["confidence.list.element"].encodings
     assert not columns["flow.list.element"].is_stats_set and columns["frame0"].is_stats_set
 
 
