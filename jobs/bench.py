@@ -19,6 +19,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +28,9 @@ from typing import Any
 
 SUITES = ("decode", "model", "pipeline", "output")
 EXIT_FAILED = 1
+# CPU seconds per pair above which a model size is skipped; --quick measures the small learned
+# models at the first size only and skips the rest with their estimate (minutes in all).
+BUDGET_S, QUICK_BUDGET_S = 60.0, 10.0
 KEEP_MARKER = "<!-- flowlabel bench: everything above is generated; text below this line is kept -->"
 SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 
@@ -34,13 +38,14 @@ SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "video
 @dataclass(frozen=True)
 class BenchOptions:
     """quick: small sizes and few repeats (minutes on 2 CPU cores); device: "cpu" or "cuda";
-    budget_s: on CPU, model sizes estimated to take longer than this per pair are skipped."""
+    budget_s: on CPU, model sizes estimated to take longer than this per pair are skipped
+    (default :data:`BUDGET_S`, or :data:`QUICK_BUDGET_S` with ``quick``)."""
 
     quick: bool = False
     device: str = "cpu"
     suites: tuple[str, ...] = SUITES
     models: tuple[str, ...] = ()
-    budget_s: float = 60.0
+    budget_s: float | None = None
     cache_dir: str = field(default_factory=lambda: str(_default_cache()))
     videos_dir: str = str(SHARED_VIDEOS)
     s3: bool = True
@@ -52,8 +57,12 @@ class BenchOptions:
             raise ValueError(f"device: expected 'cpu' or 'cuda', got {self.device!r}")
         if not self.suites or set(self.suites) - set(SUITES):
             raise ValueError(f"suites: expected a non-empty subset of {SUITES}, got {self.suites}")
-        if self.budget_s <= 0:
+        if self.budget_s is not None and self.budget_s <= 0:
             raise ValueError(f"budget_s: expected > 0, got {self.budget_s}")
+
+    @property
+    def model_budget_s(self) -> float:
+        return self.budget_s or (QUICK_BUDGET_S if self.quick else BUDGET_S)
 
 
 def _default_cache() -> Path:
@@ -72,22 +81,24 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         if not torch.cuda.is_available():
             raise ValueError("device: 'cuda' requested but torch sees no CUDA device")
     cache = Path(options.cache_dir)
-    report: dict[str, Any] = {"machine": machine(), "options": asdict(options), "suites": {}}
+    report: dict[str, Any] = {"machine": machine(), "options": asdict(options), "suites": {}, "suite_seconds": {}}
     with tempfile.TemporaryDirectory(prefix="flowlabel-bench-") as tmp:
         work = Path(tmp)
         suites = {
             "decode": lambda: bench_suites.decode_suite(cache, repeats=2 if options.quick else 5, frames=60,
                                                         s3=options.s3),
             "model": lambda: bench_model.model_suite(options.models or tuple(list_models()), device=options.device,
-                                                     quick=options.quick, budget_s=options.budget_s),
+                                                     quick=options.quick, budget_s=options.model_budget_s),
             "pipeline": lambda: _pipeline(options, cache, work),
             "output": lambda: _output(options),
         }
         for name in options.suites:
+            start = time.perf_counter()
             try:
                 report["suites"][name] = suites[name]()
             except Exception as exc:  # noqa: BLE001 — one failed suite must not lose the others' numbers
                 report["suites"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            report["suite_seconds"][name] = round(time.perf_counter() - start, 1)
     report["machine"]["load_average_end"] = list(os.getloadavg())
     write_reports(report, Path(options.json_path), Path(options.markdown_path))
     return report
@@ -113,7 +124,7 @@ def _pipeline(options: BenchOptions, cache: Path, work: Path) -> dict[str, Any]:
     from . import bench_suites
     from .cluster import ClusterOptions, connect
 
-    sizes, rounds = ((2, 6), 1) if options.quick else ((2, 10), 3)
+    sizes, rounds = ((2, 8), 1) if options.quick else ((2, 10), 3)
     videos = bench_suites.pipeline_corpus(cache, sizes[1])
     connect(ClusterOptions())
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -199,6 +210,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"| RAM | {m['ram_gib']} GiB |", f"| GPU | {gpu} |",
         f"| load average at start (1/5/15 min) | {_load(m['load_average_start'])} |",
         f"| load average at end | {_load(m.get('load_average_end', []))} |",
+        "| seconds per suite | " + ", ".join(f"{k} {v:.0f}" for k, v in report.get("suite_seconds", {}).items())
+        + " |",
         "| versions | " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + " |", "",
         "Timings are the minimum over repeats (the run least disturbed by other processes); rates per "
         "CPU-second count the process's CPU time over all its threads and do not depend on the machine's "
@@ -325,8 +338,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", dest="suites", action="append", choices=SUITES,
                    help="run only this suite (repeatable; default all); the reports then hold only these")
     p.add_argument("--model", dest="models", action="append", help="only this model (repeatable; default all)")
-    p.add_argument("--budget-s", type=float, default=60.0,
-                   help="CPU: skip a model size estimated to take longer than this per pair (default 60)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help=f"CPU: skip a model size estimated to take longer than this per pair "
+                        f"(default {BUDGET_S:g}, with --quick {QUICK_BUDGET_S:g})")
     p.add_argument("--cache-dir", default=str(_default_cache()), help="generated videos (default %(default)s)")
     p.add_argument("--videos", default=str(SHARED_VIDEOS), help="real videos for the output suite")
     p.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS decode rows")

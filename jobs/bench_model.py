@@ -76,7 +76,7 @@ def _model_rows(name: str, device: str, precisions: Sequence[str], quick: bool, 
         first_h, first_w = next(iter(MODEL_SIZES.values()))
         probe_h, probe_w = first_h // 4, first_w // 4
         probe = run_worker(dict(model=name, height=probe_h, width=probe_w, batch=1, precision="fp32",
-                                device=device, repeats=1, warmup=True), timeout=budget_s / (4 if quick else 2))
+                                device=device, repeats=1, warmup=True), timeout=budget_s if quick else budget_s / 2)
         if "error" in probe:
             reason = f"the {probe_w}×{probe_h} probe did not finish: {probe['error']}"
             return [_skipped(name, size, p, reason) for size in MODEL_SIZES for p in precisions]

@@ -18,6 +18,8 @@ from typing import Any
 LOOPBACK = "127.0.0.1"
 # Set by `ray job submit` (and by users) for a driver that should join an existing cluster.
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
+# "0": Ray's single-machine mode, everything on loopback (see loopback_only).
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 MIN_ACTORS_WAIT_S = 600  # GPU nodes of an autoscaling cluster take minutes to come up
 
 
@@ -113,11 +115,13 @@ def connect(options: ClusterOptions) -> None:
     Does nothing when Ray is already initialized in this process (tests, notebooks).
     Progress bars show in interactive use only: on a terminal, outside CI.
     """
+    address = options.address or os.environ.get(RAY_ADDRESS_ENV) or None
+    if not address and "ray" not in sys.modules:
+        loopback_only()
     import ray
     from ray.data import DataContext
 
     if not ray.is_initialized():
-        address = options.address or os.environ.get(RAY_ADDRESS_ENV) or None
         if address:
             # Token auth (RAY_AUTH_MODE=token) needs no argument: Ray reads RAY_AUTH_TOKEN,
             # RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token itself.
@@ -130,6 +134,17 @@ def connect(options: ClusterOptions) -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = interactive
     ctx.print_on_execution_start = interactive  # the execution plan banner; quiet in CI and in job logs
+
+
+def loopback_only() -> None:
+    """Keep a local Ray that this process is about to start on 127.0.0.1.
+
+    ``ray.init`` turns a 127.0.0.1 node address into the machine's outward one and its servers
+    listen on every interface; Ray's single-machine mode (its default on macOS and Windows)
+    keeps the node and its servers on loopback. Ray reads the switch when it is imported, so
+    this must run before ``import ray``; the processes Ray starts inherit it.
+    """
+    os.environ.setdefault(SINGLE_MACHINE_ENV, "0")
 
 
 def local_system_config(cpus: int) -> dict[str, int]:

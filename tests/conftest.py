@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from jobs.cluster import loopback_only
+
+# Before anything imports ray: every Ray these tests start (the session's, `ray start` heads,
+# CLI subprocesses, which inherit the environment) binds to 127.0.0.1 only.
+loopback_only()
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 VIDEOS = SHARED / "videos"
 BENCHMARKS = SHARED / "benchmarks"

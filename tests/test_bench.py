@@ -3,11 +3,14 @@ Never asserts timings (the machine is shared); only that the measurements exist 
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 from jobs import bench, bench_model, bench_suites
 from jobs.bench import KEEP_MARKER, BenchOptions, run_bench, write_reports
+from models import list_models
 
 from .conftest import VIDEOS
 
@@ -28,6 +31,7 @@ def test_quick_subset_end_to_end(ray_local, tmp_path, monkeypatch):
     run_bench(options)
 
     report = json.loads((tmp_path / "bench.json").read_text())
+    assert set(report["suite_seconds"]) == set(bench.SUITES)
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["ram_gib"] > 0 and len(machine["load_average_start"]) == 3
     assert {"torch", "ray", "pyarrow", "av"} <= set(machine["versions"])
@@ -45,7 +49,7 @@ def test_quick_subset_end_to_end(ray_local, tmp_path, monkeypatch):
 
     pipeline = suites["pipeline"]
     small, large = pipeline["end_to_end"]["runs"]
-    assert (small["videos"], large["videos"]) == (2, 6) and (small["pairs"], large["pairs"]) == (16, 48)
+    assert (small["videos"], large["videos"]) == (2, 8) and (small["pairs"], large["pairs"]) == (16, 64)
     assert set(pipeline["stages_alone"]) == {"decode", "label", "write"}
     assert all(s["pairs"] > 0 and s["pairs_per_s"] > 0 for s in pipeline["stages_alone"].values())
     # tiny runs are start-up dominated: the steady state (a difference of two timings) can come out
@@ -68,6 +72,29 @@ def test_quick_subset_end_to_end(ray_local, tmp_path, monkeypatch):
     for heading in ("## Decode", "## Models", "## Pipeline", "## Output size and precision"):
         assert heading in text
     assert "old tables" not in text and text.endswith(KEEP_MARKER + "\n## Log\nkept by hand\n")
+
+
+@pytest.mark.slow
+def test_cli_quick_run(tmp_path):
+    """The real ``flowlabel bench --quick`` (as ``make bench`` runs it) as a smoke run: every suite
+    finishes without an error and covers what it should; its numbers are not judged."""
+    json_path, markdown = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md"
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "bench", "--quick", "--cache-dir", str(tmp_path / "cache"),
+                           "--json", str(json_path), "--markdown", str(markdown)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(json_path.read_text())
+    suites = report["suites"]
+    assert not [name for name, r in suites.items() if isinstance(r, dict) and "error" in r]
+    assert {r["size"] for r in suites["decode"]} == set(bench_suites.DECODE_SIZES)
+    assert {r["source"] for r in suites["decode"]} == {"local disk", "SeaweedFS S3"}
+    assert {r["model"] for r in suites["model"]} == set(list_models())
+    measured = {r["model"] for r in suites["model"] if not r["skipped"]}
+    assert {"dis", "farneback", "raft_small"} <= measured  # the quick budget still fits these
+    assert all(r["skipped"] for r in suites["model"] if r["model"] not in measured)
+    assert suites["pipeline"]["end_to_end"]["runs"][1]["pairs"] == 8 * (bench_suites.PIPELINE_FRAMES - 1)
+    assert {r["video"] for r in suites["output"]} == {p.name for p in bench_suites.real_videos(VIDEOS)}
+    assert "## Pipeline" in markdown.read_text()
 
 
 def test_reports_keep_the_text_below_the_marker(tmp_path):

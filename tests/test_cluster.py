@@ -3,11 +3,13 @@
 No Ray cluster needed: ``plan_stages`` takes the resources a cluster would report.
 """
 
+import contextlib
 import copy
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from ray.data import DataContext
 
@@ -135,6 +137,19 @@ def test_run_summary_throughput_utilisation_and_placements():
     assert "MapBatches(Labeler), 2 actor(s), 75% busy" in text
     assert "actor a on 10.0.0.1: GPU 0 → cuda:0, 80 pairs" in text
     assert "read 2.9 KiB of sources (9.8 KiB decoded), wrote 100 B; 1 task retries" in text
+
+
+def test_local_ray_listens_on_loopback_only(ray_local):
+    """The session's Ray (started as connect() starts one) names its node 127.0.0.1, and its
+    servers (GCS, raylet, workers: children of this process) listen on loopback only."""
+    assert {node["NodeManagerAddress"] for node in ray_local.nodes()} == {"127.0.0.1"}
+    children = psutil.Process().children(recursive=True)
+    assert {"gcs_server", "raylet"} <= {p.name() for p in children}
+    listening = set()
+    for p in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            listening |= {c.laddr.ip for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    assert listening and listening <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
 
 
 def test_decode_and_write_stages_never_import_torch():
