@@ -115,19 +115,18 @@ def connect(options: ClusterOptions) -> None:
     Does nothing when Ray is already initialized in this process (tests, notebooks).
     Progress bars show in interactive use only: on a terminal, outside CI.
     """
-    address = options.address or os.environ.get(RAY_ADDRESS_ENV) or None
-    if not address and "ray" not in sys.modules:
-        loopback_only()
     import ray
     from ray.data import DataContext
 
     if not ray.is_initialized():
+        address = options.address or os.environ.get(RAY_ADDRESS_ENV) or None
         if address:
             # Token auth (RAY_AUTH_MODE=token) needs no argument: Ray reads RAY_AUTH_TOKEN,
             # RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token itself.
             ray.init(address=address, logging_level=logging.WARNING)
         else:
             cpus = options.local_cpus or os.cpu_count() or 1
+            loopback_only()
             ray.init(num_cpus=options.local_cpus, include_dashboard=False, _node_ip_address=LOOPBACK,
                      logging_level=logging.WARNING, _system_config=local_system_config(cpus))
     interactive = sys.stderr.isatty() and not os.environ.get("CI")
@@ -141,10 +140,15 @@ def loopback_only() -> None:
 
     ``ray.init`` turns a 127.0.0.1 node address into the machine's outward one and its servers
     listen on every interface; Ray's single-machine mode (its default on macOS and Windows)
-    keeps the node and its servers on loopback. Ray reads the switch when it is imported, so
-    this must run before ``import ray``; the processes Ray starts inherit it.
+    keeps the node and its servers on loopback. Ray reads the switch from the environment when
+    it is imported (the processes it starts inherit it) and ``ray.init`` reads the constant it
+    was read into: when ``ray`` is already imported (the pipeline's modules import it), the
+    constant is set too. A user's own ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` is respected.
     """
     os.environ.setdefault(SINGLE_MACHINE_ENV, "0")
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and hasattr(constants, "ENABLE_RAY_CLUSTER") and os.environ[SINGLE_MACHINE_ENV] == "0":
+        constants.ENABLE_RAY_CLUSTER = False
 
 
 def local_system_config(cpus: int) -> dict[str, int]:

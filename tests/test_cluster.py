@@ -5,6 +5,8 @@ No Ray cluster needed: ``plan_stages`` takes the resources a cluster would repor
 
 import contextlib
 import copy
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from ray.data import DataContext
 
 from jobs.cli import build_parser, cluster_options
-from jobs.cluster import MIN_ACTORS_WAIT_S, ClusterOptions, plan_stages
+from jobs.cluster import MIN_ACTORS_WAIT_S, SINGLE_MACHINE_ENV, ClusterOptions, plan_stages
 from jobs.stats import format_stats, placements, run_stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,6 +152,20 @@ def test_local_ray_listens_on_loopback_only(ray_local):
         with contextlib.suppress(psutil.NoSuchProcess):
             listening |= {c.laddr.ip for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
     assert listening and listening <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
+
+
+def test_connect_starts_a_local_ray_on_loopback_even_after_ray_is_imported():
+    """As ``flowlabel label`` and the demo run it: the pipeline's modules import ray first, and
+    the environment does not ask for Ray's single-machine mode (conftest's is removed)."""
+    code = ("import json, pipeline.datasource, ray\n"
+            "from jobs.cluster import ClusterOptions, connect\n"
+            "connect(ClusterOptions(local_cpus=1))\n"
+            "print(json.dumps(sorted({n['NodeManagerAddress'] for n in ray.nodes()})))\n")
+    env = {k: v for k, v in os.environ.items() if k != SINGLE_MACHINE_ENV}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["127.0.0.1"]
 
 
 def test_decode_and_write_stages_never_import_torch():
