@@ -90,8 +90,12 @@ def test_cli_quick_run(tmp_path):
     assert {r["source"] for r in suites["decode"]} == {"local disk", "SeaweedFS S3"}
     assert {r["model"] for r in suites["model"]} == set(list_models())
     measured = {r["model"] for r in suites["model"] if not r["skipped"]}
-    assert {"dis", "farneback", "raft_small"} <= measured  # the quick budget still fits these
-    assert all(r["skipped"] for r in suites["model"] if r["model"] not in measured)
+    # The classical models take ~0.2 s per pair here, 50× under the quick budget; whether a learned
+    # model fits depends on the machine's speed and load, so only its reason is checked.
+    assert {"dis", "farneback"} <= measured
+    for r in suites["model"]:
+        assert bool(r["skipped"]) != bool(r["batch1"]), r
+        assert not r["skipped"] or any(w in r["skipped"] for w in ("budget", "GiB", "killed after")), r["skipped"]
     assert suites["pipeline"]["end_to_end"]["runs"][1]["pairs"] == 8 * (bench_suites.PIPELINE_FRAMES - 1)
     assert {r["video"] for r in suites["output"]} == {p.name for p in bench_suites.real_videos(VIDEOS)}
     assert "## Pipeline" in markdown.read_text()
