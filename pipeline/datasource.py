@@ -50,7 +50,7 @@ class ReadOptions:
 
 
 def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport,
-                    storage_options: Mapping[str, Any] | None = None, decode_threads: int = 0) -> Iterator[Pair]:
+                    storage_options: Mapping[str, Any] | None = None, decode_threads: int = 1) -> Iterator[Pair]:
     """The pairs of ``unit`` in order: frame0 index in [start, stop), at most ``max_pairs`` per video."""
     source = unit.source
     if source.kind == "sequence":

@@ -141,12 +141,11 @@ def flow_magnitude_sum(stored: Mapping[str, np.ndarray]) -> float:
 
 
 def parquet_options(schema: pa.Schema, encoding: str) -> dict[str, Any]:
-    """``pq.write_table`` arguments for a file of ``schema``: int16 flow delta-encoded, float16
-    flow and confidence of either encoding byte-stream-split (instead of a dictionary, which
-    flow values overflow and whose hashing of every uint8 confidence costs CPU), the
-    0/1 occlusion plain (zstd gets it within 0.02 B/px of a dictionary, in 40 % less time:
-    the writer's CPU is CPU the labelers lack); statistics only for the per-row columns (nobody
-    filters on the min/max of the arrays)."""
+    """``pq.write_table`` arguments for a file of ``schema``, chosen for bytes and for the
+    writer's CPU (CPU the labelers lack): int16 flow delta-encoded, float16 flow byte-stream-split
+    (flow values overflow a dictionary); confidence byte-stream-split in both encodings; the 0/1
+    occlusion plain (zstd gets it within 0.02 B/px of a dictionary, in 40 % less time);
+    statistics only for the per-row columns (nobody filters on the min/max of the arrays)."""
     check_encoding(encoding)
     # uint8 confidence is an INT32 column in Parquet: byte-stream-split leaves its three zero
     # bytes in runs for zstd, 0.7 % smaller than a dictionary on the real videos and 20 % less

@@ -142,8 +142,8 @@ def test_run_summary_throughput_utilisation_and_placements():
 
 
 def test_local_ray_listens_on_loopback_only(ray_local):
-    """The session's Ray (started as connect() starts one) names its node 127.0.0.1, and its
-    servers (GCS, raylet, workers: children of this process) listen on loopback only."""
+    """The session's Ray (ray.init after conftest's loopback_only) names its node 127.0.0.1, and
+    its servers (GCS, raylet, workers: children of this process) listen on loopback only."""
     assert {node["NodeManagerAddress"] for node in ray_local.nodes()} == {"127.0.0.1"}
     children = psutil.Process().children(recursive=True)
     assert {"gcs_server", "raylet"} <= {p.name() for p in children}
@@ -163,7 +163,7 @@ def test_connect_starts_a_local_ray_on_loopback_even_after_ray_is_imported():
             "print(json.dumps(sorted({n['NodeManagerAddress'] for n in ray.nodes()})))\n")
     env = {k: v for k, v in os.environ.items() if k != SINGLE_MACHINE_ENV}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env,
-                          cwd=Path(__file__).parents[1])
+                          cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == ["127.0.0.1"]
 
