@@ -11,7 +11,7 @@ from typing import Any
 
 from . import classical, deqflow, gmflow, perceiver, raft
 from .checkpoint import CheckpointError
-from .contract import FlowModel, Padding
+from .contract import FlowModel, Padding, PairFlows
 from .factory import load_model as _load_model
 from .registry import Checkpoint, ModelSpec, Registry
 
@@ -39,6 +39,7 @@ __all__ = [
     "FlowModel",
     "ModelSpec",
     "Padding",
+    "PairFlows",
     "REGISTRY",
     "get_spec",
     "list_models",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,33 @@ class Padding:
     def crop(self, x: torch.Tensor) -> torch.Tensor:
         left, _, top, _ = self.pads
         return x[..., top : top + self.height, left : left + self.width]
+
+
+class PairFlows(NamedTuple):
+    """Flows of P frame pairs: ``forward`` (frame0 → frame1) and ``backward`` (frame1 → frame0),
+    each P×2×H×W float in pixels; ``confidence``: P×H×W in (0, 1] for the forward flow from the
+    model's own uncertainty, or None for models that predict none."""
+
+    forward: torch.Tensor
+    backward: torch.Tensor
+    confidence: torch.Tensor | None = None
+
+
+def check_frames(frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> None:
+    """Raise unless ``frames`` is float N×3×H×W and ``index0``/``index1`` are equal-length 1-D
+    integer tensors of positions in [0, N)."""
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"frames: expected a tensor N×3×H×W, got {getattr(frames, 'shape', type(frames).__name__)}")
+    if not frames.is_floating_point():
+        raise ValueError(f"frames: expected a float tensor with values in [0, 255], got {frames.dtype}")
+    n = frames.shape[0]
+    for name, index in (("index0", index0), ("index1", index1)):
+        if not isinstance(index, torch.Tensor) or index.ndim != 1 or index.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{name}: expected a 1-D integer tensor, got {getattr(index, 'shape', index)}")
+        if index.numel() and not frames.is_meta and (int(index.min()) < 0 or int(index.max()) >= n):
+            raise ValueError(f"{name}: expected positions in [0, {n}), got {index.tolist()}")
+    if index0.shape != index1.shape:
+        raise ValueError(f"expected index0 and index1 of one length, got {index0.numel()} and {index1.numel()}")
 
 
 def check_pair(image0: torch.Tensor, image1: torch.Tensor) -> None:
@@ -98,6 +126,14 @@ class FlowModel(nn.Module):
         flow = self.predict(torch.cat([image0, image1]), torch.cat([image1, image0]))
         return flow[:b], flow[b:]
 
+    def predict_pairs(self, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> PairFlows:
+        """Both flows of the pairs (frames[index0[i]], frames[index1[i]]) on padded N×3×H×W frames.
+
+        Default: gather the pairs and call :meth:`predict_bidirectional`. Models whose encoders look
+        at one frame at a time override it to encode each frame once, across pairs and directions.
+        """
+        return PairFlows(*self.predict_bidirectional(frames[index0], frames[index1]))
+
     def _padding(self, image0: torch.Tensor) -> Padding:
         return Padding(image0.shape[-2], image0.shape[-1], self.pad_multiple, self.pad_mode)
 
@@ -116,3 +152,15 @@ class FlowModel(nn.Module):
         with self._autocast(image0):
             fwd, bwd = self.predict_bidirectional(padding.pad(image0), padding.pad(image1))
         return padding.crop(fwd).float(), padding.crop(bwd).float()
+
+    def pairs(self, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> PairFlows:
+        """Flows of P pairs of a run of N frames (N×3×H×W float RGB in [0, 255]): pair i is
+        (frames[index0[i]], frames[index1[i]]). Each frame is padded once and, for models that
+        override :meth:`predict_pairs`, encoded once. Returns float32 P×2×H×W flows in pixels
+        (and P×H×W confidence for models that predict one)."""
+        check_frames(frames, index0, index1)
+        padding = self._padding(frames)
+        with self._autocast(frames):
+            out = self.predict_pairs(padding.pad(frames), index0, index1)
+        confidence = None if out.confidence is None else padding.crop(out.confidence).float()
+        return PairFlows(padding.crop(out.forward).float(), padding.crop(out.backward).float(), confidence)
