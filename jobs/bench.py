@@ -5,6 +5,8 @@ Suites (see :mod:`jobs.bench_suites` and :mod:`jobs.bench_model`):
   model     pairs/s and peak memory per registered model, 436×1024 and 1080p, batch 1 and best batch
   pipeline  steady-state pairs/s of ``run_label`` with DIS on a local Ray, next to each stage alone
   output    bytes per pixel of the stored labels and the flow precision the encoding keeps, real video
+  feed      how busy the pipeline keeps an accelerator: a stand-in that holds a fake GPU T ms per pair
+            (see :mod:`jobs.bench_feed`), or with ``--device cuda`` a real model on the real GPUs
 
 ``--quick`` is sized to run on a 2-core CPU machine in minutes; ``--device cuda`` adds the GPU
 rows (bf16 / fp16 too) on a machine that has one. Text below the marker line in an existing
@@ -26,7 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SUITES = ("decode", "model", "pipeline", "output")
+SUITES = ("decode", "model", "pipeline", "output", "feed")
+DEFAULT_SUITES = SUITES[:4]  # feed runs when asked: minutes of its own
 EXIT_FAILED = 1
 # CPU seconds per pair above which a model size is skipped; --quick measures the small learned
 # models at the first size only and skips the rest with their estimate (minutes in all).
@@ -43,7 +46,7 @@ class BenchOptions:
 
     quick: bool = False
     device: str = "cpu"
-    suites: tuple[str, ...] = SUITES
+    suites: tuple[str, ...] = DEFAULT_SUITES
     models: tuple[str, ...] = ()
     budget_s: float | None = None
     cache_dir: str = field(default_factory=lambda: str(_default_cache()))
@@ -51,6 +54,7 @@ class BenchOptions:
     s3: bool = True
     json_path: str = "BENCHMARKS.json"
     markdown_path: str = "BENCHMARKS.md"
+    checkpoint: str | None = None  # feed suite with a learned model on --device cuda
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -91,6 +95,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
                                                      quick=options.quick, budget_s=options.model_budget_s),
             "pipeline": lambda: _pipeline(options, cache, work),
             "output": lambda: _output(options),
+            "feed": lambda: _feed(options, cache, work),
         }
         for name in options.suites:
             start = time.perf_counter()
@@ -100,8 +105,34 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
                 report["suites"][name] = {"error": f"{type(exc).__name__}: {exc}"}
             report["suite_seconds"][name] = round(time.perf_counter() - start, 1)
     report["machine"]["load_average_end"] = list(os.getloadavg())
-    write_reports(report, Path(options.json_path), Path(options.markdown_path))
+    write_reports(_merged(report, Path(options.json_path)), Path(options.json_path), Path(options.markdown_path))
     return report
+
+
+def _merged(report: dict[str, Any], json_path: Path) -> dict[str, Any]:
+    """The new suites' results over the previous report's: a run of some suites keeps the others'
+    tables (each suite records the date and options it ran with)."""
+    for name in report["suites"]:
+        report.setdefault("suite_runs", {})[name] = {"date": report["machine"]["date"],
+                                                     "quick": report["options"]["quick"],
+                                                     "device": report["options"]["device"]}
+    if not json_path.exists():
+        return report
+    previous = json.loads(json_path.read_text())
+    kept = {k: v for k, v in previous.get("suites", {}).items() if k not in report["suites"]}
+    if not kept:
+        return report
+    runs = {k: v for k, v in previous.get("suite_runs", {}).items() if k in kept}
+    return {**report, "suites": {**kept, **report["suites"]}, "suite_runs": {**runs, **report["suite_runs"]}}
+
+
+def _feed(options: BenchOptions, cache: Path, work: Path) -> list[dict[str, Any]]:
+    from . import bench_feed
+
+    if options.device == "cuda":
+        return bench_feed.real_feed_suite(cache, work, models=options.models or ("raft_small",),
+                                          checkpoint=options.checkpoint, quick=options.quick)
+    return bench_feed.feed_suite(cache, work, quick=options.quick)
 
 
 def _output(options: BenchOptions) -> list[dict[str, Any]] | dict[str, str]:
@@ -217,8 +248,10 @@ def markdown(report: dict[str, Any]) -> str:
         "CPU-second count the process's CPU time over all its threads and do not depend on the machine's "
         "load, rates per second (wall clock) do.", "",
     ]
+    from .bench_feed import feed_table
+
     tables = {"decode": _decode_table, "model": lambda rows: _model_table(rows, options),
-              "pipeline": _pipeline_table, "output": _output_table}
+              "pipeline": _pipeline_table, "output": _output_table, "feed": feed_table}
     for name, table in tables.items():
         if name not in suites:
             continue
@@ -336,7 +369,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats: minutes on 2 CPU cores")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models run (default cpu)")
     p.add_argument("--suite", dest="suites", action="append", choices=SUITES,
-                   help="run only this suite (repeatable; default all); the reports then hold only these")
+                   help="run only this suite (repeatable; default all but feed)")
     p.add_argument("--model", dest="models", action="append", help="only this model (repeatable; default all)")
     p.add_argument("--budget-s", type=float, default=None,
                    help=f"CPU: skip a model size estimated to take longer than this per pair "
@@ -344,16 +377,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=str(_default_cache()), help="generated videos (default %(default)s)")
     p.add_argument("--videos", default=str(SHARED_VIDEOS), help="real videos for the output suite")
     p.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS decode rows")
-    p.add_argument("--json", default="BENCHMARKS.json", help="JSON report (default %(default)s)")
+    p.add_argument("--checkpoint", default=None,
+                   help="feed suite with --device cuda: the weights of the --model it labels with")
+    p.add_argument("--json", default="BENCHMARKS.json",
+                   help="JSON report (default %(default)s); suites not run keep their results from it")
     p.add_argument("--markdown", default="BENCHMARKS.md", help="markdown report (default %(default)s)")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    options = BenchOptions(quick=args.quick, device=args.device, suites=tuple(args.suites or SUITES),
+    options = BenchOptions(quick=args.quick, device=args.device, suites=tuple(args.suites or DEFAULT_SUITES),
                            models=tuple(args.models or ()), budget_s=args.budget_s, cache_dir=args.cache_dir,
                            videos_dir=args.videos, s3=not args.no_s3, json_path=args.json,
-                           markdown_path=args.markdown)
+                           markdown_path=args.markdown, checkpoint=args.checkpoint)
     report = run_bench(options)
     print(f"wrote {options.json_path} and {options.markdown_path}")
     failed = {name: r["error"] for name, r in report["suites"].items() if isinstance(r, dict) and "error" in r}

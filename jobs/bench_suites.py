@@ -54,7 +54,7 @@ def _unit(uri: str, storage_options: Mapping[str, Any] | None = None,
 
 
 def _count_pairs(unit: ReadUnit, options: ReadOptions, storage_options: Mapping[str, Any] | None = None) -> int:
-    return sum(len(batch["frame0"]) for batch in read_unit(unit, options, storage_options))
+    return sum(int((batch["pair_with"] >= 0).sum()) for batch in read_unit(unit, options, storage_options))
 
 
 # ----------------------------------------------------------------------------- decode
@@ -204,7 +204,7 @@ def _stage_runner(stage: str, videos: list[str], work: Path, pairs: int,
     chunk = next(read_unit(units[0], options))
     sink = SinkOptions(str(work), **sink_options)
     labeler = Labeler(LabelerConfig(model="dis"), flow_encoding=sink.flow_encoding)  # as run_label builds it
-    repeats = max(1, math.ceil(pairs / len(chunk["frame0"])))
+    repeats = max(1, math.ceil(pairs / int((chunk["pair_with"] >= 0).sum())))
     if stage == "label":
         return lambda: sum(len(out["frame0"]) for _ in range(repeats) for out in labeler(chunk))
     [rows] = list(labeler(chunk))
@@ -217,9 +217,14 @@ def _stage_runner(stage: str, videos: list[str], work: Path, pairs: int,
     return write
 
 
-def _labeled_rows(batch: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    n = len(batch["frame0"])
-    rows = {k: v for k, v in batch.items() if k not in ("image0", "image1")}
+def _labeled_rows(batch: Mapping[str, np.ndarray], model: Any) -> dict[str, np.ndarray]:
+    """DIS labels of one chunk of frame rows, flow in float32 (the model's own, before storage)."""
+    from pipeline.chunks import pair_rows
+    from pipeline.labeler import label_pairs
+
+    rows, index0, index1 = pair_rows(batch)
+    labels = label_pairs(model, batch["image"][index0], batch["image"][index1], out_dtype=np.float32)
+    n = len(index0)
     return {**rows, "model": np.full(n, "dis", object), "checkpoint": np.full(n, "", object), **labels}
 
 
@@ -233,7 +238,6 @@ def output_suite(videos_dir: Path, *, pairs_per_video: int, encodings: Sequence[
     import pyarrow.parquet as pq
 
     from models import load_model
-    from pipeline.labeler import label_pairs
     from pipeline.schema import arrays_from_table
     from pipeline.sinks import SinkOptions, encode_parquet
 
@@ -241,8 +245,7 @@ def output_suite(videos_dir: Path, *, pairs_per_video: int, encodings: Sequence[
     rows = []
     for path in real_videos(videos_dir):
         read = ReadOptions(decode=DecodeOptions(max_pairs=pairs_per_video))
-        chunks = [_labeled_rows(b, label_pairs(model, b["image0"], b["image1"], out_dtype=np.float32))
-                  for b in read_unit(_unit(str(path), decode=read.decode), read)]
+        chunks = [_labeled_rows(b, model) for b in read_unit(_unit(str(path), decode=read.decode), read)]
         if not chunks:
             continue
         for encoding in encodings:

@@ -37,11 +37,16 @@ class ClusterOptions:
     gpus_per_actor: GPUs each labeler actor holds, e.g. 0.5 puts two actors on one GPU
       (default 1 when the cluster has GPUs, else 0).
     tasks_per_actor: batches queued on each actor (Ray Data's ``max_tasks_in_flight_per_actor``):
-      2 lets the next chunk travel to the GPU while the current one runs, without a deep queue.
+      3 lets the next chunk travel to the actor while two are labeled, without a deep queue.
+    calls_per_actor: chunks an actor labels at once (Ray Data's ``max_concurrent_calls_per_actor``):
+      2 overlaps one chunk's host work (unpacking, packing rows) with the other's device work; the
+      labeler's device lock keeps one chunk at a time on the device.
     read_tasks_per_actor: concurrent decode tasks per labeler actor (at least 2 in all).
     object_store_bytes: cap on the object store memory this job's blocks may use (default:
       Ray Data's share of the cluster's object store).
     local_cpus: CPUs of a local Ray (default: all).
+    local_gpus: GPUs a local Ray declares (default: Ray's own count of the machine's GPUs); the
+      feed benchmark declares GPUs a machine lacks, for its stand-in accelerator.
     """
 
     address: str | None = None
@@ -49,12 +54,14 @@ class ClusterOptions:
     min_actors: int = 1
     gpus_per_actor: float | None = None
     cpus_per_actor: float = 1.0
-    tasks_per_actor: int = 2
+    tasks_per_actor: int = 3
+    calls_per_actor: int = 2
     reader_cpus: float = 1.0
     read_tasks_per_actor: float = 2.0
     writer_cpus: float = 0.5
     object_store_bytes: int | None = None
     local_cpus: int | None = None
+    local_gpus: int | None = None
 
     def __post_init__(self) -> None:
         if self.address and self.address.startswith("ray://"):
@@ -74,6 +81,8 @@ class ClusterOptions:
             raise ValueError(f"gpus_per_actor: expected a fraction ≤ 1 or a whole number, got {self.gpus_per_actor}")
         if self.tasks_per_actor < 1:
             raise ValueError(f"tasks_per_actor: expected ≥ 1, got {self.tasks_per_actor}")
+        if self.calls_per_actor < 1:
+            raise ValueError(f"calls_per_actor: expected ≥ 1, got {self.calls_per_actor}")
         if self.read_tasks_per_actor <= 0:
             raise ValueError(f"read_tasks_per_actor: expected > 0, got {self.read_tasks_per_actor}")
         if self.object_store_bytes is not None and self.object_store_bytes < 2**20:
@@ -103,7 +112,8 @@ class StagePlan:
         return {"cluster": {"CPU": self.cluster_cpus, "GPU": self.cluster_gpus},
                 "labeler": {"min_actors": pool.min_size, "max_actors": self.max_actors,
                             "gpus_per_actor": self.gpus_per_actor, "cpus_per_actor": self.label.get("num_cpus", 1.0),
-                            "tasks_per_actor": pool.max_tasks_in_flight_per_actor},
+                            "tasks_per_actor": pool.max_tasks_in_flight_per_actor,
+                            "calls_per_actor": pool.max_concurrent_calls_per_actor},
                 "read": {"concurrency": self.read["concurrency"], "cpus": self.read["num_cpus"],
                          "memory_bytes": self.read["memory"]},
                 "write": {"cpus": self.write["num_cpus"]}, "limits": dict(self.limits)}
@@ -127,7 +137,8 @@ def connect(options: ClusterOptions) -> None:
         else:
             cpus = options.local_cpus or os.cpu_count() or 1
             loopback_only()
-            ray.init(num_cpus=options.local_cpus, include_dashboard=False, _node_ip_address=LOOPBACK,
+            ray.init(num_cpus=options.local_cpus, num_gpus=options.local_gpus, include_dashboard=False,
+                     _node_ip_address=LOOPBACK,
                      logging_level=logging.WARNING, _system_config=local_system_config(cpus))
     interactive = sys.stderr.isatty() and not os.environ.get("CI")
     ctx = DataContext.get_current()
@@ -197,7 +208,9 @@ def plan_stages(options: ClusterOptions, chunk_bytes: int, read_tasks: int | Non
     # chunks queue on it.
     min_size = min(max_size, read_tasks or max_size) if not per_actor else min(options.min_actors, max_size)
     pool = ActorPoolStrategy(min_size=min_size, max_size=max_size,
-                             max_tasks_in_flight_per_actor=options.tasks_per_actor)
+                             max_tasks_in_flight_per_actor=options.tasks_per_actor,
+                             max_concurrent_calls_per_actor=options.calls_per_actor,
+                             enable_true_multi_threading=options.calls_per_actor > 1)
     read_concurrency = max(2, math.ceil(options.read_tasks_per_actor * max_size))
     if read_tasks is not None:
         read_concurrency = max(1, min(read_concurrency, read_tasks))  # Ray Data warns about idle slots

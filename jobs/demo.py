@@ -63,7 +63,8 @@ def write_panels(table, local_inputs: dict[str, Path], out_dir: Path, per_source
         rows = table.filter(pads.field("source") == source).sort_by("frame0").slice(0, per_source)
         sources, _ = list_sources([str(local_inputs[name])])
         [unit] = plan_units(sources, DecodeOptions(max_pairs=per_source))
-        frames = next(read_unit(unit, ReadOptions(decode=DecodeOptions(max_pairs=per_source))))["image0"]
+        # Frame rows: at stride 1, row i is frame0 of pair i.
+        frames = next(read_unit(unit, ReadOptions(decode=DecodeOptions(max_pairs=per_source))))["image"]
         arrays = arrays_from_table(rows)
         for i in range(rows.num_rows):
             image = panel(frames[i], arrays["flow"][i].astype(np.float32), arrays["occlusion"][i],

@@ -1,4 +1,5 @@
-"""Splitting a Ray batch back into its chunks (rows of one video and chunk id, in order).
+"""Splitting a Ray batch back into its chunks (rows of one video and chunk id, in order), and a
+chunk's frame rows into its pairs.
 
 Ray may merge several chunks into one block; a block never splits a chunk (chunks are far
 smaller than Ray's target block size, see ``ReadOptions.chunk_bytes``). Columns of frames
@@ -31,3 +32,19 @@ def _take(column: np.ndarray, index) -> np.ndarray:
     if part.dtype == object and len(part) and isinstance(part[0], np.ndarray):
         return np.stack(list(part))
     return part
+
+
+FRAME_COLUMNS = ("frame", "time", "pair_with", "image")  # per frame; pair_rows turns them into pair columns
+
+
+def pair_rows(frames: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Frame rows of one chunk (:func:`pipeline.datasource.chunk_batch`) → (one row per pair
+    without images, the frame rows of frame0 and of frame1 of each pair). Pair columns: frame0,
+    frame1, t0, t1, ordinal and the chunk's own columns."""
+    pair_with = np.asarray(frames["pair_with"])
+    index0 = np.flatnonzero(pair_with >= 0)
+    index1 = pair_with[index0].astype(np.int64)
+    rows = {name: np.asarray(column)[index0] for name, column in frames.items() if name not in FRAME_COLUMNS}
+    frame, time_ = np.asarray(frames["frame"]), np.asarray(frames["time"])
+    rows.update(frame0=frame[index0], frame1=frame[index1], t0=time_[index0], t1=time_[index1])
+    return rows, index0, index1

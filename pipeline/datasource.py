@@ -1,4 +1,4 @@
-"""Ray Data reader: read units → blocks of frame-pair rows, one chunk of pairs per block.
+"""Ray Data reader: read units → blocks of frames, one chunk of pairs per block, each frame once.
 
 ``read_unit`` is the plain function (tests call it without Ray); ``FramePairDatasource``
 turns each planned unit into one Ray read task. A unit's pairs are cut into chunks of at
@@ -93,34 +93,40 @@ def _limit(pairs: Iterator[Pair], unit: ReadUnit, options: DecodeOptions) -> Ite
 
 
 def chunk_batch(pairs: list[Pair], unit: ReadUnit) -> dict[str, np.ndarray]:
-    """Rows of one chunk as a numpy batch; images N×H×W×3 uint8."""
+    """One chunk as a numpy batch of its frames, each frame once (rows in frame order).
+
+    Per frame: ``frame`` (index), ``time`` (seconds, NaN for image sequences), ``image`` (H×W×3
+    uint8). The pairs ride on the rows of their frame0: ``pair_with`` is the row of frame1 (−1 for
+    a frame that starts no pair of this chunk) and ``ordinal`` the pair's ordinal (−1 likewise).
+    At stride 1 a chunk of N pairs carries N + 1 frames, not 2N. The chunk's own columns repeat
+    on every row; the labeler turns the rows into one row per pair (:func:`pipeline.chunks.pair_rows`).
+    """
     source = unit.source
-    n = len(pairs)
-    first = pairs[0].frame0
-    h, w = first.image.shape[:2]
-
-    def times(which: str) -> np.ndarray:
-        values = [getattr(p, which).time for p in pairs]
-        return np.array([np.nan if t is None else t for t in values], np.float64)
-
+    frames = sorted({id(f): f for p in pairs for f in (p.frame0, p.frame1)}.values(), key=lambda f: f.index)
+    row = {f.index: i for i, f in enumerate(frames)}
+    m = len(frames)
+    pair_with = np.full(m, -1, np.int32)
+    ordinal = np.full(m, -1, np.int64)
+    for p in pairs:
+        pair_with[row[p.frame0.index]] = row[p.frame1.index]
+        ordinal[row[p.frame0.index]] = p.ordinal
+    h, w = frames[0].image.shape[:2]
     return {
-        "video_id": np.full(n, source.video_id, object),
-        "source": np.full(n, source.uri, object),
-        "corpus": np.full(n, source.corpus, object),
-        "chunk": np.full(n, f"{first.index:08d}-{pairs[-1].frame0.index:08d}", object),
-        "ordinal": np.array([p.ordinal for p in pairs], np.int64),
-        "frame0": np.array([p.frame0.index for p in pairs], np.int32),
-        "frame1": np.array([p.frame1.index for p in pairs], np.int32),
-        "t0": times("frame0"),
-        "t1": times("frame1"),
-        "height": np.full(n, h, np.int32),
-        "width": np.full(n, w, np.int32),
-        "source_height": np.full(n, first.source_size[0], np.int32),
-        "source_width": np.full(n, first.source_size[1], np.int32),
-        "unit": np.full(n, unit.key, object),
-        "unit_chunks": np.full(n, "", object),  # the unit's chunk list (JSON), on its last chunk only
-        "image0": np.stack([p.frame0.image for p in pairs]),
-        "image1": np.stack([p.frame1.image for p in pairs]),
+        "video_id": np.full(m, source.video_id, object),
+        "source": np.full(m, source.uri, object),
+        "corpus": np.full(m, source.corpus, object),
+        "chunk": np.full(m, chunk_name(pairs), object),
+        "frame": np.array([f.index for f in frames], np.int32),
+        "time": np.array([np.nan if f.time is None else f.time for f in frames], np.float64),
+        "pair_with": pair_with,
+        "ordinal": ordinal,
+        "height": np.full(m, h, np.int32),
+        "width": np.full(m, w, np.int32),
+        "source_height": np.full(m, frames[0].source_size[0], np.int32),
+        "source_width": np.full(m, frames[0].source_size[1], np.int32),
+        "unit": np.full(m, unit.key, object),
+        "unit_chunks": np.full(m, "", object),  # the unit's chunk list (JSON), on its last chunk only
+        "image": np.stack([f.image for f in frames]),
     }
 
 

@@ -19,10 +19,13 @@ Occlusion is uint8 0/1 in both (plain + zstd: a few hundredths of a byte per pix
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+
+if TYPE_CHECKING:  # the decode and write stages never import torch (zero-GPU tasks may see GPUs)
+    import torch
 
 FLOW_ENCODINGS = ("int16", "float16")
 DEFAULT_FLOW_ENCODING = "int16"
@@ -38,6 +41,7 @@ STORED_TYPES = {
                 "confidence": (np.float16, pa.float16())},
 }
 SCALE_COLUMN = "flow_scale"  # int32 per row, int16 encoding only: flow = stored / flow_scale
+PEAK_KEY = "flow_peak"  # encode_on_device's per-row largest |flow|, checked on the host, never stored
 
 
 def check_encoding(encoding: str) -> str:
@@ -68,7 +72,8 @@ def quantize_flow(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.full(n, FLOW_SCALE, np.int32)
     large = peak * FLOW_SCALE > _INT16_MAX
     if large.any():
-        scale[large] = np.maximum(1, 2 ** np.floor(np.log2(_INT16_MAX / peak[large]))).astype(np.int32)
+        # The largest power of two p with peak · p ≤ 32767: frexp's exponent is exact where log2 may round up.
+        scale[large] = np.maximum(1, np.ldexp(1.0, np.frexp(_INT16_MAX / peak[large])[1] - 1)).astype(np.int32)
         if (peak[large] * scale[large] > _INT16_MAX).any():
             raise ValueError(f"flow: expected |values| ≤ {_INT16_MAX} px for int16 storage, got {peak.max():.0f} px; "
                              "use flow_encoding='float16'")
@@ -76,6 +81,45 @@ def quantize_flow(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not finite.all():
         stored = np.where(np.isfinite(stored), stored, INVALID_FLOW)
     return stored.astype(np.int16), scale
+
+
+def encode_on_device(flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.Tensor,
+                     encoding: str) -> dict[str, torch.Tensor]:
+    """The stored arrays of ``encoding``, computed where the tensors are (the GPU in a labeler), so
+    only the stored bytes cross to the host: the same values as :func:`encode_labels` on the host.
+
+    flow: N×2×H×W float (pixels); occlusion: N×H×W bool; confidence: N×H×W float in (0, 1].
+    Returns {'flow': N×H×W×2, 'occlusion': N×H×W uint8, 'confidence': N×H×W} in the stored dtypes
+    (for int16 plus ``flow_scale``, N int32, and ``flow_peak``, N float32 largest finite |value|:
+    :func:`check_device_encoding` raises on the host where int16 could not hold a row).
+    """
+    import torch
+
+    flow = flow.permute(0, 2, 3, 1)
+    out = {"occlusion": occlusion.to(torch.uint8)}
+    if check_encoding(encoding) == "float16":
+        return {**out, "flow": flow.to(torch.float16).contiguous(), "confidence": confidence.to(torch.float16)}
+    flow = flow.float()
+    n = flow.shape[0]
+    magnitude = flow.abs().reshape(n, -1)
+    peak = magnitude.nan_to_num(0.0, posinf=0.0).amax(1) if n and magnitude.numel() else flow.new_zeros(n)
+    # Per row: 64, or the largest power of two p with peak · p ≤ 32767 (as quantize_flow; frexp is exact).
+    fits = torch.ldexp(torch.ones_like(peak), torch.frexp(_INT16_MAX / peak).exponent - 1).clamp_(min=1)
+    scale = torch.where(peak * FLOW_SCALE > _INT16_MAX, fits, torch.full_like(peak, FLOW_SCALE))
+    stored = torch.round(flow * scale.view(n, 1, 1, 1))
+    stored = torch.where(stored.isfinite(), stored, torch.full_like(stored, INVALID_FLOW))
+    return {**out, "flow": stored.clamp_(-_INT16_MAX - 1, _INT16_MAX).to(torch.int16), SCALE_COLUMN: scale.to(torch.int32),
+            PEAK_KEY: peak, "confidence": torch.round(confidence.float().clamp(0, 1) * 255).to(torch.uint8)}
+
+
+def check_device_encoding(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Host arrays of :func:`encode_on_device` → the stored arrays; raises as :func:`quantize_flow`
+    for a row whose flow int16 cannot hold (|flow| > 32767 px)."""
+    peak = arrays.pop(PEAK_KEY, None)
+    if peak is not None and (peak * arrays[SCALE_COLUMN] > _INT16_MAX).any():
+        raise ValueError(f"flow: expected |values| ≤ {_INT16_MAX} px for int16 storage, got {peak.max():.0f} px; "
+                         "use flow_encoding='float16'")
+    return arrays
 
 
 def dequantize_flow(stored: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -1,12 +1,21 @@
-"""The label stage: frame pairs → forward flow, occlusion and confidence.
+"""The label stage: runs of frames → forward flow, occlusion and confidence of their pairs.
 
-``label_pairs`` is the plain function (tests call it directly); ``Labeler`` is the callable
-class Ray Data runs in an actor pool: its ``__init__`` loads the model once per actor, on
-the GPU Ray assigned to it, or on the CPU when it has none.
+``label_frames`` and ``label_pairs`` are plain functions (tests and scoring call them directly);
+``Labeler`` is the callable class Ray Data runs in an actor pool: its ``__init__`` loads the model
+once per actor, on the GPU Ray assigned to it, or on the CPU when it has none.
+
+Each chunk's frames cross to the device once (uint8, through pinned memory on a copy stream);
+the model encodes each frame once (``FlowModel.pairs``); consistency and the stored encoding run
+on the device, so only the stored bytes come back (on a side stream). Two chunks are in flight per
+actor (Ray Data's concurrent calls): one thread's host work, unpacking the next chunk and packing
+the last one's rows, overlaps the device work of the other, and a lock keeps one chunk at a time on
+the device.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,19 +27,21 @@ import torch
 
 from models import FlowModel, load_model
 
-from .chunks import iter_chunks
+from .chunks import iter_chunks, pair_rows
 from .consistency import ConsistencyParams, consistency
-from .encoding import DEFAULT_FLOW_ENCODING, check_encoding, encode_labels, transfer_dtype
+from .encoding import DEFAULT_FLOW_ENCODING, check_device_encoding, check_encoding, encode_on_device
 from .frame_labels import FrameLabelOptions
 
-IMAGE_COLUMNS = ("image0", "image1")
+CONFIDENCE_SOURCES = ("consistency", "model")
 _TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
 
 
 @dataclass(frozen=True)
 class LabelerConfig:
-    """model: registry name; checkpoint: URI (None for classical models); overrides: model
-    config changes (e.g. iters=12); batch_size: pairs per forward pass; precision: fp32, bf16, fp16."""
+    """model: registry name or ``package.module:Name``; checkpoint: URI (None for classical models);
+    overrides: model config changes (e.g. iters=12); batch_size: pairs per forward pass; precision:
+    fp32, bf16, fp16; confidence: "consistency" (forward-backward, every model) or "model" (the
+    model's own uncertainty, for models that predict one)."""
 
     model: str = "dis"
     checkpoint: str | None = None
@@ -39,16 +50,23 @@ class LabelerConfig:
     batch_size: int = 4
     precision: str = "fp32"
     consistency: ConsistencyParams = ConsistencyParams()
+    confidence: str = "consistency"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", dict(self.overrides))  # a copy; plain dict so it pickles to actors
         if self.batch_size < 1:
             raise ValueError(f"batch_size: expected ≥ 1, got {self.batch_size}")
+        if self.confidence not in CONFIDENCE_SOURCES:
+            raise ValueError(f"confidence: expected one of {CONFIDENCE_SOURCES}, got {self.confidence!r}")
 
     def load(self, device: str | torch.device = "cpu",
              storage_options: Mapping[str, Any] | None = None) -> FlowModel:
-        return load_model(self.model, self.checkpoint, device, checkpoint_sha256=self.checkpoint_sha256,
-                          precision=self.precision, storage_options=storage_options, **self.overrides)
+        model = load_model(self.model, self.checkpoint, device, checkpoint_sha256=self.checkpoint_sha256,
+                           precision=self.precision, storage_options=storage_options, **self.overrides)
+        if self.confidence == "model" and not getattr(model, "predicts_confidence", False):
+            raise ValueError(f"--confidence model: {self.model} predicts no uncertainty; "
+                             "use --confidence consistency, or a model that predicts one (e.g. searaft_*)")
+        return model
 
 
 def assigned_device() -> torch.device:
@@ -61,6 +79,13 @@ def assigned_device() -> torch.device:
         gpu_ids = []
     if gpu_ids and torch.cuda.is_available():
         return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def model_device(model: FlowModel) -> torch.device:
+    """Where the model computes: the device of its first parameter or buffer (CPU for none)."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
     return torch.device("cpu")
 
 
@@ -79,81 +104,240 @@ def placement(device: torch.device) -> str:
                        "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": str(device)})
 
 
-def _to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """N×H×W×3 uint8 → N×3×H×W float32 on ``device``; moves uint8 (4× fewer bytes) then converts."""
-    with warnings.catch_warnings():
-        # Ray hands batches out of its read-only object store; the tensor is only read
-        # (converted to float or pinned, both copies), never written.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        tensor = torch.from_numpy(np.ascontiguousarray(images))
-    if device.type == "cuda":
-        tensor = tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.permute(0, 3, 1, 2).float()
+@dataclass
+class Transfer:
+    """Tensors on their way to the host; ``done``: the CUDA event that marks their arrival."""
+
+    tensors: dict[str, torch.Tensor]
+    done: Any = None
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """The arrays, once they have arrived (waits for this transfer only)."""
+        if self.done is not None:
+            self.done.synchronize()
+        return {k: t.numpy() for k, t in self.tensors.items()}
+
+
+class DeviceQueue:
+    """Copies to and from one device, and the order of work on it.
+
+    On CUDA: frames go up through pinned memory on a copy stream, compute runs on its own stream
+    after them, and results come back into pinned memory on a third stream, each chunk's marked
+    by a :class:`Transfer`'s event. On the CPU everything is synchronous. On torch's meta device
+    (the feed benchmark's stand-in accelerator) work is dispatched but not computed, and results
+    come back as zeros of the right shapes and dtypes.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        cuda = device.type == "cuda"
+        self.upload = torch.cuda.Stream(device) if cuda else None
+        self.compute = torch.cuda.Stream(device) if cuda else None
+        self.download = torch.cuda.Stream(device) if cuda else None
+
+    def to_device(self, images: np.ndarray) -> torch.Tensor:
+        """N×H×W×3 uint8 → N×3×H×W float32 on the device; uint8 crosses (4× fewer bytes than float)."""
+        with warnings.catch_warnings():
+            # Ray hands batches out of its read-only object store; the tensor is only read (copied).
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            host = torch.from_numpy(np.ascontiguousarray(images))
+        if self.device.type == "cpu":
+            return host.permute(0, 3, 1, 2).float()
+        staged = torch.empty(host.shape, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
+        staged.copy_(host)  # the host's share of an upload: one pass over the frames
+        if self.upload is None:
+            return staged.to(self.device).permute(0, 3, 1, 2).float()
+        with torch.cuda.stream(self.upload):
+            frames = staged.to(self.device, non_blocking=True)
+        self.compute.wait_stream(self.upload)
+        frames.record_stream(self.compute)
+        with torch.cuda.stream(self.compute):
+            return frames.permute(0, 3, 1, 2).float()
+
+    def stream(self):
+        """Context in which device work is queued (the compute stream on CUDA)."""
+        return torch.cuda.stream(self.compute) if self.compute is not None else _nothing()
+
+    def to_host(self, tensors: Mapping[str, torch.Tensor]) -> Transfer:
+        """Start copying ``tensors`` back to the host (see :class:`Transfer`)."""
+        if self.device.type == "meta":
+            return Transfer({k: torch.zeros(t.shape, dtype=t.dtype) for k, t in tensors.items()})
+        if self.download is None:
+            return Transfer(dict(tensors))
+        self.download.wait_stream(self.compute)
+        out = {}
+        with torch.cuda.stream(self.download):
+            for key, tensor in tensors.items():
+                tensor.record_stream(self.download)
+                out[key] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+                out[key].copy_(tensor, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        return Transfer(out, done)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _device_labels(model: FlowModel, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor,
+                   params: ConsistencyParams, confidence_source: str) -> tuple[torch.Tensor, ...]:
+    """Frames N×3×H×W on the device and P pairs → (flow P×2×H×W, occlusion P×H×W bool,
+    confidence P×H×W), all on the device."""
+    flows = model.pairs(frames, index0, index1)
+    occlusion, confidence = consistency(flows.forward, flows.backward, params)
+    if confidence_source == "model":
+        if flows.confidence is None:
+            raise ValueError(f"confidence='model': {type(model).__name__} returned no confidence of its own")
+        confidence = flows.confidence
+    return flows.forward, occlusion, confidence
+
+
+class DeviceLabeler:
+    """One model on one device: a chunk's frames and pairs → its labels, on the device.
+
+    ``batch_size`` pairs per forward pass; halved for the rest of the run when CUDA runs out of memory.
+    """
+
+    def __init__(self, model: FlowModel, batch_size: int, params: ConsistencyParams = ConsistencyParams(),
+                 confidence: str = "consistency"):
+        self.model, self.batch_size, self.params, self.confidence = model, batch_size, params, confidence
+        self.queue = DeviceQueue(model_device(model))
+        self.lock = threading.Lock()  # one chunk on the device at a time; the other thread does host work
+
+    @torch.inference_mode()
+    def run(self, images: np.ndarray, index0: np.ndarray, index1: np.ndarray,
+            finish: Any) -> Transfer:
+        """M×H×W×3 uint8 frames and P pairs (rows of frame0 and frame1) → ``finish(flow, occlusion,
+        confidence)`` of every pair on the device, concatenated, on its way to the host."""
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"frames: expected uint8 M×H×W×3, got {images.shape} {images.dtype}")
+        frames = self.queue.to_device(images)
+        with self.lock, self.queue.stream():
+            parts = [finish(*labels) for labels in self._forward_passes(frames, index0, index1)]
+            merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+            return self.queue.to_host(merged)
+
+    def _forward_passes(self, frames: torch.Tensor, index0: np.ndarray,
+                        index1: np.ndarray) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Labels of ``batch_size`` pairs at a time, each pass given only the run of frames it uses."""
+        start = 0
+        while start < len(index0):
+            size = self.batch_size
+            i0, i1 = index0[start:start + size], index1[start:start + size]
+            first, last = int(min(i0.min(), i1.min())), int(max(i0.max(), i1.max()))
+            try:
+                labels = _device_labels(self.model, frames[first:last + 1],
+                                        torch.as_tensor(i0 - first, device=frames.device),
+                                        torch.as_tensor(i1 - first, device=frames.device),
+                                        self.params, self.confidence)
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                torch.cuda.empty_cache()
+                self.batch_size = size // 2
+                warnings.warn(f"out of device memory at {size} pairs per pass: continuing with {self.batch_size}")
+                continue
+            yield labels
+            start += len(i0)
+
+
+def label_frames(model: FlowModel, images: np.ndarray, index0: np.ndarray, index1: np.ndarray,
+                 batch_size: int = 4, params: ConsistencyParams = ConsistencyParams(),
+                 flow_encoding: str = DEFAULT_FLOW_ENCODING, confidence: str = "consistency") -> dict[str, np.ndarray]:
+    """A run of M frames (M×H×W×3 uint8 RGB) and P pairs (frame rows ``index0[i]`` → ``index1[i]``)
+    → the stored arrays of ``flow_encoding`` (see :func:`pipeline.encoding.encode_labels`):
+    'flow' P×H×W×2, 'occlusion' P×H×W uint8 (1 = occluded or leaves the frame), 'confidence' P×H×W
+    (and 'flow_scale' for int16)."""
+    labeler = DeviceLabeler(model, batch_size, params, confidence)
+    return _stored(labeler, images, index0, index1, check_encoding(flow_encoding))
+
+
+def _stored(labeler: DeviceLabeler, images: np.ndarray, index0: np.ndarray, index1: np.ndarray,
+            encoding: str) -> dict[str, np.ndarray]:
+    def finish(flow, occlusion, confidence):
+        return encode_on_device(flow, occlusion, confidence, encoding)
+
+    transfer = labeler.run(images, np.asarray(index0), np.asarray(index1), finish)
+    return check_device_encoding(transfer.numpy())
 
 
 @torch.inference_mode()
 def label_pairs(model: FlowModel, image0: np.ndarray, image1: np.ndarray, batch_size: int = 4,
-                params: ConsistencyParams = ConsistencyParams(),
-                out_dtype: np.dtype | type = np.float16) -> dict[str, np.ndarray]:
+                params: ConsistencyParams = ConsistencyParams(), out_dtype: np.dtype | type = np.float16,
+                confidence: str = "consistency") -> dict[str, np.ndarray]:
     """N×H×W×3 uint8 RGB pairs → {'flow': N×H×W×2 (pixels, frame0 → frame1),
-    'occlusion': N×H×W uint8 (1 = occluded or leaves the frame), 'confidence': N×H×W in (0, 1]}.
-
-    Flow and confidence are float16 by default (the output contract); scoring passes
-    ``out_dtype=np.float32`` so metrics see the model's float32 flow, not a rounded copy.
-    """
+    'occlusion': N×H×W uint8 (1 = occluded or leaves the frame), 'confidence': N×H×W in (0, 1]},
+    flow and confidence in ``out_dtype`` (scoring and viz take float32, not the stored encoding);
+    ``confidence``: "consistency" or "model" (see :class:`LabelerConfig`)."""
     out_dtype = np.dtype(out_dtype)
     if out_dtype not in _TORCH_DTYPES:
         raise ValueError(f"out_dtype: expected float16 or float32, got {out_dtype}")
-    dtype = _TORCH_DTYPES[out_dtype]  # converted on the device: float16 halves the bytes copied back
     if image0.shape != image1.shape or image0.ndim != 4 or image0.shape[-1] != 3 or image0.dtype != np.uint8:
         raise ValueError(f"expected two uint8 arrays N×H×W×3 of one shape, got {image0.shape} {image0.dtype} "
                          f"and {image1.shape} {image1.dtype}")
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    outputs: dict[str, list[np.ndarray]] = {"flow": [], "occlusion": [], "confidence": []}
-    for start in range(0, len(image0), batch_size):
-        a = _to_device(image0[start:start + batch_size], device)
-        b = _to_device(image1[start:start + batch_size], device)
-        forward, backward = model.bidirectional(a, b)
-        occlusion, confidence = consistency(forward, backward, params)
-        outputs["flow"].append(forward.permute(0, 2, 3, 1).to(dtype).cpu().numpy())
-        outputs["occlusion"].append(occlusion.to(torch.uint8).cpu().numpy())
-        outputs["confidence"].append(confidence.to(dtype).cpu().numpy())
-    return {name: np.concatenate(parts) for name, parts in outputs.items()}
+    n, dtype = len(image0), _TORCH_DTYPES[out_dtype]
+    if n == 0:
+        raise ValueError("expected at least one pair, got 0")
+    labeler = DeviceLabeler(model, batch_size, params, confidence)
+
+    def finish(flow, occlusion, confidence):
+        return {"flow": flow.permute(0, 2, 3, 1).to(dtype), "occlusion": occlusion.to(torch.uint8),
+                "confidence": confidence.to(dtype)}
+
+    # Pair i is (frame i, frame k + i) of each pass's 2k frames: every frame crosses once.
+    out: dict[str, list[np.ndarray]] = {"flow": [], "occlusion": [], "confidence": []}
+    for start in range(0, n, batch_size):
+        a, b = image0[start:start + batch_size], image1[start:start + batch_size]
+        k = len(a)
+        transfer = labeler.run(np.concatenate([a, b]), np.arange(k), np.arange(k) + k, finish)
+        for name, value in transfer.numpy().items():
+            out[name].append(value)
+    return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
 class Labeler:
     """Ray Data UDF (``map_batches(Labeler, fn_constructor_kwargs=…, batch_size=None)``).
 
-    Yields one output batch per input chunk: the input's columns without the frames, plus
-    flow, occlusion, confidence, model, checkpoint and ``labeled_on`` (see :func:`placement`).
-    Flow and confidence leave already in the sink's ``flow_encoding`` (see pipeline.encoding):
-    rounded once from float32, and as few bytes as the files will hold cross the object store.
+    Takes chunks of frame rows (:func:`pipeline.datasource.chunk_batch`) and yields one batch per
+    chunk, one row per pair: the chunk's columns, frame0/frame1/t0/t1/ordinal, the stored flow,
+    occlusion and confidence (already in the sink's ``flow_encoding``), model, checkpoint and
+    ``labeled_on`` (see :func:`placement`). Safe to call from two threads at once.
     """
 
     def __init__(self, config: LabelerConfig, storage_options: Mapping[str, Any] | None = None,
                  frame_labels: FrameLabelOptions | None = None, flow_encoding: str = DEFAULT_FLOW_ENCODING):
         self.config = config
         self.flow_encoding = check_encoding(flow_encoding)
-        self.device = assigned_device()
-        if self.device.type == "cpu":
+        device = assigned_device()
+        if device.type == "cpu":
             # OpenCV (DIS, Farnebäck) sizes its thread pool to the machine, torch to the CPUs Ray
             # gave this actor (OMP_NUM_THREADS): match them, or N actors on N CPUs run N × cores threads.
             cv2.setNumThreads(torch.get_num_threads())
-        self.model = config.load(self.device, storage_options)
+        self.model = config.load(device, storage_options)
+        self.device = DeviceLabeler(self.model, config.batch_size, config.consistency, config.confidence)
         # --frame-labels: classes of frame0 from the frames this actor already holds (pipeline.frame_labels).
-        self.frame_labeler = frame_labels.load(self.device, storage_options) if frame_labels else None
-        self.placement = placement(self.device)
+        self.frame_labeler = frame_labels.load(device, storage_options) if frame_labels else None
+        self.placement = placement(self.device.queue.device)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for rows in iter_chunks(batch):
-            labels = label_pairs(self.model, rows["image0"], rows["image1"], self.config.batch_size,
-                                 self.config.consistency, out_dtype=transfer_dtype(self.flow_encoding))
-            out = {name: column for name, column in rows.items() if name not in IMAGE_COLUMNS}
-            n = len(out["frame0"])
-            out["model"] = np.full(n, self.config.model, object)
-            out["checkpoint"] = np.full(n, self.model.checkpoint_sha256, object)
-            if self.frame_labeler is not None:
-                out.update(self.frame_labeler(rows))
-            out["labeled_on"] = np.full(n, self.placement, object)  # not written: the sinks keep the schema's columns
-            out.update(encode_labels(labels, self.flow_encoding))
-            yield out
+        for frames in iter_chunks(batch):
+            yield self.label_chunk(frames)
+
+    def label_chunk(self, frames: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Frame rows of one chunk → its pair rows with labels."""
+        out, index0, index1 = pair_rows(frames)
+        images = np.asarray(frames["image"])
+        stored = _stored(self.device, images, index0, index1, self.flow_encoding)
+        n = len(index0)
+        out["model"] = np.full(n, self.config.model, object)
+        out["checkpoint"] = np.full(n, self.model.checkpoint_sha256, object)
+        if self.frame_labeler is not None:
+            out.update(self.frame_labeler({"image0": images[index0], "ordinal": out["ordinal"]}))
+        out["labeled_on"] = np.full(n, self.placement, object)  # not written: the sinks keep the schema's columns
+        out.update(stored)
+        return out

@@ -10,6 +10,7 @@ from jobs.cli import main
 from jobs.label import LabelJob, run_label
 from jobs.synthetic import Motion, write_translating_video
 from models import CheckpointError
+from pipeline.chunks import pair_rows
 from pipeline.datasource import ReadOptions, UnitOutcome, read_unit
 from pipeline.decode import DecodeOptions
 from pipeline.labeler import LabelerConfig
@@ -27,7 +28,8 @@ def read_one(path, decode=DecodeOptions()):
     outcome, batches = UnitOutcome(), []
     for unit in plan_units(sources, decode):
         batches += list(read_unit(unit, ReadOptions(decode=decode), outcome=outcome))
-    return [(int(a), int(b)) for batch in batches for a, b in zip(batch["frame0"], batch["frame1"])], outcome
+    rows = [pair_rows(batch)[0] for batch in batches]
+    return [(int(a), int(b)) for r in rows for a, b in zip(r["frame0"], r["frame1"])], outcome
 
 
 @pytest.mark.parametrize("make, error_type, stage", [
@@ -84,7 +86,7 @@ def test_max_pixels_downscales_or_rejects(tmp_path):
     sources, _ = list_sources([str(path)])
     batch = next(read_unit(plan_units(sources, DecodeOptions())[0],
                            ReadOptions(decode=DecodeOptions(max_pixels=3000))))
-    h, w = batch["image0"].shape[1:3]
+    h, w = batch["image"].shape[1:3]
     assert h * w <= 3000 and abs(w / h - 128 / 96) < 0.05
     pairs, outcome = read_one(path, DecodeOptions(max_pixels=3000, oversize="reject"))
     [(folder, record)] = outcome.records

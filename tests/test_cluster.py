@@ -35,13 +35,14 @@ def fresh_context():
 def test_one_actor_per_gpu_and_decode_sized_to_the_actors(fresh_context):
     plan = plan_stages(ClusterOptions(), CHUNK, resources={"CPU": 32.0, "GPU": 4.0})
     pool = plan.label["compute"]
-    assert (pool.min_size, pool.max_size, pool.max_tasks_in_flight_per_actor) == (1, 4, 2)
+    assert (pool.min_size, pool.max_size, pool.max_tasks_in_flight_per_actor) == (1, 4, 3)
+    assert pool.max_concurrent_calls_per_actor == 2 and pool.enable_true_multi_threading
     # GPU actors keep Ray Data's default of one CPU: naming it beside GPUs is "experimental".
     assert plan.label["num_gpus"] == 1.0 and "num_cpus" not in plan.label
     assert plan.read == {"num_cpus": 1.0, "memory": 8 * CHUNK, "concurrency": 8}
     assert plan.write == {"num_cpus": 0.5}
     assert plan.describe()["labeler"] == {"min_actors": 1, "max_actors": 4, "gpus_per_actor": 1.0,
-                                          "cpus_per_actor": 1.0, "tasks_per_actor": 2}
+                                          "cpus_per_actor": 1.0, "tasks_per_actor": 3, "calls_per_actor": 2}
 
 
 def test_fractional_gpus_pack_two_actors_per_gpu(fresh_context):
@@ -86,6 +87,7 @@ def test_limits_are_set_and_reset_on_the_data_context(fresh_context):
     ({"actors": 2, "min_actors": 3}, "min_actors: expected 1 to actors"),
     ({"gpus_per_actor": 1.5}, "expected a fraction ≤ 1 or a whole number, got 1.5"),
     ({"tasks_per_actor": 0}, "tasks_per_actor: expected ≥ 1, got 0"),
+    ({"calls_per_actor": 0}, "calls_per_actor: expected ≥ 1, got 0"),
     ({"object_store_bytes": 10}, "object_store_bytes: expected ≥ 1 MiB, got 10"),
     ({"address": "ray://head:10001"}, "address: expected a cluster address .* does not run through Ray Client"),
 ])

@@ -96,7 +96,7 @@ def test_submitted_label_job_runs_one_actor_per_gpu(cluster, tmp_path):
     assert {a["device"] for a in actors} == {"cpu"} and all(a["pairs"] > 0 for a in actors)
     assert sum(a["pairs"] for a in actors) == PAIRS
     assert manifest["plan"]["labeler"] == {"min_actors": 2, "max_actors": 2, "gpus_per_actor": 1.0,
-                                           "cpus_per_actor": 1.0, "tasks_per_actor": 1}
+                                           "cpus_per_actor": 1.0, "tasks_per_actor": 1, "calls_per_actor": 2}
     assert manifest["plan"]["cluster"] == {"CPU": 4.0, "GPU": 2.0}
     # Ray Data's per-stage stats: every stage saw every pair.
     by_stage = {s["stage"]: s for s in stats["stages"]}

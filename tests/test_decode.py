@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jobs.synthetic import Motion, translating_frames, write_video
+from pipeline.chunks import pair_rows
 from pipeline.datasource import ReadOptions, UnitOutcome, read_unit
 from pipeline.decode import DecodeOptions, decode_image
 from pipeline.plan import PlanOptions, plan_units
@@ -25,8 +26,14 @@ def read_all(path, decode=DecodeOptions(), plan=PlanOptions(), read=None):
     return batches, records
 
 
+def as_pairs(batch):
+    """A chunk of frame rows seen as its pairs: frame0/frame1/t0/t1 and image0/image1."""
+    rows, index0, index1 = pair_rows(batch)
+    return {**rows, "image0": batch["image"][index0], "image1": batch["image"][index1]}
+
+
 def pairs_of(batches):
-    return [(int(a), int(b)) for batch in batches for a, b in zip(batch["frame0"], batch["frame1"])]
+    return [(int(a), int(b)) for batch in batches for a, b in zip(*(pair_rows(batch)[0][k] for k in ("frame0", "frame1")))]
 
 
 @pytest.fixture(scope="module")
@@ -48,22 +55,22 @@ def test_generated_video_decodes_every_frame_once_in_order(generated, name):
     assert records == []
     assert pairs_of(batches) == [(k, k + 1) for k in range(8)]
     batch = batches[0]
-    assert batch["image0"].dtype == np.uint8 and batch["image0"].shape == (8, *frames[0].shape)
-    # frame k+1 of pair k is frame k+1 of pair k+1's frame0: each frame decoded once, reused
-    np.testing.assert_array_equal(batch["image1"][:-1], batch["image0"][1:])
+    # 8 pairs, 9 frames: each frame decoded once and sent once (frame k+1 of pair k is pair k+1's frame0)
+    assert batch["image"].dtype == np.uint8 and batch["image"].shape == (9, *frames[0].shape)
+    assert batch["frame"].tolist() == list(range(9)) and batch["pair_with"].tolist() == [*range(1, 9), -1]
     # lossy codecs: each decoded frame is closest to the frame encoded at its index
     encoded = np.stack(frames).astype(int)
-    for k, image in enumerate(batch["image0"].astype(int)):
+    for k, image in enumerate(batch["image"].astype(int)):
         errors = np.abs(encoded - image).mean(axis=(1, 2, 3))
-        assert errors.argmin() == k and errors[k] < 12, errors
-    np.testing.assert_allclose(batch["t0"], np.arange(8) / 30, atol=1e-3)
+        assert errors.argmin() == k and (errors[k] < 12 or k == 8), errors  # the last frame shows the most new edge
+    np.testing.assert_allclose(pair_rows(batch)[0]["t0"], np.arange(8) / 30, atol=1e-3)
 
 
 def test_stride_max_pairs_and_max_side(generated):
     path, frames = generated["h264.mp4"]
     batches, _ = read_all(path, DecodeOptions(stride=3, max_pairs=4, max_side=48))
     assert pairs_of(batches) == [(0, 3), (1, 4), (2, 5), (3, 6)]
-    assert batches[0]["image0"].shape[1:] == (32, 48, 3)
+    assert batches[0]["image"].shape == (7, 32, 48, 3)  # frames 0–6, each once
     assert (batches[0]["source_height"][0], batches[0]["source_width"][0]) == (64, 96)
 
 
@@ -77,7 +84,8 @@ def test_chunks_cut_at_a_fixed_number_of_pairs(generated):
     path, _ = generated["h264.mp4"]
     pair_bytes = 2 * 64 * 96 * 3
     batches, _ = read_all(path, read=ReadOptions(chunk_bytes=3 * pair_bytes))
-    assert [len(b["frame0"]) for b in batches] == [3, 3, 2]
+    assert [len(pair_rows(b)[1]) for b in batches] == [3, 3, 2]
+    assert [b["frame"].tolist() for b in batches] == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8]]
     assert [b["chunk"][0] for b in batches] == ["00000000-00000002", "00000003-00000005", "00000006-00000007"]
 
 
@@ -85,8 +93,8 @@ def test_image_sequence_pairs_and_times(shared_data):
     batches, records = read_all(BENCHMARKS / "Sintel" / "training" / "final" / "cave_2")
     assert records == []
     assert pairs_of(batches) == [(0, 1), (1, 2), (2, 3)]
-    assert np.isnan(batches[0]["t0"]).all()
-    assert batches[0]["image0"].shape == (3, 436, 1024, 3)
+    assert np.isnan(batches[0]["time"]).all()
+    assert batches[0]["image"].shape == (4, 436, 1024, 3)
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +118,9 @@ def test_split_video_gives_exactly_the_pairs_of_the_whole_video(short_gop_video,
     parts, records = read_all(path, decode, split_plan)
     assert records == []
     assert pairs_of(parts) == pairs_of(whole)
-    np.testing.assert_array_equal(np.concatenate([b["t1"] for b in parts]),
-                                  np.concatenate([b["t1"] for b in whole]))
-    np.testing.assert_array_equal(np.concatenate([b["ordinal"] for b in parts]),
+    np.testing.assert_array_equal(np.concatenate([as_pairs(b)["t1"] for b in parts]),
+                                  np.concatenate([as_pairs(b)["t1"] for b in whole]))
+    np.testing.assert_array_equal(np.concatenate([as_pairs(b)["ordinal"] for b in parts]),
                                   np.arange(len(pairs_of(whole))))
 
 
@@ -140,8 +148,8 @@ def test_real_corpus_one_pair_per_consecutive_frames_in_display_orientation(shar
     batches, records = read_all(VIDEOS / name, read=ReadOptions(chunk_bytes=2**40))
     assert records == []
     assert pairs_of(batches) == [(k, k + 1) for k in range(frames - 1)]
-    assert {b["image0"].shape[1:3] for b in batches} == {size}
-    times = np.concatenate([b["t0"] for b in batches])
+    assert {as_pairs(b)["image0"].shape[1:3] for b in batches} == {size}
+    times = np.concatenate([as_pairs(b)["t0"] for b in batches])
     assert np.all(np.diff(times) > 0)
 
 
@@ -151,7 +159,7 @@ def test_rotation_matches_opencv_display_orientation(shared_data):
     capture = cv2.VideoCapture(str(VIDEOS / "fire2.mp4"))  # OpenCV applies the display matrix
     ok, bgr = capture.read()
     assert ok
-    ours = batches[0]["image0"][0].astype(int)
+    ours = as_pairs(batches[0])["image0"][0].astype(int)
     assert np.abs(ours - bgr[:, :, ::-1].astype(int)).mean() < 3
     assert np.abs(ours[::-1, ::-1] - bgr[:, :, ::-1].astype(int)).mean() > 20  # 180° would be visibly wrong
 
@@ -205,5 +213,5 @@ def test_interlaced_frames_are_deinterlaced(shared_data):
     woven, _ = read_all(path, DecodeOptions(max_pairs=3, deinterlace=False))
     clean, records = read_all(path, DecodeOptions(max_pairs=3))
     assert records == [] and pairs_of(clean) == pairs_of(woven) == [(0, 1), (1, 2), (2, 3)]
-    np.testing.assert_array_equal(clean[0]["t0"], woven[0]["t0"])
-    assert combing(clean[0]["image0"][1]) < 0.2 * combing(woven[0]["image0"][1])
+    np.testing.assert_array_equal(as_pairs(clean[0])["t0"], as_pairs(woven[0])["t0"])
+    assert combing(clean[0]["image"][1]) < 0.2 * combing(woven[0]["image"][1])

@@ -116,8 +116,9 @@ def test_encode_is_idempotent_and_checks_its_input():
 @pytest.mark.parametrize("encoding", ["int16", "float16"])
 def test_labeler_hands_over_the_stored_arrays(encoding, tmp_path):
     frames = np.stack(translating_frames(48, 64, 3, Motion(2.0, 1.0), seed=3))
-    batch = {"video_id": np.array(["v", "v"], object), "chunk": np.array(["0-1", "0-1"], object),
-             "frame0": np.array([0, 1], np.int32), "image0": frames[:2], "image1": frames[1:]}
+    batch = {"video_id": np.array(["v"] * 3, object), "chunk": np.array(["0-1"] * 3, object),
+             "frame": np.arange(3, dtype=np.int32), "time": np.zeros(3), "pair_with": np.array([1, 2, -1], np.int32),
+             "ordinal": np.array([0, 1, -1]), "image": frames}
     [out] = Labeler(LabelerConfig(model="dis"), flow_encoding=encoding)(batch)
     stored = {"int16": (np.int16, np.uint8), "float16": (np.float16, np.float16)}[encoding]
     assert (out["flow"].dtype, out["confidence"].dtype) == stored
@@ -137,3 +138,41 @@ def test_labeler_hands_over_the_stored_arrays(encoding, tmp_path):
     from_parquet = arrays_from_table(pq.read_table(parquet))
     for name in ("flow", "occlusion", "confidence"):
         np.testing.assert_array_equal(from_npz[name], from_parquet[name])
+
+
+@pytest.mark.parametrize("encoding", ["int16", "float16"])
+def test_device_encoding_stores_what_the_host_encoding_stores(encoding):
+    """encode_on_device (torch, where the labels are) and encode_labels (numpy) give the same bytes:
+    rows at 1, 10, 100, 600 and 3000 px (the last two need coarser int16 steps), NaN and ∞ included."""
+    import torch
+
+    from pipeline.encoding import check_device_encoding, encode_on_device
+
+    rng = np.random.default_rng(0)
+    flow = (rng.standard_normal((5, 2, 7, 9)) * np.array([1, 10, 100, 600, 3000])[:, None, None, None]).astype(np.float32)
+    flow[1, 0, 2, 3], flow[2, 1, 1, 1] = np.nan, np.inf
+    confidence, occlusion = rng.random((5, 7, 9)).astype(np.float32), rng.random((5, 7, 9)) > 0.5
+    on_device = encode_on_device(torch.from_numpy(flow), torch.from_numpy(occlusion), torch.from_numpy(confidence),
+                                 encoding)
+    stored = check_device_encoding({k: v.numpy() for k, v in on_device.items()})
+    expected = encode_labels({"flow": flow.transpose(0, 2, 3, 1), "occlusion": occlusion, "confidence": confidence},
+                             encoding)
+    assert sorted(stored) == sorted(expected)
+    for name, value in expected.items():
+        assert stored[name].dtype == value.dtype and np.array_equal(stored[name], value, equal_nan=True), name
+    if encoding == "int16":  # 64 per px, or the largest power of two that holds the row's peak
+        peak = np.nanmax(np.where(np.isinf(flow), np.nan, np.abs(flow)).reshape(5, -1), axis=1)
+        scale = stored["flow_scale"]
+        assert scale[:3].tolist() == [64, 64, 64] and (scale[3:] < 64).all()
+        assert (peak * scale <= 32767).all() and (peak[3:] * scale[3:] * 2 > 32767).all()
+
+
+def test_device_encoding_refuses_flow_int16_cannot_hold():
+    import torch
+
+    from pipeline.encoding import check_device_encoding, encode_on_device
+
+    flow = torch.full((1, 2, 2, 2), 40000.0)
+    on_device = encode_on_device(flow, torch.zeros(1, 2, 2, dtype=torch.bool), torch.ones(1, 2, 2), "int16")
+    with pytest.raises(ValueError, match="expected \\|values\\| ≤ 32767 px for int16 storage, got 40000 px"):
+        check_device_encoding({k: v.numpy() for k, v in on_device.items()})
