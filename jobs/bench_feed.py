@@ -61,6 +61,12 @@ class StandIn(FlowModel):
         self._hold(len(image0))
         return torch.zeros(len(image0), 2, *image0.shape[-2:], device=image0.device)
 
+    def predict_bidirectional(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both directions of a pair count as one pair's device time, as in :meth:`predict_pairs`."""
+        self._hold(len(image0))
+        flow = torch.zeros(len(image0), 2, *image0.shape[-2:], device=image0.device)
+        return flow, flow.clone()
+
     def predict_pairs(self, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> PairFlows:
         self._hold(len(index0))
         flow = torch.empty(len(index0), 2, *frames.shape[-2:], device=frames.device)
@@ -156,8 +162,10 @@ def run_row(videos: Sequence[Path], work: Path, *, ms: float, gpus: int, size: t
 
 
 def feed_suite(cache: Path, work: Path, *, quick: bool, sizes: Sequence[tuple[int, int]] = FEED_SIZES,
-               ms_list: Sequence[float] = FEED_MS, gpus_list: Sequence[int] = FEED_GPUS) -> list[dict[str, Any]]:
-    """Every (GPUs, size, ms per pair) row; one local Ray per GPU count, declaring that many fake GPUs."""
+               ms_list: Sequence[float] = FEED_MS, gpus_list: Sequence[int] = FEED_GPUS,
+               pairs: int | None = None) -> list[dict[str, Any]]:
+    """Every (GPUs, size, ms per pair) row; one local Ray per GPU count, declaring that many fake
+    GPUs. ``pairs`` per row (default :func:`pairs_for`)."""
     import ray
 
     from .bench_suites import cached_video
@@ -171,7 +179,7 @@ def feed_suite(cache: Path, work: Path, *, quick: bool, sizes: Sequence[tuple[in
         try:
             for size in sizes:
                 for ms in ms_list:
-                    count = -(-pairs_for(ms, gpus, quick) // (VIDEO_FRAMES - 1))
+                    count = -(-(pairs or pairs_for(ms, gpus, quick)) // (VIDEO_FRAMES - 1))
                     videos = [cached_video(cache / "feed", *size, VIDEO_FRAMES, seed=i) for i in range(count)]
                     rows.append(run_row(videos, work / f"g{gpus}-{size[1]}-{ms:g}", ms=ms, gpus=gpus, size=size))
         finally:

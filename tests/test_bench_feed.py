@@ -54,3 +54,18 @@ def test_standin_holds_the_device_and_computes_nothing(tmp_path):
     assert flow.shape == (2, 2, 8, 8) and flow.device.type == "cpu"
     with pytest.raises(ValueError, match="ms_per_pair: expected ≥ 0"):
         StandIn(ms_per_pair=-1)
+
+
+@pytest.mark.slow
+def test_feed_suite_through_ray_with_a_fake_gpu(tmp_path):
+    """The whole suite, small: a local Ray declaring one fake GPU, the stand-in loaded through the
+    plugin path, 2 videos of 60 pairs. Frames cross the object store once: a video's one chunk of
+    60 pairs carries 61 frames (the reader sent 2 per pair before)."""
+    from jobs.bench_feed import feed_suite
+
+    [row] = feed_suite(tmp_path / "cache", tmp_path / "work", quick=True, sizes=((96, 128),), ms_list=(20.0,),
+                       gpus_list=(1,), pairs=120)
+    assert row["pairs"] == 120 and row["gpus"] == 1 and row["ideal_pairs_per_s"] == 50
+    assert 0 < row["busy"] <= 1 and 0 < row["pairs_per_s"] <= 50 * 1.05
+    assert row["read_frames_per_pair"] == pytest.approx(61 / 60, rel=0.02)
+    assert row["cpu_s_per_pair"]["read"] > 0 and row["cpu_s_per_pair"]["write"] > 0
