@@ -114,7 +114,8 @@ def fp32_row(name: str, image0: Any, image1: Any, device: str, checkpoint: str |
         reference = cpu_model(image0, image1)
         flow = copy.deepcopy(cpu_model).to(device)(image0.to(device), image1.to(device)).cpu()
     error = rel_l2(flow.numpy(), reference.numpy())
-    return {"model": name, "weights": Path(checkpoint).name if checkpoint else ("random init" if random_init else "none"),
+    weights = Path(checkpoint).name if checkpoint else ("random init" if random_init else "none")
+    return {"model": name, "weights": weights,
             "size": list(image0.shape[-2:]), "rel_l2": error, "max_abs_px": float((flow - reference).abs().max()),
             "reference_norm": float(reference.norm()), "tolerance": FP32_MAX_REL_L2,
             "passed": error <= FP32_MAX_REL_L2, "seconds": round(time.perf_counter() - started, 2)}
@@ -330,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpu-check {name}: {'ok' if step.get('passed') else step.get('skipped') or 'FAILED'} "
               f"({step.get('seconds', 0)} s)")
     failed = [n for n, s in results["steps"].items() if s.get("passed") is False]
-    print(f"wrote {args.results}" + ("" if "models" in args.skip else f" and the model-check section of {args.markdown}"))
+    section = "" if "models" in args.skip else f" and the model-check section of {args.markdown}"
+    print(f"wrote {args.results}{section}")
     return EXIT_FAILED if failed else EXIT_OK
 
 

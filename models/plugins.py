@@ -168,14 +168,11 @@ class PluginRegistry(Mapping[str, ModelSpec]):
             if name not in self._import_paths:
                 self._import_paths[name] = spec_for_import_path(name)
             return self._import_paths[name]
-        if name in self._plugins():
-            return self._plugins()[name][0]
+        plugins = self._plugins()
+        if name in plugins:
+            return plugins[name][0]
         raise KeyError(f"unknown model {name!r}; expected one of {sorted(self)} or an import path "
                        "package.module:Name of a FlowModel subclass or factory")
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (name in self._builtin or name in self._import_paths
-                                          or (not is_import_path(name) and name in self._plugins()))
 
     def __iter__(self) -> Iterator[str]:
         yield from self._builtin
@@ -188,11 +185,8 @@ class PluginRegistry(Mapping[str, ModelSpec]):
         """Where ``name`` comes from: "builtin", "entry point DIST VERSION" or "import path"."""
         if name in self._builtin:
             return BUILTIN
-        if is_import_path(name):
-            self[name]  # resolves it, or raises why not
-            return "import path"
-        self[name]
-        return self._plugins()[name][1]
+        self[name]  # resolves it, or raises why not
+        return "import path" if is_import_path(name) else self._plugins()[name][1]
 
 
 def probe_shape(model: FlowModel) -> tuple[int, int]:
@@ -209,7 +203,8 @@ def _expect_flow(name: str, what: str, value: Any, shape: tuple[int, ...]) -> No
     if tuple(value.shape) != shape:
         raise PluginError(f"model {name!r}: {what}: expected shape {shape}, got {tuple(value.shape)}")
     if not value.is_floating_point():
-        raise PluginError(f"model {name!r}: {what}: expected a float tensor (float32 flow in pixels), got {value.dtype}")
+        raise PluginError(f"model {name!r}: {what}: expected a float tensor (float32 flow in pixels), "
+                          f"got {value.dtype}")
 
 
 def check_contract(model: FlowModel, name: str) -> FlowModel:

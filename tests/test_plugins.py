@@ -59,7 +59,8 @@ def test_import_path_class_gets_config_and_runs_through_the_contract():
     flow = model(frames_of_values(0)[:1], frames_of_values(20)[:1])  # brightness step 20 → u + 2
     assert type(model).__name__ == "ShiftFlow" and model.model_name == SHIFT and model.config == {"u": 3.0, "v": 0.5}
     assert flow.shape == (1, 2, 12, 20) and flow.dtype == torch.float32
-    assert torch.equal(flow[:, 0], torch.full((1, 12, 20), 5.0)) and torch.equal(flow[:, 1], torch.full((1, 12, 20), 0.5))
+    assert torch.equal(flow[:, 0], torch.full((1, 12, 20), 5.0))
+    assert torch.equal(flow[:, 1], torch.full((1, 12, 20), 0.5))
     assert model.checkpoint_sha256 == "" and not model.training
 
 
@@ -117,7 +118,8 @@ def test_plugin_checkpoint_loads_strictly_with_sha256(tmp_path):
                                         r"\(its bases: torch.nn.modules.module.Module\)"),
     ("tests.plugin_models:NUMBER", "is int 3; expected a subclass of models.FlowModel or a factory"),
     ("tests.plugin_models:make_text", "the factory returned str 'not a model', expected a models.FlowModel"),
-    ("tests.plugin_models:Downsampled", r"predict_pairs forward flow: expected shape \(1, 2, 32, 48\), got \(1, 2, 4, 6\)"),
+    ("tests.plugin_models:Downsampled",
+     r"predict_pairs forward flow: expected shape \(1, 2, 32, 48\), got \(1, 2, 4, 6\)"),
     ("tests.plugin_models:IntegerFlow", "forward flow: expected a float tensor .*, got torch.int64"),
     ("tests.plugin_models:NanFlow", "forward flow: expected finite values, got 3072 non-finite of 3072"),
 ])
@@ -202,8 +204,9 @@ def test_entry_point_clash_with_a_builtin_names_both(installed):
 
 def test_entry_point_of_the_wrong_kind(installed):
     registry = installed("bad = tests.plugin_models:NUMBER\n")
-    with pytest.raises(PluginError, match=r"entry point fakeplug 0.1 \(bad = tests.plugin_models:NUMBER.*\) gave int 3; "
-                                          "expected a ModelSpec, a sequence of them, or a callable returning either"):
+    with pytest.raises(PluginError, match=r"entry point fakeplug 0.1 \(bad = tests.plugin_models:NUMBER.*\) "
+                                          "gave int 3; expected a ModelSpec, a sequence of them, or a callable "
+                                          "returning either"):
         registry["anything"]
 
 
