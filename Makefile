@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.flowlabel-installed
 # so that resolving the project does not pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ test-fast: setup
 # Full run: $(VENV)/bin/flowlabel bench; on a GPU machine add --device cuda.
 bench: setup
 	$(VENV)/bin/flowlabel bench --quick
+
+# On one GPU, about 8 minutes: every model on CUDA vs CPU (fp32) and bf16/fp16 EPE change, bench --device
+# cuda --quick, the feed suite → gpu-check.json and BENCHMARKS.md. Without a CUDA device it fails and says so.
+gpu-check: setup
+	$(PY) -m jobs.gpu_check
 
 clean:
 	rm -rf demo-out .pytest_cache

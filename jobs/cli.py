@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import bench, score, scores, viz
-from .cluster import ClusterOptions
+from .cluster import ClusterOptions, local_code_paths, read_runtime_env
 from .stats import format_stats
 
 EXIT_FAILED = 1
@@ -51,8 +51,9 @@ def add_storage_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser, default_model: str = "dis") -> None:
-    parser.add_argument("--model", default=default_model, help=f"registry name (default {default_model}); "
-                                                                 "see `flowlabel models`")
+    parser.add_argument("--model", default=default_model,
+                        help=f"registry name (default {default_model}; see `flowlabel models`), or an import path "
+                             "package.module:Name of a FlowModel subclass or factory (--set values are its arguments)")
     parser.add_argument("--checkpoint", help="checkpoint path or URI (s3://, https://, …)")
     parser.add_argument("--checkpoint-sha256", help="expected sha256 of the checkpoint file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
@@ -72,13 +73,19 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
                         help="chunks queued on each labeler actor (default 2: one running, one in transit)")
     parser.add_argument("--object-store-mb", type=float,
                         help="cap on the object store memory the job's blocks use (default: Ray Data's share)")
+    parser.add_argument("--runtime-env", metavar="JSON_OR_YAML",
+                        help="Ray runtime env for the job (file or inline JSON), e.g. py_modules or working_dir "
+                             "to ship a --model package.module:Name to the workers (also put on this sys.path)")
 
 
 def cluster_options(args: argparse.Namespace) -> ClusterOptions:
     object_store = None if args.object_store_mb is None else int(args.object_store_mb * 2**20)
+    runtime_env = read_runtime_env(args.runtime_env) if args.runtime_env else None
+    # The driver loads the model too (its start-up check): the code shipped to the workers must import here.
+    sys.path[:0] = [p for p in local_code_paths(runtime_env) if p not in sys.path]
     return ClusterOptions(address=args.address, actors=args.actors, min_actors=args.min_actors,
                           gpus_per_actor=args.gpus_per_actor, tasks_per_actor=args.tasks_per_actor,
-                          object_store_bytes=object_store)
+                          object_store_bytes=object_store, runtime_env=runtime_env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_options(label)
     label.set_defaults(func=cmd_label)
 
-    sub.add_parser("models", help="list the registered models and their checkpoints").set_defaults(func=cmd_models)
+    models = sub.add_parser("models", help="list the models (built-in and installed plugins), where each comes "
+                                           "from, and their checkpoints")
+    models.add_argument("names", nargs="*", metavar="NAME",
+                        help="show only these: registry names or import paths package.module:Name")
+    models.set_defaults(func=cmd_models)
     for register in SUBCOMMANDS:
         register(sub)
     return parser
@@ -187,11 +198,11 @@ def format_label_summary(result) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from models import REGISTRY
+    from models import MODELS
 
-    for name in sorted(REGISTRY):
-        spec = REGISTRY[name]
-        print(f"{name:<22} {spec.description}")
+    for name in getattr(args, "names", None) or sorted(MODELS):
+        spec = MODELS[name]
+        print(f"{name:<22} [{MODELS.origin(name)}] {spec.description}")
         for ckpt in spec.checkpoints:
             print(f"{'':<24}{ckpt.filename}  ({ckpt.trained_on or 'unknown data'})")
     return 0

@@ -47,6 +47,8 @@ class ClusterOptions:
     local_cpus: CPUs of a local Ray (default: all).
     local_gpus: GPUs a local Ray declares (default: Ray's own count of the machine's GPUs); the
       feed benchmark declares GPUs a machine lacks, for its stand-in accelerator.
+    runtime_env: Ray runtime environment of the job (``--runtime-env``), given to ``ray.init``: e.g.
+      ``py_modules`` / ``working_dir`` ship a plugin model's code to the workers (read_runtime_env).
     """
 
     address: str | None = None
@@ -62,6 +64,7 @@ class ClusterOptions:
     object_store_bytes: int | None = None
     local_cpus: int | None = None
     local_gpus: int | None = None
+    runtime_env: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.address and self.address.startswith("ray://"):
@@ -128,22 +131,63 @@ def connect(options: ClusterOptions) -> None:
     import ray
     from ray.data import DataContext
 
+    # Local code in a runtime env (working_dir, py_modules) is uploaded only by ray.init: Ray
+    # refuses local paths in a task's or actor's own runtime env.
+    env = {"runtime_env": dict(options.runtime_env)} if options.runtime_env else {}
+    if ray.is_initialized() and env:
+        raise ValueError("runtime_env: Ray is already initialized in this process, so the job's runtime env "
+                         "cannot be applied; pass it to ray.init there, or run the job in a fresh process")
     if not ray.is_initialized():
         address = options.address or os.environ.get(RAY_ADDRESS_ENV) or None
         if address:
             # Token auth (RAY_AUTH_MODE=token) needs no argument: Ray reads RAY_AUTH_TOKEN,
             # RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token itself.
-            ray.init(address=address, logging_level=logging.WARNING)
+            ray.init(address=address, logging_level=logging.WARNING, **env)
         else:
             cpus = options.local_cpus or os.cpu_count() or 1
             loopback_only()
             ray.init(num_cpus=options.local_cpus, num_gpus=options.local_gpus, include_dashboard=False,
-                     _node_ip_address=LOOPBACK,
-                     logging_level=logging.WARNING, _system_config=local_system_config(cpus))
+                     _node_ip_address=LOOPBACK, logging_level=logging.WARNING,
+                     _system_config=local_system_config(cpus), **env)
     interactive = sys.stderr.isatty() and not os.environ.get("CI")
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = interactive
     ctx.print_on_execution_start = interactive  # the execution plan banner; quiet in CI and in job logs
+
+
+def read_runtime_env(text: str) -> dict[str, Any]:
+    """``--runtime-env``: a JSON or YAML file, or an inline JSON object → the runtime env dict."""
+    import yaml
+
+    source = text
+    if not text.lstrip().startswith("{"):
+        try:
+            with open(text, encoding="utf-8") as f:
+                source = f.read()
+        except OSError as exc:
+            raise ValueError(f"runtime_env: expected a JSON/YAML file or a JSON object, got {text!r}: {exc}") from None
+    try:
+        value = yaml.safe_load(source)  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        raise ValueError(f"runtime_env: {text!r} is neither JSON nor YAML: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"runtime_env: expected a mapping (py_modules, working_dir, env_vars, …) in {text!r}, "
+                         f"got {type(value).__name__}")
+    return value
+
+
+def local_code_paths(runtime_env: Mapping[str, Any] | None) -> list[str]:
+    """The sys.path entries that make a runtime env's local code importable on the driver itself: the
+    working_dir, and the folder holding each local py_modules package or .py file (wheels as they are).
+
+    Ray ships this code to the workers only; the driver imports the model too (its start-up check).
+    """
+    env = runtime_env or {}
+    paths = [env["working_dir"]] if isinstance(env.get("working_dir"), str) else []
+    for module in env.get("py_modules") or []:
+        if isinstance(module, str):
+            paths.append(module if module.endswith(".whl") else os.path.dirname(os.path.abspath(module)))
+    return [os.path.abspath(p) for p in paths if "://" not in p and os.path.exists(p)]
 
 
 def loopback_only() -> None:

@@ -9,13 +9,14 @@ import torch
 
 from .checkpoint import is_directory, load_checkpoint, load_strict
 from .contract import FlowModel
-from .registry import ModelSpec, Registry
+from .plugins import BUILTIN, PluginRegistry, check_contract, is_import_path
+from .registry import ModelSpec
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def load_model(
-    registry: Registry,
+    registry: Mapping[str, ModelSpec],
     name: str,
     checkpoint: str | None = None,
     device: str | torch.device | None = None,
@@ -32,13 +33,17 @@ def load_model(
     the registry's digest when either is known. A learned model without a checkpoint raises,
     unless ``random_init=True`` (tests, speed benchmarks). ``precision`` is "fp32", "bf16" or
     "fp16": the latter two run the network under CUDA autocast (ignored on CPU).
+
+    ``name`` may be a plugin (see :mod:`models.plugins`) when ``registry`` is a PluginRegistry: an
+    entry-point model or an import path ``package.module:Name`` (whose weights are optional: its
+    own initialisation, or ``checkpoint``). Plugins are probed once on ``device`` before returning.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {sorted(PRECISIONS)}, got {precision!r}")
     spec = registry[name]
     known = spec.find_checkpoint(checkpoint) if checkpoint else None
     config = {**spec.default_config, **(known.eval_config if known else {}), **overrides}
-    if checkpoint and not spec.needs_weights:
+    if checkpoint and not spec.needs_weights and not is_import_path(name):
         raise ValueError(f"{name} takes no checkpoint, got {checkpoint!r}")
     expected_sha256 = checkpoint_sha256 or (known.sha256 if known else None)
     if checkpoint and spec.load_checkpoint is not None and is_directory(checkpoint, storage_options):
@@ -57,7 +62,11 @@ def load_model(
     model.config = config
     model.model_name = name
     model.autocast_dtype = PRECISIONS[precision]
-    return model.eval().to(device or "cpu")
+    model = model.eval().to(device or "cpu")
+    if isinstance(registry, PluginRegistry) and registry.origin(name) != BUILTIN:
+        # Built-in models are held to the contract by the tests; a plugin is checked where it runs.
+        check_contract(model, name)
+    return model
 
 
 def _load_weights(
