@@ -289,3 +289,20 @@ def test_plugin_shipped_to_ray_workers_with_runtime_env(tmp_path, how):
     flow, model_column = _labeled_flow(tmp_path / "out")
     assert flow.shape == (2, 32, 48, 2) and set(model_column) == {f"{package.name}.flows:ConstFlow"}
     assert (flow[..., 0] == 3.0).all() and (flow[..., 1] == 0.5).all()  # run from the shipped copy in the workers
+
+
+def test_runtime_env_option_reads_yaml_json_and_finds_the_local_code(tmp_path):
+    from jobs.cluster import local_code_paths, read_runtime_env
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "env.yaml").write_text(f"py_modules:\n  - {tmp_path / 'pkg'}\n  - s3://bucket/code.zip\n"
+                                       f"working_dir: {tmp_path}\nenv_vars: {{A: '1'}}\n")
+    env = read_runtime_env(str(tmp_path / "env.yaml"))
+    assert env["env_vars"] == {"A": "1"} and env["py_modules"][1] == "s3://bucket/code.zip"
+    assert local_code_paths(env) == [str(tmp_path), str(tmp_path)]  # working_dir; the folder holding pkg/
+    assert read_runtime_env('{"py_modules": ["./x"]}') == {"py_modules": ["./x"]}
+    with pytest.raises(ValueError, match="expected a JSON/YAML file or a JSON object, got 'missing.yaml'"):
+        read_runtime_env("missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n")
+    with pytest.raises(ValueError, match="expected a mapping .* got list"):
+        read_runtime_env(str(tmp_path / "list.yaml"))
