@@ -69,8 +69,8 @@ class StandIn(FlowModel):
 
     def predict_pairs(self, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> PairFlows:
         self._hold(len(index0))
-        flow = torch.empty(len(index0), 2, *frames.shape[-2:], device=frames.device)
-        return PairFlows(flow, torch.empty_like(flow))
+        flow = torch.zeros(len(index0), 2, *frames.shape[-2:], device=frames.device)  # free on meta
+        return PairFlows(flow, torch.zeros_like(flow))
 
 
 def read_traces(folder: Path) -> list[list[tuple[float, float, int, float]]]:

@@ -1,11 +1,18 @@
 """The feed benchmark's arithmetic on constructed traces, and the stand-in accelerator itself."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from jobs.bench_feed import StandIn, busy_in, feed_row, read_traces, steady_window
 from pipeline.labeler import label_frames
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_steady_window_spans_the_middle_pairs():
@@ -60,11 +67,15 @@ def test_standin_holds_the_device_and_computes_nothing(tmp_path):
 def test_feed_suite_through_ray_with_a_fake_gpu(tmp_path):
     """The whole suite, small: a local Ray declaring one fake GPU, the stand-in loaded through the
     plugin path, 2 videos of 60 pairs. Frames cross the object store once: a video's one chunk of
-    60 pairs carries 61 frames (the reader sent 2 per pair before)."""
-    from jobs.bench_feed import feed_suite
-
-    [row] = feed_suite(tmp_path / "cache", tmp_path / "work", quick=True, sizes=((96, 128),), ms_list=(20.0,),
-                       gpus_list=(1,), pairs=120)
+    60 pairs carries 61 frames (the reader sent 2 per pair before). In a process of its own: the
+    suite starts and stops its own Ray, which must not be the test session's."""
+    code = ("import json, sys; from pathlib import Path; from jobs.bench_feed import feed_suite; "
+            "t = Path(sys.argv[1]); print(json.dumps(feed_suite(t / 'cache', t / 'work', quick=True, "
+            "sizes=((96, 128),), ms_list=(20.0,), gpus_list=(1,), pairs=120)))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [row] = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["pairs"] == 120 and row["gpus"] == 1 and row["ideal_pairs_per_s"] == 50
     assert 0 < row["busy"] <= 1 and 0 < row["pairs_per_s"] <= 50 * 1.05
     assert row["read_frames_per_pair"] == pytest.approx(61 / 60, rel=0.02)
