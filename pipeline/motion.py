@@ -102,12 +102,20 @@ class MotionParams:
     min_sigma_px: float = 0.1
     ridge: float = 1e-6
 
+    def __post_init__(self) -> None:
+        for name, ok, expected in (("min_confidence", 0 <= self.min_confidence <= 1, "within [0, 1]"),
+                                   ("max_samples", self.max_samples >= 1, "≥ 1"),
+                                   ("iterations", self.iterations >= 0, "≥ 0"), ("tukey_c", self.tukey_c > 0, "> 0"),
+                                   ("min_sigma_px", self.min_sigma_px > 0, "> 0"), ("ridge", self.ridge >= 0, "≥ 0")):
+            if not ok:
+                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)}")
+
 
 def sample_stride(height: int, width: int, max_samples: int) -> int:
     """The smallest s ≥ 1 for which the sample grid (rows and columns s // 2, s // 2 + s, …) has at most
     ``max_samples`` pixels."""
-    if max_samples < 1:
-        raise ValueError(f"max_samples: expected ≥ 1, got {max_samples}")
+    if max_samples < 1 or height < 1 or width < 1:
+        raise ValueError(f"expected max_samples, height and width ≥ 1, got {max_samples}, {height}, {width}")
     stride = max(1, math.isqrt(height * width // max_samples))  # a lower bound: start there, not at 1
     while len(range(stride // 2, height, stride)) * len(range(stride // 2, width, stride)) > max_samples:
         stride += 1
@@ -124,16 +132,16 @@ def pair_motion(flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.T
     no host synchronisation, so it queues on a CUDA stream beside the model, and runs on the meta device.
     """
     _check_inputs(flow, occlusion, confidence)
-    p, _, h, w = flow.shape
+    h, w = flow.shape[2:]
     flow, confidence = flow.float(), confidence.float()
     occluded = occlusion if occlusion.dtype == torch.bool else occlusion != 0
     # Bytes summed as int32: half the time of a bool sum, which widens every element to int64.
-    occluded_count = occluded.view(torch.uint8).view(p, -1).sum(1, dtype=torch.int32)
+    occluded_count = occluded.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
     stride = sample_stride(h, w, params.max_samples)
     on_grid = slice(stride // 2, None, stride)
-    grid_flow = flow[:, :, on_grid, on_grid].reshape(p, 2, -1)
+    grid_flow = flow[:, :, on_grid, on_grid].flatten(2)
     valid = (~occluded[:, on_grid, on_grid] & (confidence[:, on_grid, on_grid] >= params.min_confidence))
-    valid = valid.reshape(p, -1) & torch.isfinite(grid_flow).all(1)
+    valid = valid.flatten(1) & torch.isfinite(grid_flow).all(1)
     design = _design(h, w, stride, flow.device)
     stats = {
         "flow_mean": _length(flow).mean((1, 2)),
@@ -146,7 +154,8 @@ def pair_motion(flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.T
 
 def _check_inputs(flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.Tensor) -> None:
     if flow.ndim != 4 or flow.shape[1] != 2 or not flow.is_floating_point() or min(flow.shape[2:]) < 1:
-        raise ValueError(f"flow: expected a float tensor P×2×H×W with H, W ≥ 1, got {flow.dtype} {tuple(flow.shape)}")
+        raise ValueError(f"flow: expected a float tensor P×2×H×W with H, W ≥ 1, "
+                         f"got {flow.dtype} {tuple(flow.shape)}")
     expected = (flow.shape[0], *flow.shape[2:])
     for name, value in (("occlusion", occlusion), ("confidence", confidence)):
         if tuple(value.shape) != expected:
@@ -277,7 +286,7 @@ def _weighted_solve(flow: torch.Tensor, weights: torch.Tensor, design: _Design, 
     adjugate = torch.stack([torch.linalg.cross(rows[1], rows[2]), torch.linalg.cross(rows[2], rows[0]),
                             torch.linalg.cross(rows[0], rows[1])], 1)
     determinant = (rows[0] * adjugate[:, 0]).sum(1)
-    rhs = ((flow * weights[:, None]).reshape(2 * p, -1) @ design.basis[:, :3]).double().view(p, 2, 3)
+    rhs = ((flow * weights[:, None]).flatten(0, 1) @ design.basis[:, :3]).double().view(p, 2, 3)
     # M⁻¹ is symmetric too, so each row of rhs times it gives that component's coefficients.
     return (rhs @ adjugate / determinant[:, None, None]).float()
 
