@@ -29,9 +29,9 @@ Per pair (one row per frame pair; all float32):
   5 steps: residuals r = |flow − f_cam|, scale σ = max(1.4826 · median r, 0.1 px) over the valid pixels,
   Tukey biweights w = (1 − (r / 4.685σ)²)² where r < 4.685σ and 0 elsewhere, and a weighted least-squares
   solve for A and t (the 6×6 normal equations are one 3×3 system per flow component, since both share the
-  weights; a ridge of 1e-6 × Σw on the deformation terms keeps degenerate layouts solvable, with their
-  undetermined deformation near zero). The motion of most of the valid pixels is the one found; moving
-  objects covering less of the frame get weight 0.
+  weights; with x − c scaled by 2 / max(H, W), a ridge of 1e-6 × Σw on the deformation terms keeps
+  degenerate layouts solvable, with their undetermined deformation near zero). The fit follows the motion
+  of most valid pixels; a smaller object moving more than 4.685σ away from it gets weight 0.
 
   - ``camera_tx``, ``camera_ty``: t, the camera flow at the image centre (px): the pan.
   - ``camera_a11``, ``camera_a12``, ``camera_a21``, ``camera_a22``: A (the identity when the camera only pans).
@@ -46,10 +46,12 @@ Per pair (one row per frame pair; all float32):
 
 Camera and residual columns are NaN when the sample grid has no valid pixel (all occluded or unconfident).
 
-Per clip (one row per clip; the means weight pairs equally unless ``weights`` are given, and skip NaN):
+Per clip (one row per clip; the means weight pairs equally unless ``weights`` are given, medians and maxima
+ignore the weights, and all of them skip NaN; a column with no finite value is NaN):
 
 - ``pairs``: number of pairs. ``flow_mean``: mean of ``flow_mean`` (the usual "motion score").
-  ``flow_median``: median of ``flow_median``. ``flow_p95``: max of ``flow_p95``.
+  ``flow_median``: median of ``flow_median`` (numpy's: the mean of the middle two for an even count).
+  ``flow_p95``: max of ``flow_p95``.
 - ``flow_mean_per_s``: mean over pairs of ``flow_mean`` / dt, dt the pair's time gap in seconds (px/s,
   comparable across frame rates; NaN when no dt is given).
 - ``occluded_fraction``, ``confidence_mean``, ``camera_inlier_fraction``: means.

@@ -133,6 +133,19 @@ def test_pan_with_a_moving_object_gives_the_pan_and_the_object_motion_relative_t
     assert s["flow_median"] == pytest.approx(math.hypot(*pan), rel=1e-6)
 
 
+def test_noisy_pan_with_an_object_scales_the_rejection_to_the_noise():
+    """Flow noise of 0.5 px per component: σ from the median residual is ≈ 0.87 px, so the fit keeps the whole
+    background (|noise| > 4.685σ has probability e⁻³³) and rejects the object 10 px away from it."""
+    torch.manual_seed(0)
+    flow = moving_square((3.0, -1.5), (13.0, -1.5)) + 0.5 * torch.randn(1, 2, H, W)
+    s = values(pair_motion(*clean(flow)))
+    assert s["camera_tx"] == pytest.approx(3.0, abs=0.05) and s["camera_ty"] == pytest.approx(-1.5, abs=0.05)
+    assert s["camera_inlier_fraction"] == pytest.approx(1 - 300 / 3072, abs=1e-6)
+    rayleigh_mean = 0.5 * math.sqrt(math.pi / 2)
+    assert s["residual_mean"] == pytest.approx(10 * 300 / 3072 + rayleigh_mean * 2772 / 3072, abs=0.03)
+    assert s["residual_p95"] == pytest.approx(10, abs=1.5)
+
+
 def test_quantiles_are_nearest_rank_over_the_sample_grid():
     flow = torch.zeros(1, 2, H, W)
     flow[0, 0] = torch.arange(W, dtype=torch.float32)  # |flow| = x
