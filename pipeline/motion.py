@@ -1,0 +1,357 @@
+"""Motion summaries: a few numbers per frame pair (computed on the model's device) and per clip (on the host).
+
+Per pair, :func:`pair_motion` reduces the dense labels (forward flow P×2×H×W in pixels, occlusion P×H×W,
+confidence P×H×W) to the P-length float32 columns of :data:`SUMMARY_COLUMNS`, in pure torch (CPU, CUDA or
+the meta device; batched over pairs, no host synchronisation). Per clip, :func:`aggregate` reduces those
+columns over the pairs of one clip to the row of :data:`CLIP_SUMMARY_COLUMNS` (numpy).
+
+Definitions (for the README)
+----------------------------
+Pixel (row i, column j) sits at x = j, y = i; the image centre is c = ((W − 1)/2, (H − 1)/2). |·| is the
+Euclidean length of a flow vector in pixels (u right, v down). A pixel is **valid** when it is not occluded,
+its confidence is ≥ 0.5 (``MotionParams.min_confidence``; with the UnFlow consistency of
+:mod:`pipeline.consistency` that is ρ ≤ ln 2, where occlusion starts at ρ > 1) and its flow is finite.
+The **sample grid** is rows and columns s // 2, s // 2 + s, s // 2 + 2s, … with the smallest s for which it
+has at most 8,192 pixels (``MotionParams.max_samples``): s = 1 up to 8,192 pixels (e.g. 128×64), 2 at
+128×96, 8 at 960×540 (67×120 pixels), 16 at 1920×1080. It depends on H and W only, so every statistic is
+deterministic. The **q-quantile** of n values is the ⌈q·n⌉-th smallest (nearest rank; the median of an
+even count is the lower middle value).
+
+Per pair (one row per frame pair; all float32):
+
+- ``flow_mean``: mean |flow| over all H×W pixels (px).
+- ``flow_median``, ``flow_p95``: the 0.5- and 0.95-quantiles of |flow| over the sample grid (px).
+- ``occluded_fraction``: fraction of all pixels marked occluded. ``confidence_mean``: mean confidence
+  over all pixels.
+- Camera (dominant) motion: an affine model x' = A (x − c) + c + t, i.e. camera flow
+  f_cam(x) = (A − I)(x − c) + t, fitted to the flow of the valid pixels of the sample grid by iteratively
+  reweighted least squares (IRLS). It starts from a translation, the per-component median flow, then takes
+  5 steps: residuals r = |flow − f_cam|, scale σ = max(1.4826 · median r, 0.1 px) over the valid pixels,
+  Tukey biweights w = (1 − (r / 4.685σ)²)² where r < 4.685σ and 0 elsewhere, and a weighted least-squares
+  solve for A and t (the 6×6 normal equations are one 3×3 system per flow component, since both share the
+  weights; with x − c scaled by 2 / max(H, W), a ridge of 1e-6 × Σw on the deformation terms keeps
+  degenerate layouts solvable, with their undetermined deformation near zero). The fit follows the motion
+  of most valid pixels; a smaller object moving more than 4.685σ away from it gets weight 0.
+
+  - ``camera_tx``, ``camera_ty``: t, the camera flow at the image centre (px): the pan.
+  - ``camera_a11``, ``camera_a12``, ``camera_a21``, ``camera_a22``: A (the identity when the camera only pans).
+  - ``camera_scale``, ``camera_rotation``: of the similarity [[a, −b], [b, a]] closest to A (Frobenius
+    norm), a = (a11 + a22)/2, b = (a21 − a12)/2: scale = √(a² + b²) (> 1: zoom in or moving closer),
+    rotation = atan2(b, a) in radians, positive from +x towards +y (clockwise as displayed).
+  - ``camera_flow_mean``: mean |f_cam| over all pixels of the sample grid (px).
+  - ``camera_inlier_fraction``: fraction of the valid grid pixels the final fit keeps: r < 4.685σ, with
+    r and σ from the final A and t.
+- ``residual_mean``, ``residual_p95``: mean and 0.95-quantile of r = |flow − f_cam| over the valid pixels
+  of the sample grid (px): the motion of objects relative to the camera.
+
+Camera and residual columns are NaN when the sample grid has no valid pixel (all occluded or unconfident).
+
+Per clip (one row per clip; the means weight pairs equally unless ``weights`` are given, medians and maxima
+ignore the weights, and all of them skip NaN; a column with no finite value is NaN):
+
+- ``pairs``: number of pairs. ``flow_mean``: mean of ``flow_mean`` (the usual "motion score").
+  ``flow_median``: median of ``flow_median`` (numpy's: the mean of the middle two for an even count).
+  ``flow_p95``: max of ``flow_p95``.
+- ``flow_mean_per_s``: mean over pairs of ``flow_mean`` / dt, dt the pair's time gap in seconds (px/s,
+  comparable across frame rates; NaN when no dt is given).
+- ``occluded_fraction``, ``confidence_mean``, ``camera_inlier_fraction``: means.
+- ``camera_tx_mean``, ``camera_ty_mean``: means of the signed pan (px per pair; a steady pan keeps its
+  direction, shake averages out). ``camera_translation_mean``: mean of √(tx² + ty²) (px).
+- ``camera_flow_mean``: mean of ``camera_flow_mean``; ``camera_flow_max``: its max over pairs (px).
+- ``camera_scale_mean``, ``camera_rotation_mean``: means of the per-pair similarity scale and rotation.
+- ``residual_mean``: mean of ``residual_mean``; ``residual_p95``: max of ``residual_p95`` (px).
+
+A camera-static clip with object motion, say, is one with small ``camera_flow_mean`` and large ``residual_p95``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+SUMMARY_COLUMNS = {name: pa.float32() for name in (
+    "flow_mean", "flow_median", "flow_p95", "occluded_fraction", "confidence_mean",
+    "camera_tx", "camera_ty", "camera_a11", "camera_a12", "camera_a21", "camera_a22",
+    "camera_scale", "camera_rotation", "camera_flow_mean", "camera_inlier_fraction",
+    "residual_mean", "residual_p95")}
+
+CLIP_SUMMARY_COLUMNS = {"pairs": pa.int32(), **{name: pa.float32() for name in (
+    "flow_mean", "flow_median", "flow_p95", "flow_mean_per_s", "occluded_fraction", "confidence_mean",
+    "camera_tx_mean", "camera_ty_mean", "camera_translation_mean", "camera_flow_mean", "camera_flow_max",
+    "camera_scale_mean", "camera_rotation_mean", "camera_inlier_fraction", "residual_mean", "residual_p95")}}
+
+# The consistency factor of the median absolute deviation for Gaussian noise.
+_MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class MotionParams:
+    """min_confidence: lowest confidence of a valid pixel; max_samples: size bound of the sample grid;
+    iterations: IRLS steps after the median start; tukey_c: Tukey constant in units of σ (4.685: 95 %
+    efficiency on Gaussian noise); min_sigma_px: floor of σ, so an exact fit still keeps nearby pixels;
+    ridge: relative ridge on the linear terms of the normal equations."""
+
+    min_confidence: float = 0.5
+    max_samples: int = 8192
+    iterations: int = 5
+    tukey_c: float = 4.685
+    min_sigma_px: float = 0.1
+    ridge: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name, ok, expected in (("min_confidence", 0 <= self.min_confidence <= 1, "within [0, 1]"),
+                                   ("max_samples", self.max_samples >= 1, "≥ 1"),
+                                   ("iterations", self.iterations >= 0, "≥ 0"), ("tukey_c", self.tukey_c > 0, "> 0"),
+                                   ("min_sigma_px", self.min_sigma_px > 0, "> 0"), ("ridge", self.ridge >= 0, "≥ 0")):
+            if not ok:
+                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)}")
+
+
+def sample_stride(height: int, width: int, max_samples: int) -> int:
+    """The smallest s ≥ 1 for which the sample grid (rows and columns s // 2, s // 2 + s, …) has at most
+    ``max_samples`` pixels."""
+    if max_samples < 1 or height < 1 or width < 1:
+        raise ValueError(f"expected max_samples, height and width ≥ 1, got {max_samples}, {height}, {width}")
+    stride = max(1, math.isqrt(height * width // max_samples))  # a lower bound: start there, not at 1
+    while len(range(stride // 2, height, stride)) * len(range(stride // 2, width, stride)) > max_samples:
+        stride += 1
+    return stride
+
+
+def pair_motion(flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.Tensor,
+                params: MotionParams = MotionParams()) -> dict[str, torch.Tensor]:
+    """Per-pair motion summaries (see the module docstring for every definition).
+
+    flow: P×2×H×W forward flow (pixels, u right, v down; any float dtype, computed in float32);
+    occlusion: P×H×W bool (or integer, nonzero = occluded); confidence: P×H×W in (0, 1].
+    Returns {name: P float32 tensor on flow's device} in :data:`SUMMARY_COLUMNS` order. Pure tensor code:
+    no host synchronisation, so it queues on a CUDA stream beside the model, and runs on the meta device.
+    """
+    _check_inputs(flow, occlusion, confidence)
+    h, w = flow.shape[2:]
+    flow, confidence = flow.float(), confidence.float()
+    occluded = occlusion if occlusion.dtype == torch.bool else occlusion != 0
+    # Bytes summed as int32: half the time of a bool sum, which widens every element to int64.
+    occluded_count = occluded.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
+    stride = sample_stride(h, w, params.max_samples)
+    on_grid = slice(stride // 2, None, stride)
+    grid_flow = flow[:, :, on_grid, on_grid].flatten(2)
+    valid = (~occluded[:, on_grid, on_grid] & (confidence[:, on_grid, on_grid] >= params.min_confidence))
+    valid = valid.flatten(1) & torch.isfinite(grid_flow).all(1)
+    design = _design(h, w, stride, flow.device)
+    stats = {
+        "flow_mean": _length(flow).mean((1, 2)),
+        **_rank_quantiles(_length(grid_flow), {"flow_median": 0.5, "flow_p95": 0.95}),
+        "occluded_fraction": occluded_count / (h * w), "confidence_mean": confidence.mean((1, 2)),
+        **_camera_stats(grid_flow, valid, design, params),
+    }
+    return {name: stats[name].float() for name in SUMMARY_COLUMNS}
+
+
+def _check_inputs(flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.Tensor) -> None:
+    if flow.ndim != 4 or flow.shape[1] != 2 or not flow.is_floating_point() or min(flow.shape[2:]) < 1:
+        raise ValueError(f"flow: expected a float tensor P×2×H×W with H, W ≥ 1, "
+                         f"got {flow.dtype} {tuple(flow.shape)}")
+    expected = (flow.shape[0], *flow.shape[2:])
+    for name, value in (("occlusion", occlusion), ("confidence", confidence)):
+        if tuple(value.shape) != expected:
+            raise ValueError(f"{name}: expected shape P×H×W = {expected} like flow, got {tuple(value.shape)}")
+        if value.device != flow.device:
+            raise ValueError(f"{name}: expected it on flow's device {flow.device}, got {value.device}")
+
+
+def _length(vectors: torch.Tensor) -> torch.Tensor:
+    """|·| over dim 1 (of size 2) of P×2×…: hypot of the two planes, some 50× faster on CPU than
+    linalg.vector_norm(dim=1), whose reduction strides across the planes."""
+    return torch.hypot(vectors[:, 0], vectors[:, 1])
+
+
+def _rank_quantiles(values: torch.Tensor, qs: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """{name: P} nearest-rank quantiles of the rows of ``values`` (P×n): the ⌈q·n⌉-th smallest value.
+    kthvalue is a selection, several times cheaper than the sort behind torch.quantile."""
+    n = values.shape[1]
+    return {name: values.kthvalue(max(1, math.ceil(q * n)), dim=1).values for name, q in qs.items()}
+
+
+def _masked_rank_quantile(values: torch.Tensor, valid: torch.Tensor, q: float) -> torch.Tensor:
+    """P nearest-rank q-quantiles of the valid entries of each row of ``values`` (P×n; −inf where a row has
+    none). The rows have different counts, so no single kthvalue: the top n − ⌈q·n⌉ + 2 values of each row
+    (a partial sort, cheaper than a full one for q near 1) hold every row's answer, picked by its own rank."""
+    n = values.shape[1]
+    top = min(n, n - math.ceil(q * n) + 2)  # c − ⌈q·c⌉ grows with the count c ≤ n; +1 for rounding
+    largest = torch.where(valid, values, -math.inf).topk(top, dim=1).values  # descending
+    count = valid.sum(1, keepdim=True)
+    rank = (count.double() * q).ceil_().long().clamp_(min=1)  # 1-based, ascending, among the valid
+    return largest.gather(1, (count - rank).clamp_(0, top - 1)).squeeze(1)
+
+
+class _Design(NamedTuple):
+    """The sample grid's coordinates relative to the image centre, divided by half the longer side (so
+    within [−1, 1], for well-conditioned normal equations): x, y (n each); basis: n×6 columns
+    [1, x, y, x², xy, y²], whose weighted sums are the normal equations; half_side in pixels."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    basis: torch.Tensor
+    half_side: float
+
+
+def _design(height: int, width: int, stride: int, device: torch.device) -> _Design:
+    half_side = max(height, width) / 2
+    ys = (torch.arange(stride // 2, height, stride, device=device, dtype=torch.float32) - (height - 1) / 2)
+    xs = (torch.arange(stride // 2, width, stride, device=device, dtype=torch.float32) - (width - 1) / 2)
+    gy, gx = torch.meshgrid(ys / half_side, xs / half_side, indexing="ij")
+    x, y = gx.reshape(-1), gy.reshape(-1)
+    return _Design(x, y, torch.stack([torch.ones_like(x), x, y, x * x, x * y, y * y], 1), half_side)
+
+
+def _camera_stats(grid_flow: torch.Tensor, valid: torch.Tensor, design: _Design,
+                  params: MotionParams) -> dict[str, torch.Tensor]:
+    """The camera_* and residual_* columns from the grid flow (P×2×n) and its valid pixels (P×n)."""
+    flow = torch.where(valid[:, None], grid_flow, 0)  # finite everywhere: masked products stay finite
+    coeffs, squared = _fit_camera(flow, valid, design, params)
+    residual = squared.sqrt()
+    cutoff = params.tukey_c * _robust_sigma(squared, valid, params.min_sigma_px)
+    count = valid.sum(1)
+    linear = coeffs[..., 1:] / design.half_side  # A − I
+    a11, a12, a21, a22 = 1 + linear[:, 0, 0], linear[:, 0, 1], linear[:, 1, 0], 1 + linear[:, 1, 1]
+    a, b = (a11 + a22) / 2, (a21 - a12) / 2  # the closest similarity [[a, −b], [b, a]]
+    columns = {
+        "camera_tx": coeffs[:, 0, 0], "camera_ty": coeffs[:, 1, 0],
+        "camera_a11": a11, "camera_a12": a12, "camera_a21": a21, "camera_a22": a22,
+        "camera_scale": torch.hypot(a, b), "camera_rotation": torch.atan2(b, a),
+        "camera_flow_mean": _length(_camera_flow(coeffs, design)).mean(1),
+        "camera_inlier_fraction": (valid & (residual < cutoff[:, None])).sum(1) / count,
+        "residual_mean": (residual * valid).sum(1) / count,
+        "residual_p95": _masked_rank_quantile(residual, valid, 0.95),
+    }
+    return {name: torch.where(count > 0, value, math.nan) for name, value in columns.items()}
+
+
+def _fit_camera(flow: torch.Tensor, valid: torch.Tensor, design: _Design,
+                params: MotionParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Robust affine fit of the grid flow (P×2×n, finite) over its valid pixels (P×n bool).
+
+    Returns (coefficients P×2×3: rows u and v over [1, x, y]; squared residuals |flow − camera flow|², P×n).
+    The median start makes the first weights robust already, so a least-squares start cannot drag the
+    fit towards a moving object. Squared residuals throughout: the Tukey weights need no square root.
+    """
+    start = torch.nanmedian(torch.where(valid[:, None], flow, math.nan), dim=2).values.nan_to_num_(0.0)
+    coeffs = torch.cat([start[..., None], flow.new_zeros(flow.shape[0], 2, 2)], dim=2)
+    for _ in range(params.iterations):  # a fixed count: stopping on convergence would need a host sync
+        squared = _squared_residual(flow, coeffs, design)
+        cutoff = params.tukey_c * _robust_sigma(squared, valid, params.min_sigma_px)
+        weights = (1 - squared / cutoff.square()[:, None]).clamp_min_(0).square_().mul_(valid)
+        coeffs = _weighted_solve(flow, weights, design, params.ridge)
+    return coeffs, _squared_residual(flow, coeffs, design)
+
+
+def _camera_flow(coeffs: torch.Tensor, design: _Design) -> torch.Tensor:
+    """P×2×n camera flow of coefficients P×2×3 on the grid (elementwise: cheaper than a matmul of depth 3)."""
+    return torch.addcmul(torch.addcmul(coeffs[..., :1], coeffs[..., 1:2], design.x), coeffs[..., 2:], design.y)
+
+
+def _squared_residual(flow: torch.Tensor, coeffs: torch.Tensor, design: _Design) -> torch.Tensor:
+    difference = flow - _camera_flow(coeffs, design)
+    return difference[:, 0].square().add_(difference[:, 1].square())
+
+
+def _robust_sigma(squared: torch.Tensor, valid: torch.Tensor, floor: float) -> torch.Tensor:
+    """P scale estimates from squared residuals: 1.4826 × median residual over the valid pixels, ≥ ``floor`` px."""
+    median = torch.nanmedian(torch.where(valid, squared, math.nan), dim=1).values
+    return (median.sqrt() * _MAD_TO_SIGMA).nan_to_num_(floor).clamp_min_(floor)
+
+
+def _weighted_solve(flow: torch.Tensor, weights: torch.Tensor, design: _Design, ridge: float) -> torch.Tensor:
+    """Weighted least squares of flow (P×2×n) on [1, x, y], weights P×n → coefficients P×2×3.
+
+    Both flow components share the weights, so the 6×6 normal equations of the affine model are two 3×3
+    systems with one symmetric matrix M, built from six weighted moments and solved in float64 by its
+    adjugate (closed form: linalg.solve's LU reads a scalar back, a host sync on a GPU). The ridge (relative
+    to the weight sum, on x and y only) keeps a degenerate layout, e.g. all valid pixels on one row, solvable
+    and pulls its undetermined deformation to zero rather than the translation; the 1e-12 keeps an all-zero
+    system (no valid pixel) solvable too.
+    """
+    p = flow.shape[0]
+    m0, m1, m2, m3, m4, m5 = (weights @ design.basis).double().unbind(1)  # Σw·[1, x, y, x², xy, y²]
+    lam = ridge * m0 + 1e-12
+    # Stacked, not indexed by a constant tensor: building one on a GPU would be a host-to-device copy.
+    normal = torch.stack([m0 + 1e-12, m1, m2, m1, m3 + lam, m4, m2, m4, m5 + lam], 1).view(p, 3, 3)
+    rows = normal.unbind(1)
+    # M is symmetric: its adjugate's rows are cross products of its rows, its determinant a triple product.
+    adjugate = torch.stack([torch.linalg.cross(rows[1], rows[2]), torch.linalg.cross(rows[2], rows[0]),
+                            torch.linalg.cross(rows[0], rows[1])], 1)
+    determinant = (rows[0] * adjugate[:, 0]).sum(1)
+    rhs = ((flow * weights[:, None]).flatten(0, 1) @ design.basis[:, :3]).double().view(p, 2, 3)
+    # M⁻¹ is symmetric too, so each row of rhs times it gives that component's coefficients.
+    return (rhs @ adjugate / determinant[:, None, None]).float()
+
+
+def summary_arrays(stats: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The output of :func:`pair_motion` as numpy float32 arrays, moved to the host in one transfer."""
+    stacked = torch.stack([stats[name] for name in SUMMARY_COLUMNS]).cpu().numpy()
+    return {name: stacked[i] for i, name in enumerate(SUMMARY_COLUMNS)}
+
+
+def aggregate(stats: Mapping[str, np.ndarray], weights: np.ndarray | None = None,
+              dt: np.ndarray | None = None) -> dict[str, np.generic]:
+    """One clip's row of :data:`CLIP_SUMMARY_COLUMNS` from the per-pair columns of its P pairs.
+
+    stats: {name: P array} with every :data:`SUMMARY_COLUMNS` name; weights: P non-negative pair weights for
+    the means (default equal; e.g. valid-pixel counts); dt: P time gaps of the pairs in seconds, for
+    ``flow_mean_per_s``. Means, medians and maxima skip NaN; a column with no finite value is NaN.
+    """
+    columns = {name: np.asarray(stats[name], dtype=np.float64).reshape(-1) for name in SUMMARY_COLUMNS}
+    pairs = len(columns["flow_mean"])
+    weights = _pair_vector("weights", np.ones(pairs) if weights is None else weights, pairs)
+    if not (np.isfinite(weights).all() and (weights >= 0).all()):
+        raise ValueError(f"weights: expected finite values ≥ 0, got {weights}")
+    for name, values in columns.items():
+        _pair_vector(name, values, pairs)
+    speed = np.full(pairs, np.nan)
+    if dt is not None:
+        dt = _pair_vector("dt", dt, pairs)
+        if not (dt > 0).all():
+            raise ValueError(f"dt: expected time gaps > 0 s, got {dt}")
+        speed = columns["flow_mean"] / dt
+    c = columns
+
+    def mean(values: np.ndarray) -> float:
+        return _weighted_nanmean(values, weights)
+
+    row = {
+        "pairs": pairs, "flow_mean": mean(c["flow_mean"]), "flow_median": _nan_reduce(np.median, c["flow_median"]),
+        "flow_p95": _nan_reduce(np.max, c["flow_p95"]), "flow_mean_per_s": mean(speed),
+        "occluded_fraction": mean(c["occluded_fraction"]), "confidence_mean": mean(c["confidence_mean"]),
+        "camera_tx_mean": mean(c["camera_tx"]), "camera_ty_mean": mean(c["camera_ty"]),
+        "camera_translation_mean": mean(np.hypot(c["camera_tx"], c["camera_ty"])),
+        "camera_flow_mean": mean(c["camera_flow_mean"]), "camera_flow_max": _nan_reduce(np.max, c["camera_flow_mean"]),
+        "camera_scale_mean": mean(c["camera_scale"]), "camera_rotation_mean": mean(c["camera_rotation"]),
+        "camera_inlier_fraction": mean(c["camera_inlier_fraction"]),
+        "residual_mean": mean(c["residual_mean"]), "residual_p95": _nan_reduce(np.max, c["residual_p95"]),
+    }
+    return {name: np.int32(row[name]) if name == "pairs" else np.float32(row[name]) for name in CLIP_SUMMARY_COLUMNS}
+
+
+def _pair_vector(name: str, values, pairs: int) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (pairs,):
+        raise ValueError(f"{name}: expected one value per pair, shape ({pairs},), got {values.shape}")
+    return values
+
+
+def _weighted_nanmean(values: np.ndarray, weights: np.ndarray) -> float:
+    keep = np.isfinite(values) & (weights > 0)
+    total = weights[keep].sum()
+    return float(values[keep] @ weights[keep] / total) if total > 0 else math.nan
+
+
+def _nan_reduce(reduce, values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(reduce(finite)) if finite.size else math.nan
