@@ -62,12 +62,11 @@ class ResNetEncoder(nn.Module):
             layer = [BasicBlock(in_planes, planes, stride)] + [BasicBlock(planes, planes) for _ in range(count - 1)]
             self.add_module(f"layer{i}", nn.Sequential(*layer))
             in_planes = planes
+        # PyTorch's default initialization: the official code overwrites its own (kaiming, fan_out) with
+        # torchvision's ImageNet weights before training, and the kaiming one, kept through 16–34 layers
+        # with eval-mode BatchNorm, makes random-init networks (tests, speed runs) blow up to flows of
+        # hundreds of pixels on a 64-pixel frame.
         self.final_conv = nn.Conv2d(in_planes, out_dim, kernel_size=1)
-        # Official initialization, so that random-init runs (tests, benchmarks) behave like an untrained SEA-RAFT.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

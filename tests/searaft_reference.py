@@ -4,7 +4,9 @@ No weights are stored: :func:`seeded_state` draws every tensor from one seeded g
 key order, so it fills any model with the official key names and shapes (ours or
 princeton-vl/SEA-RAFT's) with the same values, whatever order the model initializes in. Scales:
 weights N(0, 1/fan_in), norm gains ≈ 0.3, BatchNorm running variances ≈ 1, and the ConvNeXt layer
-scales ≈ 0.3 (the official 1e-6 init would make the refinement a no-op).
+scales ≈ 0.3 (the official 1e-6 init would make the refinement a no-op); the flow head's four
+uncertainty rows are scaled up so that the predicted log-scales spread over several units (with
+these seeds the S network's confidence then spans 0.17–1; M's wide component stays at log b ≤ 0).
 
 The networks are the official S / M / L structures (ResNet-18 or ResNet-34 encoders, 4 or 12
 iterations) at reduced widths, so that the official code runs in seconds on a busy CPU; the
@@ -32,6 +34,7 @@ import torch
 FIXTURE = Path(__file__).parent / "data" / "searaft_reference.npz"
 SINTEL_CLEAN = Path(__file__).resolve().parents[2] / "shared/data/benchmarks/Sintel/training/clean/alley_1"
 SEED = 0
+UNCERTAINTY_GAIN = 20.0
 TINY = {"initial_dim": 16, "block_dims": (16, 24, 32), "dim": 32}  # widths of the reference networks
 # name → (registry model, official config/eval file, input H×W, step): every input is the top-left
 # part of one crop of the Sintel frames (stored once as image0, image1); outputs are stored
@@ -46,11 +49,15 @@ CROP = (150, 400, 250, 268)  # top, left, height, width of the crop of the Sinte
 
 
 def seeded_state(state: dict[str, torch.Tensor], seed: int = SEED) -> dict[str, torch.Tensor]:
-    """Same keys and shapes as ``state``, values drawn in sorted key order from ``seed``."""
+    """Same keys and shapes as ``state``, values drawn in sorted key order from ``seed``; the
+    ``downsample.1`` keys repeat their block's ``bn3`` values, as in every official state_dict."""
     generator = torch.Generator().manual_seed(seed)
     out = {}
+    aliases = {k: k.replace(".downsample.1.", ".bn3.") for k in state if ".downsample.1." in k}
     for key in sorted(state):
         value = state[key]
+        if key in aliases:  # one BatchNorm registered twice: both keys hold the same tensor
+            continue
         if not value.is_floating_point():  # BatchNorm's num_batches_tracked
             out[key] = value.clone()
             continue
@@ -63,7 +70,10 @@ def seeded_state(state: dict[str, torch.Tensor], seed: int = SEED) -> dict[str, 
             out[key] = 0.3 * (1 + 0.1 * r)  # BatchNorm / LayerNorm gains, ConvNeXt layer scales
         else:
             out[key] = 0.1 * r
-    return out
+    for key in ("flow_head.2.weight", "flow_head.2.bias"):
+        if key in out:  # uncertainty rows 20× wider: log-scales over several units (S: a confidence that varies)
+            out[key][2:] *= UNCERTAINTY_GAIN
+    return {**out, **{alias: out[key] for alias, key in aliases.items()}}
 
 
 def sintel_pair() -> tuple[np.ndarray, np.ndarray]:
