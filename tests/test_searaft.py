@@ -12,7 +12,7 @@ import torch
 
 from models import CheckpointError, get_spec, load_model
 from models.checkpoint import load_strict
-from models.searaft import SEARAFT, convert_searaft_state, mixture_confidence
+from models.searaft import SEARAFT, SPRING_PUBLISHED, convert_searaft_state, mixture_confidence
 from tests.searaft_reference import CASES, FIXTURE, TINY, seeded_state
 
 NAMES = ["searaft_s", "searaft_m", "searaft_l"]
@@ -232,12 +232,17 @@ def test_registry_records():
             assert ckpt.eval_config == {"iters": iters, "scale": -1 if "spring" in ckpt.filename else 0}
             host = "https://drive.google.com/" if ckpt.filename.endswith(".pth") else "https://huggingface.co/MemorySlices/"
             assert ckpt.url.startswith(host) and spec.find_checkpoint(f"s3://b/{ckpt.filename}") is ckpt
-    spring_m = get_spec("searaft_m").find_checkpoint("Tartan-C-T-TSKH-spring540x960-M")
-    assert spring_m.published == {"spring_test_1px": 3.686, "spring_test_epe": 0.363, "spring_test_fl": 1.347,
-                                  "spring_test_wauc": 94.534}
+    tskh_m = get_spec("searaft_m").find_checkpoint("x/Tartan-C-T-TSKH432x960-M.pth")
+    assert tskh_m.published == {"sintel_test_clean_epe": 1.44, "sintel_test_final_epe": 2.86}
     assert get_spec("searaft_l").find_checkpoint("x/Tartan-C-T-TSKH-kitti432x960-M.pth").published == {
         "kitti_test_fl_all": 4.30}
-    assert get_spec("searaft_s").find_checkpoint("Tartan-C-T-TSKH-kitti432x960-S.pth").published == {}
+    assert get_spec("searaft_m").find_checkpoint("Tartan-C-T-TSKH-kitti432x960-M").published == {}  # listed once
+    assert all(not c.published for c in get_spec("searaft_s").checkpoints)
+    spring_m = SPRING_PUBLISHED[("searaft_m", "Tartan-C-T-TSKH-spring540x960-M.pth")]
+    assert spring_m == {"spring_test_1px": 3.686, "spring_test_epe": 0.363, "spring_test_fl": 1.347,
+                        "spring_test_wauc": 94.534}
+    for name, filename in SPRING_PUBLISHED:
+        assert get_spec(name).find_checkpoint(filename) is not None
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
