@@ -135,7 +135,8 @@ class SEARAFT(FlowModel):
         if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
             raise ValueError(f"iters: expected an integer ≥ 1, got {iters!r}")
         if scale not in SCALES or isinstance(scale, bool):
-            raise ValueError(f"scale: expected one of {SCALES} (the network runs at 2**scale of the size), got {scale!r}")
+            raise ValueError(f"scale: expected one of {SCALES} (the network runs at 2**scale of the size), "
+                             f"got {scale!r}")
         if corr not in CORRELATIONS:
             raise ValueError(f"corr: expected one of {sorted(CORRELATIONS)}, got {corr!r}")
         if not var_min <= 0 <= var_max:
@@ -192,7 +193,8 @@ class SEARAFT(FlowModel):
 
     # --- network ----------------------------------------------------------------------------
 
-    def estimate(self, frames: torch.Tensor, sources: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def estimate(self, frames: torch.Tensor, sources: torch.Tensor, targets: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Flow and uncertainty from frames[sources[i]] to frames[targets[i]], as the official ``calc_flow``.
 
         ``frames``: N×3×H×W float RGB in [0, 255], H and W multiples of ``pad_multiple``. Returns the

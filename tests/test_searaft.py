@@ -230,7 +230,8 @@ def test_registry_records():
         assert spec.default_config["iters"] == iters and spec.load_checkpoint is not None
         for ckpt in spec.checkpoints:
             assert ckpt.eval_config == {"iters": iters, "scale": -1 if "spring" in ckpt.filename else 0}
-            host = "https://drive.google.com/" if ckpt.filename.endswith(".pth") else "https://huggingface.co/MemorySlices/"
+            pth = ckpt.filename.endswith(".pth")
+            host = "https://drive.google.com/" if pth else "https://huggingface.co/MemorySlices/"
             assert ckpt.url.startswith(host) and spec.find_checkpoint(f"s3://b/{ckpt.filename}") is ckpt
     tskh_m = get_spec("searaft_m").find_checkpoint("x/Tartan-C-T-TSKH432x960-M.pth")
     assert tskh_m.published == {"sintel_test_clean_epe": 1.44, "sintel_test_final_epe": 2.86}
