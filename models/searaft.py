@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -314,7 +314,7 @@ def check_hub_config(hub_config: Mapping[str, Any], arch: SEARAFTArch, uri: str)
         raise CheckpointError(f"{uri}/{CONFIG_FILE} describes another SEA-RAFT: {details}")
 
 
-def load_searaft_directory(builder, uri: str, config: Mapping[str, Any], expected_sha256: str | None = None,
+def load_searaft_directory(builder: Callable[..., SEARAFT], uri: str, config: Mapping[str, Any], expected_sha256: str | None = None,
                            storage_options: Mapping[str, Any] | None = None) -> tuple[SEARAFT, str]:
     """A HuggingFace model directory as ``PyTorchModelHubMixin.save_pretrained`` writes it
     (model.safetensors, optional config.json; local path or fsspec URI, read offline) →
@@ -419,7 +419,8 @@ DESCRIPTIONS = {
 def _spec(size: str) -> ModelSpec:
     builder = BUILDERS[size]
 
-    def load_directory(uri, config, expected_sha256=None, storage_options=None):
+    def load_directory(uri: str, config: Mapping[str, Any], expected_sha256: str | None = None,
+                       storage_options: Mapping[str, Any] | None = None) -> tuple[SEARAFT, str]:
         return load_searaft_directory(builder, uri, config, expected_sha256, storage_options)
 
     return ModelSpec(
