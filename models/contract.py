@@ -100,6 +100,7 @@ class FlowModel(nn.Module):
       pad_multiple: spatial size the network needs (8 for RAFT, 16/32 for GMFlow).
       pad_mode: "sintel" (centre) or "kitti" (height padded at the bottom), as the official evaluation uses.
       native_bidirectional: True when :meth:`bidirectional` costs one pass, not two.
+      predicts_confidence: True when :meth:`pairs` returns the model's own per-pixel confidence.
     Instance attribute set by ``load_model(precision=...)``:
       autocast_dtype: torch.bfloat16 / torch.float16 to run :meth:`predict` under CUDA autocast;
       None (default) runs in float32. On CPU it is ignored: flowlabel's CPU path stays float32.
@@ -108,6 +109,7 @@ class FlowModel(nn.Module):
     pad_multiple: int = 1
     pad_mode: str = "sintel"
     native_bidirectional: bool = False
+    predicts_confidence: bool = False
     autocast_dtype: torch.dtype | None = None
 
     def _autocast(self, x: torch.Tensor):

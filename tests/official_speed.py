@@ -5,6 +5,9 @@ and forward passes timed, CPU float32. A measuring script for BENCHMARKS.md, lik
     .venv/bin/python -m tests.official_speed raft /path/to/princeton-vl/RAFT
     .venv/bin/python -m tests.official_speed gmflow /path/to/haofeixu/gmflow
     .venv/bin/python -m tests.official_speed deqflow /path/to/locuslab/deq-flow
+    PYTHONPATH=<scipy stub> .venv/bin/python -m tests.official_speed searaft /path/to/princeton-vl/SEA-RAFT
+
+(SEA-RAFT's official code needs the stand-ins described in tests/searaft_reference.py.)
 
 One family per process: the official repositories each have top-level modules named ``utils``,
 ``update``, ``corr``. Input: the shared Sintel clean alley_1 frames 1 → 2 cropped to 432×1024
@@ -105,7 +108,26 @@ def deqflow_cases(checkout: Path) -> dict[str, tuple[Callable, Callable]]:
     return cases
 
 
-FAMILIES = {"raft": raft_cases, "gmflow": gmflow_cases, "deqflow": deqflow_cases}
+def searaft_cases(checkout: Path) -> dict[str, tuple[Callable, Callable]]:
+    from tests.searaft_reference import _official, official_args, official_calc_flow, seeded_state
+
+    RAFT = _official(checkout.resolve())
+    calc_flow = official_calc_flow(checkout.resolve())
+    cases = {}
+    # Full widths; the Sintel settings (scale 0) and the Spring ones (scale -1, the network at 216×512).
+    for name, config_file in (("searaft_s", "sintel-S.json"), ("searaft_m", "sintel-M.json"),
+                              ("searaft_l", "sintel-L.json"), ("searaft_m", "spring-M.json")):
+        args = official_args(checkout, config_file, full_width=True)
+        ours = load_model(name, random_init=True, iters=args.iters, scale=args.scale)
+        load_strict(ours, seeded_state(ours.state_dict()))
+        official = RAFT(args).eval()
+        official.load_state_dict(seeded_state(official.state_dict()), strict=True)
+        cases[f"{name} (scale {args.scale})"] = (
+            ours.eval(), lambda a, b, o=official, args=args: calc_flow(args, o, a, b)[0])
+    return cases
+
+
+FAMILIES = {"raft": raft_cases, "gmflow": gmflow_cases, "deqflow": deqflow_cases, "searaft": searaft_cases}
 
 
 @torch.no_grad()

@@ -18,6 +18,9 @@ TEST_OVERRIDES = {
     "deqflow_t": {"f_thres": 3, "eval_factor": 1.0, "eval_f_thres": 3},
     "gmflow": {"feature_channels": 16, "num_transformer_layers": 1, "ffn_dim_expansion": 1},
     "gmflow_refine": {"feature_channels": 16, "num_transformer_layers": 1, "ffn_dim_expansion": 1},
+    "searaft_s": {"iters": 1, "dim": 32, "initial_dim": 16, "block_dims": (16, 24, 32)},
+    "searaft_m": {"iters": 1, "dim": 32, "initial_dim": 16, "block_dims": (16, 24, 32)},
+    "searaft_l": {"iters": 1, "dim": 32, "initial_dim": 16, "block_dims": (16, 24, 32)},
     "perceiver_io": {"min_overlap": 4, "network_config": {"num_latents": 8, "d_latents": 16, "train_size": [16, 24],
                                                           "num_self_attends_per_block": 1, "num_self_attention_heads": 2}},
 }
