@@ -199,17 +199,19 @@ def score_samples(
     batch_size: int = 1,
     params: ConsistencyParams = ConsistencyParams(),
     keep_flow: bool = False,
+    confidence: str = "consistency",
 ) -> list[PairScore]:
     """Run ``model`` forward and backward on each pair (float32 throughout) and reduce it to PairStats.
 
     Consecutive pairs of one size share forward passes of up to ``batch_size`` pairs. The
     consistency check's occlusion is scored against the ground-truth mask where there is one,
-    and its confidence gives the sparsification curve (AUSE).
+    and the confidence (``confidence``: "consistency", or "model" for a model's own uncertainty)
+    gives the sparsification curve (AUSE).
     """
     scores: list[PairScore] = []
     for group in _same_size_runs(samples):
         labels = label_pairs(model, np.stack([s.image0 for s in group]), np.stack([s.image1 for s in group]),
-                             batch_size, params, out_dtype=np.float32)
+                             batch_size, params, out_dtype=np.float32, confidence=confidence)
         for i, sample in enumerate(group):
             flow = labels["flow"][i]
             stats = pair_stats(
@@ -250,7 +252,8 @@ class Scorer:
         n = len(batch["pair_id"])
         samples = [row_to_sample({k: v[i] for k, v in batch.items()}) for i in range(n)]
         for score in score_samples(self.model, samples, batch_size=self.config.batch_size,
-                                   params=self.config.consistency, keep_flow=self.keep_flow):
+                                   params=self.config.consistency, keep_flow=self.keep_flow,
+                                   confidence=self.config.confidence):
             row = {"pair_id": np.array([score.record.pair_id], object),
                    "record": np.array([record_to_json(score.record)], object),
                    "stats": np.array([json.dumps(score.stats.to_dict())], object)}
