@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import classical, deqflow, gmflow, perceiver, raft
+from . import classical, deqflow, gmflow, perceiver, raft, unimatch
 from .checkpoint import CheckpointError
 from .contract import FlowModel, Padding, PairFlows
 from .factory import load_model as _load_model
 from .registry import Checkpoint, ModelSpec, Registry
 
-REGISTRY = Registry(classical.SPECS + raft.SPECS + deqflow.SPECS + gmflow.SPECS + perceiver.SPECS)
+REGISTRY = Registry(classical.SPECS + raft.SPECS + deqflow.SPECS + gmflow.SPECS + perceiver.SPECS + unimatch.SPECS)
 
 
 def list_models() -> list[str]:
