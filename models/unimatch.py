@@ -50,19 +50,35 @@ def local_correlation_with_flow(
     """Correlation of B×C×H×W ``feature0`` with ``feature1`` sampled (bilinear, zero outside) in the
     (2r+1)² window around x + flow(x) → B×(2r+1)²×H×W, offsets row-major (dy outer, dx inner), / √C.
 
-    One grid_sample per offset keeps the memory at one feature map (the official code samples all
-    offsets at once: (2r+1)² feature maps, 1.2 GB at 1/4 of 448×1024).
+    The window offsets are whole pixels, so all samples of a pixel share the bilinear weights of
+    x + flow(x), and a dot product is linear in the sampled vector: the correlation is the bilinear
+    interpolation of the dot products with the (2r+2)² whole-pixel neighbours. Each neighbour row of
+    the window is one contiguous run of frame-1 feature vectors (zero-padded outside), read once;
+    the official code samples every offset bilinearly, four reads each, all (2r+1)² maps at once.
     """
     b, c, h, w = feature0.shape
+    size, pad = 2 * radius + 2, 2 * radius + 2
     coords = coords_grid(h, w, device=flow.device, dtype=flow.dtype) + flow  # B×2×H×W
-    centre = coords.new_tensor([(w - 1) / 2, (h - 1) / 2]).view(1, 2, 1, 1)
-    scores = []
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            grid = (coords + coords.new_tensor([dx, dy]).view(1, 2, 1, 1) - centre) / centre
-            sampled = F.grid_sample(feature1, grid.permute(0, 2, 3, 1), padding_mode="zeros", align_corners=True)
-            scores.append((feature0 * sampled).sum(1))
-    return torch.stack(scores, dim=1) / c**0.5
+    corner = coords.floor()
+    frac = (coords - corner).flatten(2).transpose(1, 2).reshape(b * h * w, 2, 1, 1)
+    # Corners this far out have the whole window in the zero padding; clamping keeps them there
+    # (a NaN flow gives a NaN correlation through ``frac``, and any in-range index).
+    corner = corner.nan_to_num(0.0)
+    x0 = corner[:, 0].clamp(-radius - 2, w + radius).long() + pad - radius  # window start, padded grid
+    y0 = corner[:, 1].clamp(-radius - 2, h + radius).long() + pad - radius
+    hp, wp = h + 2 * pad, w + 2 * pad
+    keys = F.pad(feature1, (pad, pad, pad, pad)).permute(0, 2, 3, 1).contiguous().view(b * hp * wp, c)
+    runs = keys.as_strided((keys.shape[0] - size + 1, size, c), (c, c, 1))  # row i: vectors i … i+size-1
+    first = (torch.arange(b, device=flow.device) * (hp * wp)).view(b, 1, 1) + y0 * wp + x0  # B×H×W
+    query = feature0.permute(0, 2, 3, 1).reshape(b * h * w, c, 1)
+    dots = torch.stack(
+        [torch.bmm(runs[(first + dy * wp).flatten()], query)[..., 0] for dy in range(size)], dim=1
+    )  # (B·H·W)×size×size, whole-pixel neighbours (dy, dx)
+    fx, fy = frac[:, 0], frac[:, 1]
+    top = dots[:, :-1, :-1] * (1 - fx) + dots[:, :-1, 1:] * fx
+    bottom = dots[:, 1:, :-1] * (1 - fx) + dots[:, 1:, 1:] * fx
+    corr = (top * (1 - fy) + bottom * fy).view(b, h * w, (size - 1) ** 2)
+    return corr.transpose(1, 2).reshape(b, (size - 1) ** 2, h, w) / c**0.5
 
 
 def _refinement_block(upsample_factor: int) -> UpdateBlock:
@@ -257,7 +273,9 @@ URL = "https://s3.eu-central-1.amazonaws.com/avg-projects/unimatch/pretrained/"
 # with InputPadder in 'sintel' mode except validate_kitti ('kitti' mode). The test-set submissions
 # (scripts/gmflow_submission.sh) also resize the input to 416×1024 (Sintel) and 352×1216 (KITTI).
 SINTEL_PADDING = {"pad_mode": "sintel"}
-BENCHMARKS = {"sintel": SINTEL_PADDING, "things": SINTEL_PADDING, "chairs": SINTEL_PADDING, "kitti": {"pad_mode": "kitti"}}
+BENCHMARKS = {
+    "sintel": SINTEL_PADDING, "things": SINTEL_PADDING, "chairs": SINTEL_PADDING, "kitti": {"pad_mode": "kitti"}
+}
 
 GMFLOW_SH = "haofeixu/gmflow scripts/evaluate.sh expected output (GMFlow paper Table 3)"
 GMFLOW_T4 = "GMFlow paper (Xu et al., CVPR 2022, arXiv:2111.13680) Table 4"

@@ -18,13 +18,18 @@ TEST_OVERRIDES = {
     "deqflow_t": {"f_thres": 3, "eval_factor": 1.0, "eval_f_thres": 3},
     "gmflow": {"feature_channels": 16, "num_transformer_layers": 1, "ffn_dim_expansion": 1},
     "gmflow_refine": {"feature_channels": 16, "num_transformer_layers": 1, "ffn_dim_expansion": 1},
+    "unimatch_scale1": {"feature_channels": 16, "num_transformer_layers": 1, "ffn_dim_expansion": 1},
+    "unimatch_scale2": {"feature_channels": 16, "num_transformer_layers": 1, "ffn_dim_expansion": 1},
+    "unimatch_scale2_regrefine6": {"feature_channels": 16, "num_transformer_layers": 1, "ffn_dim_expansion": 1,
+                                   "num_reg_refine": 2},
     "perceiver_io": {"min_overlap": 4, "network_config": {"num_latents": 8, "d_latents": 16, "train_size": [16, 24],
                                                           "num_self_attends_per_block": 1, "num_self_attention_heads": 2}},
 }
 
 
 # Official checkpoint files that wrap the state_dict (GMFlow saves {'model': state_dict}).
-WRAPPED = {"gmflow": "model", "gmflow_refine": "model"}
+WRAPPED = {"gmflow": "model", "gmflow_refine": "model", "unimatch_scale1": "model", "unimatch_scale2": "model",
+           "unimatch_scale2_regrefine6": "model"}
 
 
 def test_every_registered_model_has_test_settings():
