@@ -4,7 +4,7 @@ The flow model of autonomousvision/unimatch is GMFlow (:mod:`models.gmflow`) wit
 ``reg_refine`` replaces the learned convex upsampler by a few steps of local regression
 refinement, RAFT's update block (:class:`models.raft.UpdateBlock`) fed with a 9×9 correlation
 of the CNN features around the current flow. ``unimatch_scale1`` and ``unimatch_scale2`` are
-the GMFlow architectures (their ``things`` and ``sintel`` files are GMFlow's, re-released);
+the GMFlow architectures (their ``things`` files and scale2's ``sintel`` file are GMFlow's, re-released);
 ``unimatch_scale2_regrefine6`` is the paper's GMFlow+ (six refinement steps). The backbone,
 the transformer, the flow propagation and the matching are shared with :mod:`models.gmflow`.
 Module and parameter names follow the official ``unimatch/unimatch.py``, so the released

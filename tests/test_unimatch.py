@@ -70,15 +70,6 @@ def test_matches_official_code(name, reference):
     assert rel_l2(backward, official_backward) < 1e-4
 
 
-def test_refinement_changes_the_flow(reference):
-    """The six refinement steps matter: without them (one step) the result is far from the official one."""
-    model = _seeded_model("unimatch_scale2_regrefine6", num_reg_refine=1)
-    image0, image1 = _images(reference)
-    with torch.no_grad():
-        flow = model(image0, image1)
-    assert rel_l2(flow, torch.from_numpy(reference["unimatch_scale2_regrefine6_forward"])[None]) > 1e-2
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_bidirectional_and_pairs_equal_separate_passes(name, reference):
     model = _seeded_model(name, **tiny(name))
