@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import classical, deqflow, gmflow, perceiver, raft, searaft
+from . import classical, deqflow, gmflow, perceiver, raft, searaft, unimatch
 from .checkpoint import CheckpointError
 from .contract import FlowModel, Padding, PairFlows
 from .factory import load_model as _load_model
 from .plugins import PluginError, PluginRegistry
 from .registry import Checkpoint, ModelSpec, Registry
 
-REGISTRY = Registry(classical.SPECS + raft.SPECS + deqflow.SPECS + gmflow.SPECS + perceiver.SPECS + searaft.SPECS)
+REGISTRY = Registry(classical.SPECS + raft.SPECS + deqflow.SPECS + gmflow.SPECS + perceiver.SPECS + searaft.SPECS
+                    + unimatch.SPECS)
 # Built-in models, then entry points of installed packages (read when first needed), then import paths.
 MODELS = PluginRegistry(REGISTRY)
 

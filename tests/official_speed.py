@@ -8,10 +8,11 @@ and forward passes timed, CPU float32. A measuring script for BENCHMARKS.md, lik
     PYTHONPATH=<scipy stub> .venv/bin/python -m tests.official_speed searaft /path/to/princeton-vl/SEA-RAFT
 
 (SEA-RAFT's official code needs the stand-ins described in tests/searaft_reference.py.)
+    .venv/bin/python -m tests.official_speed unimatch /path/to/autonomousvision/unimatch
 
 One family per process: the official repositories each have top-level modules named ``utils``,
 ``update``, ``corr``. Input: the shared Sintel clean alley_1 frames 1 → 2 cropped to 432×1024
-(a multiple of 8, so RAFT and DEQ-Flow need no padding; both GMFlow codes pad it the same way).
+(a multiple of 8, so RAFT and DEQ-Flow need no padding; the GMFlow and UniMatch codes pad it the same way).
 Weights: the real raft-small checkpoint, else the seeded weights of the reference scripts in the
 official key format. One forward direction, the official evaluation settings of the registry.
 Timings: wall clock of one forward pass, ``--threads`` torch threads, a warm-up run of each,
@@ -90,6 +91,32 @@ def gmflow_cases(checkout: Path) -> dict[str, tuple[Callable, Callable]]:
     return cases
 
 
+def unimatch_cases(checkout: Path) -> dict[str, tuple[Callable, Callable]]:
+    from tests.gmflow_reference import seeded_state_dict
+    from tests.unimatch_reference import CONFIGS
+
+    sys.path.insert(0, str(checkout))
+    from unimatch.unimatch import UniMatch as Official
+    from utils.utils import InputPadder
+
+    cases = {}
+    for name, cfg in CONFIGS.items():
+        ours = load_model(name, random_init=True)
+        load_strict(ours, seeded_state_dict(ours.state_dict()))
+        official = Official(num_scales=cfg["num_scales"], upsample_factor=cfg["upsample_factor"],
+                            reg_refine=cfg["reg_refine"], task="flow").eval()
+        official.load_state_dict(seeded_state_dict(official.state_dict()), strict=True)
+        settings = {k: cfg[k] for k in ("attn_splits_list", "corr_radius_list", "prop_radius_list", "num_reg_refine")}
+
+        def theirs(a, b, official=official, cfg=cfg, settings=settings):
+            padder = InputPadder(a.shape[-2:], padding_factor=cfg["padding_factor"])
+            out = official(*padder.pad(a, b), attn_type="swin", task="flow", **settings)
+            return padder.unpad(out["flow_preds"][-1])
+
+        cases[name] = (ours.eval(), theirs)
+    return cases
+
+
 def deqflow_cases(checkout: Path) -> dict[str, tuple[Callable, Callable]]:
     from models.deqflow import convert_official
     from tests.deqflow_reference import CASES, _official_model, _stub_imports, seeded_state
@@ -127,7 +154,8 @@ def searaft_cases(checkout: Path) -> dict[str, tuple[Callable, Callable]]:
     return cases
 
 
-FAMILIES = {"raft": raft_cases, "gmflow": gmflow_cases, "deqflow": deqflow_cases, "searaft": searaft_cases}
+FAMILIES = {"raft": raft_cases, "gmflow": gmflow_cases, "deqflow": deqflow_cases, "searaft": searaft_cases,
+            "unimatch": unimatch_cases}
 
 
 @torch.no_grad()
