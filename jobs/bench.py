@@ -328,9 +328,9 @@ def _output_table(rows: list[dict[str, Any]]) -> list[str]:
 # ----------------------------------------------------------------------------- CLI
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``flowlabel bench`` (called by jobs.cli through SUBCOMMANDS)."""
-    p = subparsers.add_parser("bench", help="speed and storage benchmarks → BENCHMARKS.json, BENCHMARKS.md",
+def register(subparsers: argparse._SubParsersAction, help: str) -> None:
+    """Add ``flowlabel bench`` (called by jobs.cli)."""
+    p = subparsers.add_parser("bench", help=help,
                               description="Measure decode, model, pipeline and output storage; write "
                                           "BENCHMARKS.json and the tables of BENCHMARKS.md.")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats: minutes on 2 CPU cores")

@@ -26,8 +26,7 @@ from pipeline.sinks import SinkOptions
 from pipeline.sources import list_sources
 from pipeline.viz import panel, write_png
 
-from .cli import format_label_summary
-from .label import LabelJob, run_label
+from .label import LabelJob, format_label_summary, run_label
 from .synthetic import Motion, write_translating_video
 
 SINTEL_ALLEY = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks" / "Sintel" / "training" \
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                        sink=SinkOptions(out), labeler=LabelerConfig(model="dis"), corpus="demo",
                        storage_options=s3.storage_options)
         result = run_label(job)
-        print(format_label_summary(result))
+        print(format_label_summary(result, out))
 
         table = pads.dataset(out.removeprefix("s3://"), filesystem=fs, format="parquet",
                              partitioning="hive").to_table()

@@ -15,7 +15,8 @@ import psutil
 import pytest
 from ray.data import DataContext
 
-from jobs.cli import build_parser, cluster_options
+from jobs.cli import build_parser
+from jobs.options import cluster_options
 from jobs.cluster import MIN_ACTORS_WAIT_S, SINGLE_MACHINE_ENV, ClusterOptions, plan_stages
 from jobs.stats import format_stats, placements, run_stats
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from jobs.cli import main
-from jobs.score import ScoreJob, run_score
+from jobs.score_model import ScoreJob, run_score
 from models import load_model
 from pipeline import flowio
 from pipeline.benchmarks import load_pair

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import s3fs
 
-from jobs.score import ScoreJob, run_score
+from jobs.score_model import ScoreJob, run_score
 from pipeline.labeler import LabelerConfig
 
 from .conftest import BENCHMARKS

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import main
-from jobs.score import ScoreJob, run_score
-from jobs.scores import load_config, parse_config
+from jobs.score_model import ScoreJob, run_score
+from jobs.score_table import load_config, parse_config
 from models import REGISTRY
 from pipeline.labeler import LabelerConfig
 

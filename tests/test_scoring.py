@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.score import ScoreJob, resolve_settings
+from jobs.score_model import ScoreJob, resolve_settings
 from models import get_spec, load_model
 from pipeline import flowio
 from pipeline.benchmarks import PairRecord, load_pair

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jobs.cli import main
-from jobs.viz import find_label_files, read_label_file, viz_flow_file, viz_labels, viz_pair
+from jobs.visualize import find_label_files, read_label_file, viz_flow_file, viz_labels, viz_pair
 from pipeline import flowio, viz
 from pipeline.decode import DecodeReport, iter_video_frames
 from pipeline.labeler import LabelerConfig
