@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                        sink=SinkOptions(out), labeler=LabelerConfig(model="dis"), corpus="demo",
                        storage_options=s3.storage_options)
         result = run_label(job)
-        print(format_label_summary(result, out))
+        print(format_label_summary(result, job.sink))
 
         table = pads.dataset(out.removeprefix("s3://"), filesystem=fs, format="parquet",
                              partitioning="hive").to_table()

@@ -74,6 +74,7 @@ class LabelResult:
     errors: list[UnitRecord]
     skipped: list[UnitRecord]
     clips: int = 0  # rows written to <out>/_clips/ (--clip-labels)
+    settled_before: int = 0  # units already done by an earlier run on the same out (a resume)
     stats: dict[str, Any] = field(default_factory=dict)  # throughput per stage, actors, bytes (jobs/stats.py)
 
     @property
@@ -133,7 +134,8 @@ def run_label(job: LabelJob) -> LabelResult:
     result = LabelResult(
         sources=len(sources), units=len(all_units), pairs=int(sum(s["pairs"] for s in summaries)),
         chunks=len(summaries), bytes_written=int(sum(s["bytes_written"] for s in summaries)),
-        seconds=time.time() - started, per_video=_per_video(summaries), errors=errors, skipped=skipped)
+        seconds=time.time() - started, per_video=_per_video(summaries), errors=errors, skipped=skipped,
+        settled_before=len(all_units) - len(units))
     result.stats = run_stats(execution.get("stages", []), placements(summaries), pairs=result.pairs,
                              seconds=result.seconds, errors=len(errors), bytes_written=result.bytes_written,
                              source_bytes=sum({u.source.uri: u.source.size or 0 for u in units}.values()))
@@ -216,12 +218,23 @@ def _check_same_settings(out: str, manifest: Mapping[str, Any], storage_options:
     previous = read_manifest(out, storage_options)
     if previous is None or "options" not in previous:
         return
-    old, new = fingerprint(previous), fingerprint(json.loads(json.dumps(manifest, default=str)))
-    if old != new:
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        details = "; ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed)
-        raise OutputConflictError(f"{out} holds labels made with other settings ({details}); "
+    changed = setting_differences(fingerprint(previous), fingerprint(json.loads(json.dumps(manifest, default=str))))
+    if changed:
+        raise OutputConflictError(f"{out} holds labels made with other settings ({'; '.join(changed)}); "
                                   "use a new --out, or the same settings to resume")
+
+
+def setting_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"read.decode.stride: 1 → 2"`` for each setting that differs, by its dotted name (nested mappings are
+    compared key by key, so only the settings that changed are named)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += setting_differences(a, b, f"{name}.")
+        elif a != b:
+            out.append(f"{name}: {a!r} → {b!r}")
+    return out
 
 
 def _listing_key(uri: str) -> str:
@@ -373,14 +386,24 @@ def label_job(args: argparse.Namespace) -> LabelJob:
 def cmd_label(args: argparse.Namespace) -> int:
     job = label_job(args)
     result = run_label(job)
-    print(format_label_summary(result, job.sink.out))
+    print(format_label_summary(result, job.sink))
     return result.exit_code
 
 
-def format_label_summary(result: LabelResult, out: str) -> str:
+def format_label_summary(result: LabelResult, sink: SinkOptions) -> str:
     """What ``flowlabel label`` prints at the end: totals, one line per video, failures, stage statistics."""
-    lines = [f"labeled {result.pairs} pairs from {result.sources} sources in {result.seconds:.1f} s "
-             f"({result.pairs_per_second:.2f} pairs/s), {result.chunks} files, {result.bytes_written / 2**20:.1f} MiB"]
+    out = sink.out
+    if result.settled_before and result.settled_before == result.units and not result.pairs:
+        lines = [f"nothing to do: all {result.units} units of these {result.sources} sources were already labeled "
+                 f"in {out} by an earlier run with the same settings"]
+    else:
+        files = result.chunks * len(sink.formats)
+        lines = [f"labeled {result.pairs} pairs from {result.sources} sources in {result.seconds:.1f} s "
+                 f"({result.pairs_per_second:.2f} pairs/s): {result.chunks} chunks in {files} files "
+                 f"({' + '.join(sink.formats)}), {result.bytes_written / 2**20:.1f} MiB, in {out}"]
+        if result.settled_before:
+            lines.append(f"resumed: {result.settled_before} of {result.units} units were already labeled "
+                         "by an earlier run")
     if result.per_video:
         lines.append(f"{'pairs':>7}  {'mean |flow| px':>14}  {'occluded':>8}  source")
         for v in result.per_video:
