@@ -25,10 +25,14 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
+# The project's real test data (tests/conftest.py); optional: the output suite of `bench` uses its videos.
+FLOWLABEL_TEST_DATA ?= ../shared/data
+BENCH_VIDEOS := $(wildcard $(FLOWLABEL_TEST_DATA)/videos)
+
 # Minutes on a 2-core CPU machine; writes BENCHMARKS.json and the tables of BENCHMARKS.md.
 # Full run: $(VENV)/bin/flowlabel bench; on a GPU machine add --device cuda.
 bench: setup
-	$(VENV)/bin/flowlabel bench --quick
+	$(VENV)/bin/flowlabel bench --quick $(if $(BENCH_VIDEOS),--videos $(BENCH_VIDEOS))
 
 clean:
 	rm -rf demo-out .pytest_cache

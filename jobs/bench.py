@@ -32,7 +32,6 @@ EXIT_FAILED = 1
 # models at the first size only and skips the rest with their estimate (minutes in all).
 BUDGET_S, QUICK_BUDGET_S = 60.0, 10.0
 KEEP_MARKER = "<!-- flowlabel bench: everything above is generated; text below this line is kept -->"
-SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class BenchOptions:
     models: tuple[str, ...] = ()
     budget_s: float | None = None
     cache_dir: str = field(default_factory=lambda: str(_default_cache()))
-    videos_dir: str = str(SHARED_VIDEOS)
+    videos_dir: str | None = None  # real videos for the output suite; None skips it (nothing to measure)
     s3: bool = True
     json_path: str = "BENCHMARKS.json"
     markdown_path: str = "BENCHMARKS.md"
@@ -109,6 +108,8 @@ def _output(options: BenchOptions) -> list[dict[str, Any]] | dict[str, str]:
 
     from . import bench_suites
 
+    if options.videos_dir is None:
+        return {"skipped": "no real videos given (--videos DIR, e.g. the videos/ folder of the project's test data)"}
     videos = Path(options.videos_dir)
     if not videos.is_dir():
         return {"skipped": f"no real videos at {videos}"}
@@ -218,7 +219,7 @@ def markdown(report: dict[str, Any]) -> str:
         "load, rates per second (wall clock) do.", "",
     ]
     tables = {"decode": _decode_table, "model": lambda rows: _model_table(rows, options),
-              "pipeline": _pipeline_table, "output": _output_table}
+              "pipeline": _pipeline_table, "output": lambda rows: _output_table(rows, options)}
     for name, table in tables.items():
         if name not in suites:
             continue
@@ -305,9 +306,9 @@ def _pipeline_table(p: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
-def _output_table(rows: list[dict[str, Any]]) -> list[str]:
+def _output_table(rows: list[dict[str, Any]], options: dict[str, Any]) -> list[str]:
     out = ["## Output size and precision", "",
-           "DIS labels of real videos (`../shared/data/videos`), Parquet with zstd as the sink writes it. "
+           f"DIS labels of real videos (`--videos {options['videos_dir']}`), Parquet with zstd as the sink writes it. "
            "Bytes per pixel: compressed flow + occlusion + confidence columns over pairs × H × W; "
            "error: stored flow vs the model's float32 flow.", "",
            "| video | size | pairs | encoding | max abs flow px | flow B/px | labels B/px | file B/px "
@@ -342,7 +343,8 @@ def register(subparsers: argparse._SubParsersAction, help: str) -> None:
                    help=f"CPU: skip a model size estimated to take longer than this per pair "
                         f"(default {BUDGET_S:g}, with --quick {QUICK_BUDGET_S:g})")
     p.add_argument("--cache-dir", default=str(_default_cache()), help="generated videos (default %(default)s)")
-    p.add_argument("--videos", default=str(SHARED_VIDEOS), help="real videos for the output suite")
+    p.add_argument("--videos", metavar="DIR", help="a folder of real videos for the output suite (storage bytes and "
+                                                   "precision); without it that suite is skipped")
     p.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS decode rows")
     p.add_argument("--json", default="BENCHMARKS.json", help="JSON report (default %(default)s)")
     p.add_argument("--markdown", default="BENCHMARKS.md", help="markdown report (default %(default)s)")

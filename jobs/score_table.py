@@ -444,10 +444,11 @@ def register(subparsers: argparse._SubParsersAction, help: str) -> None:
                               description="Score every row of the config whose weights and data are available "
                                           "locally and write the markdown table; other rows say 'not run' and why.")
     p.add_argument("--config", default="jobs/scores.yaml", help="table definition (default jobs/scores.yaml)")
-    p.add_argument("--data-root", default="../shared/data/benchmarks",
-                   help="folder holding the benchmarks in their official layouts (default ../shared/data/benchmarks)")
-    p.add_argument("--weights-dir", default="../shared/data/weights",
-                   help="folder holding checkpoint files by their official names (default ../shared/data/weights)")
+    p.add_argument("--data-root", default="data/benchmarks",
+                   help="folder holding the benchmarks in their official layouts (default %(default)s); rows whose "
+                        "data are not there say 'not run' and why")
+    p.add_argument("--weights-dir", default="data/weights",
+                   help="folder holding checkpoint files by their official names (default %(default)s)")
     p.add_argument("--output", default="SCORES.md", help="where the table goes (default SCORES.md)")
     add_storage_options(p)
     add_cluster_options(p)

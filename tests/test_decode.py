@@ -98,8 +98,11 @@ def short_gop_video(tmp_path_factory):
 # Units planned: all pairs / at most 30 pairs (segments starting past pair 30 are not read at all).
 @pytest.mark.parametrize("video, units_expected", [("short_gop", (4, 2)), ("var_fps", (2, 1))])
 @pytest.mark.parametrize("decode", [DecodeOptions(), DecodeOptions(stride=2, fps=12), DecodeOptions(max_pairs=30)])
-def test_split_video_gives_exactly_the_pairs_of_the_whole_video(short_gop_video, video, units_expected, decode):
+def test_split_video_gives_exactly_the_pairs_of_the_whole_video(request, short_gop_video, video, units_expected,
+                                                                 decode):
     """Keyframe-aligned segments (forced small here) reproduce the unsplit pairs and times."""
+    if video == "var_fps":
+        request.getfixturevalue("shared_data")
     path = short_gop_video if video == "short_gop" else VIDEOS / "var_fps_video.mp4"  # VFR, keyframes at 0, 250
     whole, _ = read_all(path, decode)
     split_plan = PlanOptions(segment_frames=12, split_bytes=0)

@@ -51,6 +51,7 @@ def direct_epes(benchmark: str, root: str, split: str | None) -> dict[str, tuple
 
 @pytest.mark.slow
 @pytest.mark.parametrize("benchmark, folder, split, counts", EXCERPTS, ids=[e[0] for e in EXCERPTS])
+@pytest.mark.usefixtures("shared_data")
 def test_dis_on_every_excerpt_matches_a_direct_computation(ray_local, tmp_path, benchmark, folder, split, counts):
     root = str(BENCHMARKS / folder)
     result = run_score(ScoreJob(benchmark, root, split=split, labeler=LabelerConfig("dis", batch_size=2),
@@ -97,6 +98,7 @@ def test_dis_on_every_excerpt_matches_a_direct_computation(ray_local, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_data")
 def test_cli_score_exit_codes(ray_local, tmp_path, capsys):
     root = str(BENCHMARKS / "FlyingChairs_release")
     code = main(["score", "chairs", "--root", root, "--split", "all", "--pairs", "4", "--model", "dis",
