@@ -193,8 +193,12 @@ def test_decode_image_gray_alpha_and_16_bit():
 
 
 def test_manifest_of_corpus_matches_readme(shared_data):
-    manifest = json.loads((VIDEOS / "manifest.json").read_text())
-    assert manifest  # the corpus description that REAL above is taken from is present
+    """REAL above is taken from the corpus manifest: the folder holds exactly the files it describes, at their
+    sizes, and every frame count in REAL is the one the manifest says PyAV decodes."""
+    manifest = {f["file"]: f for f in json.loads((VIDEOS / "manifest.json").read_text())["files"]}
+    on_disk = {p.name: p.stat().st_size for p in VIDEOS.iterdir() if p.name not in ("README.md", "manifest.json")}
+    assert on_disk == {name: f["bytes"] for name, f in manifest.items()}
+    assert {name: manifest[name]["decode"]["frames_decoded"] for name in REAL} == {n: r[0] for n, r in REAL.items()}
 
 
 def test_interlaced_frames_are_deinterlaced(shared_data):
