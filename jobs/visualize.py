@@ -24,6 +24,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from fsspec.core import strip_protocol
 
 from pipeline import viz
 from pipeline.benchmarks import Sample, load_pair
@@ -216,7 +217,7 @@ def decode_frames(source: str, indices: Iterable[int], size: tuple[int, int],
     if src.kind == "sequence":
         for i in sorted(wanted):
             if i < len(src.frames):
-                frames[i] = decode_image(fs.cat_file(fs._strip_protocol(src.frames[i])))
+                frames[i] = decode_image(fs.cat_file(strip_protocol(src.frames[i])))
     else:
         with fs.open(path, "rb") as f:
             for frame in iter_video_frames(f, DecodeReport()):

@@ -176,3 +176,16 @@ def test_decode_and_write_stages_never_import_torch():
             "print(sorted(m for m in ('torch', 'models') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_private_ray_switch_loopback_only_sets_still_exists():
+    """loopback_only() sets a constant in ray._private (no public API for it once Ray is imported): an upgrade
+    that moves or renames it must fail here, not quietly bind a local Ray to every interface."""
+    import importlib
+    import inspect
+
+    from jobs.cluster import RAY_CLUSTER_SWITCH, RAY_CONSTANTS_MODULE
+
+    constants = importlib.import_module(RAY_CONSTANTS_MODULE)
+    assert isinstance(getattr(constants, RAY_CLUSTER_SWITCH), bool)
+    assert SINGLE_MACHINE_ENV in inspect.getsource(constants)  # the constant is still read from that variable
