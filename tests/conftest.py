@@ -44,6 +44,20 @@ def shared_data() -> Path:
     return TEST_DATA
 
 
+@pytest.fixture
+def memory_root(request):
+    """A fresh folder of fsspec's in-memory filesystem (``memory://<test module>-<random>``), removed after."""
+    import uuid
+
+    import fsspec
+
+    root = f"memory://{request.module.__name__.rsplit('.', 1)[-1]}-{uuid.uuid4().hex}"
+    yield root
+    fs = fsspec.filesystem("memory")
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
 @pytest.fixture(scope="session")
 def local_s3():
     """A SeaweedFS S3 server on 127.0.0.1 with its own credentials and bucket."""

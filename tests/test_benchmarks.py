@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -22,15 +20,6 @@ CHAIRS = str(BENCH / "FlyingChairs_release")
 
 def zero_flow_epe(sample: benchmarks.Sample) -> float:
     return float(np.hypot(sample.flow[..., 0], sample.flow[..., 1])[sample.valid].mean())
-
-
-@pytest.fixture
-def memory_root():
-    root = f"memory://bench-{uuid.uuid4().hex}"
-    yield root
-    fs = fsspec.filesystem("memory")
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
 
 
 def put(uri: str, data: bytes) -> None:

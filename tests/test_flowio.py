@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import struct
-import uuid
-from pathlib import Path
 
 import cv2
 import fsspec
@@ -23,15 +21,6 @@ CHAIRS = BENCH / "FlyingChairs_release" / "data"
 def mean_magnitude(flow: np.ndarray, valid: np.ndarray) -> float:
     """EPE of a zero prediction: mean ‖gt‖ over valid pixels."""
     return float(np.hypot(flow[..., 0], flow[..., 1])[valid].mean())
-
-
-@pytest.fixture
-def memory_root():
-    root = f"memory://flowio-{uuid.uuid4().hex}"
-    yield root
-    fs = fsspec.filesystem("memory")
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
 
 
 # ----------------------------------------------------------------------------- .flo
