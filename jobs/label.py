@@ -30,8 +30,8 @@ from pipeline.sinks import SinkOptions, committed_chunks, write_batch
 from pipeline.sources import list_sources
 from pipeline.storage import join, redact
 
-from .label_clips import clip_unit, run_clip_labels
 from .cluster import ClusterOptions, connect, plan_stages
+from .label_clips import clip_unit, run_clip_labels
 from .options import (add_cluster_options, add_model_options, add_storage_options, cluster_options, labeler_config,
                       run_command)
 from .stats import format_stats, placements, run_stats, stage_stats
