@@ -28,6 +28,10 @@ RAY_CONSTANTS_MODULE, RAY_CLUSTER_SWITCH = "ray._private.ray_constants", "ENABLE
 AUTH_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 # The Ray Data loggers of the progress bars' "disabled" warning and of the per-dataset "execution finished" line.
 RAY_DATA_PROGRESS_LOGGERS = ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor")
+# A read task's process before it decodes: Python with Ray's worker, pyarrow, PyAV and OpenCV loaded (the imports
+# alone take 110 MiB of unique memory; a worker reading 48 MiB chunks of 960×540 frames peaked at 245 MiB plus
+# Ray's own). Without it the request was 8 × the chunk alone, under what Ray Data measured, and it said so.
+READ_TASK_BASE_BYTES = 384 * 2**20
 MIN_ACTORS_WAIT_S = 600  # GPU nodes of an autoscaling cluster take minutes to come up
 
 
@@ -231,7 +235,8 @@ def plan_stages(options: ClusterOptions, chunk_bytes: int, read_tasks: int | Non
     # read into the labeler actors, so decoding runs in CPU tasks beside them, not inside them.
     # Its concurrency bounds the decoded frames in flight: each read task is a streaming
     # generator that Ray pauses when its unconsumed blocks pile up.
-    read = {"num_cpus": options.reader_cpus, "memory": 8 * chunk_bytes, "concurrency": read_concurrency}
+    read = {"num_cpus": options.reader_cpus, "memory": READ_TASK_BASE_BYTES + 8 * chunk_bytes,
+            "concurrency": read_concurrency}
     label = {"compute": pool, "num_gpus": per_actor}
     if not per_actor and options.cpus_per_actor == 1.0:
         # One actor per CPU asking a whole CPU each would leave none for the decode and write

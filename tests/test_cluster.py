@@ -39,7 +39,7 @@ def test_one_actor_per_gpu_and_decode_sized_to_the_actors(fresh_context):
     assert (pool.min_size, pool.max_size, pool.max_tasks_in_flight_per_actor) == (1, 4, 2)
     # GPU actors keep Ray Data's default of one CPU: naming it beside GPUs is "experimental".
     assert plan.label["num_gpus"] == 1.0 and "num_cpus" not in plan.label
-    assert plan.read == {"num_cpus": 1.0, "memory": 8 * CHUNK, "concurrency": 8}
+    assert plan.read == {"num_cpus": 1.0, "memory": 384 * 2**20 + 8 * CHUNK, "concurrency": 8}
     assert plan.write == {"num_cpus": 0.5}
     assert plan.describe()["labeler"] == {"min_actors": 1, "max_actors": 4, "gpus_per_actor": 1.0,
                                           "cpus_per_actor": 1.0, "tasks_per_actor": 2}
