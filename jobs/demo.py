@@ -13,6 +13,7 @@ picks another folder), else a generated one with known motion.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -34,9 +35,10 @@ from .label import LabelJob, format_label_summary, run_label
 from .synthetic import Motion, translating_frames, write_image_sequence, write_translating_video
 from .visualize import label_panel
 
-# The real excerpt of the project's test data, beside the repository (see tests/conftest.py), used when present.
-SINTEL_ALLEY = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks" / "Sintel" / "training" \
-    / "clean" / "alley_1"
+# The real excerpt in the project's test data (FLOWLABEL_TEST_DATA, default ../shared/data beside the repository,
+# as the tests find it), used when present.
+TEST_DATA = Path(os.environ.get("FLOWLABEL_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+SINTEL_ALLEY = TEST_DATA / "benchmarks" / "Sintel" / "training" / "clean" / "alley_1"
 # name: (height, width, frames, motion in px/frame)
 DEMO_VIDEOS = {
     "pan_right.mp4": (240, 320, 24, Motion(2.0, 1.0)),  # H.264 in MP4
