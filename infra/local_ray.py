@@ -19,30 +19,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on loopback right now."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind((LOOPBACK, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+from .processes import LOOPBACK, free_ports, log_tail, start_logged, stop_tree, wait_ready
 
 
 class LocalRayCluster:
@@ -61,7 +44,6 @@ class LocalRayCluster:
         self.token = secrets.token_hex(32)
         self.temp_dir: Path | None = None
         self._process: subprocess.Popen | None = None
-        self._log = None
         self.gcs_port = self.dashboard_port = 0
 
     @property
@@ -112,62 +94,30 @@ class LocalRayCluster:
             f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
             f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
         ]
-        self._log = open(self.temp_dir / "ray-start.log", "wb")
-        # Its own session: Ctrl-C in the parent does not reach it, and stop() finds its tree.
-        self._process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        log = self.temp_dir / "ray-start.log"
+        self._process = start_logged(command, log, env)
         try:
-            self._wait_until_ready()
+            wait_ready(self._process, self._answers, name="Ray head (ray start)", timeout_s=self.startup_timeout_s,
+                       log_path=log, interval_s=0.5)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_until_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
+    def _answers(self) -> bool:
+        """Whether the job server answers (raises while the head is starting)."""
         request = urllib.request.Request(f"{self.dashboard_url}/api/version", headers=self.headers)
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"ray start exited with {self._process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(request, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"Ray head not ready after {self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status == 200
 
     def log_tail(self, chars: int = 4000) -> str:
-        if self.temp_dir is None or not (self.temp_dir / "ray-start.log").exists():
-            return ""
-        return (self.temp_dir / "ray-start.log").read_text(errors="replace")[-chars:]
+        return log_tail(self.temp_dir / "ray-start.log" if self.temp_dir else None, chars)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """End the head process and every process it started (workers, job drivers), by pid."""
-        import psutil
-
         if self._process is not None:
-            try:
-                root = psutil.Process(self._process.pid)
-                tree = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                tree = []
-            # SIGTERM to the head and to each process it started, then SIGKILL to any left, each by pid.
-            for sig in ("terminate", "kill"):
-                for proc in tree:
-                    try:
-                        getattr(proc, sig)()
-                    except psutil.NoSuchProcess:
-                        pass
-                _, tree = psutil.wait_procs(tree, timeout=timeout_s if sig == "terminate" else 5)
-                if not tree:
-                    break
-            self._process.wait(timeout=5)
+            stop_tree(self._process, timeout_s)
             self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             self.temp_dir = None

@@ -14,27 +14,19 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-LOOPBACK = "127.0.0.1"
+from .processes import LOOPBACK, free_ports, start_logged, stop_tree, wait_ready
+
 # Services `weed mini` starts; each gets an HTTP port, and gRPC on HTTP + 10000 unless told.
 _PORT_FLAGS = ("master", "volume", "filer", "s3", "admin")
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback (racy by nature; the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def weed_binary() -> str:
@@ -88,59 +80,38 @@ class LocalS3:
             self.workdir = Path(tempfile.mkdtemp(prefix="flowlabel-s3-"))
             self._own_dir = True
         if not self._ports:  # kept across restart() so clients keep their endpoint
-            self._ports = {f"{name}.port": free_port() for name in _PORT_FLAGS}
-            self._ports.update({f"{name}.port.grpc": free_port() for name in _PORT_FLAGS})
+            flags = [f"{name}.port" for name in _PORT_FLAGS] + [f"{name}.port.grpc" for name in _PORT_FLAGS]
+            self._ports = dict(zip(flags, free_ports(len(flags))))
         self.port = self._ports["s3.port"]
         args = [weed_binary(), "mini", f"-dir={self.workdir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}"]
         args += [f"-{flag}={port}" for flag, port in self._ports.items()]
         args += ["-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false"]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
                "S3_BUCKET": self.bucket}
-        log = open(self.workdir / "weed.log", "ab")
-        self._proc = subprocess.Popen(args, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        self._proc = start_logged(args, self.workdir / "weed.log", env, cwd=self.workdir)
         try:
-            self._wait_ready()
+            wait_ready(self._proc, self._answers, name="SeaweedFS S3 (weed mini)", timeout_s=self.startup_timeout_s,
+                       log_path=self.workdir / "weed.log")
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self) -> None:
-        """Poll until the bucket answers an authenticated listing."""
+    def _answers(self) -> bool:
+        """Whether the bucket answers an authenticated listing (raises while the server is starting)."""
         import s3fs
 
-        deadline = time.monotonic() + self.startup_timeout_s
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {self._proc.returncode}; see {self.workdir}/weed.log")
-            try:
-                urllib.request.urlopen(self.endpoint_url, timeout=1).close()
-            except urllib.error.HTTPError:
-                pass  # any HTTP answer means the port is up
-            except OSError as exc:
-                last = exc
-                time.sleep(0.25)
-                continue
-            try:
-                fs = s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options)
-                fs.ls(self.bucket, refresh=True)
-                return
-            except Exception as exc:  # bucket or identity not created yet
-                last = exc
-                time.sleep(0.25)
-        raise TimeoutError(f"SeaweedFS S3 did not answer within {self.startup_timeout_s} s: {last!r}")
+        try:
+            urllib.request.urlopen(self.endpoint_url, timeout=1).close()
+        except urllib.error.HTTPError:
+            pass  # any HTTP answer means the port is up
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options)
+        fs.ls(self.bucket, refresh=True)  # the bucket or identity may not exist yet
+        return True
 
     def stop(self) -> None:
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            stop_tree(self._proc, timeout_s=15)
             self._proc = None
         if self._own_dir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)

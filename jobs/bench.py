@@ -35,7 +35,6 @@ EXIT_FAILED = 1
 # models at the first size only and skips the rest with their estimate (minutes in all).
 BUDGET_S, QUICK_BUDGET_S = 60.0, 10.0
 KEEP_MARKER = "<!-- flowlabel bench: everything above is generated; text below this line is kept -->"
-SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class BenchOptions:
     models: tuple[str, ...] = ()
     budget_s: float | None = None
     cache_dir: str = field(default_factory=lambda: str(_default_cache()))
-    videos_dir: str = str(SHARED_VIDEOS)
+    videos_dir: str | None = None  # real videos for the output suite; None skips it (nothing to measure)
     s3: bool = True
     json_path: str = "BENCHMARKS.json"
     markdown_path: str = "BENCHMARKS.md"
@@ -140,6 +139,8 @@ def _output(options: BenchOptions) -> list[dict[str, Any]] | dict[str, str]:
 
     from . import bench_suites
 
+    if options.videos_dir is None:
+        return {"skipped": "no real videos given (--videos DIR, e.g. the videos/ folder of the project's test data)"}
     videos = Path(options.videos_dir)
     if not videos.is_dir():
         return {"skipped": f"no real videos at {videos}"}
@@ -251,7 +252,7 @@ def markdown(report: dict[str, Any]) -> str:
     from .bench_feed import feed_table
 
     tables = {"decode": _decode_table, "model": lambda rows: _model_table(rows, options),
-              "pipeline": _pipeline_table, "output": _output_table, "feed": feed_table}
+              "pipeline": _pipeline_table, "output": lambda rows: _output_table(rows, options), "feed": feed_table}
     for name, table in tables.items():
         if name not in suites:
             continue
@@ -338,9 +339,9 @@ def _pipeline_table(p: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
-def _output_table(rows: list[dict[str, Any]]) -> list[str]:
+def _output_table(rows: list[dict[str, Any]], options: dict[str, Any]) -> list[str]:
     out = ["## Output size and precision", "",
-           "DIS labels of real videos (`../shared/data/videos`), Parquet with zstd as the sink writes it. "
+           f"DIS labels of real videos (`--videos {options['videos_dir']}`), Parquet with zstd as the sink writes it. "
            "Bytes per pixel: compressed flow + occlusion + confidence columns over pairs × H × W; "
            "error: stored flow vs the model's float32 flow.", "",
            "| video | size | pairs | encoding | max abs flow px | flow B/px | labels B/px | file B/px "
@@ -361,9 +362,9 @@ def _output_table(rows: list[dict[str, Any]]) -> list[str]:
 # ----------------------------------------------------------------------------- CLI
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``flowlabel bench`` (called by jobs.cli through SUBCOMMANDS)."""
-    p = subparsers.add_parser("bench", help="speed and storage benchmarks → BENCHMARKS.json, BENCHMARKS.md",
+def register(subparsers: argparse._SubParsersAction, help: str) -> None:
+    """Add ``flowlabel bench`` (called by jobs.cli)."""
+    p = subparsers.add_parser("bench", help=help,
                               description="Measure decode, model, pipeline and output storage; write "
                                           "BENCHMARKS.json and the tables of BENCHMARKS.md.")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats: minutes on 2 CPU cores")
@@ -375,7 +376,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"CPU: skip a model size estimated to take longer than this per pair "
                         f"(default {BUDGET_S:g}, with --quick {QUICK_BUDGET_S:g})")
     p.add_argument("--cache-dir", default=str(_default_cache()), help="generated videos (default %(default)s)")
-    p.add_argument("--videos", default=str(SHARED_VIDEOS), help="real videos for the output suite")
+    p.add_argument("--videos", metavar="DIR", help="a folder of real videos for the output suite (storage bytes and "
+                                                   "precision); without it that suite is skipped")
     p.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS decode rows")
     p.add_argument("--checkpoint", default=None,
                    help="feed suite with --device cuda: the weights of the --model it labels with")

@@ -20,6 +20,18 @@ LOOPBACK = "127.0.0.1"
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 # "0": Ray's single-machine mode, everything on loopback (see loopback_only).
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Ray has no public API for the switch once imported: the module constant it was read into is private. This is
+# the project's only use of a private Ray API (the logger names below are names only: a rename brings back a
+# message, nothing breaks); test_cluster.py fails if an upgrade moves or renames it.
+RAY_CONSTANTS_MODULE, RAY_CLUSTER_SWITCH = "ray._private.ray_constants", "ENABLE_RAY_CLUSTER"
+# Where Ray logs that it turned token authentication on for a new local cluster.
+AUTH_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+# The Ray Data loggers of the progress bars' "disabled" warning and of the per-dataset "execution finished" line.
+RAY_DATA_PROGRESS_LOGGERS = ("ray.data._internal.progress", "ray.data._internal.execution.streaming_executor")
+# A read task's process before it decodes: Python with Ray's worker, pyarrow, PyAV and OpenCV loaded (the imports
+# alone take 110 MiB of unique memory; a worker reading 48 MiB chunks of 960×540 frames peaked at 245 MiB plus
+# Ray's own). Without it the request was 8 × the chunk alone, under what Ray Data measured, and it said so.
+READ_TASK_BASE_BYTES = 384 * 2**20
 MIN_ACTORS_WAIT_S = 600  # GPU nodes of an autoscaling cluster take minutes to come up
 
 
@@ -146,6 +158,10 @@ def connect(options: ClusterOptions) -> None:
         else:
             cpus = options.local_cpus or os.cpu_count() or 1
             loopback_only()
+            # Ray turns token authentication on for a new local cluster and warns that it did (when
+            # RAY_AUTH_MODE is unset). That is the setting wanted here, so the warning is noise; setting the
+            # variable instead would not do: Ray reads it into its config when it is imported.
+            logging.getLogger(AUTH_SETUP_LOGGER).setLevel(logging.ERROR)
             ray.init(num_cpus=options.local_cpus, num_gpus=options.local_gpus, include_dashboard=False,
                      _node_ip_address=LOOPBACK, logging_level=logging.WARNING,
                      _system_config=local_system_config(cpus), **env)
@@ -153,6 +169,11 @@ def connect(options: ClusterOptions) -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = interactive
     ctx.print_on_execution_start = interactive  # the execution plan banner; quiet in CI and in job logs
+    if not interactive:
+        # Without progress bars Ray Data warns once that they are off and logs each dataset's "execution
+        # finished": the run's own summary says both. Its warnings and errors still show.
+        for name in RAY_DATA_PROGRESS_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR if name.endswith("progress") else logging.WARNING)
 
 
 def read_runtime_env(text: str) -> dict[str, Any]:
@@ -201,9 +222,9 @@ def loopback_only() -> None:
     constant is set too. A user's own ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` is respected.
     """
     os.environ.setdefault(SINGLE_MACHINE_ENV, "0")
-    constants = sys.modules.get("ray._private.ray_constants")
-    if constants is not None and hasattr(constants, "ENABLE_RAY_CLUSTER") and os.environ[SINGLE_MACHINE_ENV] == "0":
-        constants.ENABLE_RAY_CLUSTER = False
+    constants = sys.modules.get(RAY_CONSTANTS_MODULE)
+    if constants is not None and hasattr(constants, RAY_CLUSTER_SWITCH) and os.environ[SINGLE_MACHINE_ENV] == "0":
+        setattr(constants, RAY_CLUSTER_SWITCH, False)
 
 
 def local_system_config(cpus: int) -> dict[str, int]:
@@ -271,7 +292,8 @@ def plan_stages(options: ClusterOptions, chunk_bytes: int, read_tasks: int | Non
     # read into the labeler actors, so decoding runs in CPU tasks beside them, not inside them.
     # Its concurrency bounds the decoded frames in flight: each read task is a streaming
     # generator that Ray pauses when its unconsumed blocks pile up.
-    read = {"num_cpus": options.reader_cpus, "memory": 8 * chunk_bytes, "concurrency": read_concurrency}
+    read = {"num_cpus": options.reader_cpus, "memory": READ_TASK_BASE_BYTES + 8 * chunk_bytes,
+            "concurrency": read_concurrency}
     label = {"compute": pool, "num_gpus": per_actor}
     if not per_actor and options.cpus_per_actor == 1.0:
         # One actor per CPU asking a whole CPU each would leave none for the decode and write

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import time
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.clips import ClipLabelOptions
+from pipeline.clips import CLIPS_DIR, ClipLabelOptions
 from pipeline.datasource import FramePairDatasource, ReadOptions
 from pipeline.decode import DecodeOptions
 from pipeline.frame_labels import FrameLabelOptions
@@ -27,11 +28,13 @@ from pipeline.records import (ERRORS_DIR, SKIPPED_DIR, UnitRecord, clear_records
                               write_record, write_unit_marker)
 from pipeline.sinks import SinkOptions, committed_chunks, write_batch
 from pipeline.sources import list_sources
-from pipeline.storage import redact
+from pipeline.storage import join, redact
 
-from .clips import clip_unit, run_clip_labels
 from .cluster import ClusterOptions, connect, plan_stages
-from .stats import placements, run_stats, stage_stats
+from .label_clips import clip_unit, run_clip_labels
+from .options import (add_cluster_options, add_model_options, add_storage_options, cluster_options, labeler_config,
+                      run_command)
+from .stats import format_stats, placements, run_stats, stage_stats
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 2
 
@@ -71,6 +74,7 @@ class LabelResult:
     errors: list[UnitRecord]
     skipped: list[UnitRecord]
     clips: int = 0  # rows written to <out>/_clips/ (--clip-labels)
+    settled_before: int = 0  # units already done by an earlier run on the same out (a resume)
     stats: dict[str, Any] = field(default_factory=dict)  # throughput per stage, actors, bytes (jobs/stats.py)
 
     @property
@@ -130,7 +134,8 @@ def run_label(job: LabelJob) -> LabelResult:
     result = LabelResult(
         sources=len(sources), units=len(all_units), pairs=int(sum(s["pairs"] for s in summaries)),
         chunks=len(summaries), bytes_written=int(sum(s["bytes_written"] for s in summaries)),
-        seconds=time.time() - started, per_video=_per_video(summaries), errors=errors, skipped=skipped)
+        seconds=time.time() - started, per_video=_per_video(summaries), errors=errors, skipped=skipped,
+        settled_before=len(all_units) - len(units))
     result.stats = run_stats(execution.get("stages", []), placements(summaries), pairs=result.pairs,
                              seconds=result.seconds, errors=len(errors), bytes_written=result.bytes_written,
                              source_bytes=sum({u.source.uri: u.source.size or 0 for u in units}.values()))
@@ -213,12 +218,23 @@ def _check_same_settings(out: str, manifest: Mapping[str, Any], storage_options:
     previous = read_manifest(out, storage_options)
     if previous is None or "options" not in previous:
         return
-    old, new = fingerprint(previous), fingerprint(json.loads(json.dumps(manifest, default=str)))
-    if old != new:
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        details = "; ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed)
-        raise OutputConflictError(f"{out} holds labels made with other settings ({details}); "
+    changed = setting_differences(fingerprint(previous), fingerprint(json.loads(json.dumps(manifest, default=str))))
+    if changed:
+        raise OutputConflictError(f"{out} holds labels made with other settings ({'; '.join(changed)}); "
                                   "use a new --out, or the same settings to resume")
+
+
+def setting_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"read.decode.stride: 1 → 2"`` for each setting that differs, by its dotted name (nested mappings are
+    compared key by key, so only the settings that changed are named)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += setting_differences(a, b, f"{name}.")
+        elif a != b:
+            out.append(f"{name}: {a!r} → {b!r}")
+    return out
 
 
 def _listing_key(uri: str) -> str:
@@ -293,9 +309,122 @@ def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_label_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``flowlabel label``."""
+    parser.add_argument("inputs", nargs="+", metavar="SRC",
+                        help="video files, folders, globs or image-sequence folders")
+    parser.add_argument("--out", required=True, help="output URI (local path, s3://bucket/prefix, …)")
+    add_model_options(parser)
+    parser.add_argument("--stride", type=int, default=1, help="pair frame k with k+stride (default 1)")
+    parser.add_argument("--fps", type=float, help="resample videos to this frame rate first")
+    parser.add_argument("--max-side", type=int, help="downscale so that max(H, W) ≤ this (flow in resized pixels)")
+    parser.add_argument("--max-pairs-per-video", type=int, help="label at most this many pairs per video")
+    parser.add_argument("--max-pixels", type=int, help="frames above this many pixels are downscaled or rejected")
+    parser.add_argument("--oversize", choices=("downscale", "reject"), default="downscale",
+                        help="what --max-pixels does with a larger frame (default downscale)")
+    parser.add_argument("--chunk-mb", type=float, default=48.0,
+                        help="frame megabytes per chunk of pairs: the unit of labeling and of output files")
+    parser.add_argument("--format", choices=("parquet", "npz", "both"), default="parquet")
+    parser.add_argument("--flow-encoding", choices=("int16", "float16"), default="int16",
+                        help="int16: flow in 1/64 px steps (KITTI precision) and confidence in 1/255, about "
+                             "half the bytes (default); float16: as the model's float16 output")
+    parser.add_argument("--partition", default="corpus,video",
+                        help="hive partition keys, comma-separated, from {corpus, video}; 'none' for flat")
+    parser.add_argument("--corpus", help="corpus name (default: last path element of each input's root)")
+    parser.add_argument("--segment-frames", type=int, default=1800,
+                        help="split videos larger than --split-mb into read tasks of about this many frames")
+    parser.add_argument("--split-mb", type=float, default=256.0,
+                        help="videos above this size are split (default 256)")
+    parser.add_argument("--frame-labels", metavar="NAME", choices=("perceiver_image_classifier",),
+                        help="add the top-k image classes of frame0 to each pair row: perceiver_image_classifier")
+    parser.add_argument("--frame-labels-checkpoint", metavar="URI", help="its HuggingFace model directory")
+    parser.add_argument("--frame-labels-top-k", type=int, default=5, help="classes per frame (default 5)")
+    parser.add_argument("--frame-labels-every", type=int, default=1, metavar="N",
+                        help="classify frame0 of every N-th pair of a video; the others get nulls (default 1)")
+    parser.add_argument("--clip-labels", metavar="NAME", choices=("perceiver_multimodal",),
+                        help="write a clip table to <out>/_clips/ (Kinetics-700 classes and reconstruction errors "
+                             "of 16-frame clips with audio): perceiver_multimodal")
+    parser.add_argument("--clip-labels-checkpoint", metavar="URI", help="its HuggingFace model directory")
+    parser.add_argument("--clip-labels-top-k", type=int, default=5, help="classes per clip (default 5)")
+    add_storage_options(parser)
+    add_cluster_options(parser)
+
+
+def register(subparsers: argparse._SubParsersAction, help: str) -> None:
+    """Add ``flowlabel label`` (called by jobs.cli)."""
+    parser = subparsers.add_parser("label", help=help)
+    add_label_arguments(parser)
+    parser.set_defaults(func=cmd_label)
+
+
+def label_job(args: argparse.Namespace) -> LabelJob:
+    """The options of ``flowlabel label`` as a :class:`LabelJob`."""
+    formats = ("parquet", "npz") if args.format == "both" else (args.format,)
+    partition = () if args.partition == "none" else tuple(p.strip() for p in args.partition.split(",") if p.strip())
+    decode = DecodeOptions(stride=args.stride, fps=args.fps, max_side=args.max_side,
+                           max_pairs=args.max_pairs_per_video, max_pixels=args.max_pixels, oversize=args.oversize)
+    return LabelJob(
+        inputs=tuple(args.inputs),
+        sink=SinkOptions(args.out, formats=formats, partition=partition, flow_encoding=args.flow_encoding),
+        labeler=labeler_config(args),
+        read=ReadOptions(decode=decode, chunk_bytes=int(args.chunk_mb * 2**20)),
+        plan=PlanOptions(segment_frames=args.segment_frames, split_bytes=int(args.split_mb * 2**20)),
+        cluster=cluster_options(args),
+        corpus=args.corpus,
+        storage_options=args.storage_options,
+        frame_labels=FrameLabelOptions(args.frame_labels, args.frame_labels_checkpoint or "",
+                                       top_k=args.frame_labels_top_k, every=args.frame_labels_every)
+        if args.frame_labels else None,
+        clip_labels=ClipLabelOptions(args.clip_labels, args.clip_labels_checkpoint or "", top_k=args.clip_labels_top_k)
+        if args.clip_labels else None,
+    )
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    job = label_job(args)
+    result = run_label(job)
+    print(format_label_summary(result, job.sink))
+    return result.exit_code
+
+
+def format_label_summary(result: LabelResult, sink: SinkOptions) -> str:
+    """What ``flowlabel label`` prints at the end: totals, one line per video, failures, stage statistics."""
+    out = sink.out
+    if result.settled_before and result.settled_before == result.units and not result.pairs:
+        lines = [f"nothing to do: all {result.units} units of these {result.sources} sources were already labeled "
+                 f"in {out} by an earlier run with the same settings"]
+    else:
+        files = result.chunks * len(sink.formats)
+        lines = [f"labeled {result.pairs} pairs from {result.sources} sources in {result.seconds:.1f} s "
+                 f"({result.pairs_per_second:.2f} pairs/s): {result.chunks} chunks in {files} files "
+                 f"({' + '.join(sink.formats)}), {result.bytes_written / 2**20:.1f} MiB, in {out}"]
+        if result.settled_before:
+            lines.append(f"resumed: {result.settled_before} of {result.units} units were already labeled "
+                         "by an earlier run")
+    if result.per_video:
+        lines.append(f"{'pairs':>7}  {'mean |flow| px':>14}  {'occluded':>8}  source")
+        for v in result.per_video:
+            lines.append(f"{v['pairs']:>7}  {v['mean_flow_magnitude']:>14.3f}  {v['occluded_fraction']:>7.1%}  "
+                         f"{v['source']}")
+    if result.clips:
+        lines.append(f"labeled {result.clips} clips ({join(out, CLIPS_DIR)}/)")
+    for r in result.skipped:
+        lines.append(f"skipped  {r.source}: {r.message}")
+    for r in result.errors:
+        lines.append(f"FAILED   {r.source} [{r.stage}] {r.error_type}: {r.message}")
+    lines += format_stats(result.stats)
+    if result.errors:
+        lines.append(f"{len(result.errors)} input(s) failed; details in {join(out, ERRORS_DIR)}/ (exit code 2)")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":  # python -m jobs.label SRC... --out DST (as on a Ray cluster's working dir)
     import sys
 
-    from .cli import main
-
-    sys.exit(main(["label", *sys.argv[1:]]))
+    _parser = argparse.ArgumentParser(prog="flowlabel label", description=__doc__.splitlines()[0])
+    add_label_arguments(_parser)
+    _parser.set_defaults(func=cmd_label, command="label")
+    sys.exit(run_command(_parser.parse_args()))

@@ -38,7 +38,7 @@ from .raft import (
     upsample_convex,
 )
 from .raft_corr import CORRELATIONS, min_feature_size
-from .registry import Checkpoint, ModelSpec, StateDict
+from .registry import C_T, Checkpoint, ModelSpec, StateDict, train_scores
 
 PAD_MODES = ("sintel", "kitti")
 MASK_WIDTH = 256  # hidden width of the convex-upsampling mask head
@@ -283,7 +283,6 @@ V1_DRIVE = "https://drive.google.com/drive/folders/1PeyOr4kmSuMWrh4iwYKbVLqDU6WP
 V2_DRIVE = "https://drive.google.com/drive/folders/1a_eX_wYN1qTw2Rj1naEXhcsG4D3KKxFw"  # README, "Version 2.0"
 # evaluate.py pads Sintel centred and KITTI at the bottom (InputPadder mode 'kitti').
 BENCHMARKS = {"sintel": {"pad_mode": "sintel"}, "kitti": {"pad_mode": "kitti"}}
-CT = "FlyingChairs → FlyingThings3D (C+T)"
 
 # Evaluation settings of the official scripts: code.v.1.0/val.sh and viz.sh, code.v.2.0/val.sh
 # (stop mode "abs", eps 1e-3 and eval_factor 1.5 are the argparse defaults of both versions).
@@ -293,22 +292,12 @@ H_EVAL = {"solver": "naive", "f_thres": 40, "eval_factor": 1.5, "stop_mode": "ab
 INPUT_DEFAULTS = {"corr": "all_pairs", "pad_mode": "sintel"}
 
 
-def _scores(clean: float, final: float, kitti_epe: float, kitti_fl_all: float) -> dict[str, float]:
-    """Sintel train EPE (clean, final), KITTI-2015 train per-image EPE and Fl-all (%), as evaluate.py."""
-    return {
-        "sintel_train_clean_epe": clean,
-        "sintel_train_final_epe": final,
-        "kitti_train_epe": kitti_epe,
-        "kitti_train_fl_all": kitti_fl_all,
-    }
-
-
 def _h_v1_things(run: int, scores: dict[str, float]) -> Checkpoint:
     return Checkpoint(
         name=f"deq-flow-H-things-test-{run}",
         filename=f"deq-flow-H-things-test-{run}.pth",
         url=V1_DRIVE,
-        trained_on=CT,
+        trained_on=C_T,
         eval_config=H_V1_EVAL,
         benchmark_config=BENCHMARKS,
         published=scores,
@@ -327,10 +316,10 @@ SPECS = (
                 name="deq-flow-B-things-test",
                 filename="deq-flow-B-things-test.pth",
                 url=V1_DRIVE,
-                trained_on=CT,
+                trained_on=C_T,
                 eval_config=B_EVAL,
                 benchmark_config=BENCHMARKS,
-                published=_scores(1.43, 2.79, 5.43, 16.67),
+                published=train_scores(1.43, 2.79, 5.43, 16.67),
                 source="README (code.v.1.0 table; log code.v.1.0/ref/val.txt); Sintel/KITTI-2015 train",
             ),
         ),
@@ -346,22 +335,22 @@ SPECS = (
                 name="deq-flow-H-things-test-1x",
                 filename="deq-flow-H-things-test-1x.pth",
                 url=V2_DRIVE,
-                trained_on=CT + ", 120k Things steps",
+                trained_on=C_T + ", 120k Things steps",
                 eval_config=H_EVAL,
                 benchmark_config=BENCHMARKS,
-                published=_scores(1.27, 2.58, 3.76, 12.95),
+                published=train_scores(1.27, 2.58, 3.76, 12.95),
                 source="README (Version 2.0 table; log code.v.2.0/log/val.txt); Sintel/KITTI-2015 train",
             ),
             Checkpoint(
                 name="deq-flow-H-things-test-3x",
                 filename="deq-flow-H-things-test-3x.pth",
                 url=V2_DRIVE,
-                trained_on=CT + ", 360k Things steps",
+                trained_on=C_T + ", 360k Things steps",
                 # The README row comes from val.sh's third run, eval_factor 3.0 (120 steps); with 1.5
                 # the log reports Sintel 1.270 / 2.500, KITTI 3.863 / 13.52.
                 eval_config={**H_EVAL, "eval_factor": 3.0},
                 benchmark_config=BENCHMARKS,
-                published=_scores(1.27, 2.48, 3.77, 13.41),
+                published=train_scores(1.27, 2.48, 3.77, 13.41),
                 source="README (Version 2.0 table; log code.v.2.0/log/val.txt, eval_factor 3.0); Sintel/KITTI-2015 train",
             ),
         ),
@@ -373,14 +362,14 @@ SPECS = (
         description="DEQ-Flow-H (Bai et al., CVPR 2022), code.v.1.0 layout; Broyden solver",
         default_config={**H_V1_EVAL, **INPUT_DEFAULTS},
         checkpoints=(
-            _h_v1_things(1, _scores(1.45, 2.58, 3.97, 13.41)),
-            _h_v1_things(2, _scores(1.37, 2.62, 3.97, 13.62)),
-            _h_v1_things(3, _scores(1.36, 2.62, 4.02, 13.92)),
+            _h_v1_things(1, train_scores(1.45, 2.58, 3.97, 13.41)),
+            _h_v1_things(2, train_scores(1.37, 2.62, 3.97, 13.62)),
+            _h_v1_things(3, train_scores(1.36, 2.62, 4.02, 13.92)),
             Checkpoint(
                 name="deq-flow-H-sintel",
                 filename="deq-flow-H-sintel.pth",
                 url=V1_DRIVE,
-                trained_on=CT + " → Sintel+Things+KITTI+HD1K (code.v.1.0/train_H_full.sh)",
+                trained_on=C_T + " → Sintel+Things+KITTI+HD1K (code.v.1.0/train_H_full.sh)",
                 eval_config=H_V1_EVAL,  # no official eval script; its training solver with the default eval_factor
                 benchmark_config=BENCHMARKS,
                 source="file list: github.com/locuslab/deq-flow/issues/7",
@@ -389,7 +378,7 @@ SPECS = (
                 name="deq-flow-H-kitti",
                 filename="deq-flow-H-kitti.pth",
                 url=V1_DRIVE,
-                trained_on=CT + " → S+T+K+H → KITTI-2015 (code.v.1.0/train_H_full.sh)",
+                trained_on=C_T + " → S+T+K+H → KITTI-2015 (code.v.1.0/train_H_full.sh)",
                 eval_config=H_V1_EVAL,  # code.v.1.0/viz.sh
                 benchmark_config=BENCHMARKS,
                 source="code.v.1.0/viz.sh; file list: github.com/locuslab/deq-flow/issues/7",
@@ -407,10 +396,10 @@ SPECS = (
                 name="deq-flow-T-things-test",
                 filename="deq-flow-T-things-test.pth",
                 url="https://drive.google.com/file/d/1_XV_x4wY7f6wq4bzHUPcxNje8t1GHXEg",
-                trained_on=CT,
+                trained_on=C_T,
                 eval_config={**H_EVAL, "eval_f_thres": 36},
                 benchmark_config=BENCHMARKS,
-                published=_scores(1.768, 3.147, 7.60, 23.74),
+                published=train_scores(1.768, 3.147, 7.60, 23.74),
                 source="maintainer's comment, github.com/locuslab/deq-flow/issues/6 (val.sh with --tiny --eval_f_thres 36)",
             ),
         ),

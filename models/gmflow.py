@@ -22,7 +22,7 @@ from .checkpoint import CheckpointError
 from .contract import FlowModel
 from .gmflow_backbone import CNNEncoder
 from .gmflow_transformer import FeatureFlowAttention, FeatureTransformer, add_window_position, local_windows
-from .registry import Checkpoint, ModelSpec, StateDict
+from .registry import C_T, C_T_SKHT, C_T_SKHT_K, Checkpoint, ModelSpec, StateDict
 
 # The official model normalizes 0–255 RGB with the ImageNet statistics (gmflow/utils.py).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -289,9 +289,6 @@ EVALUATE_SH = "haofeixu/gmflow scripts/evaluate.sh expected output (GMFlow paper
 PAPER_TABLE4 = "GMFlow paper (Xu et al., CVPR 2022, arXiv:2111.13680) Table 4"
 NO_SCORE = "no published score for this checkpoint"
 
-C_T = "FlyingChairs → FlyingThings3D (C+T)"
-C_T_SKHT = C_T + " → Sintel+KITTI+HD1K+Things mix (C+T+S+K+H)"
-C_T_SKHT_K = C_T_SKHT + " → KITTI-2015"
 
 
 def _official(filename: str, trained_on: str, eval_config: Mapping, published: Mapping, source: str) -> Checkpoint:

@@ -32,7 +32,7 @@ from torch import nn
 from .contract import FlowModel
 from .raft_convert import convert_raft_state
 from .raft_corr import CORRELATIONS, min_feature_size
-from .registry import Checkpoint, ModelSpec
+from .registry import C_T, C_T_SKHT, C_T_SKHT_K, Checkpoint, ModelSpec, sintel_test_scores, train_scores
 
 NORMS = ("batch", "instance", "none")
 PAD_MODES = ("sintel", "kitti")
@@ -441,25 +441,6 @@ KITTI_EVAL = {"iters": 24, "pad_mode": "kitti"}
 CHAIRS_EVAL = {"iters": 24, "pad_mode": "sintel"}
 BENCHMARKS = {"sintel": SINTEL_EVAL, "kitti": KITTI_EVAL, "chairs": CHAIRS_EVAL}
 
-C_T = "FlyingChairs → FlyingThings3D (C+T)"
-C_T_SKHT = C_T + " → Sintel+KITTI+HD1K+Things mix (C+T+S+K+H)"
-C_T_SKHT_K = C_T_SKHT + " → KITTI-2015"
-
-
-def _train_scores(clean: float, final: float, kitti_epe: float, kitti_fl_all: float) -> dict[str, float]:
-    """Sintel train EPE (clean, final), KITTI-2015 train per-image EPE and Fl-all (%)."""
-    return {
-        "sintel_train_clean_epe": clean,
-        "sintel_train_final_epe": final,
-        "kitti_train_epe": kitti_epe,
-        "kitti_train_fl_all": kitti_fl_all,
-    }
-
-
-def _sintel_test_scores(clean: float, final: float) -> dict[str, float]:
-    return {"sintel_test_clean_epe": clean, "sintel_test_final_epe": final}
-
-
 def _official(filename: str, trained_on: str, published: dict[str, float], **fields) -> Checkpoint:
     return Checkpoint(
         name=filename.removesuffix(".pth"),
@@ -488,23 +469,23 @@ def _torchvision(filename: str, trained_on: str, published: dict[str, float], **
 
 LARGE_CHECKPOINTS = (
     _official("raft-chairs.pth", "FlyingChairs (C)", {}, eval_config=CHAIRS_EVAL, source="no published score"),
-    _official("raft-things.pth", C_T, _train_scores(1.43, 2.71, 5.04, 17.4)),
+    _official("raft-things.pth", C_T, train_scores(1.43, 2.71, 5.04, 17.4)),
     _official(
         "raft-sintel.pth",
         C_T_SKHT,
-        _sintel_test_scores(1.94, 3.18),
+        sintel_test_scores(1.94, 3.18),
         # The paper's warm-start row (1.61 / 2.86) initializes each frame from the previous flow.
         source=OFFICIAL_SOURCE + ", without warm start",
     ),
     _official("raft-kitti.pth", C_T_SKHT_K, {"kitti_test_fl_all": 5.10}, eval_config=KITTI_EVAL),
     _torchvision("raft_large_C_T_V1-22a6c225.pth", C_T + ", ported from raft-things.pth",
-                 _train_scores(1.4411, 2.7894, 5.0172, 17.4506)),
+                 train_scores(1.4411, 2.7894, 5.0172, 17.4506)),
     _torchvision("raft_large_C_T_V2-1bb1363a.pth", C_T + ", retrained by torchvision",
-                 _train_scores(1.3822, 2.7161, 4.5118, 16.0679)),
+                 train_scores(1.3822, 2.7161, 4.5118, 16.0679)),
     _torchvision("raft_large_C_T_SKHT_V1-0b8c9e55.pth", C_T_SKHT + ", ported from raft-sintel.pth",
-                 _sintel_test_scores(1.94, 3.18)),
+                 sintel_test_scores(1.94, 3.18)),
     _torchvision("raft_large_C_T_SKHT_V2-ff5fadd5.pth", C_T_SKHT + ", retrained by torchvision",
-                 _sintel_test_scores(1.819, 3.067)),
+                 sintel_test_scores(1.819, 3.067)),
     _torchvision("raft_large_C_T_SKHT_K_V1-4a6a5039.pth", C_T_SKHT_K + ", ported from raft-kitti.pth",
                  {"kitti_test_fl_all": 5.10}, eval_config=KITTI_EVAL),
     _torchvision("raft_large_C_T_SKHT_K_V2-b5c70766.pth", C_T_SKHT_K + ", retrained by torchvision",
@@ -515,13 +496,13 @@ SMALL_CHECKPOINTS = (
     _official(
         "raft-small.pth",
         C_T,
-        _train_scores(2.21, 3.35, 7.51, 26.9),
+        train_scores(2.21, 3.35, 7.51, 26.9),
         sha256="c7d41b9cc88442bb8aa911dbb33086dac55a226394b142937ff22d5578717332",
     ),
     _torchvision("raft_small_C_T_V1-ad48884c.pth", C_T + ", ported from raft-small.pth",
-                 _train_scores(2.1231, 3.2790, 7.6557, 25.2801)),
+                 train_scores(2.1231, 3.2790, 7.6557, 25.2801)),
     _torchvision("raft_small_C_T_V2-01064c6d.pth", C_T + ", retrained by torchvision",
-                 _train_scores(1.9901, 3.2831, 7.5978, 25.2369)),
+                 train_scores(1.9901, 3.2831, 7.5978, 25.2369)),
 )
 
 DEFAULT_CONFIG = {"iters": 32, "corr": "all_pairs", "pad_mode": "sintel"}

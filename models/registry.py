@@ -51,6 +51,29 @@ class Checkpoint:
         object.__setattr__(self, "published", _frozen(self.published))
 
 
+# How the released checkpoints were trained, as their ``trained_on`` says it (the papers' abbreviations in
+# brackets); shared by the models trained on the same schedule.
+C_T = "FlyingChairs → FlyingThings3D (C+T)"
+C_T_SKHT = C_T + " → Sintel+KITTI+HD1K+Things mix (C+T+S+K+H)"
+C_T_SKHT_K = C_T_SKHT + " → KITTI-2015"
+
+
+def train_scores(clean: float, final: float, kitti_epe: float, kitti_fl_all: float) -> dict[str, float]:
+    """``published`` scores on the training splits: Sintel EPE (clean, final), KITTI-2015 per-image EPE and
+    Fl-all (%), as the official evaluate.py scripts report them."""
+    return {
+        "sintel_train_clean_epe": clean,
+        "sintel_train_final_epe": final,
+        "kitti_train_epe": kitti_epe,
+        "kitti_train_fl_all": kitti_fl_all,
+    }
+
+
+def sintel_test_scores(clean: float, final: float) -> dict[str, float]:
+    """``published`` Sintel test (server) EPE, clean and final."""
+    return {"sintel_test_clean_epe": clean, "sintel_test_final_epe": final}
+
+
 def identity(state: StateDict) -> StateDict:
     """Converter for checkpoints whose keys already match the model."""
     return state

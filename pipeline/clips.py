@@ -1,6 +1,6 @@
 """Clip labels (``--clip-labels``): consecutive clips of a video with their audio → the clip table.
 
-Stages, each a plain function or class (the Ray wiring is in :mod:`jobs.clips`):
+Stages, each a plain function or class (the Ray wiring is in :mod:`jobs.label_clips`):
   * :func:`iter_clip_chunks` (read tasks): decode the video once, resample it to the model's frame
     rate (25 frames/s for Perceiver IO's multimodal model), cut consecutive non-overlapping clips
     of its frame count (16), each frame centre-cropped and resized for the model; read the audio

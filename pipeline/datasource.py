@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from fsspec.core import strip_protocol
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
@@ -56,7 +57,7 @@ def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport
     if source.kind == "sequence":
         fs, _ = filesystem(source.uri, storage_options)
         last = len(source.frames) if unit.stop is None else min(len(source.frames), unit.stop + options.stride)
-        frames = iter_sequence_frames(fs.cat_file, _strip(fs, source.frames[unit.start:last]),
+        frames = iter_sequence_frames(fs.cat_file, _strip(source.frames[unit.start:last]),
                                       first_index=unit.start, fit=options.fit)
         if options.fps is not None:
             raise ValueError("--fps needs timestamps; image sequences have none")
@@ -79,8 +80,9 @@ def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport
         yield from _limit(pairs, unit, options)
 
 
-def _strip(fs, uris: tuple[str, ...]) -> list[str]:
-    return [fs._strip_protocol(u) for u in uris]
+def _strip(uris: tuple[str, ...]) -> list[str]:
+    """The paths of ``uris`` as their filesystem's methods take them (fsspec's public helper)."""
+    return [strip_protocol(u) for u in uris]
 
 
 def _limit(pairs: Iterator[Pair], unit: ReadUnit, options: DecodeOptions) -> Iterator[Pair]:

@@ -35,8 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from tests.conftest import TEST_DATA
+
 FIXTURE = Path(__file__).parent / "data" / "deqflow_reference.npz"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = TEST_DATA  # FLOWLABEL_TEST_DATA (tests/conftest.py)
 SINTEL_CLEAN = SHARED / "benchmarks/Sintel/training/clean/alley_1"
 CROP = (slice(150, 278), slice(400, 528))
 SUBSAMPLE = (slice(None), slice(None, None, 3), slice(None, None, 3))  # C×H×W → every third pixel

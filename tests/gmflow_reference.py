@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tests.conftest import TEST_DATA
+
 FIXTURE = Path(__file__).parent / "data" / "gmflow_reference.npz"
-SINTEL_CLEAN = Path(__file__).resolve().parents[2] / "shared/data/benchmarks/Sintel/training/clean/alley_1"
+SINTEL_CLEAN = TEST_DATA / "benchmarks/Sintel/training/clean/alley_1"  # FLOWLABEL_TEST_DATA (tests/conftest.py)
 SEED = 0
 SIZE = (60, 108)  # H, W: padded to 64×112 (gmflow) and 64×128 (gmflow_refine)
 

@@ -29,8 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from tests.conftest import TEST_DATA
+
 FIXTURE = Path(__file__).parent / "data" / "raft_reference.npz"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = TEST_DATA  # FLOWLABEL_TEST_DATA (tests/conftest.py)
 SINTEL_CLEAN = SHARED / "benchmarks/Sintel/training/clean/alley_1"
 RAFT_SMALL = SHARED / "weights" / "raft-small.pth"
 ITERS = 12

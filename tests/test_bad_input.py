@@ -94,6 +94,7 @@ def test_max_pixels_downscales_or_rejects(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_data")
 def test_bad_inputs_in_one_run_exit_2_with_everything_else_labeled(ray_local, tmp_path, capsys):
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -16,6 +16,7 @@ from .conftest import VIDEOS
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_data")
 def test_quick_subset_end_to_end(ray_local, tmp_path, monkeypatch):
     monkeypatch.setattr(bench_suites, "DECODE_SIZES", {"tiny": (72, 96)})
     monkeypatch.setattr(bench_model, "MODEL_SIZES", {"tiny": (96, 128)})
@@ -75,12 +76,13 @@ def test_quick_subset_end_to_end(ray_local, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_data")
 def test_cli_quick_run(tmp_path):
     """The real ``flowlabel bench --quick`` (as ``make bench`` runs it) as a smoke run: every suite
     finishes without an error and covers what it should; its numbers are not judged."""
     json_path, markdown = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md"
     done = subprocess.run([sys.executable, "-m", "jobs.cli", "bench", "--quick", "--cache-dir", str(tmp_path / "cache"),
-                           "--json", str(json_path), "--markdown", str(markdown)],
+                           "--json", str(json_path), "--markdown", str(markdown), "--videos", str(VIDEOS)],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(json_path.read_text())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -13,7 +11,7 @@ from pipeline import benchmarks, flowio
 from pipeline.benchmarks import LayoutError, list_pairs, load_pair
 from pipeline.viz import encode_png
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+from .conftest import BENCHMARKS as BENCH
 SINTEL = str(BENCH / "Sintel")
 KITTI = str(BENCH / "KITTI")
 MIDDLEBURY = str(BENCH / "middlebury")
@@ -22,15 +20,6 @@ CHAIRS = str(BENCH / "FlyingChairs_release")
 
 def zero_flow_epe(sample: benchmarks.Sample) -> float:
     return float(np.hypot(sample.flow[..., 0], sample.flow[..., 1])[sample.valid].mean())
-
-
-@pytest.fixture
-def memory_root():
-    root = f"memory://bench-{uuid.uuid4().hex}"
-    yield root
-    fs = fsspec.filesystem("memory")
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
 
 
 def put(uri: str, data: bytes) -> None:
@@ -45,6 +34,7 @@ def tiny_png(value: int, shape=(4, 6)) -> bytes:
 
 
 @pytest.mark.parametrize("pass_name", ["clean", "final"])
+@pytest.mark.usefixtures("shared_data")
 def test_sintel_pairs_with_ground_truth_follow_frame_numbers(pass_name):
     records = benchmarks.list_sintel(SINTEL, pass_name=pass_name)
     assert [(r.sequence, r.frame) for r in records] == [
@@ -61,6 +51,7 @@ def test_sintel_pairs_with_ground_truth_follow_frame_numbers(pass_name):
     assert cave.pair_id == f"sintel/training/{pass_name}/cave_2/2"
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_sintel_all_consecutive_pairs_without_requiring_ground_truth():
     records = benchmarks.list_sintel(SINTEL, require_gt=False)
     assert [(r.sequence, r.frame, r.flow is not None) for r in records] == [
@@ -70,6 +61,7 @@ def test_sintel_all_consecutive_pairs_without_requiring_ground_truth():
     ]
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_sintel_samples_match_the_known_ground_truth():
     records = {r.pair_id: r for r in benchmarks.list_sintel(SINTEL)}
     for frame, expected in ((1, 2.803), (2, 2.983), (3, 3.120)):
@@ -87,6 +79,7 @@ def test_sintel_samples_match_the_known_ground_truth():
     np.testing.assert_array_equal(without.image1, with_masks.image0)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_sintel_test_split_and_layout_errors(memory_root):
     with pytest.raises(LayoutError, match=r"test/clean/<scene>/frame_NNNN\.png"):
         benchmarks.list_sintel(SINTEL, split="test", require_gt=False)
@@ -108,6 +101,7 @@ def test_sintel_test_split_and_layout_errors(memory_root):
         benchmarks.list_sintel(memory_root)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_sintel_through_a_memory_filesystem_matches_local(memory_root):
     for rel in ["training/clean/cave_2/frame_0002.png", "training/clean/cave_2/frame_0003.png",
                 "training/clean/cave_2/frame_0004.png", "training/flow/cave_2/frame_0002.flo",
@@ -125,6 +119,7 @@ def test_sintel_through_a_memory_filesystem_matches_local(memory_root):
 # ----------------------------------------------------------------------------- KITTI
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_kitti2015_pair_and_sample():
     (record,) = benchmarks.list_kitti2015(KITTI)
     assert (record.sequence, record.frame, record.flow_noc) == ("000000", 10, None)
@@ -136,6 +131,7 @@ def test_kitti2015_pair_and_sample():
     assert sample.occlusion is None  # no flow_noc in the excerpt
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_kitti_noc_ground_truth_gives_the_occlusion_mask(memory_root):
     root = f"{memory_root}/KITTI"
     for rel in ["training/image_2/000000_10.png", "training/image_2/000000_11.png", "training/flow_occ/000000_10.png"]:
@@ -150,6 +146,7 @@ def test_kitti_noc_ground_truth_gives_the_occlusion_mask(memory_root):
     np.testing.assert_array_equal(sample.occlusion, valid & ~noc_valid)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_kitti_layout_errors():
     with pytest.raises(LayoutError, match=rf"{KITTI}/training/colored_0/NNNNNN_10\.png"):
         benchmarks.list_kitti2012(KITTI)
@@ -170,6 +167,7 @@ def test_kitti2012_layout(memory_root):
 # ----------------------------------------------------------------------------- Middlebury
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_middlebury_pairs_colour_before_gray():
     records = benchmarks.list_middlebury(MIDDLEBURY)
     assert [r.sequence for r in records] == [
@@ -181,6 +179,7 @@ def test_middlebury_pairs_colour_before_gray():
     assert all(r.frame == 10 and r.image1.endswith("frame11.png") and r.flow.endswith("flow10.flo") for r in records)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_middlebury_samples():
     records = {r.sequence: r for r in benchmarks.list_middlebury(MIDDLEBURY)}
     whale = load_pair(records["RubberWhale"])
@@ -194,6 +193,7 @@ def test_middlebury_samples():
         assert 0 < (~sample.valid).mean() < 0.1 and np.abs(sample.flow).max() < 100
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_middlebury_test_split_is_missing():
     with pytest.raises(LayoutError, match=r"eval-data/<seq>/frame10\.png"):
         benchmarks.list_middlebury(MIDDLEBURY, split="test", require_gt=False)
@@ -202,6 +202,7 @@ def test_middlebury_test_split_is_missing():
 # ----------------------------------------------------------------------------- FlyingChairs
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_flyingchairs_all_pairs_and_a_sample():
     records = benchmarks.list_flyingchairs(CHAIRS, split="all")
     assert [r.frame for r in records] == list(range(9))
@@ -211,6 +212,7 @@ def test_flyingchairs_all_pairs_and_a_sample():
     assert zero_flow_epe(sample) == pytest.approx(25.556, abs=5e-4)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_flyingchairs_split_file(memory_root):
     with pytest.raises(LayoutError, match=rf"{CHAIRS}/FlyingChairs_train_val\.txt"):
         benchmarks.list_flyingchairs(CHAIRS, split="val")
@@ -270,6 +272,7 @@ def test_flyingthings3d_subset_layout(memory_root):
 # ----------------------------------------------------------------------------- HD1K and by name
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_hd1k_layout(memory_root):
     for n in range(3):
         put(f"{memory_root}/hd1k_input/image_2/000000_{n:04d}.png", tiny_png(n))
@@ -284,6 +287,7 @@ def test_hd1k_layout(memory_root):
         list_pairs("hd1k", SINTEL)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_list_pairs_by_name():
     assert list_pairs("sintel", SINTEL, pass_name="final") == benchmarks.list_sintel(SINTEL, pass_name="final")
     assert sorted(benchmarks.BENCHMARKS) == [

@@ -15,7 +15,8 @@ import psutil
 import pytest
 from ray.data import DataContext
 
-from jobs.cli import build_parser, cluster_options
+from jobs.cli import build_parser
+from jobs.options import cluster_options
 from jobs.cluster import MIN_ACTORS_WAIT_S, SINGLE_MACHINE_ENV, ClusterOptions, plan_stages
 from jobs.stats import format_stats, placements, run_stats
 
@@ -39,7 +40,7 @@ def test_one_actor_per_gpu_and_decode_sized_to_the_actors(fresh_context):
     assert pool.max_concurrent_calls_per_actor == 2 and pool.enable_true_multi_threading
     # GPU actors keep Ray Data's default of one CPU: naming it beside GPUs is "experimental".
     assert plan.label["num_gpus"] == 1.0 and "num_cpus" not in plan.label
-    assert plan.read == {"num_cpus": 1.0, "memory": 8 * CHUNK, "concurrency": 8}
+    assert plan.read == {"num_cpus": 1.0, "memory": 384 * 2**20 + 8 * CHUNK, "concurrency": 8}
     assert plan.write == {"num_cpus": 0.5}
     assert plan.describe()["labeler"] == {"min_actors": 1, "max_actors": 4, "gpus_per_actor": 1.0,
                                           "cpus_per_actor": 1.0, "tasks_per_actor": 3, "calls_per_actor": 2}
@@ -177,3 +178,16 @@ def test_decode_and_write_stages_never_import_torch():
             "print(sorted(m for m in ('torch', 'models') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_private_ray_switch_loopback_only_sets_still_exists():
+    """loopback_only() sets a constant in ray._private (no public API for it once Ray is imported): an upgrade
+    that moves or renames it must fail here, not quietly bind a local Ray to every interface."""
+    import importlib
+    import inspect
+
+    from jobs.cluster import RAY_CLUSTER_SWITCH, RAY_CONSTANTS_MODULE
+
+    constants = importlib.import_module(RAY_CONSTANTS_MODULE)
+    assert isinstance(getattr(constants, RAY_CLUSTER_SWITCH), bool)
+    assert SINGLE_MACHINE_ENV in inspect.getsource(constants)  # the constant is still read from that variable

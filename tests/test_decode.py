@@ -106,8 +106,11 @@ def short_gop_video(tmp_path_factory):
 # Units planned: all pairs / at most 30 pairs (segments starting past pair 30 are not read at all).
 @pytest.mark.parametrize("video, units_expected", [("short_gop", (4, 2)), ("var_fps", (2, 1))])
 @pytest.mark.parametrize("decode", [DecodeOptions(), DecodeOptions(stride=2, fps=12), DecodeOptions(max_pairs=30)])
-def test_split_video_gives_exactly_the_pairs_of_the_whole_video(short_gop_video, video, units_expected, decode):
+def test_split_video_gives_exactly_the_pairs_of_the_whole_video(request, short_gop_video, video, units_expected,
+                                                                 decode):
     """Keyframe-aligned segments (forced small here) reproduce the unsplit pairs and times."""
+    if video == "var_fps":
+        request.getfixturevalue("shared_data")
     path = short_gop_video if video == "short_gop" else VIDEOS / "var_fps_video.mp4"  # VFR, keyframes at 0, 250
     whole, _ = read_all(path, decode)
     split_plan = PlanOptions(segment_frames=12, split_bytes=0)
@@ -198,8 +201,12 @@ def test_decode_image_gray_alpha_and_16_bit():
 
 
 def test_manifest_of_corpus_matches_readme(shared_data):
-    manifest = json.loads((VIDEOS / "manifest.json").read_text())
-    assert manifest  # the corpus description that REAL above is taken from is present
+    """REAL above is taken from the corpus manifest: the folder holds exactly the files it describes, at their
+    sizes, and every frame count in REAL is the one the manifest says PyAV decodes."""
+    manifest = {f["file"]: f for f in json.loads((VIDEOS / "manifest.json").read_text())["files"]}
+    on_disk = {p.name: p.stat().st_size for p in VIDEOS.iterdir() if p.name not in ("README.md", "manifest.json")}
+    assert on_disk == {name: f["bytes"] for name, f in manifest.items()}
+    assert {name: manifest[name]["decode"]["frames_decoded"] for name in REAL} == {n: r[0] for n, r in REAL.items()}
 
 
 def test_interlaced_frames_are_deinterlaced(shared_data):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import struct
-import uuid
-from pathlib import Path
 
 import cv2
 import fsspec
@@ -13,7 +11,7 @@ import pytest
 
 from pipeline import flowio
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+from .conftest import BENCHMARKS as BENCH
 SINTEL_FLOW = BENCH / "Sintel" / "training" / "flow"
 MIDDLEBURY = BENCH / "middlebury"
 KITTI_FLOW = BENCH / "KITTI" / "training" / "flow_occ" / "000000_10.png"
@@ -25,18 +23,10 @@ def mean_magnitude(flow: np.ndarray, valid: np.ndarray) -> float:
     return float(np.hypot(flow[..., 0], flow[..., 1])[valid].mean())
 
 
-@pytest.fixture
-def memory_root():
-    root = f"memory://flowio-{uuid.uuid4().hex}"
-    yield root
-    fs = fsspec.filesystem("memory")
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
-
-
 # ----------------------------------------------------------------------------- .flo
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_every_shared_flo_starts_with_the_magic_and_decodes_to_its_header_size():
     files = sorted(BENCH.rglob("*.flo"))
     assert len(files) == 5 + 8 + 9  # Sintel, Middlebury, FlyingChairs
@@ -50,6 +40,7 @@ def test_every_shared_flo_starts_with_the_magic_and_decodes_to_its_header_size()
 
 
 @pytest.mark.parametrize("frame, expected", [(1, 2.803), (2, 2.983), (3, 3.120)])
+@pytest.mark.usefixtures("shared_data")
 def test_sintel_alley_1_zero_flow_epe(frame, expected):
     flow, valid = flowio.read_flow(str(SINTEL_FLOW / "alley_1" / f"frame_{frame:04d}.flo"))
     assert flow.shape == (436, 1024, 2)
@@ -57,6 +48,7 @@ def test_sintel_alley_1_zero_flow_epe(frame, expected):
     assert mean_magnitude(flow, valid) == pytest.approx(expected, abs=5e-4)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_rubberwhale_unknown_pixels_and_zero_flow_epe():
     flow, valid = flowio.read_flow(str(MIDDLEBURY / "other-gt-flow" / "RubberWhale" / "flow10.flo"))
     assert int((~valid).sum()) == 3622
@@ -65,6 +57,7 @@ def test_rubberwhale_unknown_pixels_and_zero_flow_epe():
 
 
 @pytest.mark.parametrize("sequence", ["Dimetrodon", "Hydrangea"])
+@pytest.mark.usefixtures("shared_data")
 def test_middlebury_1_67e9_markers_are_invalid(sequence):
     path = MIDDLEBURY / "other-gt-flow" / sequence / "flow10.flo"
     raw = np.frombuffer(path.read_bytes(), "<f4", offset=12).reshape(-1, 2)
@@ -75,6 +68,7 @@ def test_middlebury_1_67e9_markers_are_invalid(sequence):
     assert np.abs(flow).max() < 100
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_flyingchairs_00004_zero_flow_epe():
     flow, valid = flowio.read_flow(str(CHAIRS / "00004_flow.flo"))
     assert flow.shape == (384, 512, 2) and valid.all()
@@ -105,6 +99,7 @@ def test_flo_rejects_bad_magic_and_truncation():
 # ----------------------------------------------------------------------------- KITTI PNG
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_kitti_000000_valid_fraction_max_flow_and_zero_flow_epe():
     flow, valid = flowio.read_flow(str(KITTI_FLOW))
     assert flow.shape == (375, 1242, 2)
@@ -114,6 +109,7 @@ def test_kitti_000000_valid_fraction_max_flow_and_zero_flow_epe():
     assert mean_magnitude(flow, valid) == pytest.approx(51.010, abs=5e-4)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_kitti_channels_are_u_from_red_and_v_from_green():
     flow, valid = flowio.read_flow(str(KITTI_FLOW))
     # A camera driving forward: the scene expands, so u < 0 on the left, u > 0 on the right,
@@ -209,6 +205,7 @@ def test_pfm_rejects_a_bad_header():
 # ----------------------------------------------------------------------------- images
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_middlebury_gray_frames_become_rgb():
     path = MIDDLEBURY / "other-data-gray" / "Venus" / "frame10.png"
     assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).ndim == 2  # really single-channel on disk
@@ -218,6 +215,7 @@ def test_middlebury_gray_frames_become_rgb():
     np.testing.assert_array_equal(image[..., 0], cv2.imread(str(path), cv2.IMREAD_UNCHANGED))
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_chairs_ppm_with_trailing_space_header_reads_as_rgb():
     path = CHAIRS / "00004_img1.ppm"
     data = path.read_bytes()
@@ -228,6 +226,7 @@ def test_chairs_ppm_with_trailing_space_header_reads_as_rgb():
     np.testing.assert_array_equal(image, expected)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_sintel_png_is_rgb_and_png_variants_decode():
     image = flowio.read_image(str(BENCH / "Sintel" / "training" / "clean" / "alley_1" / "frame_0001.png"))
     assert image.shape == (436, 1024, 3) and image.dtype == np.uint8
@@ -245,6 +244,7 @@ def test_sintel_png_is_rgb_and_png_variants_decode():
     assert decoded.shape == (8, 8, 3) and abs(int(decoded[..., 0].mean()) - 200) <= 2 and decoded[..., 2].max() <= 3
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_image_and_flow_errors_name_the_file():
     with pytest.raises(FileNotFoundError, match="nowhere.png"):
         flowio.read_image(str(BENCH / "nowhere.png"))
@@ -255,6 +255,7 @@ def test_image_and_flow_errors_name_the_file():
 # ----------------------------------------------------------------------------- through fsspec
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_memory_filesystem_reads_shared_files_and_round_trips_writers(memory_root):
     fs = fsspec.filesystem("memory")
     flo_uri = f"{memory_root}/alley_1/frame_0002.flo"

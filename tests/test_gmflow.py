@@ -148,14 +148,22 @@ def test_registry_records():
         "gmflow_refine": ["gmflow_with_refine_things-36579974.pth", "gmflow_with_refine_sintel-3ed1cf48.pth",
                           "gmflow_with_refine_kitti-8d3b9786.pth"],
     }
+    # The official scripts/evaluate.sh settings, spelled out (not read back from the registry's own constants).
+    official = {
+        "gmflow": {"num_scales": 1, "upsample_factor": 8, "padding_factor": 16, "attn_splits_list": (2,),
+                   "corr_radius_list": (-1,), "prop_radius_list": (-1,)},
+        "gmflow_refine": {"num_scales": 2, "upsample_factor": 4, "padding_factor": 32, "attn_splits_list": (2, 8),
+                          "corr_radius_list": (-1, 4), "prop_radius_list": (-1, 1)},
+    }
     for name, filenames in expected.items():
         spec = get_spec(name)
         assert [c.filename for c in spec.checkpoints] == filenames
+        assert {k: spec.default_config[k] for k in official[name]} == official[name]
         for ckpt in spec.checkpoints:
             assert ckpt.sha256 is None and ckpt.url.startswith("https://drive.google.com/")
             assert ckpt.benchmark_config["kitti"]["pad_mode"] == "kitti"
             assert spec.find_checkpoint(f"s3://bucket/models/{ckpt.filename}") is ckpt
-            assert all(spec.default_config[k] == v for k, v in ckpt.eval_config.items())
+            assert dict(ckpt.eval_config) == official[name]
     assert get_spec("gmflow").find_checkpoint("x/gmflow_things-e9887eda.pth").published["sintel_train_clean_epe"] == 1.495
     refine_sintel = get_spec("gmflow_refine").find_checkpoint("gmflow_with_refine_sintel-3ed1cf48.pth")
     assert refine_sintel.published == {"sintel_test_clean_epe": 1.74, "sintel_test_final_epe": 2.90}

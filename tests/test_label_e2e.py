@@ -27,7 +27,7 @@ GENERATED = {"moving.mp4": (96, 128, 10), "odd.webm": (61, 83, 8), "camera.avi":
 
 
 @pytest.fixture(scope="module")
-def s3_corpus(local_s3, tmp_path_factory):
+def s3_corpus(shared_data, local_s3, tmp_path_factory):
     """Generated videos (3 codecs), a broken and a one-frame real file, and Sintel alley_1 as a sequence."""
     local = tmp_path_factory.mktemp("corpus")
     for name, (h, w, n) in GENERATED.items():
@@ -89,7 +89,7 @@ def test_label_from_s3_writes_every_pair_exactly_once(ray_local, local_s3, s3_co
 def test_cli_label_local_paths(ray_local, tmp_path, capsys):
     write_translating_video(tmp_path / "in" / "clip.mp4", 64, 80, 5, MOTION) if (tmp_path / "in").mkdir() is None else None
     out = tmp_path / "out"
-    code = main(["label", str(tmp_path / "in"), str(BENCHMARKS / "Middlebury" / "missing"),
+    code = main(["label", str(tmp_path / "in"), str(tmp_path / "missing"),
                  "--out", str(out), "--format", "both", "--stride", "2", "--max-pairs-per-video", "2"])
     printed = capsys.readouterr().out
     assert code == 2  # the missing input is an error row, the rest is labeled
@@ -100,6 +100,7 @@ def test_cli_label_local_paths(ray_local, tmp_path, capsys):
     assert set(table.column_names) >= {"flow", "occlusion", "confidence", "video_id", "t0", "model", "checkpoint"}
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_label_with_raft_small_real_weights(ray_local, tmp_path):
     """A learned model through the same pipeline: the official RAFT-small checkpoint, on Ray."""
     from .conftest import RAFT_SMALL

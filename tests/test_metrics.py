@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from pipeline import flowio, metrics
 from pipeline.metrics import PairStats, ScoreAccumulator, pair_stats
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+from .conftest import BENCHMARKS as BENCH
 
 
 def constant(h: int, w: int, u: float, v: float) -> np.ndarray:
@@ -171,6 +170,7 @@ def test_shape_mismatches_are_rejected():
         metrics.sparsification_curves(np.ones(3), np.ones(3), fractions=(0.0, 1.0))
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_zero_prediction_on_real_ground_truth():
     acc = ScoreAccumulator()
     for frame in (1, 2, 3):

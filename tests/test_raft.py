@@ -34,7 +34,7 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def small_real() -> RAFT:
+def small_real(shared_data) -> RAFT:
     return load_model("raft_small", checkpoint=str(RAFT_SMALL), iters=ITERS)
 
 
@@ -53,6 +53,7 @@ def random_pair(b: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, to
 
 
 @torch.no_grad()
+@pytest.mark.usefixtures("shared_data")
 def test_small_real_weights_match_official(small_real, reference):
     flow = small_real(*sintel_pair("small_real"))
     ours = flow[0][SUBSAMPLE]
@@ -61,6 +62,7 @@ def test_small_real_weights_match_official(small_real, reference):
 
 
 @torch.no_grad()
+@pytest.mark.usefixtures("shared_data")
 def test_large_seeded_weights_match_official(reference):
     model = load_model("raft_large", random_init=True, iters=ITERS)
     load_strict(model, seeded_state(model))
@@ -89,6 +91,7 @@ def test_on_demand_lookup_equals_all_pairs(radius):
 
 
 @torch.no_grad()
+@pytest.mark.usefixtures("shared_data")
 def test_on_demand_model_equals_all_pairs(small_real):
     image0, image1 = sintel_pair("small_real")
     expected = small_real(image0, image1)
@@ -122,6 +125,7 @@ def test_odd_small_input_shape_and_finite(name):
 
 @torch.no_grad()
 @pytest.mark.parametrize("pad_mode", ["sintel", "kitti"])
+@pytest.mark.usefixtures("shared_data")
 def test_padding_round_trip(small_real, pad_mode):
     """forward = crop(predict(pad(x))): the flow of each input pixel is read at its padded position."""
     image0, image1 = sintel_pair("small_real")  # 131×197 → 136×200
@@ -139,6 +143,7 @@ def test_padding_round_trip(small_real, pad_mode):
 
 
 @torch.no_grad()
+@pytest.mark.usefixtures("shared_data")
 def test_bidirectional_is_both_directions(small_real):
     image0, image1 = sintel_pair("small_real")
     fwd, bwd = small_real.bidirectional(image0, image1)
@@ -150,6 +155,7 @@ def test_bidirectional_is_both_directions(small_real):
 
 
 @torch.no_grad()
+@pytest.mark.usefixtures("shared_data")
 def test_autocast_keeps_correlation_in_float32(small_real):
     seen = []
     hook = small_real.update_block.encoder.register_forward_pre_hook(lambda _, args: seen.append(args[1].dtype))
@@ -183,6 +189,7 @@ def test_parameter_counts_match_published():
     assert sum(p.numel() for p in load_model("raft_small", random_init=True).parameters()) == 990_162
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_real_checkpoint_loads_with_registry_settings(small_real):
     spec = get_spec("raft_small")
     record = spec.find_checkpoint(str(RAFT_SMALL))
@@ -372,6 +379,7 @@ def epe(model: RAFT, frame0, frame1, gt_path) -> float:
         ),
     ],
 )
+@pytest.mark.usefixtures("shared_data")
 def test_real_weights_reproduce_official_epe(small_real, frames, gt, expected):
     value = epe(small_real, *(BENCHMARKS / f for f in frames), BENCHMARKS / gt)
     assert math.isclose(value, expected, abs_tol=0.005), value

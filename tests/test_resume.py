@@ -61,7 +61,7 @@ def test_rerun_of_a_finished_job_does_no_work(ray_local, corpus, baseline):
     out, (keys, _) = baseline
     before = {p: p.stat().st_mtime_ns for p in data_files(out)}
     result = run_label(make_job(corpus, out))
-    assert result.pairs == 0 and result.chunks == 0
+    assert result.pairs == 0 and result.chunks == 0 and result.settled_before == result.units > 0
     assert {p: p.stat().st_mtime_ns for p in data_files(out)} == before
     assert rows(out)[0] == keys
 
@@ -98,7 +98,7 @@ def test_partial_output_is_completed_without_duplicates(ray_local, corpus, basel
 
 def test_changed_settings_refuse_to_mix(ray_local, corpus, baseline):
     out, _ = baseline
-    with pytest.raises(OutputConflictError, match="stride"):
+    with pytest.raises(OutputConflictError, match=r"\(read\.decode\.stride: 1 → 2\)"):
         run_label(make_job(corpus, out, stride=2))
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from jobs.cli import main
-from jobs.score import ScoreJob, run_score
+from jobs.score_model import ScoreJob, run_score
 from models import load_model
 from pipeline import flowio
 from pipeline.benchmarks import load_pair
@@ -51,6 +51,7 @@ def direct_epes(benchmark: str, root: str, split: str | None) -> dict[str, tuple
 
 @pytest.mark.slow
 @pytest.mark.parametrize("benchmark, folder, split, counts", EXCERPTS, ids=[e[0] for e in EXCERPTS])
+@pytest.mark.usefixtures("shared_data")
 def test_dis_on_every_excerpt_matches_a_direct_computation(ray_local, tmp_path, benchmark, folder, split, counts):
     root = str(BENCHMARKS / folder)
     result = run_score(ScoreJob(benchmark, root, split=split, labeler=LabelerConfig("dis", batch_size=2),
@@ -97,6 +98,7 @@ def test_dis_on_every_excerpt_matches_a_direct_computation(ray_local, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_data")
 def test_cli_score_exit_codes(ray_local, tmp_path, capsys):
     root = str(BENCHMARKS / "FlyingChairs_release")
     code = main(["score", "chairs", "--root", root, "--split", "all", "--pairs", "4", "--model", "dis",

@@ -24,6 +24,7 @@ REFERENCE = {  # official code, per pair
     ["sintel", "--root", str(BENCHMARKS / "Sintel"), "--pass", "clean", "--pairs", "alley_1/*"],
     ["middlebury", "--root", str(BENCHMARKS / "middlebury"), "--pairs", "RubberWhale/*"],
 ], ids=["sintel-clean-alley_1", "middlebury-RubberWhale"])
+@pytest.mark.usefixtures("shared_data")
 def test_raft_small_reproduces_the_official_epe(ray_local, tmp_path, args):
     code = main(["score", *args, "--model", "raft_small", "--checkpoint", str(RAFT_SMALL),
                  "--set", "iters=12", "--set", "pad_mode=sintel", "--batch-size", "1", "--out", str(tmp_path)])

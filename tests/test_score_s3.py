@@ -9,7 +9,7 @@ import uuid
 import pytest
 import s3fs
 
-from jobs.score import ScoreJob, run_score
+from jobs.score_model import ScoreJob, run_score
 from pipeline.labeler import LabelerConfig
 
 from .conftest import BENCHMARKS
@@ -18,6 +18,7 @@ PAIRS = ("0", "1", "2")
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_data")
 def test_score_from_s3_gives_the_local_numbers(ray_local, local_s3):
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **local_s3.storage_options)
     prefix = f"{local_s3.bucket}/score-{uuid.uuid4().hex[:8]}"

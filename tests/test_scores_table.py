@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import main
-from jobs.score import ScoreJob, run_score
-from jobs.scores import load_config, parse_config
+from jobs.score_model import ScoreJob, run_score
+from jobs.score_table import load_config, parse_config
 from models import REGISTRY
 from pipeline.labeler import LabelerConfig
 
-from .conftest import BENCHMARKS, SHARED
+from .conftest import BENCHMARKS, WEIGHTS
 
 CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "scores.yaml"
 
@@ -49,12 +49,13 @@ def table_line(text: str, *needles: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_data")
 def test_scores_regenerates_the_table_on_a_tiny_config(ray_local, tmp_path):
     config = tmp_path / "scores.yaml"
     config.write_text(TINY)
     output = tmp_path / "SCORES.md"
     code = main(["scores", "--config", str(config), "--data-root", str(BENCHMARKS),
-                 "--weights-dir", str(SHARED / "weights"), "--output", str(output)])
+                 "--weights-dir", str(WEIGHTS), "--output", str(output)])
     assert code == 0
     text = output.read_text()
 
@@ -70,7 +71,7 @@ def test_scores_regenerates_the_table_on_a_tiny_config(ray_local, tmp_path):
     # Missing weights: "not run", the reason, and the published number with its source; no number of ours.
     large = table_line(text, "| raft_large | raft-things.pth |")
     assert "| not run | 1.43 | – |" in large
-    assert f"weights not available here (raft-things.pth not in {SHARED / 'weights'})" in large
+    assert f"weights not available here (raft-things.pth not in {WEIGHTS})" in large
     assert "RAFT paper Table 1" in large
     # Weights present but only an excerpt of the split: not run against the full-split number.
     small = table_line(text, "| raft_small | raft-small.pth | MPI-Sintel training final |")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.score import ScoreJob, resolve_settings
+from jobs.score_model import ScoreJob, resolve_settings
 from models import get_spec, load_model
 from pipeline import flowio
 from pipeline.benchmarks import PairRecord, load_pair
@@ -33,6 +33,7 @@ def test_benchmark_config_applies_under_user_overrides():
     assert benchmark_overrides(None, "kitti", {"preset": "fast"}) == {"preset": "fast"}
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_resolve_settings_records_where_each_setting_comes_from():
     job = ScoreJob("kitti", KITTI, labeler=LabelerConfig("raft_small", checkpoint=str(RAFT_SMALL),
                                                          overrides={"iters": 12}))
@@ -44,6 +45,7 @@ def test_resolve_settings_records_where_each_setting_comes_from():
     assert settings["flow_dtype"] == "float32"
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_list_benchmark_passes_patterns_and_errors():
     both = list_benchmark("sintel", SINTEL)
     assert sorted(both) == ["clean", "final"] and [len(v) for v in both.values()] == [5, 5]
@@ -59,6 +61,7 @@ def test_list_benchmark_passes_patterns_and_errors():
         list_benchmark("sintel2", SINTEL)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_rows_carry_a_pair_between_stages_unchanged():
     record = list_benchmark("sintel", SINTEL, passes=("clean",), patterns=("alley_1/*",))["clean"]
     with_masks, without = load_pair(record[1]), load_pair(record[0])
@@ -71,6 +74,7 @@ def test_rows_carry_a_pair_between_stages_unchanged():
     np.testing.assert_array_equal(row_to_sample(sample_to_row(with_masks)).occlusion, with_masks.occlusion)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_label_pairs_float32_option_keeps_the_model_flow_and_default_stays_float16():
     sample = load_pair(list_benchmark("middlebury", MIDDLEBURY, patterns=("RubberWhale/*",))[""][0])
     model = load_model("dis")
@@ -86,6 +90,7 @@ def test_label_pairs_float32_option_keeps_the_model_flow_and_default_stays_float
         label_pairs(model, a, b, out_dtype=np.float64)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_score_samples_equals_a_direct_epe_and_counts_occlusion():
     records = list_benchmark("sintel", SINTEL, passes=("clean",), patterns=("alley_1/1", "alley_1/2"))["clean"]
     samples = [load_pair(r) for r in records]

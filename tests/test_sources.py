@@ -8,6 +8,7 @@ from pipeline.sources import list_sources, natural_key, sanitize_partition_value
 from .conftest import BENCHMARKS, VIDEOS
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_folder_of_videos_lists_every_video_with_stable_ids():
     sources, errors = list_sources([str(VIDEOS)])
     assert errors == []
@@ -28,6 +29,7 @@ def test_image_folder_is_one_sequence_in_natural_order(tmp_path):
     assert [Path(f).name for f in seq.frames] == [f"f{i}.png" for i in range(1, 12)]  # f2 before f10
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_sintel_scene_folder_and_globs():
     scene = BENCHMARKS / "Sintel" / "training" / "clean" / "alley_1"
     [seq], _ = list_sources([str(scene)])
@@ -37,6 +39,7 @@ def test_sintel_scene_folder_and_globs():
     assert {s.corpus for s in videos} == {"videos"}
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_single_file_takes_its_folder_as_corpus_and_explicit_corpus_wins():
     [src], _ = list_sources([str(VIDEOS / "fire2.mp4")])
     assert src.corpus == "videos"
@@ -44,6 +47,7 @@ def test_single_file_takes_its_folder_as_corpus_and_explicit_corpus_wins():
     assert src.corpus == "etc_x_y"
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_missing_inputs_are_reported_not_raised(tmp_path):
     sources, errors = list_sources([str(tmp_path / "nope.mp4"), str(VIDEOS / "fire2.mp4"), str(tmp_path / "*.mkv")])
     assert [Path(s.uri).name for s in sources] == ["fire2.mp4"]

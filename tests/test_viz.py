@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import flowio, viz
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+from .conftest import BENCHMARKS as BENCH
 # Produced once with the official RAFT code's core/utils/flow_viz.py (princeton-vl/RAFT, a port of the
 # Middlebury colour code); see tests/data/README.md.
 REFERENCE = Path(__file__).resolve().parent / "data" / "flow_colours_raft_flow_viz.npz"
@@ -62,6 +62,7 @@ def test_robust_max_ignores_a_few_outliers():
     assert viz.robust_max_radius(flow) < 11
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_matches_the_reference_implementation_exactly():
     reference = np.load(REFERENCE)
     grid = np.linspace(-1.5, 1.5, 41)
@@ -90,6 +91,7 @@ def test_mask_confidence_and_panel():
         viz.panel(frame, flow, np.zeros((3, 2), bool))
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_write_png_through_fsspec_round_trips(tmp_path):
     sample_flow, valid = flowio.read_flow(str(BENCH / "KITTI" / "training" / "flow_occ" / "000000_10.png"))
     frame = flowio.read_image(str(BENCH / "KITTI" / "training" / "image_2" / "000000_10.png"))

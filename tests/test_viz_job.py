@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jobs.cli import main
-from jobs.viz import find_label_files, read_label_file, viz_flow_file, viz_labels, viz_pair
+from jobs.visualize import find_label_files, read_label_file, viz_flow_file, viz_labels, viz_pair
 from pipeline import flowio, viz
 from pipeline.decode import DecodeReport, iter_video_frames
 from pipeline.labeler import LabelerConfig
@@ -34,6 +34,7 @@ def find_tile(panel: np.ndarray, tile: np.ndarray, x: int = 0, max_y: int = 80) 
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_data")
 def test_viz_labels_of_a_label_run_png_and_mp4(ray_local, tmp_path):
     out = tmp_path / "labels"
     assert main(["label", str(BEAR), "--out", str(out), "--max-pairs-per-video", "4", "--format", "both"]) == 0
@@ -69,6 +70,7 @@ def test_viz_labels_of_a_label_run_png_and_mp4(ray_local, tmp_path):
     assert np.abs(video[3][:panel.shape[0]].astype(int) - panel.astype(int)).mean() < 8
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_viz_pair_without_and_with_a_model(tmp_path):
     root = str(BENCHMARKS / "middlebury")
     (plain,) = viz_pair("middlebury", root, ["RubberWhale/*"], str(tmp_path / "a"))
@@ -83,6 +85,7 @@ def test_viz_pair_without_and_with_a_model(tmp_path):
     find_tile(b, image0)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_viz_flow_file_blackens_invalid_pixels(tmp_path):
     flow_path = BENCHMARKS / "KITTI/training/flow_occ/000000_10.png"
     image_path = BENCHMARKS / "KITTI/training/image_2/000000_10.png"
@@ -100,6 +103,7 @@ def test_viz_flow_file_blackens_invalid_pixels(tmp_path):
     assert (body[valid[:, : w - w // 3]].max(axis=1) > 0).all()
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_cli_viz_exit_codes(tmp_path, capsys):
     flow = str(BENCHMARKS / "Sintel/training/flow/alley_1/frame_0001.flo")
     assert main(["viz", "flow", flow, "--out", str(tmp_path)]) == 0

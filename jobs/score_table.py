@@ -1,6 +1,6 @@
 """``flowlabel scores``: ``jobs/scores.yaml`` → ``SCORES.md``, the benchmark table of the registered models.
 
-Every row whose weights and data are available locally is scored through :func:`jobs.score.run_score`
+Every row whose weights and data are available locally is scored through :func:`jobs.score_model.run_score`
 (one run per model × checkpoint × benchmark × pass × settings, shared by the rows that need it);
 every other row says "not run" and why, next to its reference number. A number over an excerpt of
 a benchmark says so and is never set against a number over the full split.
@@ -28,7 +28,8 @@ from pipeline.scoring import benchmark_info, benchmark_overrides, list_benchmark
 from pipeline.storage import filesystem, join, scrub, write_atomic
 
 from .cluster import ClusterOptions
-from .score import ScoreJob, ScoreResult, fmt, run_score
+from .options import add_cluster_options, add_storage_options, cluster_options
+from .score_model import ScoreJob, ScoreResult, fmt, run_score
 
 EXIT_OK, EXIT_FAILED = 0, 1
 METRICS = {"epe": "EPE", "epe_image_mean": "EPE (image mean)", "fl_all": "Fl-all %", "px1": "<1 px %",
@@ -437,18 +438,17 @@ def run_scores(config_uri: str, *, data_root: str, weights_dir: str, output: str
 # ----------------------------------------------------------------------------- CLI
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``flowlabel scores`` (called by jobs.cli through SUBCOMMANDS)."""
-    from .cli import add_cluster_options, add_storage_options
-
-    p = subparsers.add_parser("scores", help="regenerate SCORES.md from jobs/scores.yaml",
+def register(subparsers: argparse._SubParsersAction, help: str) -> None:
+    """Add ``flowlabel scores`` (called by jobs.cli)."""
+    p = subparsers.add_parser("scores", help=help,
                               description="Score every row of the config whose weights and data are available "
                                           "locally and write the markdown table; other rows say 'not run' and why.")
     p.add_argument("--config", default="jobs/scores.yaml", help="table definition (default jobs/scores.yaml)")
-    p.add_argument("--data-root", default="../shared/data/benchmarks",
-                   help="folder holding the benchmarks in their official layouts (default ../shared/data/benchmarks)")
-    p.add_argument("--weights-dir", default="../shared/data/weights",
-                   help="folder holding checkpoint files by their official names (default ../shared/data/weights)")
+    p.add_argument("--data-root", default="data/benchmarks",
+                   help="folder holding the benchmarks in their official layouts (default %(default)s); rows whose "
+                        "data are not there say 'not run' and why")
+    p.add_argument("--weights-dir", default="data/weights",
+                   help="folder holding checkpoint files by their official names (default %(default)s)")
     p.add_argument("--output", default="SCORES.md", help="where the table goes (default SCORES.md)")
     add_storage_options(p)
     add_cluster_options(p)
@@ -456,8 +456,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_scores(args: argparse.Namespace) -> int:
-    from .cli import cluster_options
-
     command = "flowlabel scores " + " ".join(shlex.quote(a) for a in (
         "--config", args.config, "--data-root", args.data_root, "--weights-dir", args.weights_dir,
         "--output", args.output))

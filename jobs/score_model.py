@@ -29,6 +29,7 @@ from pipeline.scoring import (BENCHMARK_INFO, Scorer, benchmark_info, benchmark_
 from pipeline.storage import filesystem, join, scrub, write_atomic
 
 from .cluster import ClusterOptions, actor_pool, connect
+from .options import add_cluster_options, add_model_options, add_storage_options, cluster_options, labeler_config
 
 EXIT_OK, EXIT_FAILED = 0, 1
 SCORES_JSON = "scores.json"
@@ -246,11 +247,9 @@ def score_table(scores: Sequence[Mapping[str, Any]]) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``flowlabel score`` (called by jobs.cli through SUBCOMMANDS)."""
-    from .cli import add_cluster_options, add_model_options, add_storage_options
-
-    p = subparsers.add_parser("score", help="score a model on a benchmark's pairs with ground truth",
+def register(subparsers: argparse._SubParsersAction, help: str) -> None:
+    """Add ``flowlabel score`` (called by jobs.cli)."""
+    p = subparsers.add_parser("score", help=help,
                               description="Score a flow model on a benchmark in its official layout; writes "
                                           "scores.json and scores.md to --out, and prints the table.")
     p.add_argument("benchmark", choices=sorted(BENCHMARK_INFO), help="kitti is KITTI-2015")
@@ -270,14 +269,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .cli import cluster_options, parse_overrides
-
     job = ScoreJob(
         benchmark=args.benchmark, root=args.root, split=args.split,
         passes=(args.pass_name,) if args.pass_name else (), pairs=tuple(args.pairs),
-        labeler=LabelerConfig(model=args.model, checkpoint=args.checkpoint, checkpoint_sha256=args.checkpoint_sha256,
-                              overrides=parse_overrides(args.overrides), batch_size=args.batch_size,
-                              precision=args.precision),
+        labeler=labeler_config(args),
         out=args.out, save_flow=args.save_flow, cluster=cluster_options(args), storage_options=args.storage_options,
     )
     try:

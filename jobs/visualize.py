@@ -24,6 +24,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from fsspec.core import strip_protocol
 
 from pipeline import viz
 from pipeline.benchmarks import Sample, load_pair
@@ -37,6 +38,8 @@ from pipeline.scoring import BENCHMARK_INFO, list_benchmark
 from pipeline.sinks import NPZ_DIR
 from pipeline.sources import list_sources
 from pipeline.storage import filesystem, join, scrub, write_atomic
+
+from .options import add_model_options, add_storage_options, labeler_config
 
 EXIT_OK, EXIT_FAILED = 0, 1
 GRID_COLUMNS = 2
@@ -214,7 +217,7 @@ def decode_frames(source: str, indices: Iterable[int], size: tuple[int, int],
     if src.kind == "sequence":
         for i in sorted(wanted):
             if i < len(src.frames):
-                frames[i] = decode_image(fs.cat_file(fs._strip_protocol(src.frames[i])))
+                frames[i] = decode_image(fs.cat_file(strip_protocol(src.frames[i])))
     else:
         with fs.open(path, "rb") as f:
             for frame in iter_video_frames(f, DecodeReport()):
@@ -321,14 +324,12 @@ def viz_flow_file(uri: str, out: str, *, image: str | None = None, max_radius: f
 # ----------------------------------------------------------------------------- CLI
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``flowlabel viz {labels,pair,flow}`` (called by jobs.cli through SUBCOMMANDS)."""
-    from .cli import add_model_options, add_storage_options
-
-    p = subparsers.add_parser("viz", help="pictures (PNG, MP4) of labels, benchmark pairs and flow files")
+def register(subparsers: argparse._SubParsersAction, help: str) -> None:
+    """Add ``flowlabel viz {labels,pair,flow}`` (called by jobs.cli)."""
+    p = subparsers.add_parser("viz", help=help)
     sub = p.add_subparsers(dest="what", required=True)
 
-    labels = sub.add_parser("labels", help="labeled chunks (Parquet/npz) → PNG panels, MP4 per video")
+    labels = sub.add_parser("labels", help="labeled chunks (Parquet/npz) → PNG panels (and with --mp4 an MP4 per video)")
     labels.add_argument("uri", help="a chunk file or a `flowlabel label` output folder")
     labels.add_argument("--out", required=True, help="folder or URI for the pictures")
     labels.add_argument("--video", help="only this video_id")
@@ -378,12 +379,7 @@ def cmd_viz_labels(args: argparse.Namespace) -> int:
 
 
 def cmd_viz_pair(args: argparse.Namespace) -> int:
-    from .cli import parse_overrides
-
-    labeler = None
-    if args.model:
-        labeler = LabelerConfig(model=args.model, checkpoint=args.checkpoint, checkpoint_sha256=args.checkpoint_sha256,
-                                overrides=parse_overrides(args.overrides), precision=args.precision)
+    labeler = labeler_config(args) if args.model else None
     return _run("pair", lambda: viz_pair(args.benchmark, args.root, args.pairs, args.out, split=args.split,
                                          pass_name=args.pass_name, labeler=labeler,
                                          storage_options=args.storage_options), args.storage_options)
