@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from .contract import FlowModel
+from .contract import FlowModel, PairFlows, frames_used
 from .registry import ModelSpec
 
 DIS_PRESETS = {
@@ -54,6 +54,13 @@ class OpenCVFlow(FlowModel):
         # the pairs and convert each frame twice: 15 % of DIS's time at 960×540).
         gray0, gray1 = to_gray_uint8(image0), to_gray_uint8(image1)
         return self._flows(gray0, gray1, image0.device), self._flows(gray1, gray0, image0.device)
+
+    def predict_pairs(self, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> PairFlows:
+        # Each frame of the run is converted to grey once, across its pairs and both directions.
+        frames, (index0, index1) = frames_used(frames, index0, index1)
+        gray = to_gray_uint8(frames)
+        gray0, gray1 = gray[index0.cpu().numpy()], gray[index1.cpu().numpy()]
+        return PairFlows(self._flows(gray0, gray1, frames.device), self._flows(gray1, gray0, frames.device))
 
     def _flows(self, gray0: np.ndarray, gray1: np.ndarray, device: torch.device) -> torch.Tensor:
         """B×H×W uint8 pairs → B×2×H×W float32 flow on ``device``."""

@@ -80,6 +80,16 @@ def check_frames(frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tenso
         raise ValueError(f"expected index0 and index1 of one length, got {index0.numel()} and {index1.numel()}")
 
 
+def frames_used(frames: torch.Tensor, *indices: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The frames of N×3×H×W ``frames`` (or N×… features) that ``indices`` point at, each once and in
+    order, and each index remapped to positions among them: a model encodes those frames once,
+    whatever pairs they form. When every frame is used, ``frames`` and ``indices`` come back as they are."""
+    used, inverse = torch.unique(torch.cat(indices), return_inverse=True)
+    if used.numel() == frames.shape[0]:
+        return frames, indices
+    return frames[used], tuple(inverse.split([index.numel() for index in indices]))
+
+
 def check_pair(image0: torch.Tensor, image1: torch.Tensor) -> None:
     """Raise ValueError unless both images are float B×3×H×W of the same shape."""
     for name, img in (("image0", image0), ("image1", image1)):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, strip_prefix
-from .contract import FlowModel
+from .contract import FlowModel, PairFlows, frames_used
 from .deq_solvers import STOP_MODES, SolverResult, get_solver
 from .raft import (
     DOWNSAMPLE,
@@ -160,29 +160,64 @@ class DEQFlow(FlowModel):
         return options
 
     def predict(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
-        """Padded B×3×H×W RGB in [0, 255] → B×2×H×W flow in pixels.
+        """Padded B×3×H×W RGB in [0, 255] → B×2×H×W flow in pixels."""
+        index = torch.arange(image0.shape[0], device=image0.device)
+        return self._flows(torch.cat([image0, image1]), index, index + image0.shape[0])
 
-        Inputs under 128 px a side are replicate-padded to 128 first, as RAFT does: the 4-level
+    def predict_bidirectional(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward B×2×H×W flow; each image is encoded once for both directions."""
+        index = torch.arange(image0.shape[0], device=image0.device)
+        flows = self.predict_pairs(torch.cat([image0, image1]), index, index + image0.shape[0])
+        return flows.forward, flows.backward
+
+    def predict_pairs(self, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> PairFlows:
+        """Both flows of P pairs of padded N×3×H×W frames; each frame goes through each encoder once,
+        and the 2P fixed points (forward pairs, then backward) are solved as one batch, as
+        :meth:`predict_bidirectional`'s stacked pairs."""
+        p = index0.numel()
+        flow = self._flows(frames, torch.cat([index0, index1]), torch.cat([index1, index0]))
+        return PairFlows(flow[:p], flow[p:])
+
+    def _flows(self, frames: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """M×2×H×W flow from frames[first[i]] to frames[second[i]] (N×3×H×W, multiples of 8).
+
+        Frames under 128 px a side are replicate-padded to 128 first, as RAFT does: the 4-level
         correlation pyramid needs 2 pixels per axis at 1/64 scale (the official code returns NaN below).
         """
-        h, w = image0.shape[-2:]
+        h, w = frames.shape[-2:]
         pad_h, pad_w = max(self.min_size - h, 0), max(self.min_size - w, 0)
         if not (pad_h or pad_w):
-            return self.estimate(image0, image1)[0]
+            return self.estimate_pairs(frames, first, second)[0]
         pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
-        flow, _ = self.estimate(F.pad(image0, pads, mode="replicate"), F.pad(image1, pads, mode="replicate"))
+        flow, _ = self.estimate_pairs(F.pad(frames, pads, mode="replicate"), first, second)
         return flow[..., pads[2] : pads[2] + h, pads[0] : pads[0] + w]
 
-    @torch.no_grad()
     def estimate(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, SolverResult]:
         """B×3×H×W RGB in [0, 255], H and W multiples of 8 and ≥ 128 → (B×2×H×W flow in pixels, solver result).
 
         The solver result's ``z`` is the flat fixed point [GRU state, 1/8-resolution target coordinates].
         """
-        image0 = 2 * (image0 / 255.0) - 1.0
-        image1 = 2 * (image1 / 255.0) - 1.0
-        fmap0, fmap1 = self.fnet(torch.cat([image0, image1])).float().chunk(2)
-        context = torch.relu(self.cnet(image0))
+        index = torch.arange(image0.shape[0], device=image0.device)
+        return self.estimate_pairs(torch.cat([image0, image1]), index, index + image0.shape[0])
+
+    def _encode(
+        self, frames: torch.Tensor, first: torch.Tensor, second: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features of frames[first] and frames[second], context of frames[first]; each encoder
+        sees each frame it needs once (the context encoder only frames that start a pair)."""
+        frames, (first_f, second_f) = frames_used(frames, first, second)
+        images = 2 * (frames / 255.0) - 1.0
+        fmaps = self.fnet(images).float()
+        images, (first_c,) = frames_used(images, first_f)
+        return fmaps[first_f], fmaps[second_f], torch.relu(self.cnet(images))[first_c]
+
+    @torch.no_grad()
+    def estimate_pairs(
+        self, frames: torch.Tensor, first: torch.Tensor, second: torch.Tensor
+    ) -> tuple[torch.Tensor, SolverResult]:
+        """M pairs (frames[first[i]], frames[second[i]]) of N×3×H×W RGB in [0, 255], H and W multiples
+        of 8 and ≥ 128 → (M×2×H×W flow in pixels, solver result of the M pairs)."""
+        fmap0, fmap1, context = self._encode(frames, first, second)
         b, _, h, w = fmap0.shape
         coords0 = coords_grid(b, h, w, fmap0.device)
         n_hidden = self.dims.hidden * h * w

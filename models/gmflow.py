@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError
-from .contract import FlowModel
+from .contract import FlowModel, PairFlows, frames_used
 from .gmflow_backbone import CNNEncoder
 from .gmflow_transformer import FeatureFlowAttention, FeatureTransformer, add_window_position, local_windows
 from .registry import C_T, C_T_SKHT, C_T_SKHT_K, Checkpoint, ModelSpec, StateDict
@@ -171,20 +171,32 @@ class GMFlow(FlowModel):
 
     def predict(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
         """Padded B×3×H×W float RGB in [0, 255] → B×2×H×W float32 flow in pixels."""
-        return self._flow(image0, image1, bidirectional=False)
+        b = image0.shape[0]
+        features = self.backbone(normalize_image(torch.cat((image0, image1))))  # coarse to fine
+        return self._match([f[:b] for f in features], [f[b:] for f in features], bidirectional=False)
 
     def predict_bidirectional(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and backward B×2×H×W flow; features are extracted (and, at the first scale,
         transformed) once for both directions, as the official ``pred_bidir_flow``."""
-        flow = self._flow(image0, image1, bidirectional=True)
-        return flow[: image0.shape[0]], flow[image0.shape[0] :]
+        index = torch.arange(image0.shape[0], device=image0.device)
+        flows = self.predict_pairs(torch.cat((image0, image1)), index, index + image0.shape[0])
+        return flows.forward, flows.backward
 
-    def _flow(self, image0: torch.Tensor, image1: torch.Tensor, *, bidirectional: bool) -> torch.Tensor:
-        b = image0.shape[0]
-        features = self.backbone(normalize_image(torch.cat((image0, image1))))  # coarse to fine
+    def predict_pairs(self, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> PairFlows:
+        """Both flows of P pairs of padded N×3×H×W frames: the CNN backbone sees each frame once;
+        the transformer and the matching run per pair, both directions at once."""
+        frames, (index0, index1) = frames_used(frames, index0, index1)
+        features = self.backbone(normalize_image(frames))  # coarse to fine
+        flow = self._match([f[index0] for f in features], [f[index1] for f in features], bidirectional=True)
+        return PairFlows(flow[: index0.numel()], flow[index0.numel() :])
+
+    def _match(
+        self, features0: list[torch.Tensor], features1: list[torch.Tensor], *, bidirectional: bool
+    ) -> torch.Tensor:
+        """Backbone features of P pairs (per scale, coarse to fine) → P×2×H×W flow, or 2P×2×H×W
+        (forward pairs, then backward) when ``bidirectional``."""
         flow = None
-        for scale, feature in zip(self.scales, features):
-            feature0, feature1 = feature[:b], feature[b:]
+        for scale, feature0, feature1 in zip(self.scales, features0, features1):
             if bidirectional and flow is not None:  # flow already holds both directions
                 feature0, feature1 = torch.cat((feature0, feature1)), torch.cat((feature1, feature0))
             if flow is not None:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import FlowModel
+from .contract import FlowModel, PairFlows, frames_used
 from .raft_convert import convert_raft_state
 from .raft_corr import CORRELATIONS, min_feature_size
 from .registry import C_T, C_T_SKHT, C_T_SKHT_K, Checkpoint, ModelSpec, sintel_test_scores, train_scores
@@ -375,25 +375,55 @@ class RAFT(FlowModel):
 
     def predict(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
         """B×3×H×W float RGB in [0, 255], H and W multiples of 8 → B×2×H×W flow in pixels."""
-        h, w = image0.shape[-2:]
+        index = torch.arange(image0.shape[0], device=image0.device)
+        return self._flows(torch.cat([image0, image1]), index, index + image0.shape[0])
+
+    def predict_bidirectional(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward B×2×H×W flow; each image is encoded once for both directions."""
+        index = torch.arange(image0.shape[0], device=image0.device)
+        flows = self.predict_pairs(torch.cat([image0, image1]), index, index + image0.shape[0])
+        return flows.forward, flows.backward
+
+    def predict_pairs(self, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> PairFlows:
+        """Both flows of P pairs of padded N×3×H×W frames; each frame goes through each encoder once,
+        and the 2P refinements (forward pairs, then backward) run as one batch, as in
+        :meth:`predict_bidirectional`'s stacked pairs."""
+        p = index0.numel()
+        flow = self._flows(frames, torch.cat([index0, index1]), torch.cat([index1, index0]))
+        return PairFlows(flow[:p], flow[p:])
+
+    def _flows(self, frames: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """M×2×H×W flow from frames[first[i]] to frames[second[i]] (N×3×H×W, multiples of 8)."""
+        h, w = frames.shape[-2:]
         pad_h, pad_w = max(self.min_size - h, 0), max(self.min_size - w, 0)
         if not (pad_h or pad_w):
-            return self._estimate(image0, image1)
+            return self._estimate(frames, first, second)
         pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
-        flow = self._estimate(F.pad(image0, pads, mode="replicate"), F.pad(image1, pads, mode="replicate"))
+        flow = self._estimate(F.pad(frames, pads, mode="replicate"), first, second)
         return flow[..., pads[2] : pads[2] + h, pads[0] : pads[0] + w]
 
-    def _estimate(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
+    def _encode(
+        self, frames: torch.Tensor, first: torch.Tensor, second: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features of frames[first] and frames[second], GRU state and context of frames[first].
+
+        Each encoder sees each frame it needs once: the context only of frames that start a pair.
+        """
         arch = self.arch
-        image0 = 2 * (image0 / 255.0) - 1.0
-        image1 = 2 * (image1 / 255.0) - 1.0
-        fmap0, fmap1 = self.fnet(torch.cat([image0, image1])).float().chunk(2)
+        frames, (first_f, second_f) = frames_used(frames, first, second)
+        images = 2 * (frames / 255.0) - 1.0
+        fmaps = self.fnet(images).float()
+        images, (first_c,) = frames_used(images, first_f)
+        net, inp = torch.split(self.cnet(images)[first_c], [arch.hidden_dim, arch.context_dim], dim=1)
+        return fmaps[first_f], fmaps[second_f], torch.tanh(net), torch.relu(inp)
+
+    def _estimate(self, frames: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        arch = self.arch
+        fmap0, fmap1, net, inp = self._encode(frames, first, second)
         # Correlation in float32 even under autocast, as the official code: dot products of
         # 256-d features lose too much in float16/bfloat16.
         with _no_autocast(fmap0):
             lookup = CORRELATIONS[self.corr](fmap0, fmap1, levels=arch.corr_levels, radius=arch.corr_radius)
-        net, inp = torch.split(self.cnet(image0), [arch.hidden_dim, arch.context_dim], dim=1)
-        net, inp = torch.tanh(net), torch.relu(inp)
 
         b, _, h, w = fmap0.shape
         coords0 = coords_grid(b, h, w, fmap0.device)
