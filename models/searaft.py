@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, load_strict, parse_state_dict, strip_prefix
-from .contract import FlowModel, PairFlows
+from .contract import FlowModel, PairFlows, frames_used
 from .hf_directory import CONFIG_FILE, file_sha256, local_directory, weights_file
 from .raft import coords_grid
 from .raft_corr import CORRELATIONS, min_feature_size
@@ -183,6 +183,7 @@ class SEARAFT(FlowModel):
         :func:`mixture_confidence`); ``fnet`` runs once per frame, the context encoder (which reads
         both frames) and the refinement once per pair and direction."""
         p = index0.shape[0]
+        frames, (index0, index1) = frames_used(frames, index0, index1)
         flow, info = self.estimate(frames, torch.cat([index0, index1]), torch.cat([index1, index0]))
         return PairFlows(flow[:p], flow[p:], mixture_confidence(info[:p], self.var_min, self.var_max))
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import FlowModel, PairFlows
+from .contract import FlowModel, PairFlows, frames_used
 from .gmflow import (
     _check_config,
     _float32,
@@ -185,6 +185,7 @@ class UniMatch(FlowModel):
     def predict_pairs(self, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> PairFlows:
         """Both flows of P pairs of padded N×3×H×W frames; the CNN runs once per frame (instance
         norm is per image, so a frame's features do not depend on its batch)."""
+        frames, (index0, index1) = frames_used(frames, index0, index1)
         features = self.backbone(normalize_image(frames))
         flow = self._estimate([f[index0] for f in features], [f[index1] for f in features], bidirectional=True)
         return PairFlows(flow[: index0.shape[0]], flow[index0.shape[0] :])

@@ -27,6 +27,12 @@ ENCODERS = {
     "gmflow": ("backbone",),
     "gmflow_refine": ("backbone",),
     "perceiver_io": (),  # windows of both frames together: nothing per frame to share
+    "searaft_s": ("fnet",),  # its context encoder reads both frames: per pair and direction
+    "searaft_m": ("fnet",),
+    "searaft_l": ("fnet",),
+    "unimatch_scale1": ("backbone",),
+    "unimatch_scale2": ("backbone",),
+    "unimatch_scale2_regrefine6": ("backbone",),
 }
 
 # (index0, index1) of the pairs, and how many distinct frames of the 4-frame run they use.
