@@ -32,6 +32,10 @@ STEADY = (0.1, 0.9)  # the share of pairs before the steady span starts and ends
 # The stand-in labels a whole chunk per pass: dispatching the device stage to the meta device runs
 # torch's Python decompositions (grid_sample's most), CPU a GPU's asynchronous launches do not cost.
 STANDIN_BATCH = 64
+# A GPU actor asks Ray for one CPU by default: two stand-ins would take both of this machine's
+# cores and leave none for the read and write tasks (the run then waits forever). A stand-in's
+# host work (unpacking and packing chunks) needs far less.
+STANDIN_CPUS = 0.25
 
 
 class StandIn(FlowModel):
@@ -158,7 +162,7 @@ def run_row(videos: Sequence[Path], work: Path, *, ms: float, gpus: int, size: t
     overrides = {"ms_per_pair": ms, "trace": str(trace)} if model.endswith(":StandIn") else {}
     job = LabelJob(inputs=tuple(str(v) for v in videos), sink=SinkOptions(str(work / "out")),
                    labeler=LabelerConfig(model=model, overrides=overrides, batch_size=STANDIN_BATCH),
-                   cluster=ClusterOptions(min_actors=gpus))
+                   cluster=ClusterOptions(min_actors=gpus, cpus_per_actor=STANDIN_CPUS))
     result = run_label(job)
     if result.exit_code != 0:
         raise RuntimeError(f"the feed corpus failed to label: {result.errors}")
