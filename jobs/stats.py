@@ -72,8 +72,9 @@ def run_stats(stages: list[dict[str, Any]], actors: list[dict[str, Any]], *, pai
     """
     stages = [dict(s) for s in stages]
     for s in stages:
-        # The writer turns pairs into one summary row per chunk: count the pairs it consumed.
-        handled = s["rows_in"] if s["stage"] == "write" else s["rows_out"]
+        # The writer turns pairs into one summary row per chunk: count the pairs it consumed. The
+        # reader's rows are frames (each sent once): it handled the run's pairs.
+        handled = {"write": s["rows_in"], "read": pairs}.get(s["stage"], s["rows_out"])
         s["pairs_per_second"] = _round(handled / s["seconds"]) if s["seconds"] > 0 else None
     label = next((s for s in stages if s["stage"] == "label"), None)
     if label is not None and actors and label["seconds"] > 0:

@@ -114,9 +114,9 @@ def test_cli_cluster_flags():
 def test_run_summary_throughput_utilisation_and_placements():
     stages = [
         {"stage": "read", "operator": "ReadFramePair", "seconds": 4.0, "busy_seconds": 6.0, "cpu_seconds": 5.0,
-         "blocks": 10, "rows_in": 0, "rows_out": 200, "bytes_out": 10_000, "failed_tasks": 1},
+         "blocks": 10, "rows_in": 0, "rows_out": 210, "bytes_out": 10_000, "failed_tasks": 1},
         {"stage": "label", "operator": "MapBatches(Labeler)", "seconds": 10.0, "busy_seconds": 15.0,
-         "cpu_seconds": 14.0, "blocks": 10, "rows_in": 200, "rows_out": 200, "bytes_out": 5_000, "failed_tasks": 0},
+         "cpu_seconds": 14.0, "blocks": 10, "rows_in": 210, "rows_out": 200, "bytes_out": 5_000, "failed_tasks": 0},
         {"stage": "write", "operator": "MapBatches(write_batch)", "seconds": 5.0, "busy_seconds": 2.0,
          "cpu_seconds": 2.0, "blocks": 10, "rows_in": 200, "rows_out": 10, "bytes_out": 100, "failed_tasks": 0},
     ]
@@ -132,7 +132,8 @@ def test_run_summary_throughput_utilisation_and_placements():
                                                                                      ("b", ["1"], 120, 1)]
     stats = run_stats(stages, actors, pairs=200, seconds=20.0, source_bytes=3000, bytes_written=100, errors=1)
     by = {s["stage"]: s for s in stats["stages"]}
-    # read and label: pairs out over their span; write: pairs consumed (it emits one row per chunk).
+    # read: the run's pairs over its span (its 210 rows are frames, 10 chunks of 20 pairs and 21
+    # frames); label: pairs out; write: pairs consumed (it emits one row per chunk).
     assert (by["read"]["pairs_per_second"], by["label"]["pairs_per_second"], by["write"]["pairs_per_second"]) == \
         (50.0, 20.0, 40.0)
     assert by["label"]["actors"] == 2 and by["label"]["utilisation"] == 0.75  # 15 busy s / (10 s × 2 actors)
