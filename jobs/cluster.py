@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
@@ -309,6 +309,7 @@ def plan_stages(options: ClusterOptions, chunk_bytes: int, read_tasks: int | Non
 
 
 def actor_pool(options: ClusterOptions) -> tuple[Any, dict[str, float]]:
-    """(ActorPoolStrategy, per-actor resources) for a model stage (the scoring job's scorers)."""
-    plan = plan_stages(options, chunk_bytes=0)
+    """(ActorPoolStrategy, per-actor resources) for a model stage (the scoring job's scorers): one
+    call at a time per actor, as its UDF holds no device lock (OpenCV's DIS keeps per-call state)."""
+    plan = plan_stages(replace(options, calls_per_actor=1), chunk_bytes=0)
     return plan.label["compute"], {k: v for k, v in plan.label.items() if k != "compute"}

@@ -102,6 +102,7 @@ def resolve_settings(job: ScoreJob) -> tuple[LabelerConfig, dict[str, Any]]:
         "batch_size": job.labeler.batch_size,
         "precision": job.labeler.precision,
         "consistency": asdict(job.labeler.consistency),
+        "confidence": job.labeler.confidence,
         "flow_dtype": "float32",
     }
     return replace(job.labeler, overrides=overrides), settings
@@ -236,8 +237,10 @@ def score_table(scores: Sequence[Mapping[str, Any]]) -> str:
             f"| {fmt(s.get('epe_occ'))} | {fmt(s.get('epe_noc'))} | {fmt(s.get('occ_f1'))} | {fmt(s.get('ause'))} |")
     lines += ["", "EPE: pixel-weighted over the valid pixels of all pairs (Sintel server, KITTI devkit); "
                   "EPE (image mean): mean of per-pair EPEs (RAFT's validate_kitti). Fl-all: % of valid pixels "
-                  "with EPE > 3 px and > 5 % of |gt|. Occlusion (F1) and confidence (AUSE) come from the "
-                  "forward-backward check.", "", "| pair | EPE | Fl-all % |", "|---|---:|---:|"]
+                  "with EPE > 3 px and > 5 % of |gt|. Occlusion (F1) comes from the forward-backward check, "
+                  + ("confidence (AUSE) from the model's own uncertainty (--confidence model)."
+                     if first["settings"].get("confidence") == "model" else "and so does confidence (AUSE)."),
+              "", "| pair | EPE | Fl-all % |", "|---|---:|---:|"]
     for s in scores:
         for pair_id, row in s["per_pair"].items():
             lines.append(f"| {pair_id} | {fmt(row['epe'])} | {fmt(row['fl_all_pct'], 2)} |")
