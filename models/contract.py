@@ -176,3 +176,30 @@ class FlowModel(nn.Module):
             out = self.predict_pairs(padding.pad(frames), index0, index1)
         confidence = None if out.confidence is None else padding.crop(out.confidence).float()
         return PairFlows(padding.crop(out.forward).float(), padding.crop(out.backward).float(), confidence)
+
+
+class PairwiseFlowModel(FlowModel):
+    """A model whose encoders look at one frame at a time (RAFT, DEQ-Flow): a subclass implements
+    :meth:`_flows` on a run of frames, and single pairs, both directions and runs of pairs all go
+    through it, so each frame is encoded once whichever way the model is called."""
+
+    def _flows(self, frames: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """M×2×H×W flow from frames[first[i]] to frames[second[i]] (padded N×3×H×W frames)."""
+        raise NotImplementedError
+
+    def predict(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
+        """Padded B×3×H×W RGB in [0, 255] → B×2×H×W flow in pixels."""
+        index = torch.arange(image0.shape[0], device=image0.device)
+        return self._flows(torch.cat([image0, image1]), index, index + image0.shape[0])
+
+    def predict_bidirectional(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward B×2×H×W flow; each image is encoded once for both directions."""
+        index = torch.arange(image0.shape[0], device=image0.device)
+        flows = self.predict_pairs(torch.cat([image0, image1]), index, index + image0.shape[0])
+        return flows.forward, flows.backward
+
+    def predict_pairs(self, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> PairFlows:
+        """Both flows of P pairs; the 2P flows (forward pairs, then backward) are one batch of :meth:`_flows`."""
+        p = index0.numel()
+        flow = self._flows(frames, torch.cat([index0, index1]), torch.cat([index1, index0]))
+        return PairFlows(flow[:p], flow[p:])

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, strip_prefix
-from .contract import FlowModel, PairFlows, frames_used
+from .contract import PairwiseFlowModel, frames_used
 from .deq_solvers import STOP_MODES, SolverResult, get_solver
 from .raft import (
     DOWNSAMPLE,
@@ -95,7 +95,7 @@ def update_block_for(dims: DEQFlowDims, *, with_mask: bool) -> UpdateBlock:
 # --- the model -----------------------------------------------------------------------------------
 
 
-class DEQFlow(FlowModel):
+class DEQFlow(PairwiseFlowModel):
     """DEQ-Flow at inference: the flow is the fixed point of one update step, found by a solver.
 
     ``release`` is the upstream code version the weights come from (1 or 2, see the module docstring).
@@ -158,25 +158,6 @@ class DEQFlow(FlowModel):
         if self.solver == "anderson":
             options["return_image"] = self.release == 2
         return options
-
-    def predict(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
-        """Padded B×3×H×W RGB in [0, 255] → B×2×H×W flow in pixels."""
-        index = torch.arange(image0.shape[0], device=image0.device)
-        return self._flows(torch.cat([image0, image1]), index, index + image0.shape[0])
-
-    def predict_bidirectional(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward and backward B×2×H×W flow; each image is encoded once for both directions."""
-        index = torch.arange(image0.shape[0], device=image0.device)
-        flows = self.predict_pairs(torch.cat([image0, image1]), index, index + image0.shape[0])
-        return flows.forward, flows.backward
-
-    def predict_pairs(self, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> PairFlows:
-        """Both flows of P pairs of padded N×3×H×W frames; each frame goes through each encoder once,
-        and the 2P fixed points (forward pairs, then backward) are solved as one batch, as
-        :meth:`predict_bidirectional`'s stacked pairs."""
-        p = index0.numel()
-        flow = self._flows(frames, torch.cat([index0, index1]), torch.cat([index1, index0]))
-        return PairFlows(flow[:p], flow[p:])
 
     def _flows(self, frames: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """M×2×H×W flow from frames[first[i]] to frames[second[i]] (N×3×H×W, multiples of 8).

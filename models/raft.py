@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import FlowModel, PairFlows, frames_used
+from .contract import PairwiseFlowModel, frames_used
 from .raft_convert import convert_raft_state
 from .raft_corr import CORRELATIONS, min_feature_size
 from .registry import C_T, C_T_SKHT, C_T_SKHT_K, Checkpoint, ModelSpec, sintel_test_scores, train_scores
@@ -330,7 +330,7 @@ def upsample_convex(flow: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return up.permute(0, 1, 4, 2, 5, 3).reshape(b, 2, k * h, k * w)
 
 
-class RAFT(FlowModel):
+class RAFT(PairwiseFlowModel):
     """RAFT flow model; build it with :func:`raft_large` or :func:`raft_small`.
 
     ``iters``: refinement iterations (official evaluation: 32 on Sintel, 24 on KITTI and Chairs).
@@ -372,25 +372,6 @@ class RAFT(FlowModel):
         flow_head = FlowHead(in_dim=arch.hidden_dim, hidden_dim=arch.flow_head_dim)
         self.update_block = UpdateBlock(encoder=encoder, gru=gru, flow_head=flow_head, mask=mask)
         self.min_size = DOWNSAMPLE * min_feature_size(arch.corr_levels)
-
-    def predict(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
-        """B×3×H×W float RGB in [0, 255], H and W multiples of 8 → B×2×H×W flow in pixels."""
-        index = torch.arange(image0.shape[0], device=image0.device)
-        return self._flows(torch.cat([image0, image1]), index, index + image0.shape[0])
-
-    def predict_bidirectional(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward and backward B×2×H×W flow; each image is encoded once for both directions."""
-        index = torch.arange(image0.shape[0], device=image0.device)
-        flows = self.predict_pairs(torch.cat([image0, image1]), index, index + image0.shape[0])
-        return flows.forward, flows.backward
-
-    def predict_pairs(self, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> PairFlows:
-        """Both flows of P pairs of padded N×3×H×W frames; each frame goes through each encoder once,
-        and the 2P refinements (forward pairs, then backward) run as one batch, as in
-        :meth:`predict_bidirectional`'s stacked pairs."""
-        p = index0.numel()
-        flow = self._flows(frames, torch.cat([index0, index1]), torch.cat([index1, index0]))
-        return PairFlows(flow[:p], flow[p:])
 
     def _flows(self, frames: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """M×2×H×W flow from frames[first[i]] to frames[second[i]] (N×3×H×W, multiples of 8)."""
