@@ -14,6 +14,7 @@ the device.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import warnings
@@ -156,7 +157,7 @@ class DeviceQueue:
 
     def stream(self):
         """Context in which device work is queued (the compute stream on CUDA)."""
-        return torch.cuda.stream(self.compute) if self.compute is not None else _nothing()
+        return torch.cuda.stream(self.compute) if self.compute is not None else contextlib.nullcontext()
 
     def to_host(self, tensors: Mapping[str, torch.Tensor]) -> Transfer:
         """Start copying ``tensors`` back to the host (see :class:`Transfer`)."""
@@ -174,14 +175,6 @@ class DeviceQueue:
             done = torch.cuda.Event()
             done.record()
         return Transfer(out, done)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _device_labels(model: FlowModel, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor,
