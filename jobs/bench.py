@@ -187,7 +187,7 @@ def _pipeline(options: BenchOptions, cache: Path, work: Path) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     """CPU model, cores, RAM, GPU, library versions, date and load average (at the start)."""
-    from pipeline.manifest import versions
+    from pipeline.write.run_manifest import versions
 
     info: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -269,7 +269,7 @@ def _load(values: Sequence[float]) -> str:
 
 def _decode_table(rows: list[dict[str, Any]]) -> list[str]:
     out = ["## Decode", "",
-           "The real reader (`pipeline.datasource.read_unit`: PyAV decode, RGB, chunks of pairs) on generated "
+           "The real reader (`pipeline.read.datasource.read_unit`: PyAV decode, RGB, chunks of pairs) on generated "
            "H.264 MP4 (`jobs/synthetic.py`, crf 12, veryfast). Frames per CPU-second = frames/s per core.", "",
            "| video | from | decoder threads | frames | frames/s (wall) | frames per CPU-second |",
            "|---|---|---|---|---|---|"]

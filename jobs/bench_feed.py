@@ -151,8 +151,8 @@ def pairs_for(ms: float, gpus: int, quick: bool) -> int:
 def run_row(videos: Sequence[Path], work: Path, *, ms: float, gpus: int, size: tuple[int, int],
             model: str = "jobs.bench_feed:StandIn") -> dict[str, Any]:
     """Label ``videos`` with the stand-in on the connected Ray; the report row."""
-    from pipeline.labeler import LabelerConfig
-    from pipeline.sinks import SinkOptions
+    from pipeline.label.labeler import LabelerConfig
+    from pipeline.write.sinks import SinkOptions
 
     from .cluster import ClusterOptions
     from .label import LabelJob, run_label
@@ -201,8 +201,8 @@ def real_feed_suite(cache: Path, work: Path, *, models: Sequence[str], checkpoin
     pairs/s and per-stage CPU from Ray Data's stats (no stand-in trace, so no busy fraction)."""
     import ray
 
-    from pipeline.labeler import LabelerConfig
-    from pipeline.sinks import SinkOptions
+    from pipeline.label.labeler import LabelerConfig
+    from pipeline.write.sinks import SinkOptions
 
     from .bench_suites import cached_video
     from .cluster import ClusterOptions, connect

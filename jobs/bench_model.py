@@ -150,7 +150,7 @@ def measure_model(spec: Mapping[str, Any]) -> dict[str, Any]:
     import torch
 
     from models import load_model
-    from pipeline.labeler import label_pairs
+    from pipeline.label.labeler import label_pairs
 
     from .synthetic import Motion, translating_frames
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.datasource import ReadOptions, read_unit
-from pipeline.decode import DecodeOptions
-from pipeline.plan import ReadUnit, plan_units
-from pipeline.sources import list_sources
+from pipeline.read.datasource import ReadOptions, read_unit
+from pipeline.read.decode import DecodeOptions
+from pipeline.read.plan import ReadUnit, plan_units
+from pipeline.read.sources import list_sources
 
 from .bench_model import time_min
 from .synthetic import Motion, write_translating_video
@@ -113,7 +113,7 @@ def end_to_end(videos: Sequence[Path], work: Path, sizes: Sequence[int],
     """``run_label`` with DIS on the connected Ray, once per corpus size (the first ``n`` videos);
     the difference between two sizes is the steady state, start-up (actors, model load,
     planning) cancelling out."""
-    from pipeline.sinks import SinkOptions
+    from pipeline.write.sinks import SinkOptions
 
     from .label import LabelJob, run_label
 
@@ -198,8 +198,8 @@ def _stage_runner(stage: str, videos: list[str], work: Path, pairs: int,
     units = [_unit(v) for v in videos]
     if stage == "decode":
         return lambda: sum(_count_pairs(u, options) for u in units)
-    from pipeline.labeler import Labeler, LabelerConfig
-    from pipeline.sinks import SinkOptions, write_batch
+    from pipeline.label.labeler import Labeler, LabelerConfig
+    from pipeline.write.sinks import SinkOptions, write_batch
 
     chunk = next(read_unit(units[0], options))
     sink = SinkOptions(str(work), **sink_options)
@@ -220,7 +220,7 @@ def _stage_runner(stage: str, videos: list[str], work: Path, pairs: int,
 def _labeled_rows(batch: Mapping[str, np.ndarray], model: Any) -> dict[str, np.ndarray]:
     """DIS labels of one chunk of frame rows, flow in float32 (the model's own, before storage)."""
     from pipeline.chunks import pair_rows
-    from pipeline.labeler import label_pairs
+    from pipeline.label.labeler import label_pairs
 
     rows, index0, index1 = pair_rows(batch)
     labels = label_pairs(model, batch["image"][index0], batch["image"][index1], out_dtype=np.float32)
@@ -239,7 +239,7 @@ def output_suite(videos_dir: Path, *, pairs_per_video: int, encodings: Sequence[
 
     from models import load_model
     from pipeline.schema import arrays_from_table
-    from pipeline.sinks import SinkOptions, encode_parquet
+    from pipeline.write.sinks import SinkOptions, encode_parquet
 
     model = load_model("dis")
     rows = []

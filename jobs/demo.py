@@ -22,14 +22,14 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from infra.local_s3 import LocalS3
-from pipeline.datasource import ReadOptions, read_unit
-from pipeline.decode import DecodeOptions
-from pipeline.labeler import LabelerConfig
-from pipeline.plan import plan_units
+from pipeline.read.datasource import ReadOptions, read_unit
+from pipeline.read.decode import DecodeOptions
+from pipeline.label.labeler import LabelerConfig
+from pipeline.read.plan import plan_units
 from pipeline.schema import arrays_from_table
-from pipeline.sinks import SinkOptions
-from pipeline.sources import list_sources
-from pipeline.viz import robust_max_radius, write_png
+from pipeline.write.sinks import SinkOptions
+from pipeline.read.sources import list_sources
+from pipeline.evaluate.pictures import robust_max_radius, write_png
 
 from .label import LabelJob, format_label_summary, run_label
 from .synthetic import Motion, translating_frames, write_image_sequence, write_translating_video

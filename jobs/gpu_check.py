@@ -69,7 +69,7 @@ def epe_change_allowed(precision: str, epe_fp32: float) -> float:
 
 def mean_epe(flows: Sequence[np.ndarray], gts: Sequence[np.ndarray], valids: Sequence[np.ndarray]) -> float:
     """Mean over pairs of each pair's EPE averaged over its valid pixels (H×W×2 flows, H×W bool masks)."""
-    from pipeline.metrics import endpoint_error
+    from pipeline.evaluate.metrics import endpoint_error
 
     if not flows:
         raise ValueError("expected at least one pair, got none")
@@ -86,7 +86,7 @@ def real_pair(size: tuple[int, int] = FP32_SIZE, data_root: Path = SHARED / "ben
     h, w = size
     frames = [data_root / "Sintel/training/clean/alley_1" / f"frame_000{k}.png" for k in (1, 2)]
     if all(f.is_file() for f in frames):
-        from pipeline.flowio import read_image
+        from pipeline.evaluate.flowio import read_image
 
         images = [torch.from_numpy(read_image(str(f))[:h, :w].copy()) for f in frames]
         source = f"Sintel clean alley_1 1→2, {h}×{w} crop"
@@ -124,8 +124,8 @@ def fp32_row(name: str, image0: Any, image1: Any, device: str, checkpoint: str |
 
 def benchmark_samples(data_root: Path, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """(benchmark, pass) label → list of Samples of the shared excerpts, or the reason there are none."""
-    from pipeline.benchmarks import load_pair
-    from pipeline.scoring import list_benchmark
+    from pipeline.evaluate.datasets import load_pair
+    from pipeline.evaluate.scoring import list_benchmark
 
     from .scores import load_config
 
@@ -148,7 +148,7 @@ def epe_rows(name: str, checkpoint: str, samples: Mapping[str, Any], device: str
     import torch
 
     from models import get_spec, load_model
-    from pipeline.scoring import benchmark_overrides
+    from pipeline.evaluate.scoring import benchmark_overrides
 
     known = get_spec(name).find_checkpoint(checkpoint)
     rows = []

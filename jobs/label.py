@@ -16,18 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.clips import CLIPS_DIR, ClipLabelOptions
-from pipeline.datasource import FramePairDatasource, ReadOptions
-from pipeline.decode import DecodeOptions
-from pipeline.frame_labels import FrameLabelOptions
-from pipeline.labeler import Labeler, LabelerConfig
-from pipeline.manifest import read_manifest, versions, write_manifest
-from pipeline.plan import PlanOptions, plan_units
-from pipeline.progress import UnitTracker
-from pipeline.records import (ERRORS_DIR, SKIPPED_DIR, UnitRecord, clear_records, read_records, read_unit_markers,
+from pipeline.label.clip_labels import CLIPS_DIR, ClipLabelOptions
+from pipeline.read.datasource import FramePairDatasource, ReadOptions
+from pipeline.read.decode import DecodeOptions
+from pipeline.label.frame_labels import FrameLabelOptions
+from pipeline.label.labeler import Labeler, LabelerConfig
+from pipeline.write.run_manifest import read_manifest, versions, write_manifest
+from pipeline.read.plan import PlanOptions, plan_units
+from pipeline.write.progress import UnitTracker
+from pipeline.write.records import (ERRORS_DIR, SKIPPED_DIR, UnitRecord, clear_records, read_records, read_unit_markers,
                               write_record, write_unit_marker)
-from pipeline.sinks import SinkOptions, committed_chunks, write_batch
-from pipeline.sources import list_sources
+from pipeline.write.sinks import SinkOptions, committed_chunks, write_batch
+from pipeline.read.sources import list_sources
 from pipeline.storage import join, redact
 
 from .cluster import ClusterOptions, connect, plan_stages

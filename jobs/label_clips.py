@@ -3,7 +3,7 @@
 Ray Data, as the pair labeling: one read task per video (decode clips and audio, CPU) → classifier
 actors (the model loaded once; GPU when the cluster has them) → write tasks (one Parquet file per
 chunk of clips). Clip chunks already written are not labeled again when a run resumes. See
-:mod:`pipeline.clips` for the stages themselves.
+:mod:`pipeline.label.clip_labels` for the stages themselves.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.clips import (ClipLabeler, ClipLabelOptions, ClipShape, committed_clip_chunks, iter_clip_chunks,
+from pipeline.label.clip_labels import (ClipLabeler, ClipLabelOptions, ClipShape, committed_clip_chunks, iter_clip_chunks,
                             write_clip_batch)
-from pipeline.records import (ERRORS_DIR, SKIPPED_DIR, UnitRecord, clear_records, read_records, record_exception,
+from pipeline.write.records import (ERRORS_DIR, SKIPPED_DIR, UnitRecord, clear_records, read_records, record_exception,
                               write_record)
-from pipeline.sinks import SinkOptions
-from pipeline.sources import Source
+from pipeline.write.sinks import SinkOptions
+from pipeline.read.sources import Source
 
 from .cluster import ClusterOptions, actor_pool, connect
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.labeler import LabelerConfig
+    from pipeline.label.labeler import LabelerConfig
 
     from .cluster import ClusterOptions
 
@@ -70,7 +70,7 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str | None
 
 def labeler_config(args: argparse.Namespace) -> LabelerConfig:
     """The model options of :func:`add_model_options` as the config every labeling or scoring job takes."""
-    from pipeline.labeler import LabelerConfig
+    from pipeline.label.labeler import LabelerConfig
 
     return LabelerConfig(model=args.model, checkpoint=args.checkpoint, checkpoint_sha256=args.checkpoint_sha256,
                          overrides=parse_overrides(args.overrides), batch_size=args.batch_size,

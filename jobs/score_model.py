@@ -20,11 +20,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from models import get_spec
-from pipeline.benchmarks import PairRecord
-from pipeline.labeler import LabelerConfig
-from pipeline.manifest import versions
-from pipeline.metrics import PairStats, ScoreAccumulator
-from pipeline.scoring import (BENCHMARK_INFO, Scorer, benchmark_info, benchmark_overrides, encode_submission,
+from pipeline.evaluate.datasets import PairRecord
+from pipeline.label.labeler import LabelerConfig
+from pipeline.write.run_manifest import versions
+from pipeline.evaluate.metrics import PairStats, ScoreAccumulator
+from pipeline.evaluate.scoring import (BENCHMARK_INFO, Scorer, benchmark_info, benchmark_overrides, encode_submission,
                               list_benchmark, load_row, record_from_json, record_to_json, submission_path, summarize)
 from pipeline.storage import filesystem, join, scrub, write_atomic
 

@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 
 from models import REGISTRY
-from pipeline.benchmarks import PairRecord
-from pipeline.labeler import LabelerConfig
-from pipeline.manifest import versions
-from pipeline.metrics import ScoreAccumulator
-from pipeline.scoring import benchmark_info, benchmark_overrides, list_benchmark, select_pairs, summarize
+from pipeline.evaluate.datasets import PairRecord
+from pipeline.label.labeler import LabelerConfig
+from pipeline.write.run_manifest import versions
+from pipeline.evaluate.metrics import ScoreAccumulator
+from pipeline.evaluate.scoring import benchmark_info, benchmark_overrides, list_benchmark, select_pairs, summarize
 from pipeline.storage import filesystem, join, scrub, write_atomic
 
 from .cluster import ClusterOptions

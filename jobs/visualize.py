@@ -26,17 +26,17 @@ import cv2
 import numpy as np
 from fsspec.core import strip_protocol
 
-from pipeline import viz
-from pipeline.benchmarks import Sample, load_pair
-from pipeline.decode import DecodeReport, decode_image, iter_video_frames
+from pipeline.evaluate import pictures
+from pipeline.evaluate.datasets import Sample, load_pair
+from pipeline.read.decode import DecodeReport, decode_image, iter_video_frames
 from pipeline.encoding import decode_labels
-from pipeline.flowio import read_flow, read_image
-from pipeline.labeler import LabelerConfig, label_pairs
-from pipeline.metrics import endpoint_error
+from pipeline.evaluate.flowio import read_flow, read_image
+from pipeline.label.labeler import LabelerConfig, label_pairs
+from pipeline.evaluate.metrics import endpoint_error
 from pipeline.schema import ARRAY_COLUMNS, arrays_from_table
-from pipeline.scoring import BENCHMARK_INFO, list_benchmark
-from pipeline.sinks import NPZ_DIR
-from pipeline.sources import list_sources
+from pipeline.evaluate.scoring import BENCHMARK_INFO, list_benchmark
+from pipeline.write.sinks import NPZ_DIR
+from pipeline.read.sources import list_sources
 from pipeline.storage import filesystem, join, scrub, write_atomic
 
 from .options import add_model_options, add_storage_options, labeler_config
@@ -52,8 +52,8 @@ MIN_TILE_WIDTH = 320
 
 def flow_tile(flow: np.ndarray, max_radius: float, valid: np.ndarray | None = None, title: str = "flow") -> np.ndarray:
     """Colour-coded flow with its key and a caption giving the scale."""
-    picture = viz.with_colour_key(viz.flow_to_rgb(flow, valid, max_radius))
-    return viz.with_caption(picture, f"{title} (rim of key = {max_radius:.1f} px)")
+    picture = pictures.with_colour_key(pictures.flow_to_rgb(flow, valid, max_radius))
+    return pictures.with_caption(picture, f"{title} (rim of key = {max_radius:.1f} px)")
 
 
 def enlarge(image: np.ndarray, min_width: int = MIN_TILE_WIDTH) -> np.ndarray:
@@ -74,51 +74,51 @@ def label_panel(flow: np.ndarray, occlusion: np.ndarray, confidence: np.ndarray,
         frame0 = enlarge(frame0) if frame0 is not None else None
     tiles = []
     if frame0 is not None:
-        tiles.append(viz.with_caption(frame0, title))
+        tiles.append(pictures.with_caption(frame0, title))
     tiles.append(flow_tile(flow, max_radius, title="flow" if frame0 is not None else f"{title}: flow"))
-    tiles.append(viz.with_caption(viz.mask_to_rgb(occlusion), f"occlusion (white): {np.mean(occlusion):.1%}"))
-    tiles.append(viz.with_caption(viz.confidence_to_rgb(confidence), "confidence (white = 1, black = 0)"))
-    return viz.tile_grid(tiles, GRID_COLUMNS)
+    tiles.append(pictures.with_caption(pictures.mask_to_rgb(occlusion), f"occlusion (white): {np.mean(occlusion):.1%}"))
+    tiles.append(pictures.with_caption(pictures.confidence_to_rgb(confidence), "confidence (white = 1, black = 0)"))
+    return pictures.tile_grid(tiles, GRID_COLUMNS)
 
 
 def pair_panel(sample: Sample, prediction: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
     """Frames and ground truth of a benchmark pair; with ``prediction`` (flow, occlusion, confidence
-    as :func:`pipeline.labeler.label_pairs` gives for one pair) also the prediction and its error.
+    as :func:`pipeline.label.labeler.label_pairs` gives for one pair) also the prediction and its error.
     Ground truth and prediction share one colour scale."""
     r = sample.record
-    tiles = [viz.with_caption(sample.image0, f"{r.pair_id}: frame 0"), viz.with_caption(sample.image1, "frame 1")]
-    radius = viz.robust_max_radius(sample.flow, sample.valid) if sample.flow is not None else None
+    tiles = [pictures.with_caption(sample.image0, f"{r.pair_id}: frame 0"), pictures.with_caption(sample.image1, "frame 1")]
+    radius = pictures.robust_max_radius(sample.flow, sample.valid) if sample.flow is not None else None
     if sample.flow is not None:
         coverage = f", {sample.valid.mean():.1%} valid" if not sample.valid.all() else ""
         tiles.append(flow_tile(sample.flow, radius or 1.0, sample.valid, title="ground truth" + coverage))
     if prediction is not None:
         flow = prediction["flow"]
-        radius = radius or viz.robust_max_radius(flow)
+        radius = radius or pictures.robust_max_radius(flow)
         tiles.append(flow_tile(flow, radius or 1.0, title="prediction"))
         if sample.flow is not None:
             epe = endpoint_error(flow, sample.flow)
             mean = float(epe[sample.valid].mean()) if sample.valid.any() else float("nan")
-            tiles.append(viz.with_caption(viz.error_to_rgb(epe, ERROR_SCALE_PX, sample.valid),
+            tiles.append(pictures.with_caption(pictures.error_to_rgb(epe, ERROR_SCALE_PX, sample.valid),
                                           f"end-point error: mean {mean:.3f} px (yellow >= {ERROR_SCALE_PX:g} px)"))
-        tiles.append(viz.with_caption(viz.mask_to_rgb(prediction["occlusion"].astype(bool)),
+        tiles.append(pictures.with_caption(pictures.mask_to_rgb(prediction["occlusion"].astype(bool)),
                                       f"predicted occlusion: {np.mean(prediction['occlusion']):.1%}"))
-        tiles.append(viz.with_caption(viz.confidence_to_rgb(prediction["confidence"]), "confidence (white = 1)"))
+        tiles.append(pictures.with_caption(pictures.confidence_to_rgb(prediction["confidence"]), "confidence (white = 1)"))
     if sample.occlusion is not None:
-        tiles.append(viz.with_caption(viz.mask_to_rgb(sample.occlusion), "ground-truth occlusion"))
-    return viz.tile_grid(tiles, 3)
+        tiles.append(pictures.with_caption(pictures.mask_to_rgb(sample.occlusion), "ground-truth occlusion"))
+    return pictures.tile_grid(tiles, 3)
 
 
 def flow_file_panel(flow: np.ndarray, valid: np.ndarray, *, name: str, image: np.ndarray | None = None,
                     max_radius: float | None = None) -> np.ndarray:
     """A flow file's colours (invalid pixels black), beside ``image`` when given."""
-    radius = max_radius or viz.robust_max_radius(flow, valid) or 1.0
+    radius = max_radius or pictures.robust_max_radius(flow, valid) or 1.0
     magnitude = np.hypot(flow[..., 0], flow[..., 1])[valid]
     stats = f"max |flow| {magnitude.max():.1f} px" if magnitude.size else "no valid pixel"
-    tiles = [] if image is None else [viz.with_caption(image, "frame 0")]
+    tiles = [] if image is None else [pictures.with_caption(image, "frame 0")]
     if not valid.all():
         stats += f", {valid.mean():.1%} valid"
     tiles.append(flow_tile(flow, radius, valid, title=f"{name}: {stats}"))
-    return viz.tile_grid(tiles, 2)
+    return pictures.tile_grid(tiles, 2)
 
 
 # ----------------------------------------------------------------------------- labeled output
@@ -240,7 +240,7 @@ def video_fps(t0: np.ndarray, default: float = 10.0) -> float:
 def render_labels(labels: VideoLabels, frames: Mapping[int, np.ndarray], indices: Sequence[int]) -> list[np.ndarray]:
     """Panels of the pairs at positions ``indices``, with one colour scale for the whole video
     (so colours mean the same motion in every panel and the MP4 does not flicker)."""
-    radius = viz.robust_max_radius(labels.flow[::max(1, len(labels.flow) // 32)].astype(np.float32)) or 1.0
+    radius = pictures.robust_max_radius(labels.flow[::max(1, len(labels.flow) // 32)].astype(np.float32)) or 1.0
     panels = []
     for i in indices:
         f0, f1 = int(labels.frame0[i]), int(labels.frame1[i])
@@ -269,11 +269,11 @@ def viz_labels(uri: str, out: str, *, video: str | None = None, max_png: int = 8
         picks = sorted(set(np.linspace(0, n - 1, min(max_png, n)).round().astype(int).tolist())) if max_png > 0 else []
         for i, panel in zip(picks, render_labels(labels, frames, picks)):
             path = join(root, labels.video_id, f"{int(labels.frame0[i]):06d}-{int(labels.frame1[i]):06d}.png")
-            write_atomic(fs, path, viz.encode_png(panel))
+            write_atomic(fs, path, pictures.encode_png(panel))
             written.append(path)
         if mp4:
             path = join(root, f"{labels.video_id}.mp4")
-            write_atomic(fs, path, viz.encode_mp4(render_labels(labels, frames, range(n)), video_fps(labels.t0)))
+            write_atomic(fs, path, pictures.encode_mp4(render_labels(labels, frames, range(n)), video_fps(labels.t0)))
             written.append(path)
     return written
 
@@ -300,7 +300,7 @@ def viz_pair(benchmark: str, root: str, patterns: Sequence[str], out: str, *, sp
                                      out_dtype=np.float32)
                 prediction = {name: values[0] for name, values in labels.items()}
             path = join(out_root, record.pair_id.replace("/", "_") + ".png")
-            write_atomic(fs, path, viz.encode_png(pair_panel(sample, prediction)))
+            write_atomic(fs, path, pictures.encode_png(pair_panel(sample, prediction)))
             written.append(path)
     return written
 
@@ -317,7 +317,7 @@ def viz_flow_file(uri: str, out: str, *, image: str | None = None, max_radius: f
     panel = flow_file_panel(flow, valid, name=name, image=frame, max_radius=max_radius)
     fs, root = filesystem(out, so)
     path = join(root, posixpath.splitext(name)[0] + ".png")
-    write_atomic(fs, path, viz.encode_png(panel))
+    write_atomic(fs, path, pictures.encode_png(panel))
     return path
 
 

@@ -395,7 +395,7 @@ PUBLISHED = {
 
 # Paper Table 1, Spring (1080p frames run at scale -1, flow upsampled back). Kept apart from the
 # Checkpoint records until flowlabel scores Spring: jobs/scores.yaml must list every `published`
-# number, and its benchmarks come from pipeline.scoring, which has no Spring reader yet.
+# number, and its benchmarks come from pipeline.evaluate.scoring, which has no Spring reader yet.
 # (model, checkpoint file) → {metric: value}; 1px, Fl and WAUC in %, EPE in pixels.
 SPRING_SOURCE = TABLE1 + "; train = zero-shot on the Spring train split, test = the Spring benchmark server"
 SPRING_PUBLISHED = {

@@ -38,7 +38,7 @@ FRAME_COLUMNS = ("frame", "time", "pair_with", "image")  # per frame; pair_rows 
 
 
 def pair_rows(frames: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Frame rows of one chunk (:func:`pipeline.datasource.chunk_batch`) → (one row per pair
+    """Frame rows of one chunk (:func:`pipeline.read.datasource.chunk_batch`) → (one row per pair
     without images, the frame rows of frame0 and of frame1 of each pair). Pair columns: frame0,
     frame1, t0, t1, ordinal and the chunk's own columns."""
     pair_with = np.asarray(frames["pair_with"])

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 import pyarrow as pa
 
-from .encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, STORED_TYPES, check_encoding, decode_labels, encode_labels
+from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, STORED_TYPES, check_encoding, decode_labels, encode_labels
 
 # name: trailing shape after H×W; the stored dtype depends on the flow encoding (STORED_TYPES)
 ARRAY_COLUMNS = {"flow": (2,), "occlusion": (), "confidence": ()}

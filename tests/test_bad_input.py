@@ -11,12 +11,12 @@ from jobs.label import LabelJob, run_label
 from jobs.synthetic import Motion, write_translating_video
 from models import CheckpointError
 from pipeline.chunks import pair_rows
-from pipeline.datasource import ReadOptions, UnitOutcome, read_unit
-from pipeline.decode import DecodeOptions
-from pipeline.labeler import LabelerConfig
-from pipeline.plan import plan_units
-from pipeline.sinks import SinkOptions
-from pipeline.sources import list_sources
+from pipeline.read.datasource import ReadOptions, UnitOutcome, read_unit
+from pipeline.read.decode import DecodeOptions
+from pipeline.label.labeler import LabelerConfig
+from pipeline.read.plan import plan_units
+from pipeline.write.sinks import SinkOptions
+from pipeline.read.sources import list_sources
 
 from . import badfiles
 from .conftest import VIDEOS

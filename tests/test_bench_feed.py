@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from jobs.bench_feed import StandIn, busy_in, feed_row, read_traces, steady_window
-from pipeline.labeler import label_frames
+from pipeline.label.labeler import label_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -161,7 +161,7 @@ def test_local_ray_listens_on_loopback_only(ray_local):
 def test_connect_starts_a_local_ray_on_loopback_even_after_ray_is_imported():
     """As ``flowlabel label`` and the demo run it: the pipeline's modules import ray first, and
     the environment does not ask for Ray's single-machine mode (conftest's is removed)."""
-    code = ("import json, pipeline.datasource, ray\n"
+    code = ("import json, pipeline.read.datasource, ray\n"
             "from jobs.cluster import ClusterOptions, connect\n"
             "connect(ClusterOptions(local_cpus=1))\n"
             "print(json.dumps(sorted({n['NodeManagerAddress'] for n in ray.nodes()})))\n")
@@ -175,7 +175,7 @@ def test_connect_starts_a_local_ray_on_loopback_even_after_ray_is_imported():
 def test_decode_and_write_stages_never_import_torch():
     # Zero-GPU tasks may see every GPU of their node (recent Ray leaves CUDA_VISIBLE_DEVICES
     # alone in them): the read and write stages must not even import torch, let alone init CUDA.
-    code = ("import sys, pipeline.datasource, pipeline.sinks, pipeline.plan, pipeline.sources; "
+    code = ("import sys, pipeline.read.datasource, pipeline.write.sinks, pipeline.read.plan, pipeline.read.sources; "
             "print(sorted(m for m in ('torch', 'models') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

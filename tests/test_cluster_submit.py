@@ -17,7 +17,7 @@ import pytest
 
 from infra.local_ray import LocalRayCluster
 from jobs.synthetic import Motion, write_translating_video
-from pipeline.manifest import MANIFEST_NAME
+from pipeline.write.run_manifest import MANIFEST_NAME
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,10 @@ import torch
 from jobs.label import LabelJob, run_label
 from jobs.synthetic import Motion, translating_frames
 from models import load_model
-from pipeline.labeler import LabelerConfig, label_frames
-from pipeline.manifest import MANIFEST_NAME
+from pipeline.label.labeler import LabelerConfig, label_frames
+from pipeline.write.run_manifest import MANIFEST_NAME
 from pipeline.schema import arrays_from_table
-from pipeline.sinks import SinkOptions
+from pipeline.write.sinks import SinkOptions
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.consistency import ConsistencyParams, consistency, warp
+from pipeline.label.consistency import ConsistencyParams, consistency, warp
 
 
 def constant(u, v, h=20, w=30, b=1):

@@ -7,10 +7,10 @@ import pytest
 
 from jobs.synthetic import Motion, translating_frames, write_video
 from pipeline.chunks import pair_rows
-from pipeline.datasource import ReadOptions, UnitOutcome, read_unit
-from pipeline.decode import DecodeOptions, decode_image
-from pipeline.plan import PlanOptions, plan_units
-from pipeline.sources import list_sources
+from pipeline.read.datasource import ReadOptions, UnitOutcome, read_unit
+from pipeline.read.decode import DecodeOptions, decode_image
+from pipeline.read.plan import PlanOptions, plan_units
+from pipeline.read.sources import list_sources
 
 from .conftest import BENCHMARKS, VIDEOS
 

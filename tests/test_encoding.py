@@ -10,9 +10,9 @@ import pytest
 from jobs.synthetic import Motion, translating_frames
 from pipeline.encoding import (FLOW_SCALE, INVALID_FLOW, decode_labels, encode_labels, flow_magnitude_sum,
                                quantize_flow)
-from pipeline.labeler import Labeler, LabelerConfig
+from pipeline.label.labeler import Labeler, LabelerConfig
 from pipeline.schema import arrays_from_table
-from pipeline.sinks import SinkOptions, encode_parquet, write_batch
+from pipeline.write.sinks import SinkOptions, encode_parquet, write_batch
 
 from .test_schema import chunk_rows
 

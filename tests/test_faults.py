@@ -12,9 +12,9 @@ import s3fs
 
 from jobs.label import LabelJob, run_label
 from jobs.synthetic import Motion, write_translating_video
-from pipeline.datasource import ReadOptions
-from pipeline.labeler import LabelerConfig
-from pipeline.sinks import SinkOptions
+from pipeline.read.datasource import ReadOptions
+from pipeline.label.labeler import LabelerConfig
+from pipeline.write.sinks import SinkOptions
 
 pytestmark = pytest.mark.slow
 SIZE = (120, 160)

@@ -9,7 +9,7 @@ import fsspec
 import numpy as np
 import pytest
 
-from pipeline import flowio
+from pipeline.evaluate import flowio
 
 from .conftest import BENCHMARKS as BENCH
 SINTEL_FLOW = BENCH / "Sintel" / "training" / "flow"

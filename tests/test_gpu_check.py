@@ -12,7 +12,7 @@ import torch
 from jobs import gpu_check
 from jobs.bench import KEEP_MARKER
 from jobs.gpu_check import BEGIN, END, epe_change_allowed, judge_epe, markdown_section, rel_l2, write_section
-from pipeline.benchmarks import list_sintel, load_pair
+from pipeline.evaluate.datasets import list_sintel, load_pair
 
 from .conftest import BENCHMARKS, RAFT_SMALL
 

@@ -12,11 +12,11 @@ import s3fs
 from jobs.cli import main
 from jobs.label import LabelJob, run_label
 from jobs.synthetic import Motion, write_translating_video
-from pipeline.labeler import LabelerConfig
-from pipeline.manifest import MANIFEST_NAME
+from pipeline.label.labeler import LabelerConfig
+from pipeline.write.run_manifest import MANIFEST_NAME
 from pipeline.schema import arrays_from_table
-from pipeline.sinks import SinkOptions
-from pipeline.sources import video_id_for
+from pipeline.write.sinks import SinkOptions
+from pipeline.read.sources import video_id_for
 
 from .conftest import BENCHMARKS, VIDEOS
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jobs.label import LabelResult, format_label_summary, setting_differences
-from pipeline.sinks import SinkOptions
+from pipeline.write.sinks import SinkOptions
 
 
 def result(**fields) -> LabelResult:

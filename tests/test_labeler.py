@@ -11,7 +11,7 @@ from jobs.synthetic import Motion, translating_frames
 from models import FlowModel, PairFlows, load_model
 from pipeline.chunks import pair_rows
 from pipeline.encoding import encode_labels
-from pipeline.labeler import Labeler, LabelerConfig, label_frames, label_pairs
+from pipeline.label.labeler import Labeler, LabelerConfig, label_frames, label_pairs
 
 
 @pytest.fixture(scope="module")

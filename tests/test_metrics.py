@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import flowio, metrics
-from pipeline.metrics import PairStats, ScoreAccumulator, pair_stats
+from pipeline.evaluate import flowio, metrics
+from pipeline.evaluate.metrics import PairStats, ScoreAccumulator, pair_stats
 
 from .conftest import BENCHMARKS as BENCH
 

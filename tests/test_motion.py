@@ -10,8 +10,8 @@ import torch
 
 from jobs.synthetic import Motion, texture, translating_frames
 from models import load_model
-from pipeline.consistency import consistency
-from pipeline.motion import (CLIP_SUMMARY_COLUMNS, SUMMARY_COLUMNS, MotionParams, aggregate, pair_motion,
+from pipeline.label.consistency import consistency
+from pipeline.label.motion import (CLIP_SUMMARY_COLUMNS, SUMMARY_COLUMNS, MotionParams, aggregate, pair_motion,
                              sample_stride, summary_arrays)
 
 H, W = 96, 128  # sample stride 2: a 48×64 grid on rows and columns 1, 3, 5, …

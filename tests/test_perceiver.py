@@ -28,9 +28,9 @@ from models.perceiver import FLOW_SCALE, PerceiverIOFlow, flow_patches, normaliz
 from models.perceiver_labels import (IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing, clip_frame,
                                      load_clip_classifier, load_image_classifier)
 from models.tiling import TileGrid, tent_weights, tile_starts
-from pipeline.clips import ClipShape, iter_clips
-from pipeline.decode import DecodeReport, iter_video_frames
-from pipeline.frame_labels import FrameLabeler
+from pipeline.label.clip_labels import ClipShape, iter_clips
+from pipeline.read.decode import DecodeReport, iter_video_frames
+from pipeline.label.frame_labels import FrameLabeler
 from pipeline.schema import output_schema, top_k_column
 
 TILE = (16, 24)

@@ -153,8 +153,8 @@ def test_builtin_models_are_not_probed(monkeypatch):
 
 def test_label_job_refuses_a_broken_plugin_before_reading(tmp_path):
     from jobs.label import LabelJob, run_label
-    from pipeline.labeler import LabelerConfig
-    from pipeline.sinks import SinkOptions
+    from pipeline.label.labeler import LabelerConfig
+    from pipeline.write.sinks import SinkOptions
 
     job = LabelJob(inputs=(str(tmp_path / "missing.mp4"),), sink=SinkOptions(str(tmp_path / "out")),
                    labeler=LabelerConfig(model="tests.plugin_models:Downsampled"))
@@ -231,8 +231,8 @@ def _labeled_flow(out: Path) -> tuple[np.ndarray, list[str]]:
 @pytest.mark.slow
 def test_plugin_in_the_test_package_labels_through_ray(ray_local, tmp_path):
     from jobs.label import LabelJob, run_label
-    from pipeline.labeler import LabelerConfig
-    from pipeline.sinks import SinkOptions
+    from pipeline.label.labeler import LabelerConfig
+    from pipeline.write.sinks import SinkOptions
 
     (tmp_path / "in").mkdir()
     write_translating_video(tmp_path / "in" / "clip.mp4", 48, 64, 4, Motion(2.0, 1.0))

@@ -13,11 +13,11 @@ import pytest
 
 from jobs.label import LabelJob, OutputConflictError, run_label
 from jobs.synthetic import Motion, write_translating_video
-from pipeline.datasource import ReadOptions
-from pipeline.decode import DecodeOptions
-from pipeline.labeler import LabelerConfig
-from pipeline.records import read_unit_markers
-from pipeline.sinks import SinkOptions
+from pipeline.read.datasource import ReadOptions
+from pipeline.read.decode import DecodeOptions
+from pipeline.label.labeler import LabelerConfig
+from pipeline.write.records import read_unit_markers
+from pipeline.write.sinks import SinkOptions
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.schema import arrays_from_table, to_table
-from pipeline.sinks import SinkOptions, committed_chunks, write_batch
+from pipeline.write.sinks import SinkOptions, committed_chunks, write_batch
 
 
 def chunk_rows(n=3, h=5, w=7, seed=0, video="v1", chunk="00000000-00000002", t0=None, unit_chunks=""):

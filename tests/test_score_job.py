@@ -12,10 +12,10 @@ import torch
 from jobs.cli import main
 from jobs.score_model import ScoreJob, run_score
 from models import load_model
-from pipeline import flowio
-from pipeline.benchmarks import load_pair
-from pipeline.labeler import LabelerConfig
-from pipeline.scoring import list_benchmark, submission_path
+from pipeline.evaluate import flowio
+from pipeline.evaluate.datasets import load_pair
+from pipeline.label.labeler import LabelerConfig
+from pipeline.evaluate.scoring import list_benchmark, submission_path
 
 from .conftest import BENCHMARKS
 

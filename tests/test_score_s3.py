@@ -10,7 +10,7 @@ import pytest
 import s3fs
 
 from jobs.score_model import ScoreJob, run_score
-from pipeline.labeler import LabelerConfig
+from pipeline.label.labeler import LabelerConfig
 
 from .conftest import BENCHMARKS
 

@@ -10,7 +10,7 @@ from jobs.cli import main
 from jobs.score_model import ScoreJob, run_score
 from jobs.score_table import load_config, parse_config
 from models import REGISTRY
-from pipeline.labeler import LabelerConfig
+from pipeline.label.labeler import LabelerConfig
 
 from .conftest import BENCHMARKS, WEIGHTS
 

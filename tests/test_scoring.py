@@ -9,11 +9,11 @@ import torch
 
 from jobs.score_model import ScoreJob, resolve_settings
 from models import get_spec, load_model
-from pipeline import flowio
-from pipeline.benchmarks import PairRecord, load_pair
-from pipeline.labeler import LabelerConfig, label_pairs
-from pipeline.metrics import endpoint_error
-from pipeline.scoring import (benchmark_overrides, list_benchmark, row_to_sample, sample_to_row, score_samples,
+from pipeline.evaluate import flowio
+from pipeline.evaluate.datasets import PairRecord, load_pair
+from pipeline.label.labeler import LabelerConfig, label_pairs
+from pipeline.evaluate.metrics import endpoint_error
+from pipeline.evaluate.scoring import (benchmark_overrides, list_benchmark, row_to_sample, sample_to_row, score_samples,
                               select_pairs, submission_path)
 
 from .conftest import BENCHMARKS, RAFT_SMALL
@@ -128,7 +128,7 @@ def test_submission_paths_follow_each_benchmarks_layout(record, expected):
 
 
 def test_kitti_submission_png_round_trips_within_its_quantisation():
-    from pipeline.scoring import encode_submission
+    from pipeline.evaluate.scoring import encode_submission
 
     record = PairRecord("kitti2015", "training", "", "000000", 10, "a", "b")
     flow = np.random.default_rng(0).uniform(-200, 200, (5, 7, 2)).astype(np.float32)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from jobs.synthetic import texture, write_image_sequence
-from pipeline.sources import list_sources, natural_key, sanitize_partition_value, video_id_for
+from pipeline.read.sources import list_sources, natural_key, sanitize_partition_value, video_id_for
 
 from .conftest import BENCHMARKS, VIDEOS
 

@@ -10,9 +10,9 @@ import pytest
 
 from jobs.cli import main
 from jobs.visualize import find_label_files, read_label_file, viz_flow_file, viz_labels, viz_pair
-from pipeline import flowio, viz
-from pipeline.decode import DecodeReport, iter_video_frames
-from pipeline.labeler import LabelerConfig
+from pipeline.evaluate import flowio, pictures
+from pipeline.read.decode import DecodeReport, iter_video_frames
+from pipeline.label.labeler import LabelerConfig
 from pipeline.storage import filesystem
 
 from .conftest import BENCHMARKS, VIDEOS
@@ -96,7 +96,7 @@ def test_viz_flow_file_blackens_invalid_pixels(tmp_path):
     assert panel.shape[1] == 2 * w + 4
     find_tile(panel, flowio.read_image(str(image_path)))
     # The flow tile is the Middlebury colouring (with its key) at the 99th-percentile scale.
-    expected = viz.with_colour_key(viz.flow_to_rgb(flow, valid, viz.robust_max_radius(flow, valid)))
+    expected = pictures.with_colour_key(pictures.flow_to_rgb(flow, valid, pictures.robust_max_radius(flow, valid)))
     top = find_tile(panel, expected, x=w + 4)
     body = panel[top:top + h, w + 4: w + 4 + w - w // 3]  # left of the colour key in the top-right corner
     assert (body[~valid[:, : w - w // 3]] == 0).all()  # 84 % of pixels have no ground truth: black

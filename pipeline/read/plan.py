@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .decode import DecodeOptions, on_tick, video_frame_times
-from .sources import Source
-from .storage import filesystem
+from pipeline.read.decode import DecodeOptions, on_tick, video_frame_times
+from pipeline.read.sources import Source
+from pipeline.storage import filesystem
 
 
 @dataclass(frozen=True)

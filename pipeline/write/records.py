@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .storage import filesystem, join, scrub, write_atomic
+from pipeline.storage import filesystem, join, scrub, write_atomic
 
 ERRORS_DIR = "_errors"
 SKIPPED_DIR = "_skipped"

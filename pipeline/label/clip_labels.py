@@ -27,13 +27,13 @@ import torch
 
 from models.perceiver_labels import AUDIO_RATE, clip_frame, get_labeler
 
-from .chunks import iter_chunks
-from .decode import DecodeReport, iter_video_frames, resample
-from .labeler import assigned_device
-from .schema import clip_table
-from .sinks import SinkOptions, committed_chunks
-from .sources import Source
-from .storage import filesystem, join, write_atomic
+from pipeline.chunks import iter_chunks
+from pipeline.read.decode import DecodeReport, iter_video_frames, resample
+from pipeline.label.labeler import assigned_device
+from pipeline.schema import clip_table
+from pipeline.write.sinks import SinkOptions, committed_chunks
+from pipeline.read.sources import Source
+from pipeline.storage import filesystem, join, write_atomic
 
 CLIPS_DIR = "_clips"
 CLIP_SUMMARY_KEYS = ("video_id", "source", "corpus", "chunk", "clips", "bytes_written")

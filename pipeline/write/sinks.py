@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from .chunks import iter_chunks
-from .encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, check_encoding, encode_labels, flow_magnitude_sum, \
+from pipeline.chunks import iter_chunks
+from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, check_encoding, encode_labels, flow_magnitude_sum, \
     parquet_options
-from .schema import ARRAY_COLUMNS, SCALAR_COLUMNS, optional_columns, to_table
-from .storage import filesystem, join, write_atomic
+from pipeline.schema import ARRAY_COLUMNS, SCALAR_COLUMNS, optional_columns, to_table
+from pipeline.storage import filesystem, join, write_atomic
 
 FORMATS = ("parquet", "npz")
 NPZ_DIR = "_npz"

@@ -1,10 +1,10 @@
 """Scoring a flow model on benchmark pairs: the per-pair work of ``flowlabel score``.
 
 The stages mirror labeling: pair records (driver) → :func:`sample_to_row` (read tasks, one per
-pair, through :func:`pipeline.benchmarks.load_pair`) → :class:`Scorer` (actors; the model is
-loaded once and run forward + backward by :func:`pipeline.labeler.label_pairs` in float32) →
-per-pair :class:`~pipeline.metrics.PairStats` back to the driver, which reduces them with
-:class:`~pipeline.metrics.ScoreAccumulator`. Every stage is a plain function first; the Ray
+pair, through :func:`pipeline.evaluate.datasets.load_pair`) → :class:`Scorer` (actors; the model is
+loaded once and run forward + backward by :func:`pipeline.label.labeler.label_pairs` in float32) →
+per-pair :class:`~pipeline.evaluate.metrics.PairStats` back to the driver, which reduces them with
+:class:`~pipeline.evaluate.metrics.ScoreAccumulator`. Every stage is a plain function first; the Ray
 wrappers only move rows.
 """
 
@@ -21,18 +21,18 @@ import numpy as np
 
 from models import Checkpoint, FlowModel
 
-from .benchmarks import PairRecord, Sample, list_pairs, load_pair
-from .consistency import ConsistencyParams
-from .flowio import encode_flo, encode_kitti_flow
-from .labeler import LabelerConfig, assigned_device, label_pairs
-from .metrics import PairStats, ScoreAccumulator, pair_stats
+from pipeline.evaluate.datasets import PairRecord, Sample, list_pairs, load_pair
+from pipeline.label.consistency import ConsistencyParams
+from pipeline.evaluate.flowio import encode_flo, encode_kitti_flow
+from pipeline.label.labeler import LabelerConfig, assigned_device, label_pairs
+from pipeline.evaluate.metrics import PairStats, ScoreAccumulator, pair_stats
 
 
 @dataclass(frozen=True)
 class BenchmarkInfo:
     """How ``flowlabel score NAME`` reads a benchmark and which official settings apply to it.
 
-    lister: key of :data:`pipeline.benchmarks.BENCHMARKS`; config_keys: keys of a checkpoint's
+    lister: key of :data:`pipeline.evaluate.datasets.BENCHMARKS`; config_keys: keys of a checkpoint's
     ``benchmark_config`` to look up, first match wins; passes: render passes ("" when the
     benchmark has none); default_split: the split with public ground truth that evaluations use;
     server_splits: splits without public ground truth, scored only by the benchmark's server.

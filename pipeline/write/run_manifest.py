@@ -7,7 +7,7 @@ import platform
 from collections.abc import Mapping
 from typing import Any
 
-from .storage import filesystem, join, write_atomic
+from pipeline.storage import filesystem, join, write_atomic
 
 MANIFEST_NAME = "_flowlabel.json"
 

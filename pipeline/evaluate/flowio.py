@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .storage import filesystem, retry_io, write_atomic
+from pipeline.storage import filesystem, retry_io, write_atomic
 
 FLO_MAGIC = 202021.25
 # Middlebury's flowIO.h: values above this mark unknown flow; its writers use 1e10.

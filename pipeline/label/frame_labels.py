@@ -1,6 +1,6 @@
 """Frame labels: per-pair image classes of frame0, added to the flow rows (``--frame-labels``).
 
-Runs inside the flow labeler actors (:class:`pipeline.labeler.Labeler`) on the frames they
+Runs inside the flow labeler actors (:class:`pipeline.label.labeler.Labeler`) on the frames they
 already hold, so frames travel through Ray once. The columns are
 :data:`pipeline.schema.FRAME_LABEL_COLUMNS`; they exist only when this labeler is on.
 """

@@ -28,10 +28,10 @@ import torch
 
 from models import FlowModel, load_model
 
-from .chunks import iter_chunks, pair_rows
-from .consistency import ConsistencyParams, consistency
-from .encoding import DEFAULT_FLOW_ENCODING, check_device_encoding, check_encoding, encode_on_device
-from .frame_labels import FrameLabelOptions
+from pipeline.chunks import iter_chunks, pair_rows
+from pipeline.label.consistency import ConsistencyParams, consistency
+from pipeline.encoding import DEFAULT_FLOW_ENCODING, check_device_encoding, check_encoding, encode_on_device
+from pipeline.label.frame_labels import FrameLabelOptions
 
 CONFIDENCE_SOURCES = ("consistency", "model")
 _TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
@@ -296,7 +296,7 @@ def label_pairs(model: FlowModel, image0: np.ndarray, image1: np.ndarray, batch_
 class Labeler:
     """Ray Data UDF (``map_batches(Labeler, fn_constructor_kwargs=…, batch_size=None)``).
 
-    Takes chunks of frame rows (:func:`pipeline.datasource.chunk_batch`) and yields one batch per
+    Takes chunks of frame rows (:func:`pipeline.read.datasource.chunk_batch`) and yields one batch per
     chunk, one row per pair: the chunk's columns, frame0/frame1/t0/t1/ordinal, the stored flow,
     occlusion and confidence (already in the sink's ``flow_encoding``), model, checkpoint and
     ``labeled_on`` (see :func:`placement`). Safe to call from two threads at once.
@@ -313,7 +313,7 @@ class Labeler:
             cv2.setNumThreads(torch.get_num_threads())
         self.model = config.load(device, storage_options)
         self.device = DeviceLabeler(self.model, config.batch_size, config.consistency, config.confidence)
-        # --frame-labels: classes of frame0 from the frames this actor already holds (pipeline.frame_labels).
+        # --frame-labels: classes of frame0 from the frames this actor already holds (pipeline.label.frame_labels).
         self.frame_labeler = frame_labels.load(device, storage_options) if frame_labels else None
         self.placement = placement(self.device.queue.device)
 

@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from .flowio import read_bytes, read_flow, read_image, read_mask
-from .storage import filesystem
+from pipeline.evaluate.flowio import read_bytes, read_flow, read_image, read_mask
+from pipeline.storage import filesystem
 
 
 class LayoutError(ValueError):

@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .flowio import write_bytes
+from pipeline.evaluate.flowio import write_bytes
 
 # Segment lengths of the wheel (red→yellow, yellow→green, green→cyan, cyan→blue, blue→magenta,
 # magenta→red); chosen by Baker et al. to be perceptually even.

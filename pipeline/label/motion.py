@@ -10,7 +10,7 @@ Definitions (for the README)
 Pixel (row i, column j) sits at x = j, y = i; the image centre is c = ((W − 1)/2, (H − 1)/2). |·| is the
 Euclidean length of a flow vector in pixels (u right, v down). A pixel is **valid** when it is not occluded,
 its confidence is ≥ 0.5 (``MotionParams.min_confidence``; with the UnFlow consistency of
-:mod:`pipeline.consistency` that is ρ ≤ ln 2, where occlusion starts at ρ > 1) and its flow is finite.
+:mod:`pipeline.label.consistency` that is ρ ≤ ln 2, where occlusion starts at ρ > 1) and its flow is finite.
 The **sample grid** is rows and columns s // 2, s // 2 + s, s // 2 + 2s, … with the smallest s for which it
 has at most 8,192 pixels (``MotionParams.max_samples``): s = 1 up to 8,192 pixels (e.g. 128×64), 2 at
 128×96, 8 at 960×540 (67×120 pixels), 16 at 1920×1080. It depends on H and W only, so every statistic is

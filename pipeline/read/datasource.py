@@ -19,11 +19,11 @@ from fsspec.core import strip_protocol
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from .decode import (DecodeOptions, DecodeReport, NoFramesError, Pair, iter_sequence_frames, iter_video_frames,
+from pipeline.read.decode import (DecodeOptions, DecodeReport, NoFramesError, Pair, iter_sequence_frames, iter_video_frames,
                      make_pairs, resample)
-from .plan import ReadUnit
-from .records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, record_exception, write_record, write_unit_marker
-from .storage import filesystem, is_transient
+from pipeline.read.plan import ReadUnit
+from pipeline.write.records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, record_exception, write_record, write_unit_marker
+from pipeline.storage import filesystem, is_transient
 
 
 @dataclass(frozen=True)

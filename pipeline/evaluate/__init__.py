@@ -1,0 +1,1 @@
+"""Evaluate: benchmark datasets and ground truth, metrics, scoring, and pictures of flow."""

@@ -1,0 +1,1 @@
+"""Read: inputs → read units → decoded frames (sources, plan, decode, the Ray Data datasource)."""
