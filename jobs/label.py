@@ -22,6 +22,7 @@ from pipeline.read.decode import DecodeOptions
 from pipeline.label.frame_labels import FrameLabelOptions
 from pipeline.label.labeler import Labeler, LabelerConfig
 from pipeline.write.run_manifest import read_manifest, versions, write_manifest
+from pipeline.read.manifest import ManifestOptions
 from pipeline.read.plan import PlanOptions, plan_units
 from pipeline.write.progress import UnitTracker
 from pipeline.write.records import (ERRORS_DIR, SKIPPED_DIR, UnitRecord, clear_records, read_records, read_unit_markers,
@@ -53,11 +54,16 @@ class LabelJob:
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     frame_labels: FrameLabelOptions | None = None  # --frame-labels: image classes of frame0 in the pair rows
     clip_labels: ClipLabelOptions | None = None  # --clip-labels: the clip table under <out>/_clips/
+    manifest: ManifestOptions | None = None  # --manifest: inputs listed in a file (with spans, carried columns)
 
     def __post_init__(self) -> None:
-        if not self.inputs:
-            raise ValueError("expected at least one input URI, got none")
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        if not self.inputs and self.manifest is None:
+            raise ValueError("expected input URIs or a manifest (--manifest), got neither")
         object.__setattr__(self, "storage_options", dict(self.storage_options))
+        carried = self.manifest.carry if self.manifest else ()
+        if self.sink.carried != carried:  # the files' schema follows the manifest's carried columns
+            object.__setattr__(self, "sink", replace(self.sink, carried=carried))
 
 
 @dataclass
@@ -104,7 +110,7 @@ def run_label(job: LabelJob) -> LabelResult:
     manifest = _manifest(job, checkpoint_sha256, started)
     manifest["options"].update(_extra_labels(job, so))  # fails fast on their checkpoints too
     _check_same_settings(job.sink.out, manifest, so)
-    sources, listing_errors = list_sources(job.inputs, so, job.corpus)
+    sources, listing_errors = list_sources(job.inputs, so, job.corpus, job.manifest)
     all_units = plan_units(sources, job.read.decode, job.plan, so)
     settled = read_unit_markers(job.sink.out, so)
     committed = committed_chunks(job.sink, so)
@@ -291,7 +297,8 @@ def _manifest(job: LabelJob, checkpoint_sha256: str, started: float) -> dict[str
     labeler = asdict(job.labeler)
     return {
         "tool": "flowlabel", "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
-        "inputs": list(job.inputs), "out": job.sink.out, "model": job.labeler.model,
+        "inputs": list(job.inputs), "manifest": asdict(job.manifest) if job.manifest else None,
+        "out": job.sink.out, "model": job.labeler.model,
         "checkpoint": job.labeler.checkpoint, "checkpoint_sha256": checkpoint_sha256,
         "options": {"labeler": labeler, "decode": asdict(job.read.decode), "read": asdict(job.read),
                     "plan": asdict(job.plan), "sink": asdict(job.sink), "corpus": job.corpus},
@@ -314,8 +321,16 @@ def _short_hash(text: str) -> str:
 
 def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``flowlabel label``."""
-    parser.add_argument("inputs", nargs="+", metavar="SRC",
-                        help="video files, folders, globs or image-sequence folders")
+    parser.add_argument("inputs", nargs="*", metavar="SRC",
+                        help="video files, folders, globs, image-sequence folders or http(s):// URLs "
+                             "(optional with --manifest)")
+    parser.add_argument("--manifest", metavar="URI",
+                        help="a list of input videos: .parquet, .csv, .jsonl/.ndjson, or plain text (one URI a line)")
+    parser.add_argument("--manifest-column", default="uri", metavar="NAME",
+                        help="the manifest column of input URIs (default uri)")
+    parser.add_argument("--carry", default="", metavar="COL,COL",
+                        help="manifest columns copied into every output row of their input, as text (null stays "
+                             "null); optional start/end columns (seconds) label only that span of a video")
     parser.add_argument("--out", required=True, help="output URI (local path, s3://bucket/prefix, …)")
     add_model_options(parser)
     parser.add_argument("--stride", type=int, default=1, help="pair frame k with k+stride (default 1)")
@@ -380,7 +395,18 @@ def label_job(args: argparse.Namespace) -> LabelJob:
         if args.frame_labels else None,
         clip_labels=ClipLabelOptions(args.clip_labels, args.clip_labels_checkpoint or "", top_k=args.clip_labels_top_k)
         if args.clip_labels else None,
+        manifest=manifest_options(args),
     )
+
+
+def manifest_options(args: argparse.Namespace) -> ManifestOptions | None:
+    """--manifest, --manifest-column and --carry as :class:`ManifestOptions` (None without --manifest)."""
+    carry = tuple(name.strip() for name in args.carry.split(",") if name.strip())
+    if not args.manifest:
+        if carry:
+            raise ValueError(f"--carry {args.carry}: expected --manifest too (columns are carried from a manifest)")
+        return None
+    return ManifestOptions(args.manifest, column=args.manifest_column, carry=carry)
 
 
 def cmd_label(args: argparse.Namespace) -> int:

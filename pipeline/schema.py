@@ -36,6 +36,11 @@ FRAME_LABEL_COLUMNS = {
     "frame_class_probs": (np.float32, pa.float32()),
 }
 
+# Carried columns (``--manifest … --carry``), present only when the run carries them, then in every file of
+# the run: the chosen columns of each source's manifest row, as text (null stays null; sources not from the
+# manifest get nulls). Text because one run's files must share one schema whatever each manifest row holds.
+CARRIED_TYPE = pa.string()
+
 SCALAR_COLUMNS = {
     "video_id": pa.string(),
     "source": pa.string(),
@@ -54,10 +59,10 @@ SCALAR_COLUMNS = {
 
 
 def output_schema(exclude: tuple[str, ...] = (), optional: tuple[str, ...] = (),
-                  flow_encoding: str = DEFAULT_FLOW_ENCODING) -> pa.Schema:
+                  flow_encoding: str = DEFAULT_FLOW_ENCODING, carried: tuple[str, ...] = ()) -> pa.Schema:
     """Schema of a data file; ``exclude`` drops partition columns (they live in the path);
     ``optional`` names the :data:`FRAME_LABEL_COLUMNS` the run writes; ``flow_encoding`` the
-    array types (int16 adds the per-row ``flow_scale``)."""
+    array types (int16 adds the per-row ``flow_scale``); ``carried`` the manifest columns, last."""
     types = STORED_TYPES[check_encoding(flow_encoding)]
     fields = [pa.field(n, t) for n, t in SCALAR_COLUMNS.items() if n not in exclude]
     if flow_encoding == "int16":
@@ -67,12 +72,23 @@ def output_schema(exclude: tuple[str, ...] = (), optional: tuple[str, ...] = (),
                                                             "flowlabel.layout": layout} if n == "flow" else None)
                for n in ARRAY_COLUMNS]
     fields += [pa.field(n, pa.list_(t)) for n, (_, t) in FRAME_LABEL_COLUMNS.items() if n in optional]
+    taken = [n for n in carried if n in {f.name for f in fields} | set(exclude)]
+    if taken:
+        raise ValueError(f"carried columns {taken} clash with output columns; expected other names")
+    fields += [pa.field(n, CARRIED_TYPE) for n in carried]
     return pa.schema(fields)
 
 
 def optional_columns(rows: Mapping[str, np.ndarray]) -> tuple[str, ...]:
     """The optional columns present in a chunk."""
     return tuple(n for n in FRAME_LABEL_COLUMNS if n in rows)
+
+
+def carried_column(rows: Mapping[str, np.ndarray], name: str) -> pa.Array:
+    """A carried column of a chunk as text (None: null); all null when the chunk lacks it."""
+    n = len(rows["frame0"])
+    values = rows[name].tolist() if name in rows else [None] * n
+    return pa.array(values, type=CARRIED_TYPE)
 
 
 def _list_column(array: np.ndarray, dtype: np.dtype, arrow_type: pa.DataType) -> pa.ListArray:
@@ -126,10 +142,11 @@ def clip_table(rows: Mapping[str, np.ndarray], exclude: tuple[str, ...] = ()) ->
 
 
 def to_table(rows: Mapping[str, np.ndarray], exclude: tuple[str, ...] = (),
-             flow_encoding: str = DEFAULT_FLOW_ENCODING) -> pa.Table:
+             flow_encoding: str = DEFAULT_FLOW_ENCODING, carried: tuple[str, ...] = ()) -> pa.Table:
     """Numpy columns of one chunk (arrays N×H×W[×2], float or already encoded) → an Arrow
-    table with :func:`output_schema`, arrays stored in ``flow_encoding``."""
-    schema = output_schema(exclude, optional_columns(rows), flow_encoding)
+    table with :func:`output_schema`, arrays stored in ``flow_encoding``; a ``carried`` column
+    the chunk lacks (a source not from the manifest) is all null."""
+    schema = output_schema(exclude, optional_columns(rows), flow_encoding, carried)
     rows = {**rows, **encode_labels(rows, flow_encoding)}
     columns = []
     for field in schema:
@@ -139,6 +156,8 @@ def to_table(rows: Mapping[str, np.ndarray], exclude: tuple[str, ...] = (),
             if field.name == "flow" and flow_encoding == "int16":
                 values = np.moveaxis(values, -1, 1)  # channel planes: each is smooth, so deltas stay small
             columns.append(_list_column(values, dtype, arrow_type))
+        elif field.name in carried:
+            columns.append(carried_column(rows, field.name))
         elif field.name in FRAME_LABEL_COLUMNS:
             valid = np.asarray(rows["frame_classes"])[:, 0] >= 0
             columns.append(top_k_column(rows[field.name], valid, FRAME_LABEL_COLUMNS[field.name][1]))

@@ -51,10 +51,52 @@ TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ECONNRESET, errno.ECONNREFUSED, e
                               errno.EAGAIN, errno.EBUSY})
 
 
+# HTTP statuses of a server or proxy failing for now (retry later), not of the request being wrong.
+TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def _response_error(exc: BaseException) -> BaseException | None:
+    """aiohttp's ClientResponseError in ``exc`` or its causes (fsspec's HTTP filesystem reports a
+    failed HEAD/GET of a file's info as a FileNotFoundError raised from it)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__name__ == "ClientResponseError" and isinstance(getattr(current, "status", None), int):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status behind ``exc``, or None when it is not an HTTP failure."""
+    response = _response_error(exc)
+    return None if response is None else response.status
+
+
+def with_http_status(exc: BaseException) -> BaseException:
+    """``exc`` unchanged, or for an HTTP failure an error whose type and message give the status:
+    404/410 FileNotFoundError, 401/403 PermissionError, others OSError (``HTTP 403 Forbidden: <url>``)."""
+    response = _response_error(exc)
+    if response is None:
+        return exc
+    status = response.status
+    info = getattr(response, "request_info", None)
+    url = f": {str(info.real_url).split('?')[0]}" if info is not None else ""  # a query may hold a signature
+    text = f"HTTP {status} {getattr(response, 'message', '') or ''}".rstrip() + url
+    kind = FileNotFoundError if status in (404, 410) else PermissionError if status in (401, 403) else OSError
+    return kind(text)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for network/throttling failures (retry later), False for errors of the input itself."""
+    status = http_status(exc)
+    if status is not None:
+        return status in TRANSIENT_HTTP_STATUSES
     if isinstance(exc, TRANSIENT_ERRORS):
         return True
+    if type(exc) is FileNotFoundError and isinstance(exc.__cause__, TRANSIENT_ERRORS):
+        return True  # fsspec's HTTP info: a connection reset during HEAD/GET is not a missing file
     return type(exc) is OSError and exc.errno in TRANSIENT_ERRNOS
 
 
@@ -74,14 +116,25 @@ SECRET_OPTION_NAMES = frozenset({"key", "secret", "token", "password", "session_
                                  "aws_access_key_id", "aws_session_token", "access_key", "secret_key"})
 
 
+HTTP_OPTIONS_KEY = "http"
+# Range size of HTTP reads: PyAV seeks within a file, so a short span of a long video reads a few ranges.
+HTTP_BLOCK_BYTES = 2**20
+
+
 def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path inside it) for a local path or any fsspec URI.
 
     For ``s3://`` an ``AWS_ENDPOINT_URL`` in the environment is honoured when the options
     name no endpoint, so a local S3 server works with the plain AWS variables.
+    ``http(s)://`` URIs get only the options under the key ``"http"`` (the others are for the
+    object store: HTTPFileSystem would pass them to each request), and reads of
+    :data:`HTTP_BLOCK_BYTES` ranges unless those options set ``block_size``.
     """
     options = dict(storage_options or {})
     protocol = fsspec.utils.get_protocol(uri)
+    http_options = options.pop(HTTP_OPTIONS_KEY, None) or {}
+    if protocol in ("http", "https"):
+        options = {"block_size": HTTP_BLOCK_BYTES, **http_options}
     if protocol in ("s3", "s3a") and "endpoint_url" not in options and os.environ.get("AWS_ENDPOINT_URL"):
         options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
     fs, path = fsspec.core.url_to_fs(uri, **options)

@@ -23,7 +23,7 @@ from pipeline.read.decode import (DecodeOptions, DecodeReport, NoFramesError, Pa
                      make_pairs, resample)
 from pipeline.read.plan import ReadUnit
 from pipeline.write.records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, record_exception, write_record, write_unit_marker
-from pipeline.storage import filesystem, is_transient
+from pipeline.storage import filesystem, is_transient, with_http_status
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,12 @@ def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport
     if unit.times is not None:
         lookup = {t: unit.start + i for i, t in enumerate(unit.times)}
         time_to_index = lookup.get
+    # A span (manifest start/end) narrows the video: a planned segment seeks to its own start,
+    # a whole-span unit to the span's start.
+    start_time = unit.seek_time if unit.seek_time is not None else source.start
     with fs.open(path, "rb") as f:
-        frames = iter_video_frames(f, report, start_time=unit.seek_time, time_to_index=time_to_index,
-                                   fit=options.fit, deinterlace=options.deinterlace,
+        frames = iter_video_frames(f, report, start_time=start_time, end_time=source.end,
+                                   time_to_index=time_to_index, fit=options.fit, deinterlace=options.deinterlace,
                                    threads=decode_threads)
         sampled = resample(frames, options.fps, unit.origin, unit.previous_time)
         pairs = make_pairs(sampled, options.stride, unit.first_ordinal, report, contiguous=options.fps is None)
@@ -129,6 +132,8 @@ def chunk_batch(pairs: list[Pair], unit: ReadUnit) -> dict[str, np.ndarray]:
         "unit": np.full(m, unit.key, object),
         "unit_chunks": np.full(m, "", object),  # the unit's chunk list (JSON), on its last chunk only
         "image": np.stack([f.image for f in frames]),
+        # Carried manifest columns (text or None) ride along to the sink like the other chunk columns.
+        **{name: np.full(m, value, object) for name, value in source.carry},
     }
 
 
@@ -208,8 +213,8 @@ def read_unit(unit: ReadUnit, options: ReadOptions, storage_options: Mapping[str
                 time.sleep(options.io_first_delay_s * 2**attempt)
                 continue
             stage = "open" if report.frames == 0 and report.decode_errors == 0 else "decode"
-            outcome.records.append((ERRORS_DIR, record_exception(source.uri, source.video_id, unit.key, stage, exc,
-                                                                 storage_options)))
+            outcome.records.append((ERRORS_DIR, record_exception(source.uri, source.video_id, unit.key, stage,
+                                                                 with_http_status(exc), storage_options)))
             outcome.retryable = is_transient(exc)
             return
         # The last chunk carries the unit's chunk list, so it is sent even when already committed
@@ -244,7 +249,9 @@ def _report_records(unit: ReadUnit, options: ReadOptions, report: DecodeReport,
         if not pairs:
             return [record(ERRORS_DIR, "decode", NoFramesError.__name__, "no pairs: " + message)]
         return [record(ERRORS_DIR, "decode", "DecodeError", message)]
-    if report.frames == 0 and unit.start == 0:
+    if report.frames == 0 and unit.first and (source.start is not None or source.end is not None):
+        return [record(SKIPPED_DIR, "pair", "NoPairs", f"no frame in the span [{source.start}, {source.end}) s")]
+    if report.frames == 0 and unit.first:
         announced = f" (the container announces {report.announced_frames})" if report.announced_frames else ""
         return [record(ERRORS_DIR, "decode", NoFramesError.__name__, f"no decodable frame in the source{announced}")]
     if report.truncated:
@@ -253,7 +260,7 @@ def _report_records(unit: ReadUnit, options: ReadOptions, report: DecodeReport,
                        "the file ends early (truncated upload?)")]
     if report.size_changes:
         return [record(ERRORS_DIR, "pair", "FrameSizeChanged", "; ".join(report.size_changes))]
-    if pairs == 0 and unit.start == 0:
+    if pairs == 0 and unit.first:
         return [record(SKIPPED_DIR, "pair", "NoPairs",
                        f"{report.frames} frame(s) decoded, a pair needs {options.decode.stride + 1}")]
     return []

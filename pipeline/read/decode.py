@@ -6,6 +6,8 @@ Frames are RGB uint8 H×W×3 in display orientation (rotation metadata applied).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -199,37 +201,51 @@ def iter_video_frames(
     report: DecodeReport,
     *,
     start_time: float | None = None,
+    end_time: float | None = None,
     time_to_index: Callable[[float], int | None] | None = None,
     fit: Callable[[np.ndarray], np.ndarray] = lambda image: image,
     deinterlace: bool = True,
     threads: int = 0,
 ) -> Iterator[Frame]:
-    """Decode the best video stream in presentation order.
+    """Decode the best video stream in presentation order, frames with start_time ≤ time < end_time.
 
     Without ``start_time``: from the beginning, frame index = count of decoded frames plus
     packets that failed to decode (one frame each: exact for intra-only codecs, the best
     estimate otherwise), so a corrupt frame leaves a gap instead of shifting later indices.
-    With it (a planned segment): seek to the keyframe at ``start_time``, drop earlier frames,
-    and take indices from ``time_to_index`` (built from the demuxed timestamps).
+    With it: seek to the keyframe at or before ``start_time`` and drop earlier frames. Indices
+    then come from ``time_to_index`` (a planned segment: built from the demuxed timestamps) or,
+    without it, are counted from the keyframe's own index (:func:`seek_keyframe`), so they are
+    the video's indices either way. Decoding stops at the first frame at or after ``end_time``.
     Corrupt packets are counted in ``report`` and skipped; decoding goes on. ``fit`` sizes each
     frame (see :meth:`DecodeOptions.fit`); ``threads`` as in :func:`open_video`.
     """
     container, stream = open_video(fileobj, threads)
     try:
         tb = stream.time_base
+        packets: Iterator[av.Packet] = container.demux(stream)
+        first_index, keyframe_pts = 0, None
         if start_time is not None and start_time > 0:
-            container.seek(int(round(start_time / tb)), stream=stream, backward=True, any_frame=False)
-        if start_time is None:
+            if time_to_index is None:
+                first_index, keyframe_pts, packets = seek_keyframe(container, stream, start_time)
+            else:
+                first, packets = _seek_packets(container, stream, start_time)
+                packets = itertools.chain([first] if first is not None else [], packets)
+        else:
             report.announced_frames = stream.frames
         count = 0
-        frames = _decode_tolerant(container, stream, report)
+        frames = _decode_tolerant(packets, report)
         for frame, pts, rotation in (_deinterlaced(frames, stream) if deinterlace else _as_is(frames)):
+            if keyframe_pts is not None and pts is not None and pts < keyframe_pts:
+                continue  # a leading frame of an open GOP: it belongs before the keyframe
             time = pts_seconds(pts, tb) if pts is not None else None
-            if start_time is not None and time is not None and time < start_time - 1e-6:
-                continue
-            index = time_to_index(time) if time_to_index and time is not None else count + report.decode_errors
+            index = time_to_index(time) if time_to_index and time is not None else \
+                first_index + count + report.decode_errors
             count += 1
             report.decoded_frames = count
+            if end_time is not None and time is not None and time >= end_time - 1e-6:
+                return  # not reached_end: the frames after the span are not checked for truncation
+            if start_time is not None and time is not None and time < start_time - 1e-6:
+                continue
             if index is None:
                 continue
             image = display_orientation(frame.to_ndarray(format="rgb24"), rotation)
@@ -238,6 +254,93 @@ def iter_video_frames(
         report.reached_end = True
     finally:
         container.close()
+
+
+def seek_keyframe(container, stream, start_time: float) -> tuple[int, int | None, Iterator[av.Packet]]:
+    """The packets from the last keyframe shown at or before ``start_time`` → (that keyframe's frame
+    index, its pts, the packets). The frames before a keyframe are the packets before it, plus its
+    leading frames in an open GOP (decoded after it, shown before it).
+
+    A complete sample index (MP4, MOV: it lists every frame, by decode time) lets the demuxer seek
+    straight to the keyframe and gives its index without reading the frames before it. Other
+    containers (Matroska, WebM, MPEG-TS) index keyframes at best and seek by byte guesses: their
+    packets before the keyframe are demuxed (read, not decoded) to count them.
+    """
+    entries = stream.index_entries
+    if stream.frames > 0 and len(entries) == stream.frames:
+        timestamps = sorted(entry.timestamp for entry in entries)
+        first, packets = _seek_packets(container, stream, start_time)
+        if first is None:
+            return 0, None, iter(())
+        if first.is_keyframe:
+            decode_time = first.dts if first.dts is not None else first.pts
+            leading, packets = _leading_frames([first], packets)
+            return bisect.bisect_left(timestamps, decode_time) + leading, first.pts, packets
+        container.seek(0, stream=stream, backward=True, any_frame=False)
+    return _gop_at(container.demux(stream), start_time, stream.time_base)
+
+
+def _counted(packet: av.Packet) -> bool:
+    """A packet that is a frame (as :func:`video_frame_times` counts them)."""
+    return packet.pts is not None and packet.size > 0
+
+
+def _gop_at(packets: Iterator[av.Packet], start_time: float, tb) -> tuple[int, int | None, Iterator[av.Packet]]:
+    """Read packets (without decoding) until the last keyframe shown at or before ``start_time`` is
+    known; keep its GOP. Keyframes are shown in decode order, so it is known at the next keyframe,
+    or earlier at a frame of its GOP (not a leading frame) shown at or after ``start_time``."""
+    gop: list[av.Packet] = []
+    pending: list[av.Packet] = []  # a packet read past the GOP
+    before = 0  # frames before the GOP
+    for packet in packets:
+        if _counted(packet) and packet.is_keyframe:
+            if gop and gop[0].is_keyframe and pts_seconds(packet.pts, tb) > start_time + 1e-6:
+                pending = [packet]
+                break
+            before += sum(1 for p in gop if _counted(p))
+            gop = []
+        gop.append(packet)
+        if (_counted(packet) and gop[0].is_keyframe and packet.pts >= gop[0].pts
+                and pts_seconds(packet.pts, tb) >= start_time - 1e-6):
+            break
+    rest = itertools.chain(pending, packets)
+    if not gop or not gop[0].is_keyframe:
+        return before, None, itertools.chain(gop, rest)
+    leading, chained = _leading_frames(gop, rest)
+    return before + leading, gop[0].pts, chained
+
+
+def _leading_frames(gop: list[av.Packet], packets: Iterator[av.Packet]) -> tuple[int, Iterator[av.Packet]]:
+    """How many packets after the keyframe ``gop[0]`` are shown before it (an open GOP's leading
+    frames, right after it in decode order), and all the packets again, from the keyframe on."""
+    keyframe = gop[0].pts
+    gop = list(gop)
+    while not any(_counted(p) and p.pts > keyframe for p in gop[1:]):
+        following = next(packets, None)
+        if following is None:
+            break
+        gop.append(following)
+    leading = sum(1 for p in gop[1:] if _counted(p) and p.pts < keyframe)
+    return leading, itertools.chain(gop, packets)
+
+
+def _seek_packets(container, stream, start_time: float) -> tuple[av.Packet | None, Iterator[av.Packet]]:
+    """Seek to the last keyframe shown at or before ``start_time`` → (its packet, the packets after it).
+
+    The demuxer seeks by decode time, and with B-frames a keyframe decoded before ``start_time`` may
+    be shown after it: then the keyframe before that one is taken."""
+    tb = stream.time_base
+    target, previous = int(round(start_time / tb)), None
+    while True:
+        container.seek(target, stream=stream, backward=True, any_frame=False)
+        packets = container.demux(stream)
+        first = next(packets, None)
+        if first is None or first.pts is None or pts_seconds(first.pts, tb) <= start_time + 1e-6:
+            return first, packets
+        decode_time = first.dts if first.dts is not None else first.pts
+        if decode_time == previous:  # no earlier keyframe
+            return first, packets
+        target, previous = decode_time - 1, decode_time
 
 
 def _as_is(frames: Iterable[av.VideoFrame]) -> Iterator[tuple[av.VideoFrame, int | None, int]]:
@@ -284,9 +387,9 @@ def _deinterlaced(frames: Iterable[av.VideoFrame], stream) -> Iterator[tuple[av.
         yield from drain()
 
 
-def _decode_tolerant(container, stream, report: DecodeReport) -> Iterator[av.VideoFrame]:
+def _decode_tolerant(packets: Iterable[av.Packet], report: DecodeReport) -> Iterator[av.VideoFrame]:
     """Decode packet by packet so one corrupt packet costs one frame, not the video."""
-    for packet in container.demux(stream):
+    for packet in packets:
         try:
             frames = packet.decode()
         except av.error.FFmpegError as exc:

@@ -8,6 +8,7 @@ seeks straight to its keyframe: every frame is still decoded exactly once.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ class ReadUnit:
     video's first frame time and ``previous_time`` the time of frame ``start - 1``
     (both for fps ticks), ``first_ordinal`` the number of sampled frames before ``start``.
     ``done_chunks``: chunks of this video already committed by an earlier run (not redone).
+    ``first``: the source's first unit (it reports a source that yields no frame or pair).
+    A source with a span (``start``/``end``) is planned within it: its first unit starts at the
+    span's first frame and ``origin`` is that frame's time.
     """
 
     source: Source
@@ -52,6 +56,7 @@ class ReadUnit:
     previous_time: float | None = None
     first_ordinal: int = 0
     done_chunks: frozenset[str] = frozenset()
+    first: bool = True
 
     @property
     def key(self) -> str:
@@ -74,7 +79,7 @@ def plan_units(
         return _video_units(source, decode, plan.segment_frames, storage_options)
 
     def wanted(unit: ReadUnit) -> bool:  # segments past --max-pairs-per-video are never read
-        return decode.max_pairs is None or unit.first_ordinal < decode.max_pairs or unit.start == 0
+        return decode.max_pairs is None or unit.first_ordinal < decode.max_pairs or unit.first
 
     with ThreadPoolExecutor(max(1, plan.probe_threads)) as pool:
         return [unit for units in pool.map(units_of, sources) for unit in units if wanted(unit)]
@@ -83,8 +88,8 @@ def plan_units(
 def _sequence_units(source: Source, segment_frames: int) -> list[ReadUnit]:
     n = len(source.frames)
     starts = list(range(0, max(n - 1, 1), segment_frames))
-    return [ReadUnit(source, start, starts[i + 1] if i + 1 < len(starts) else None, first_ordinal=start)
-            for i, start in enumerate(starts)]
+    return [ReadUnit(source, start, starts[i + 1] if i + 1 < len(starts) else None, first_ordinal=start,
+                     first=i == 0) for i, start in enumerate(starts)]
 
 
 def _video_units(source: Source, decode: DecodeOptions, segment_frames: int,
@@ -96,28 +101,38 @@ def _video_units(source: Source, decode: DecodeOptions, segment_frames: int,
     except Exception:
         # Unreadable here: one unit, so the read task records the error against the source.
         return [ReadUnit(source)]
-    starts = [0]
+    lo, hi = span_indices(times, source.start, source.end)
+    starts = [lo]
     for k in keyframes:
-        if k - starts[-1] >= segment_frames:
+        if lo < k < hi and k - starts[-1] >= segment_frames:
             starts.append(k)
-    if len(starts) == 1 or not times:
+    if len(starts) == 1 or lo >= hi:
         return [ReadUnit(source)]
-    selected_before = _selected_counts(times, decode.fps)
+    selected_before = _selected_counts(times[lo:hi], decode.fps)
     units = []
     for i, start in enumerate(starts):
         stop = starts[i + 1] if i + 1 < len(starts) else None
         # Frames past ``stop`` are needed for the pairs that end after it: hand over the times
         # up to the end of the next segment, far more than any stride needs.
-        end = starts[i + 2] if i + 2 < len(starts) else len(times)
+        end = starts[i + 2] if i + 2 < len(starts) else hi
         units.append(ReadUnit(
             source, start, stop,
             seek_time=times[start] if start else None,
             times=tuple(times[start:end]),
-            origin=times[0],
-            previous_time=times[start - 1] if start else None,
-            first_ordinal=selected_before[start],
+            origin=times[lo],
+            previous_time=times[start - 1] if start > lo else None,
+            first_ordinal=selected_before[start - lo],
+            first=i == 0,
         ))
     return units
+
+
+def span_indices(times: Sequence[float], start: float | None, end: float | None) -> tuple[int, int]:
+    """[lo, hi): the indices of the sorted frame ``times`` with start ≤ time < end (None: no bound),
+    with the decoder's tolerance of 1e-6 s."""
+    lo = 0 if start is None else bisect.bisect_left(times, start - 1e-6)
+    hi = len(times) if end is None else bisect.bisect_left(times, end - 1e-6)
+    return lo, hi
 
 
 def _selected_counts(times: Sequence[float], fps: float | None) -> list[int]:

@@ -1,7 +1,9 @@
 """Listing inputs: URIs, globs and folders → video files and image-sequence folders.
 
 A source is one video file or one folder of image frames. Its ``video_id`` is a hash of its
-URI, so output paths never contain (and never escape through) user-chosen names.
+URI (and span), so output paths never contain (and never escape through) user-chosen names.
+Manifest rows (:mod:`pipeline.read.manifest`) and ``http(s)://`` inputs are videos taken as
+named: the driver does not open them; a missing or refused one fails in its read task.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.read.manifest import ManifestOptions, ManifestRow, read_manifest_rows
 from pipeline.storage import filesystem, full_uri
 
 VIDEO_EXTENSIONS = frozenset(
@@ -23,7 +26,11 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 @dataclass(frozen=True)
 class Source:
-    """One input: ``kind`` is "video" (``uri`` is the file) or "sequence" (``frames`` are image URIs)."""
+    """One input: ``kind`` is "video" (``uri`` is the file) or "sequence" (``frames`` are image URIs).
+
+    ``start`` / ``end``: label only the frames with start ≤ time < end (seconds; None: no bound);
+    ``carry``: (column, text or None) pairs of its manifest row, copied into each of its output rows.
+    """
 
     uri: str
     kind: str
@@ -31,6 +38,9 @@ class Source:
     corpus: str
     frames: tuple[str, ...] = ()
     size: int | None = None
+    start: float | None = None
+    end: float | None = None
+    carry: tuple[tuple[str, str | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,8 +52,11 @@ class ListingError:
     message: str
 
 
-def video_id_for(uri: str) -> str:
-    """Stable 16-hex-digit id of a source URI."""
+def video_id_for(uri: str, start: float | None = None, end: float | None = None) -> str:
+    """Stable 16-hex-digit id of a source URI, and of its span when it has one (a media fragment
+    ``#t=start,end`` is hashed with the URI), so two spans of one video are two sources."""
+    if start is not None or end is not None:
+        uri += f"#t={'' if start is None else repr(float(start))},{'' if end is None else repr(float(end))}"
     return hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
@@ -58,6 +71,10 @@ def sanitize_partition_value(value: str) -> str:
     return cleaned[:100]
 
 
+def _is_http(uri: str) -> bool:
+    return uri.lower().startswith(("http://", "https://"))
+
+
 def _extension(path: str) -> str:
     return posixpath.splitext(path)[1].lower()
 
@@ -70,17 +87,50 @@ def _root_name(path: str) -> str:
 
 
 def list_sources(
-    inputs: Iterable[str], storage_options: Mapping[str, Any] | None = None, corpus: str | None = None
+    inputs: Iterable[str], storage_options: Mapping[str, Any] | None = None, corpus: str | None = None,
+    manifest: ManifestOptions | None = None,
 ) -> tuple[list[Source], list[ListingError]]:
-    """Expand URIs, globs and folders into sources, sorted by URI, without duplicates.
+    """Expand URIs, globs and folders into sources, sorted by URI, then the rows of ``manifest`` in
+    its order, without duplicates (same URI and span: the first is kept, manifest rows first).
 
     Files with a video extension (or any file named explicitly) are videos; every folder
     that directly holds image files is one image sequence (frames in natural sort order).
-    ``corpus`` defaults to the last path element of each input's root.
+    ``corpus`` defaults to the last path element of each input's root, and for manifest rows to
+    the manifest's file name without extension. A bad manifest row is a listing error whose
+    ``uri`` is ``<manifest>#row=<n>``; a manifest without its URI column raises ValueError.
     """
+    listed, errors = _list_inputs(inputs, storage_options, corpus)
+    from_manifest, manifest_errors = manifest_sources(manifest, storage_options, corpus) if manifest else ([], [])
+    first: dict[str, Source] = {}
+    for source in from_manifest:
+        first.setdefault(source.video_id, source)
+    return [s for s in listed if s.video_id not in first] + list(first.values()), errors + manifest_errors
+
+
+def manifest_sources(manifest: ManifestOptions, storage_options: Mapping[str, Any] | None = None,
+                     corpus: str | None = None) -> tuple[list[Source], list[ListingError]]:
+    """One video source per good manifest row (in order, duplicates kept); one error per bad row."""
+    name = sanitize_partition_value(corpus or posixpath.splitext(posixpath.basename(manifest.uri.split("?")[0]))[0])
+    sources, errors = [], []
+    for row in read_manifest_rows(manifest, storage_options):
+        if isinstance(row, ManifestRow):
+            sources.append(Source(row.uri, "video", video_id_for(row.uri, row.start, row.end), name,
+                                  start=row.start, end=row.end, carry=row.carry))
+        else:
+            errors.append(ListingError(f"{manifest.uri}#row={row.number}", "ManifestRowError",
+                                       f"row {row.number} ({row.uri or 'no URI'}): {row.message}"))
+    return sources, errors
+
+
+def _list_inputs(inputs: Iterable[str], storage_options: Mapping[str, Any] | None,
+                 corpus: str | None) -> tuple[list[Source], list[ListingError]]:
     sources: dict[str, Source] = {}
     errors: list[ListingError] = []
     for uri in inputs:
+        if _is_http(uri):  # no listing over HTTP: the URI is one video, read (or refused) by its read task
+            name = sanitize_partition_value(corpus or _root_name(posixpath.dirname(uri.split("?")[0])))
+            sources.setdefault(uri, Source(uri, "video", video_id_for(uri), name))
+            continue
         try:
             fs, path = filesystem(uri, storage_options)
             root = path.rstrip("/")

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from pipeline.chunks import iter_chunks
 from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, check_encoding, encode_labels, flow_magnitude_sum, \
     parquet_options
-from pipeline.schema import ARRAY_COLUMNS, SCALAR_COLUMNS, optional_columns, to_table
+from pipeline.schema import ARRAY_COLUMNS, SCALAR_COLUMNS, carried_column, optional_columns, to_table
 from pipeline.storage import filesystem, join, write_atomic
 
 FORMATS = ("parquet", "npz")
@@ -33,16 +33,19 @@ SUMMARY_KEYS = ("video_id", "source", "corpus", "chunk", "unit", "unit_chunks", 
 @dataclass(frozen=True)
 class SinkOptions:
     """out: output URI; formats: subset of ("parquet", "npz"); partition: path keys, in order;
-    flow_encoding: how flow and confidence are stored, "int16" or "float16" (see pipeline.encoding)."""
+    flow_encoding: how flow and confidence are stored, "int16" or "float16" (see pipeline.encoding);
+    carried: manifest columns written in every file, as text (``--carry``; see pipeline.schema)."""
 
     out: str
     formats: tuple[str, ...] = ("parquet",)
     partition: tuple[str, ...] = ("corpus", "video")
     compression: str = "zstd"
     flow_encoding: str = DEFAULT_FLOW_ENCODING
+    carried: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_encoding(self.flow_encoding)
+        object.__setattr__(self, "carried", tuple(self.carried))
         if not self.formats or set(self.formats) - set(FORMATS):
             raise ValueError(f"formats: expected a non-empty subset of {FORMATS}, got {self.formats}")
         if set(self.partition) - set(PARTITION_KEYS):
@@ -78,21 +81,24 @@ class SinkOptions:
 
 
 def encode_parquet(rows: Mapping[str, np.ndarray], options: SinkOptions) -> bytes:
-    table = to_table(rows, options.excluded_columns, options.flow_encoding)
+    table = to_table(rows, options.excluded_columns, options.flow_encoding, options.carried)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression=options.compression,
                    **parquet_options(table.schema, options.flow_encoding))
     return buffer.getvalue()
 
 
-def encode_npz(rows: Mapping[str, np.ndarray], flow_encoding: str = DEFAULT_FLOW_ENCODING) -> bytes:
+def encode_npz(rows: Mapping[str, np.ndarray], flow_encoding: str = DEFAULT_FLOW_ENCODING,
+               carried: tuple[str, ...] = ()) -> bytes:
     """The same arrays (N×H×W[×2], stored in ``flow_encoding``) and columns as the Parquet file,
-    in one compressed npz."""
+    in one compressed npz (carried columns as text, a null as "": npz has no nulls)."""
     stored = encode_labels(rows, flow_encoding)
     arrays = {name: stored[name] for name in (*ARRAY_COLUMNS, SCALE_COLUMN) if name in stored}
     arrays.update({name: np.asarray(rows[name]).astype(str) if rows[name].dtype == object else np.asarray(rows[name])
                    for name in SCALAR_COLUMNS})
     arrays.update({name: np.asarray(rows[name]) for name in optional_columns(rows)})  # N×k, --frame-labels
+    arrays.update({name: np.array(["" if v is None else v for v in carried_column(rows, name).to_pylist()], str)
+                   for name in carried})
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
@@ -109,7 +115,7 @@ def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
         if fmt == "parquet":
             data, path = encode_parquet(rows, options), join(root, f"{stem}.parquet")
         else:
-            data, path = encode_npz(rows, options.flow_encoding), join(root, NPZ_DIR, f"{stem}.npz")
+            data, path = encode_npz(rows, options.flow_encoding, options.carried), join(root, NPZ_DIR, f"{stem}.npz")
         write_atomic(fs, path, data)
         written += len(data)
     return {
