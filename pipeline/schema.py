@@ -85,10 +85,11 @@ def optional_columns(rows: Mapping[str, np.ndarray]) -> tuple[str, ...]:
 
 
 def carried_column(rows: Mapping[str, np.ndarray], name: str) -> pa.Array:
-    """A carried column of a chunk as text (None: null); all null when the chunk lacks it."""
-    n = len(rows["frame0"])
-    values = rows[name].tolist() if name in rows else [None] * n
-    return pa.array(values, type=CARRIED_TYPE)
+    """A carried column of a chunk as text (None: null); all null when the chunk lacks it. Values are text
+    or None; anything else is null too (Ray Data turns a column of None into float NaN on the way)."""
+    values = rows[name].tolist() if name in rows else []
+    return pa.array([v if isinstance(v, str) else None for v in values] or [None] * len(rows["frame0"]),
+                    type=CARRIED_TYPE)
 
 
 def _list_column(array: np.ndarray, dtype: np.dtype, arrow_type: pa.DataType) -> pa.ListArray:
