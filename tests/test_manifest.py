@@ -132,8 +132,8 @@ def test_bad_rows_become_listing_errors_with_their_row_number(memory_root):
 
 
 def test_jsonl_lines_that_are_not_objects_are_row_errors(memory_root):
-    uri = put(f"{memory_root}/m.jsonl", f'{{"uri": "{VIDEO_A}"}}\n[1, 2]\nnot json\n{{"uri": "{VIDEO_B}", "start": true}}\n'
-              .encode())
+    lines = [json.dumps({"uri": VIDEO_A}), "[1, 2]", "not json", json.dumps({"uri": VIDEO_B, "start": True})]
+    uri = put(f"{memory_root}/m.jsonl", "\n".join(lines).encode())
     rows = list(read_manifest_rows(ManifestOptions(uri)))
     assert rows[0] == ManifestRow(1, VIDEO_A)
     assert [(type(r), r.number) for r in rows[1:]] == [(ManifestRowError, 2), (ManifestRowError, 3),

@@ -152,7 +152,8 @@ def test_planned_segments_of_a_span_give_the_pairs_of_the_span(noise_videos, dec
         assert [(a, b) for a, b, _, _ in whole_pairs] == [(k, k + 1) for k in range(9, 51)]
         assert [o for *_, o in whole_pairs] == list(range(42))
     elif decode.fps:
-        # 12 fps ticks from the span's first frame (0.36 s): 0.36, 0.443, 0.527, 0.61, 0.693 keep frames 9, 12, 14, 16, 18
+        # 12 fps ticks from the span's first frame (0.36 s): 0.36, 0.443, 0.527, 0.61, 0.693
+        # keep frames 9, 12, 14, 16, 18 (the first at or after each tick).
         assert [(a, b) for a, b, _, _ in whole_pairs[:3]] == [(9, 14), (12, 16), (14, 18)]
         assert whole_pairs[0][2] == pytest.approx(0.36)
     else:

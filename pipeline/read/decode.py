@@ -222,15 +222,8 @@ def iter_video_frames(
     container, stream = open_video(fileobj, threads)
     try:
         tb = stream.time_base
-        packets: Iterator[av.Packet] = container.demux(stream)
-        first_index, keyframe_pts = 0, None
-        if start_time is not None and start_time > 0:
-            if time_to_index is None:
-                first_index, keyframe_pts, packets = seek_keyframe(container, stream, start_time)
-            else:
-                first, packets = _seek_packets(container, stream, start_time)
-                packets = itertools.chain([first] if first is not None else [], packets)
-        else:
+        first_index, keyframe_pts, packets = _start(container, stream, start_time, time_to_index is None)
+        if not (start_time and start_time > 0):
             report.announced_frames = stream.frames
         count = 0
         frames = _decode_tolerant(packets, report)
@@ -254,6 +247,19 @@ def iter_video_frames(
         report.reached_end = True
     finally:
         container.close()
+
+
+def _start(container, stream, start_time: float | None,
+           count_frames: bool) -> tuple[int, int | None, Iterator[av.Packet]]:
+    """(index of the first frame, pts of the keyframe decoding starts at, the packets from there):
+    the whole stream without ``start_time``; else from the keyframe at or before it, its index
+    counted (:func:`seek_keyframe`) when ``count_frames``, else left to the caller's time lookup."""
+    if start_time is None or start_time <= 0:
+        return 0, None, container.demux(stream)
+    if count_frames:
+        return seek_keyframe(container, stream, start_time)
+    first, packets = _seek_packets(container, stream, start_time)
+    return 0, None, itertools.chain([first] if first is not None else [], packets)
 
 
 def seek_keyframe(container, stream, start_time: float) -> tuple[int, int | None, Iterator[av.Packet]]:
