@@ -191,7 +191,9 @@ def fingerprint(manifest: Mapping[str, Any]) -> dict[str, Any]:
     read = {k: options["read"][k] for k in ("decode", "chunk_bytes", "max_chunk_pairs")}
     return {"model": manifest["model"], "checkpoint_sha256": manifest["checkpoint_sha256"], "labeler": labeler,
             "read": read, "plan": options["plan"],
-            "sink": {k: v for k, v in options["sink"].items() if k != "out"}, "corpus": options["corpus"],
+            # No carried columns reads as a run from before --carry existed (no such key): they resume.
+            "sink": {k: v for k, v in options["sink"].items() if k != "out" and (k != "carried" or v)},
+            "corpus": options["corpus"],
             "frame_labels": _label_settings(options.get("frame_labels")),
             "clip_labels": _label_settings(options.get("clip_labels"))}
 

@@ -113,7 +113,9 @@ def retry_io(fn: Callable[[], T], *, attempts: int = 6, first_delay_s: float = 1
 
 
 SECRET_OPTION_NAMES = frozenset({"key", "secret", "token", "password", "session_token", "aws_secret_access_key",
-                                 "aws_access_key_id", "aws_session_token", "access_key", "secret_key"})
+                                 "aws_access_key_id", "aws_session_token", "access_key", "secret_key",
+                                 # HTTP headers under {"http": {"headers": …}}
+                                 "authorization", "proxy-authorization", "cookie"})
 
 
 HTTP_OPTIONS_KEY = "http"

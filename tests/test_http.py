@@ -25,7 +25,7 @@ from pipeline.read.datasource import ReadOptions, UnitOutcome, read_unit
 from pipeline.read.manifest import ManifestOptions
 from pipeline.read.plan import ReadUnit
 from pipeline.read.sources import Source, list_sources, video_id_for
-from pipeline.storage import HTTP_BLOCK_BYTES, filesystem, is_transient, with_http_status
+from pipeline.storage import HTTP_BLOCK_BYTES, filesystem, is_transient, redact, with_http_status
 from pipeline.write.sinks import SinkOptions
 
 
@@ -222,6 +222,8 @@ def test_http_gets_only_its_own_options():
     assert fs.block_size == 5
     fs, _ = filesystem("memory://x", so)
     assert "http" not in fs.storage_options
+    headers = {"http": {"headers": {"Authorization": "Bearer t0ken", "X-A": "1"}}}
+    assert redact(headers) == {"http": {"headers": {"Authorization": "***", "X-A": "1"}}}
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.label import LabelJob, add_label_arguments, label_job
+from jobs.label import LabelJob, _manifest, add_label_arguments, fingerprint, label_job, setting_differences
 from pipeline.read.manifest import (ManifestOptions, ManifestRow, ManifestRowError, carried_text, manifest_format,
                                     manifest_row, read_manifest_rows)
 from pipeline.read.sources import Source, list_sources, video_id_for
@@ -213,3 +213,16 @@ def test_the_job_gives_the_sink_the_manifests_carried_columns():
     job = LabelJob(inputs=(), sink=SinkOptions("/tmp/x"), manifest=ManifestOptions("m.csv", carry=("a", "b")))
     assert job.sink.carried == ("a", "b")
     assert LabelJob(inputs=("v.mp4",), sink=SinkOptions("/tmp/x", carried=("a",))).sink.carried == ()
+
+
+def test_runs_from_before_carried_columns_still_resume():
+    def settings(job, drop_carried=False):
+        manifest = json.loads(json.dumps(_manifest(job, "sha", 0.0), default=str))
+        if drop_carried:
+            del manifest["options"]["sink"]["carried"]  # as _flowlabel.json files written before --carry
+        return fingerprint(manifest)
+
+    plain = LabelJob(inputs=("v.mp4",), sink=SinkOptions("/tmp/x"))
+    assert setting_differences(settings(plain, drop_carried=True), settings(plain)) == []
+    carrying = LabelJob(inputs=(), sink=SinkOptions("/tmp/x"), manifest=ManifestOptions("m.csv", carry=("a",)))
+    assert setting_differences(settings(plain), settings(carrying)) == ["sink.carried: None → ['a']"]
