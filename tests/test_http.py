@@ -36,6 +36,7 @@ class ServerState:
 
     files: dict[str, bytes] = field(default_factory=dict)
     fail_503: Counter = field(default_factory=Counter)
+    fail_ranged: Counter = field(default_factory=Counter)  # 503 for the next N range requests (mid-read)
     reset: Counter = field(default_factory=Counter)
     status: dict[str, int] = field(default_factory=dict)
     requests: Counter = field(default_factory=Counter)
@@ -59,10 +60,13 @@ class Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.requests[path] += 1
             reset = state.reset[path] > 0
-            fail = not reset and state.fail_503[path] > 0
+            ranged = body and "Range" in self.headers and state.fail_ranged[path] > 0
+            fail = not reset and (state.fail_503[path] > 0 or ranged)
             if reset:
                 state.reset[path] -= 1
-            if fail:
+            elif ranged:
+                state.fail_ranged[path] -= 1
+            elif fail:
                 state.fail_503[path] -= 1
             if reset or fail:
                 state.failures_sent[path] += 1
@@ -156,11 +160,12 @@ def test_a_short_span_reads_a_few_ranges_not_the_file(http_server, videos):
 
 def test_transient_failures_are_retried(http_server, videos):
     state, base = http_server
-    for path in ("/flaky.mp4", "/reset.mp4"):
+    for path in ("/flaky.mp4", "/reset.mp4", "/midread.mp4"):
         state.files[path] = videos["short"]
     state.fail_503["/flaky.mp4"] = 2
     state.reset["/reset.mp4"] = 2
-    for path, counter in (("/flaky.mp4", "503"), ("/reset.mp4", "reset")):
+    state.fail_ranged["/midread.mp4"] = 2  # the open succeeds, then reads fail: the unit starts again
+    for path, counter in (("/flaky.mp4", "503"), ("/reset.mp4", "reset"), ("/midread.mp4", "ranged 503")):
         pairs, outcome = read(unit_of(base + path))
         assert outcome.records == [], (counter, outcome.records)
         assert pairs == [(k, k + 1) for k in range(7)]
