@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 import pyarrow as pa
 
-from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, STORED_TYPES, check_encoding, decode_labels, encode_labels
+from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, STORED_TYPES, check_encoding, check_stored, decode_labels
 
 # name: trailing shape after H×W; the stored dtype depends on the flow encoding (STORED_TYPES)
 ARRAY_COLUMNS = {"flow": (2,), "occlusion": (), "confidence": ()}
@@ -127,10 +127,10 @@ def clip_table(rows: Mapping[str, np.ndarray], exclude: tuple[str, ...] = ()) ->
 
 def to_table(rows: Mapping[str, np.ndarray], exclude: tuple[str, ...] = (),
              flow_encoding: str = DEFAULT_FLOW_ENCODING) -> pa.Table:
-    """Numpy columns of one chunk (arrays N×H×W[×2], float or already encoded) → an Arrow
-    table with :func:`output_schema`, arrays stored in ``flow_encoding``."""
+    """Numpy columns of one chunk (arrays N×H×W[×2], stored in ``flow_encoding``: see
+    :func:`pipeline.encoding.encode_labels`) → an Arrow table with :func:`output_schema`."""
+    check_stored(rows, flow_encoding)
     schema = output_schema(exclude, optional_columns(rows), flow_encoding)
-    rows = {**rows, **encode_labels(rows, flow_encoding)}
     columns = []
     for field in schema:
         if field.name in ARRAY_COLUMNS:

@@ -10,7 +10,7 @@ with '_', so ``pq.read_table(out)`` still reads the Parquet dataset alone.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.chunks import iter_chunks
-from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, check_encoding, encode_labels, flow_magnitude_sum, \
+from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, check_encoding, check_stored, encode_labels, flow_magnitude_sum, \
     parquet_options
 from pipeline.schema import ARRAY_COLUMNS, SCALAR_COLUMNS, optional_columns, to_table
 from pipeline.storage import filesystem, join, write_atomic
@@ -78,6 +78,7 @@ class SinkOptions:
 
 
 def encode_parquet(rows: Mapping[str, np.ndarray], options: SinkOptions) -> bytes:
+    """One chunk's rows (arrays stored in ``options.flow_encoding``) → the bytes of its Parquet file."""
     table = to_table(rows, options.excluded_columns, options.flow_encoding)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression=options.compression,
@@ -88,8 +89,8 @@ def encode_parquet(rows: Mapping[str, np.ndarray], options: SinkOptions) -> byte
 def encode_npz(rows: Mapping[str, np.ndarray], flow_encoding: str = DEFAULT_FLOW_ENCODING) -> bytes:
     """The same arrays (N×H×W[×2], stored in ``flow_encoding``) and columns as the Parquet file,
     in one compressed npz."""
-    stored = encode_labels(rows, flow_encoding)
-    arrays = {name: stored[name] for name in (*ARRAY_COLUMNS, SCALE_COLUMN) if name in stored}
+    check_stored(rows, flow_encoding)
+    arrays = {name: rows[name] for name in (*ARRAY_COLUMNS, SCALE_COLUMN) if name in rows}
     arrays.update({name: np.asarray(rows[name]).astype(str) if rows[name].dtype == object else np.asarray(rows[name])
                    for name in SCALAR_COLUMNS})
     arrays.update({name: np.asarray(rows[name]) for name in optional_columns(rows)})  # N×k, --frame-labels
@@ -98,20 +99,28 @@ def encode_npz(rows: Mapping[str, np.ndarray], flow_encoding: str = DEFAULT_FLOW
     return buffer.getvalue()
 
 
-def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
-                storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Write one chunk in every requested format; returns a summary row."""
+def write_files(rows: Mapping[str, np.ndarray], options: SinkOptions, encoders: Mapping[str, Callable[[], bytes]],
+                storage_options: Mapping[str, Any] | None = None) -> int:
+    """Write one chunk's file in each format of ``encoders`` (format → bytes) at its path below
+    ``options.out``, atomically; returns the bytes written. A retried task writes the same paths."""
     fs, root = filesystem(options.out, storage_options)
     stem = options.chunk_stem(str(rows["corpus"][0]), str(rows["video_id"][0]), str(rows["chunk"][0]))
-    rows = {**rows, **encode_labels(rows, options.flow_encoding)}  # once, for every format and the summary
     written = 0
-    for fmt in options.formats:
-        if fmt == "parquet":
-            data, path = encode_parquet(rows, options), join(root, f"{stem}.parquet")
-        else:
-            data, path = encode_npz(rows, options.flow_encoding), join(root, NPZ_DIR, f"{stem}.npz")
-        write_atomic(fs, path, data)
+    for fmt, encode in encoders.items():
+        data = encode()
+        write_atomic(fs, join(root, *([NPZ_DIR] if fmt == "npz" else []), f"{stem}.{fmt}"), data)
         written += len(data)
+    return written
+
+
+def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
+                storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write one chunk of pair rows in every requested format; returns a summary row."""
+    # The labeler's rows are stored already and pass through; float labels (Python API) are encoded here,
+    # once for every format and the summary.
+    rows = {**rows, **encode_labels(rows, options.flow_encoding)}
+    encoders = {"parquet": lambda: encode_parquet(rows, options), "npz": lambda: encode_npz(rows, options.flow_encoding)}
+    written = write_files(rows, options, {fmt: encoders[fmt] for fmt in options.formats}, storage_options)
     return {
         "video_id": str(rows["video_id"][0]),
         "source": str(rows["source"][0]),
@@ -130,10 +139,13 @@ def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
 
 
 def write_batch(batch: Mapping[str, np.ndarray], options: SinkOptions,
-                storage_options: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """Write every chunk in ``batch``; returns the summary rows as a numpy batch."""
-    summaries = [write_chunk(rows, options, storage_options) for rows in iter_chunks(batch)]
-    return {key: np.array([s[key] for s in summaries]) for key in SUMMARY_KEYS}
+                storage_options: Mapping[str, Any] | None = None, *,
+                write: Callable[..., dict[str, Any]] = write_chunk, keys: tuple[str, ...] = SUMMARY_KEYS
+                ) -> dict[str, np.ndarray]:
+    """The write stage of a Ray Data pipeline: every chunk in ``batch`` through ``write`` (pair
+    chunks by default; the clip labels pass theirs); returns the summary rows, columns ``keys``."""
+    summaries = [write(rows, options, storage_options) for rows in iter_chunks(batch)]
+    return {key: np.array([s[key] for s in summaries]) for key in keys}
 
 
 def committed_chunks(options: SinkOptions, storage_options: Mapping[str, Any] | None = None
