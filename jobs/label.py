@@ -26,6 +26,7 @@ from pipeline.read.plan import PlanOptions, plan_units
 from pipeline.write.progress import UnitTracker
 from pipeline.write.records import (ERRORS_DIR, SKIPPED_DIR, UnitRecord, clear_records, read_records, read_unit_markers,
                               write_record, write_unit_marker)
+from pipeline.write.clip_summary import CLIP_SUMMARY_DIR, write_clip_summary
 from pipeline.write.sinks import SinkOptions, committed_chunks, write_batch
 from pipeline.read.sources import list_sources
 from pipeline.storage import join, redact
@@ -74,6 +75,7 @@ class LabelResult:
     errors: list[UnitRecord]
     skipped: list[UnitRecord]
     clips: int = 0  # rows written to <out>/_clips/ (--clip-labels)
+    clip_summaries: int = 0  # rows of <out>/_clips_summary/: one per source labeled on out, this run or before
     settled_before: int = 0  # units already done by an earlier run on the same out (a resume)
     stats: dict[str, Any] = field(default_factory=dict)  # throughput per stage, actors, bytes (jobs/stats.py)
 
@@ -140,6 +142,7 @@ def run_label(job: LabelJob) -> LabelResult:
                              seconds=result.seconds, errors=len(errors), bytes_written=result.bytes_written,
                              source_bytes=sum({u.source.uri: u.source.size or 0 for u in units}.values()))
     result.clips = clips.clips if clips else 0
+    result.clip_summaries = write_clip_summary(job.sink, so)
     settled_now = read_unit_markers(job.sink.out, so)
     progress.write("finished", stats=result.stats, plan=execution.get("plan"), counts={
         "sources": result.sources, "pairs": result.pairs, "chunks": result.chunks,
@@ -211,7 +214,7 @@ def _extra_labels(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[str
 
 def _labeler_kwargs(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[str, Any]:
     return {"config": job.labeler, "storage_options": storage_options, "frame_labels": job.frame_labels,
-            "flow_encoding": job.sink.flow_encoding}
+            "flow_encoding": job.sink.flow_encoding, "store": job.sink.store}
 
 
 def _check_same_settings(out: str, manifest: Mapping[str, Any], storage_options: Mapping[str, Any]) -> None:
@@ -331,6 +334,9 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-encoding", choices=("int16", "float16"), default="int16",
                         help="int16: flow in 1/64 px steps (KITTI precision) and confidence in 1/255, about "
                              "half the bytes (default); float16: as the model's float16 output")
+    parser.add_argument("--store", choices=("dense", "summary"), default="dense",
+                        help="dense: label arrays and per-pair motion summaries (default); summary: the motion "
+                             "summaries only, no arrays (curation; Parquet only). Both write <out>/_clips_summary/")
     parser.add_argument("--partition", default="corpus,video",
                         help="hive partition keys, comma-separated, from {corpus, video}; 'none' for flat")
     parser.add_argument("--corpus", help="corpus name (default: last path element of each input's root)")
@@ -368,7 +374,8 @@ def label_job(args: argparse.Namespace) -> LabelJob:
                            max_pairs=args.max_pairs_per_video, max_pixels=args.max_pixels, oversize=args.oversize)
     return LabelJob(
         inputs=tuple(args.inputs),
-        sink=SinkOptions(args.out, formats=formats, partition=partition, flow_encoding=args.flow_encoding),
+        sink=SinkOptions(args.out, formats=formats, partition=partition, flow_encoding=args.flow_encoding,
+                         store=args.store),
         labeler=labeler_config(args),
         read=ReadOptions(decode=decode, chunk_bytes=int(args.chunk_mb * 2**20)),
         plan=PlanOptions(segment_frames=args.segment_frames, split_bytes=int(args.split_mb * 2**20)),
@@ -411,6 +418,8 @@ def format_label_summary(result: LabelResult, sink: SinkOptions) -> str:
                          f"{v['source']}")
     if result.clips:
         lines.append(f"labeled {result.clips} clips ({join(out, CLIPS_DIR)}/)")
+    if result.clip_summaries:
+        lines.append(f"motion summaries of {result.clip_summaries} sources in {join(out, CLIP_SUMMARY_DIR)}/")
     for r in result.skipped:
         lines.append(f"skipped  {r.source}: {r.message}")
     for r in result.errors:

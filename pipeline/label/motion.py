@@ -72,19 +72,14 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-SUMMARY_COLUMNS = {name: pa.float32() for name in (
-    "flow_mean", "flow_median", "flow_p95", "occluded_fraction", "confidence_mean",
-    "camera_tx", "camera_ty", "camera_a11", "camera_a12", "camera_a21", "camera_a22",
-    "camera_scale", "camera_rotation", "camera_flow_mean", "camera_inlier_fraction",
-    "residual_mean", "residual_p95")}
+from pipeline.schema import MOTION_COLUMNS
+from pipeline.write.clip_summary import CLIP_SUMMARY_COLUMNS, aggregate  # noqa: F401  (re-exported)
 
-CLIP_SUMMARY_COLUMNS = {"pairs": pa.int32(), **{name: pa.float32() for name in (
-    "flow_mean", "flow_median", "flow_p95", "flow_mean_per_s", "occluded_fraction", "confidence_mean",
-    "camera_tx_mean", "camera_ty_mean", "camera_translation_mean", "camera_flow_mean", "camera_flow_max",
-    "camera_scale_mean", "camera_rotation_mean", "camera_inlier_fraction", "residual_mean", "residual_p95")}}
+# The per-pair columns are part of the output contract (pipeline.schema); the per-clip aggregation is the
+# writer's (pipeline.write.clip_summary), re-exported here beside the per-pair statistics it reduces.
+SUMMARY_COLUMNS = MOTION_COLUMNS
 
 # The consistency factor of the median absolute deviation for Gaussian noise.
 _MAD_TO_SIGMA = 1.4826
@@ -297,61 +292,3 @@ def summary_arrays(stats: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """The output of :func:`pair_motion` as numpy float32 arrays, moved to the host in one transfer."""
     stacked = torch.stack([stats[name] for name in SUMMARY_COLUMNS]).cpu().numpy()
     return {name: stacked[i] for i, name in enumerate(SUMMARY_COLUMNS)}
-
-
-def aggregate(stats: Mapping[str, np.ndarray], weights: np.ndarray | None = None,
-              dt: np.ndarray | None = None) -> dict[str, np.generic]:
-    """One clip's row of :data:`CLIP_SUMMARY_COLUMNS` from the per-pair columns of its P pairs.
-
-    stats: {name: P array} with every :data:`SUMMARY_COLUMNS` name; weights: P non-negative pair weights for
-    the means (default equal; e.g. valid-pixel counts); dt: P time gaps of the pairs in seconds, for
-    ``flow_mean_per_s``. Means, medians and maxima skip NaN; a column with no finite value is NaN.
-    """
-    columns = {name: np.asarray(stats[name], dtype=np.float64).reshape(-1) for name in SUMMARY_COLUMNS}
-    pairs = len(columns["flow_mean"])
-    weights = _pair_vector("weights", np.ones(pairs) if weights is None else weights, pairs)
-    if not (np.isfinite(weights).all() and (weights >= 0).all()):
-        raise ValueError(f"weights: expected finite values ≥ 0, got {weights}")
-    for name, values in columns.items():
-        _pair_vector(name, values, pairs)
-    speed = np.full(pairs, np.nan)
-    if dt is not None:
-        dt = _pair_vector("dt", dt, pairs)
-        if not (dt > 0).all():
-            raise ValueError(f"dt: expected time gaps > 0 s, got {dt}")
-        speed = columns["flow_mean"] / dt
-    c = columns
-
-    def mean(values: np.ndarray) -> float:
-        return _weighted_nanmean(values, weights)
-
-    row = {
-        "pairs": pairs, "flow_mean": mean(c["flow_mean"]), "flow_median": _nan_reduce(np.median, c["flow_median"]),
-        "flow_p95": _nan_reduce(np.max, c["flow_p95"]), "flow_mean_per_s": mean(speed),
-        "occluded_fraction": mean(c["occluded_fraction"]), "confidence_mean": mean(c["confidence_mean"]),
-        "camera_tx_mean": mean(c["camera_tx"]), "camera_ty_mean": mean(c["camera_ty"]),
-        "camera_translation_mean": mean(np.hypot(c["camera_tx"], c["camera_ty"])),
-        "camera_flow_mean": mean(c["camera_flow_mean"]), "camera_flow_max": _nan_reduce(np.max, c["camera_flow_mean"]),
-        "camera_scale_mean": mean(c["camera_scale"]), "camera_rotation_mean": mean(c["camera_rotation"]),
-        "camera_inlier_fraction": mean(c["camera_inlier_fraction"]),
-        "residual_mean": mean(c["residual_mean"]), "residual_p95": _nan_reduce(np.max, c["residual_p95"]),
-    }
-    return {name: np.int32(row[name]) if name == "pairs" else np.float32(row[name]) for name in CLIP_SUMMARY_COLUMNS}
-
-
-def _pair_vector(name: str, values, pairs: int) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    if values.shape != (pairs,):
-        raise ValueError(f"{name}: expected one value per pair, shape ({pairs},), got {values.shape}")
-    return values
-
-
-def _weighted_nanmean(values: np.ndarray, weights: np.ndarray) -> float:
-    keep = np.isfinite(values) & (weights > 0)
-    total = weights[keep].sum()
-    return float(values[keep] @ weights[keep] / total) if total > 0 else math.nan
-
-
-def _nan_reduce(reduce, values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(reduce(finite)) if finite.size else math.nan
