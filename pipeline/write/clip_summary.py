@@ -144,9 +144,9 @@ def aggregate(stats: Mapping[str, np.ndarray], weights: np.ndarray | None = None
               dt: np.ndarray | None = None) -> dict[str, np.generic]:
     """One clip's row of :data:`CLIP_SUMMARY_COLUMNS` from the per-pair columns of its P pairs.
 
-    stats: {name: P array} with every :data:`pipeline.schema.MOTION_COLUMNS` name; weights: P non-negative pair weights for
-    the means (default equal; e.g. valid-pixel counts); dt: P time gaps of the pairs in seconds, for
-    ``flow_mean_per_s``. Means, medians and maxima skip NaN; a column with no finite value is NaN.
+    stats: {name: P array} with every :data:`pipeline.schema.MOTION_COLUMNS` name; weights: P non-negative
+    pair weights for the means (default equal; e.g. valid-pixel counts); dt: P time gaps of the pairs in
+    seconds, for ``flow_mean_per_s``. Means, medians and maxima skip NaN; a column with no finite value is NaN.
     """
     columns = {name: np.asarray(stats[name], dtype=np.float64).reshape(-1) for name in MOTION_COLUMNS}
     pairs = len(columns["flow_mean"])
