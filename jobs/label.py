@@ -22,6 +22,7 @@ from pipeline.read.datasource import FramePairDatasource, ReadOptions
 from pipeline.read.decode import DecodeOptions
 from pipeline.read.plan import PlanOptions, ReadUnit, plan_units
 from pipeline.read.sources import ListingError, Source, list_sources
+from pipeline.write.clip_summary import CLIP_SUMMARY_DIR, write_clip_summary
 from pipeline.storage import join, redact
 from pipeline.write.exactly_once import Books, OutputConflictError, check_same_settings, unit_outcomes
 from pipeline.write.records import ERRORS_DIR, UnitRecord, clear_records, read_unit_markers, write_record
@@ -74,6 +75,7 @@ class LabelResult:
     errors: list[UnitRecord]
     skipped: list[UnitRecord]
     clips: int = 0  # rows written to <out>/_clips/ (--clip-labels)
+    clip_summaries: int = 0  # rows of <out>/_clips_summary/: one per source labeled on out, this run or before
     settled_before: int = 0  # units already done by an earlier run on the same out (a resume)
     stats: dict[str, Any] = field(default_factory=dict)  # throughput per stage, actors, bytes (jobs/stats.py)
 
@@ -168,6 +170,7 @@ def finish(job: LabelJob, plan: RunPlan, summaries: list[dict[str, Any]], execut
     result.stats = run_stats(execution.get("stages", []), placements(summaries), pairs=result.pairs,
                              seconds=result.seconds, errors=len(errors), bytes_written=result.bytes_written,
                              source_bytes=sum({u.source.uri: u.source.size or 0 for u in plan.pending}.values()))
+    result.clip_summaries = write_clip_summary(job.sink, so)
     progress.write("finished", stats=result.stats, plan=execution.get("plan"),
                    counts=_final_counts(result, plan, read_unit_markers(job.sink.out, so)))
     return result
@@ -198,7 +201,7 @@ def _extra_labels(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[str
 
 def _labeler_kwargs(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[str, Any]:
     return {"config": job.labeler, "storage_options": storage_options, "frame_labels": job.frame_labels,
-            "flow_encoding": job.sink.flow_encoding}
+            "flow_encoding": job.sink.flow_encoding, "store": job.sink.store}
 
 
 def _listing_key(uri: str) -> str:
@@ -286,6 +289,9 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-encoding", choices=("int16", "float16"), default="int16",
                         help="int16: flow in 1/64 px steps (KITTI precision) and confidence in 1/255, about "
                              "half the bytes (default); float16: as the model's float16 output")
+    parser.add_argument("--store", choices=("dense", "summary"), default="dense",
+                        help="dense: label arrays and per-pair motion summaries (default); summary: the motion "
+                             "summaries only, no arrays (curation; Parquet only). Both write <out>/_clips_summary/")
     parser.add_argument("--partition", default="corpus,video",
                         help="hive partition keys, comma-separated, from {corpus, video}; 'none' for flat")
     parser.add_argument("--corpus", help="corpus name (default: last path element of each input's root)")
@@ -323,7 +329,8 @@ def label_job(args: argparse.Namespace) -> LabelJob:
                            max_pairs=args.max_pairs_per_video, max_pixels=args.max_pixels, oversize=args.oversize)
     return LabelJob(
         inputs=tuple(args.inputs),
-        sink=SinkOptions(args.out, formats=formats, partition=partition, flow_encoding=args.flow_encoding),
+        sink=SinkOptions(args.out, formats=formats, partition=partition, flow_encoding=args.flow_encoding,
+                         store=args.store),
         labeler=labeler_config(args),
         read=ReadOptions(decode=decode, chunk_bytes=int(args.chunk_mb * 2**20)),
         plan=PlanOptions(segment_frames=args.segment_frames, split_bytes=int(args.split_mb * 2**20)),
@@ -366,6 +373,8 @@ def format_label_summary(result: LabelResult, sink: SinkOptions) -> str:
                          f"{v['source']}")
     if result.clips:
         lines.append(f"labeled {result.clips} clips ({join(out, CLIPS_DIR)}/)")
+    if result.clip_summaries:
+        lines.append(f"motion summaries of {result.clip_summaries} sources in {join(out, CLIP_SUMMARY_DIR)}/")
     for r in result.skipped:
         lines.append(f"skipped  {r.source}: {r.message}")
     for r in result.errors:

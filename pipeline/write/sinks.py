@@ -4,7 +4,8 @@ Layout under ``out``: ``corpus=<corpus>/video=<video_id>/<first frame0>-<last fr
 (hive partitions, configurable). A partition column is not repeated inside the file:
 pyarrow/pandas restore it from the path when the folder is read as a dataset. npz shards
 take the same relative paths below ``out/_npz/``: pyarrow skips folders whose names start
-with '_', so ``pq.read_table(out)`` still reads the Parquet dataset alone.
+with '_', so ``pq.read_table(out)`` still reads the Parquet dataset alone. With ``store="summary"``
+(``--store summary``) the files hold the per-row scalar and motion columns only, no label arrays.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 from pipeline.chunks import iter_chunks
 from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, check_encoding, check_stored, encode_labels, flow_magnitude_sum, \
     parquet_options
-from pipeline.schema import ARRAY_COLUMNS, SCALAR_COLUMNS, optional_columns, to_table
+from pipeline.schema import ARRAY_COLUMNS, SCALAR_COLUMNS, check_store, optional_columns, to_table
 from pipeline.storage import filesystem, join, write_atomic
 
 FORMATS = ("parquet", "npz")
@@ -33,18 +34,23 @@ SUMMARY_KEYS = ("video_id", "source", "corpus", "chunk", "unit", "unit_chunks", 
 @dataclass(frozen=True)
 class SinkOptions:
     """out: output URI; formats: subset of ("parquet", "npz"); partition: path keys, in order;
-    flow_encoding: how flow and confidence are stored, "int16" or "float16" (see pipeline.encoding)."""
+    flow_encoding: how flow and confidence are stored, "int16" or "float16" (see pipeline.encoding);
+    store: "dense" (label arrays and motion columns) or "summary" (motion columns only, Parquet only)."""
 
     out: str
     formats: tuple[str, ...] = ("parquet",)
     partition: tuple[str, ...] = ("corpus", "video")
     compression: str = "zstd"
     flow_encoding: str = DEFAULT_FLOW_ENCODING
+    store: str = "dense"
 
     def __post_init__(self) -> None:
         check_encoding(self.flow_encoding)
         if not self.formats or set(self.formats) - set(FORMATS):
             raise ValueError(f"formats: expected a non-empty subset of {FORMATS}, got {self.formats}")
+        if check_store(self.store) == "summary" and self.formats != ("parquet",):
+            raise ValueError(f"store='summary' (--store summary) writes no label arrays, so no npz: expected "
+                             f"formats ('parquet',) (--format parquet), got {self.formats}")
         if set(self.partition) - set(PARTITION_KEYS):
             raise ValueError(f"partition: expected keys among {sorted(PARTITION_KEYS)}, got {self.partition}")
 
@@ -79,7 +85,7 @@ class SinkOptions:
 
 def encode_parquet(rows: Mapping[str, np.ndarray], options: SinkOptions) -> bytes:
     """One chunk's rows (arrays stored in ``options.flow_encoding``) → the bytes of its Parquet file."""
-    table = to_table(rows, options.excluded_columns, options.flow_encoding)
+    table = to_table(rows, options.excluded_columns, options.flow_encoding, options.store)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression=options.compression,
                    **parquet_options(table.schema, options.flow_encoding))
@@ -116,9 +122,10 @@ def write_files(rows: Mapping[str, np.ndarray], options: SinkOptions, encoders: 
 def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
                 storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write one chunk of pair rows in every requested format; returns a summary row."""
-    # The labeler's rows are stored already and pass through; float labels (Python API) are encoded here,
-    # once for every format and the summary.
-    rows = {**rows, **encode_labels(rows, options.flow_encoding)}
+    if options.store == "dense":
+        # The labeler's rows are stored already and pass through; float labels (Python API) are encoded
+        # here, once for every format and the summary.
+        rows = {**rows, **encode_labels(rows, options.flow_encoding)}
     encoders = {"parquet": lambda: encode_parquet(rows, options), "npz": lambda: encode_npz(rows, options.flow_encoding)}
     written = write_files(rows, options, {fmt: encoders[fmt] for fmt in options.formats}, storage_options)
     return {
@@ -129,13 +136,23 @@ def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
         "unit": str(rows["unit"][0]),
         "unit_chunks": str(rows["unit_chunks"][-1]),
         "pairs": len(rows["frame0"]),
-        "pixels": int(np.prod(np.shape(rows["flow"])[:3])),
         "bytes_written": written,
-        "flow_magnitude_sum": flow_magnitude_sum(rows),
-        "occluded_sum": int(np.asarray(rows["occlusion"]).sum()),
+        **_label_sums(rows, options.store),
         # Which labeler actor (node, GPU ids) made the chunk, as the labeler stamped it.
         "labeled_on": str(rows["labeled_on"][0]) if "labeled_on" in rows else "",
     }
+
+
+def _label_sums(rows: Mapping[str, np.ndarray], store: str) -> dict[str, Any]:
+    """pixels, Σ |flow| (px) and occluded pixels of a chunk: from its arrays, or without them (summary store)
+    from the per-pair means flow_mean and occluded_fraction over each pair's H×W pixels."""
+    if store == "dense":
+        return {"pixels": int(np.prod(np.shape(rows["flow"])[:3])), "flow_magnitude_sum": flow_magnitude_sum(rows),
+                "occluded_sum": int(np.asarray(rows["occlusion"]).sum())}
+    pixels = np.asarray(rows["height"], np.int64) * np.asarray(rows["width"], np.int64)
+    flow = np.asarray(rows["flow_mean"], np.float64) * pixels
+    return {"pixels": int(pixels.sum()), "flow_magnitude_sum": float(np.nansum(flow)),
+            "occluded_sum": int(np.rint(np.asarray(rows["occluded_fraction"], np.float64) * pixels).sum())}
 
 
 def write_batch(batch: Mapping[str, np.ndarray], options: SinkOptions,
