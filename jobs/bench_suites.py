@@ -239,6 +239,7 @@ def output_suite(videos_dir: Path, *, pairs_per_video: int, encodings: Sequence[
 
     from models import load_model
     from pipeline.schema import arrays_from_table
+    from pipeline.encoding import encode_labels
     from pipeline.write.sinks import SinkOptions, encode_parquet
 
     model = load_model("dis")
@@ -253,7 +254,7 @@ def output_suite(videos_dir: Path, *, pairs_per_video: int, encodings: Sequence[
             sizes = {"flow": 0, "occlusion": 0, "confidence": 0, "file": 0}
             errors, pixels = [], 0
             for chunk in chunks:
-                data = encode_parquet(chunk, sink)
+                data = encode_parquet({**chunk, **encode_labels(chunk, sink.flow_encoding)}, sink)
                 stored = pq.ParquetFile(io.BytesIO(data))
                 for name, size in _column_sizes(stored.metadata).items():
                     if name in sizes:

@@ -313,3 +313,14 @@ def actor_pool(options: ClusterOptions) -> tuple[Any, dict[str, float]]:
     call at a time per actor, as its UDF holds no device lock (OpenCV's DIS keeps per-call state)."""
     plan = plan_stages(replace(options, calls_per_actor=1), chunk_bytes=0)
     return plan.label["compute"], {k: v for k, v in plan.label.items() if k != "compute"}
+
+
+def map_whole_blocks(ds: Any, fn: Any, **kwargs: Any) -> Any:
+    """``ds.map_batches(fn, batch_size=None, **kwargs)``, also where ``kwargs`` ask for GPUs.
+
+    A batch of whole blocks is never part of a chunk (one output file): a row count would cut
+    chunks. The public ``map_batches`` refuses ``batch_size=None`` with GPUs, to make users size
+    their GPU batches; our labelers size their forward passes themselves (``--batch-size``).
+    ``map_batches_internal`` is the same call without that check, and this is its one caller.
+    """
+    return ds.map_batches_internal(fn, batch_size=None, **kwargs)

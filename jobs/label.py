@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections.abc import Iterator, Mapping
@@ -17,25 +16,27 @@ from typing import Any
 import numpy as np
 
 from pipeline.label.clip_labels import CLIPS_DIR, ClipLabelOptions
-from pipeline.read.datasource import FramePairDatasource, ReadOptions
-from pipeline.read.decode import DecodeOptions
 from pipeline.label.frame_labels import FrameLabelOptions
 from pipeline.label.labeler import Labeler, LabelerConfig
-from pipeline.write.run_manifest import read_manifest, versions, write_manifest
+from pipeline.read.datasource import FramePairDatasource, ReadOptions
+from pipeline.read.decode import DecodeOptions
 from pipeline.read.manifest import ManifestOptions
-from pipeline.read.plan import PlanOptions, plan_units
-from pipeline.write.progress import UnitTracker
-from pipeline.write.records import (ERRORS_DIR, SKIPPED_DIR, UnitRecord, clear_records, read_records, read_unit_markers,
-                              write_record, write_unit_marker)
-from pipeline.write.sinks import SinkOptions, committed_chunks, write_batch
-from pipeline.read.sources import list_sources
+from pipeline.read.plan import PlanOptions, ReadUnit, plan_units
+from pipeline.read.sources import ListingError, Source, list_sources
+from pipeline.write.clip_summary import CLIP_SUMMARY_DIR, write_clip_summary
 from pipeline.storage import join, redact
+from pipeline.write.exactly_once import Books, OutputConflictError, check_same_settings, unit_outcomes
+from pipeline.write.records import ERRORS_DIR, UnitRecord, clear_records, read_unit_markers, write_record
+from pipeline.write.run_manifest import RunProgress, versions
+from pipeline.write.sinks import SinkOptions, write_batch
 
-from .cluster import ClusterOptions, connect, plan_stages
+from .cluster import ClusterOptions, connect, map_whole_blocks, plan_stages
 from .label_clips import clip_unit, run_clip_labels
 from .options import (add_cluster_options, add_model_options, add_storage_options, cluster_options, labeler_config,
                       run_command)
 from .stats import format_stats, placements, run_stats, stage_stats
+
+__all__ = ["LabelJob", "LabelResult", "OutputConflictError", "run_label", "prepare", "execute", "finish"]
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 2
 
@@ -80,6 +81,7 @@ class LabelResult:
     errors: list[UnitRecord]
     skipped: list[UnitRecord]
     clips: int = 0  # rows written to <out>/_clips/ (--clip-labels)
+    clip_summaries: int = 0  # rows of <out>/_clips_summary/: one per source labeled on out, this run or before
     settled_before: int = 0  # units already done by an earlier run on the same out (a resume)
     stats: dict[str, Any] = field(default_factory=dict)  # throughput per stage, actors, bytes (jobs/stats.py)
 
@@ -92,8 +94,21 @@ class LabelResult:
         return self.pairs / self.seconds if self.seconds > 0 else math.nan
 
 
-class OutputConflictError(ValueError):
-    """``--out`` holds labels made with other settings: mixing them would be silent corruption."""
+@dataclass(frozen=True)
+class RunPlan:
+    """A run before any data is read: its manifest, what it covers and what is left of it."""
+
+    manifest: dict[str, Any]
+    sources: list[Source]
+    units: list[ReadUnit]  # every unit of the inputs
+    pending: list[ReadUnit]  # the units not settled by an earlier run, with their committed chunks
+    listing_errors: list[ListingError]
+    books: Books
+
+    @property
+    def keys(self) -> set[str]:
+        """Record keys of everything the run covers (its units and its listing failures)."""
+        return {u.key for u in self.units} | {_listing_key(e.uri) for e in self.listing_errors}
 
 
 def run_label(job: LabelJob) -> LabelResult:
@@ -104,105 +119,78 @@ def run_label(job: LabelJob) -> LabelResult:
     raises :class:`OutputConflictError`.
     """
     started = time.time()
+    plan = prepare(job, started)
+    progress = RunProgress(job.sink.out, plan.manifest, job.storage_options, total=len(plan.units),
+                           settled_before=len(plan.units) - len(plan.pending))
+    progress.write("running")
+    summaries, execution = execute(job, plan, progress)
+    return finish(job, plan, summaries, execution, progress, started)
+
+
+def prepare(job: LabelJob, started: float) -> RunPlan:
+    """Check the settings against ``out``, list and plan the inputs, and clear the records of the
+    units about to run. Fails fast, before any data is read, on a bad model, checkpoint or setting."""
     so = dict(job.storage_options)
-    # Fail fast on a bad checkpoint or model name, before any data is read.
     checkpoint_sha256 = job.labeler.load("cpu", so).checkpoint_sha256
     manifest = _manifest(job, checkpoint_sha256, started)
     manifest["options"].update(_extra_labels(job, so))  # fails fast on their checkpoints too
-    _check_same_settings(job.sink.out, manifest, so)
+    check_same_settings(job.sink.out, manifest, so)
     sources, listing_errors = list_sources(job.inputs, so, job.corpus, job.manifest)
-    all_units = plan_units(sources, job.read.decode, job.plan, so)
-    settled = read_unit_markers(job.sink.out, so)
-    committed = committed_chunks(job.sink, so)
-    units = [replace(u, done_chunks=committed.get(u.source.video_id, frozenset()))
-             for u in all_units if u.key not in settled]
-    clear_records(job.sink.out, [u.key for u in units] + [_listing_key(e.uri) for e in listing_errors], so)
-    progress = Progress(job.sink.out, manifest, so, total=len(all_units), settled_before=len(settled))
-    progress.write("running")
+    units = plan_units(sources, job.read.decode, job.plan, so)
+    books = Books.read(job.sink, so)
+    pending = [replace(u, done_chunks=books.committed.get(u.source.video_id, frozenset()))
+               for u in units if u.key not in books.settled]
+    clear_records(job.sink.out, [u.key for u in pending] + [_listing_key(e.uri) for e in listing_errors], so)
     for err in listing_errors:
         record = UnitRecord(err.uri, "", _listing_key(err.uri), "list", err.error_type, err.message)
         write_record(job.sink.out, ERRORS_DIR, record, so)
+    return RunPlan(manifest, sources, units, pending, listing_errors, books)
 
-    tracker = UnitTracker(committed, lambda unit, chunks: write_unit_marker(job.sink.out, unit, "done", chunks, so))
+
+def execute(job: LabelJob, plan: RunPlan, progress: RunProgress) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the pending units through Ray Data; settle each unit as its last chunk is committed.
+    Returns the write summaries (one per chunk) and the execution's plan and stage statistics."""
+    tracker = plan.books.tracker(job.storage_options)
     by_chunk: dict[tuple[str, str], dict[str, Any]] = {}
     execution: dict[str, Any] = {}
-    for summary in (_execute(job, units, execution) if units else []):
+    for summary in (_stream(job, plan.pending, execution) if plan.pending else []):
         # A retried task re-writes the same chunk under the same name: count it once.
         by_chunk[summary["video_id"], summary["chunk"]] = summary
         tracker.add(summary)
-        progress.update(summary, len(tracker.settled))
-    summaries = list(by_chunk.values())
-    clips = run_clip_labels(sources, job.clip_labels, job.sink, job.cluster, so) if job.clip_labels else None
-    planned = {u.key for u in all_units} | {_listing_key(e.uri) for e in listing_errors}
-    planned |= {clip_unit(s) for s in sources} if clips else set()
-    errors = [r for r in read_records(job.sink.out, ERRORS_DIR, so) if r.unit in planned]
-    skipped = [r for r in read_records(job.sink.out, SKIPPED_DIR, so) if r.unit in planned]
+        progress.update(int(summary["pairs"]), len(tracker.settled))
+    return list(by_chunk.values()), execution
+
+
+def finish(job: LabelJob, plan: RunPlan, summaries: list[dict[str, Any]], execution: dict[str, Any],
+           progress: RunProgress, started: float) -> LabelResult:
+    """The clip labels (``--clip-labels``), the run's records and statistics, and the final manifest."""
+    so = dict(job.storage_options)
+    clips = run_clip_labels(plan.sources, job.clip_labels, job.sink, job.cluster, so) if job.clip_labels else None
+    keys = plan.keys | ({clip_unit(s) for s in plan.sources} if clips else set())
+    errors, skipped = unit_outcomes(job.sink.out, keys, so)
     result = LabelResult(
-        sources=len(sources), units=len(all_units), pairs=int(sum(s["pairs"] for s in summaries)),
+        sources=len(plan.sources), units=len(plan.units), pairs=int(sum(s["pairs"] for s in summaries)),
         chunks=len(summaries), bytes_written=int(sum(s["bytes_written"] for s in summaries)),
         seconds=time.time() - started, per_video=_per_video(summaries), errors=errors, skipped=skipped,
-        settled_before=len(all_units) - len(units))
+        settled_before=len(plan.units) - len(plan.pending), clips=clips.clips if clips else 0)
     result.stats = run_stats(execution.get("stages", []), placements(summaries), pairs=result.pairs,
                              seconds=result.seconds, errors=len(errors), bytes_written=result.bytes_written,
-                             source_bytes=sum({u.source.uri: u.source.size or 0 for u in units}.values()))
-    result.clips = clips.clips if clips else 0
-    settled_now = read_unit_markers(job.sink.out, so)
-    progress.write("finished", stats=result.stats, plan=execution.get("plan"), counts={
-        "sources": result.sources, "pairs": result.pairs, "chunks": result.chunks,
-        "bytes_written": result.bytes_written, "errors": len(errors), "skipped": len(skipped), "clips": result.clips,
-        "units_total": len(all_units), "units_skipped_as_done": len(all_units) - len(units),
-        "units_done": sum(1 for u in all_units if settled_now.get(u.key, {}).get("status") in ("done", "skipped")),
-        "units_failed": sum(1 for u in all_units if u.key not in settled_now
-                            or settled_now[u.key]["status"] == "failed")})
+                             source_bytes=sum({u.source.uri: u.source.size or 0 for u in plan.pending}.values()))
+    result.clip_summaries = write_clip_summary(job.sink, so)
+    progress.write("finished", stats=result.stats, plan=execution.get("plan"),
+                   counts=_final_counts(result, plan, read_unit_markers(job.sink.out, so)))
     return result
 
 
-class Progress:
-    """``_flowlabel.json`` kept current during the run (atomic replace, at most every ``every_s``)."""
+def _final_counts(result: LabelResult, plan: RunPlan, settled: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    def status(unit: ReadUnit) -> str | None:
+        return settled.get(unit.key, {}).get("status")
 
-    def __init__(self, out: str, manifest: dict[str, Any], storage_options: Mapping[str, Any],
-                 total: int, settled_before: int, every_s: float = 10.0):
-        self._out, self._manifest, self._so = out, manifest, storage_options
-        self._total, self._before, self._every = total, settled_before, every_s
-        self._pairs, self._last = 0, 0.0
-
-    def write(self, status: str, counts: Mapping[str, Any] | None = None, **fields: Any) -> None:
-        now = time.time()
-        body = {**self._manifest, "status": status, "updated_at": _now(),
-                "seconds": round(now - datetime.fromisoformat(self._manifest["started_at"]).timestamp(), 3)}
-        body["counts"] = dict(counts) if counts else {"units_total": self._total, "pairs": self._pairs,
-                                                      "units_done": self._before}
-        body.update(fields)
-        write_manifest(self._out, body, self._so)
-        self._last = now
-
-    def update(self, summary: Mapping[str, Any], settled_this_run: int) -> None:
-        self._pairs += int(summary["pairs"])
-        if time.time() - self._last >= self._every:
-            self.write("running", {"units_total": self._total, "units_done": self._before + settled_this_run,
-                                   "pairs": self._pairs})
-
-
-def fingerprint(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings that decide what a row contains: they must match across runs on one ``out``."""
-    options = manifest["options"]
-    # The checkpoint counts by its digest, not by where it was read from; batch size changes no row.
-    labeler = {k: v for k, v in options["labeler"].items() if k not in ("batch_size", "checkpoint", "checkpoint_sha256")}
-    read = {k: options["read"][k] for k in ("decode", "chunk_bytes", "max_chunk_pairs")}
-    return {"model": manifest["model"], "checkpoint_sha256": manifest["checkpoint_sha256"], "labeler": labeler,
-            "read": read, "plan": options["plan"],
-            # No carried columns reads as a run from before --carry existed (no such key): they resume.
-            "sink": {k: v for k, v in options["sink"].items() if k != "out" and (k != "carried" or v)},
-            "corpus": options["corpus"],
-            "frame_labels": _label_settings(options.get("frame_labels")),
-            "clip_labels": _label_settings(options.get("clip_labels"))}
-
-
-def _label_settings(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A labeler's options as the fingerprint sees them: weights by digest, not location; no batch size."""
-    if not options:
-        return None
-    return {k: v for k, v in options.items() if k not in ("checkpoint", "checkpoint_sha256", "batch_size")}
+    return {"sources": result.sources, "pairs": result.pairs, "chunks": result.chunks,
+            "bytes_written": result.bytes_written, "errors": len(result.errors), "skipped": len(result.skipped),
+            "clips": result.clips, "units_total": len(plan.units), "units_skipped_as_done": result.settled_before,
+            "units_done": sum(1 for u in plan.units if status(u) in ("done", "skipped")),
+            "units_failed": sum(1 for u in plan.units if status(u) in (None, "failed"))}
 
 
 def _extra_labels(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,37 +207,14 @@ def _extra_labels(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[str
 
 def _labeler_kwargs(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[str, Any]:
     return {"config": job.labeler, "storage_options": storage_options, "frame_labels": job.frame_labels,
-            "flow_encoding": job.sink.flow_encoding}
-
-
-def _check_same_settings(out: str, manifest: Mapping[str, Any], storage_options: Mapping[str, Any]) -> None:
-    previous = read_manifest(out, storage_options)
-    if previous is None or "options" not in previous:
-        return
-    changed = setting_differences(fingerprint(previous), fingerprint(json.loads(json.dumps(manifest, default=str))))
-    if changed:
-        raise OutputConflictError(f"{out} holds labels made with other settings ({'; '.join(changed)}); "
-                                  "use a new --out, or the same settings to resume")
-
-
-def setting_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """``"read.decode.stride: 1 → 2"`` for each setting that differs, by its dotted name (nested mappings are
-    compared key by key, so only the settings that changed are named)."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            out += setting_differences(a, b, f"{name}.")
-        elif a != b:
-            out.append(f"{name}: {a!r} → {b!r}")
-    return out
+            "flow_encoding": job.sink.flow_encoding, "store": job.sink.store}
 
 
 def _listing_key(uri: str) -> str:
     return f"list-{_short_hash(uri)}"
 
 
-def _execute(job: LabelJob, units, execution: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _stream(job: LabelJob, units: list[ReadUnit], execution: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Write summaries as the chunks are committed; fills ``execution`` with the stage plan and,
     once the stream is consumed, Ray Data's per-stage stats."""
     import ray
@@ -261,12 +226,7 @@ def _execute(job: LabelJob, units, execution: dict[str, Any]) -> Iterator[dict[s
     execution["plan"] = stages.describe()
     ds = ray.data.read_datasource(source, override_num_blocks=len(units), **stages.read)
     # Ray Data restarts a killed labeler actor and redoes its batch (max_restarts=-1 by default).
-    # A batch is whole blocks (batch_size=None), so never part of a chunk (one output file): a
-    # row count would cut chunks. map_batches refuses batch_size=None with GPUs, to make users
-    # size GPU batches; the labeler sizes its forward passes itself (--batch-size), and
-    # map_batches_internal is the same call without that check.
-    ds = ds.map_batches_internal(Labeler, fn_constructor_kwargs=_labeler_kwargs(job, so),
-                                 batch_size=None, **stages.label)
+    ds = map_whole_blocks(ds, Labeler, fn_constructor_kwargs=_labeler_kwargs(job, so), **stages.label)
     ds = ds.map_batches(write_batch, fn_kwargs={"options": job.sink, "storage_options": so},
                         batch_size=None, **stages.write)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -308,10 +268,6 @@ def _manifest(job: LabelJob, checkpoint_sha256: str, started: float) -> dict[str
     }
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
 def _short_hash(text: str) -> str:
     import hashlib
 
@@ -348,6 +304,9 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-encoding", choices=("int16", "float16"), default="int16",
                         help="int16: flow in 1/64 px steps (KITTI precision) and confidence in 1/255, about "
                              "half the bytes (default); float16: as the model's float16 output")
+    parser.add_argument("--store", choices=("dense", "summary"), default="dense",
+                        help="dense: label arrays and per-pair motion summaries (default); summary: the motion "
+                             "summaries only, no arrays (curation; Parquet only). Both write <out>/_clips_summary/")
     parser.add_argument("--partition", default="corpus,video",
                         help="hive partition keys, comma-separated, from {corpus, video}; 'none' for flat")
     parser.add_argument("--corpus", help="corpus name (default: last path element of each input's root)")
@@ -385,7 +344,8 @@ def label_job(args: argparse.Namespace) -> LabelJob:
                            max_pairs=args.max_pairs_per_video, max_pixels=args.max_pixels, oversize=args.oversize)
     return LabelJob(
         inputs=tuple(args.inputs),
-        sink=SinkOptions(args.out, formats=formats, partition=partition, flow_encoding=args.flow_encoding),
+        sink=SinkOptions(args.out, formats=formats, partition=partition, flow_encoding=args.flow_encoding,
+                         store=args.store),
         labeler=labeler_config(args),
         read=ReadOptions(decode=decode, chunk_bytes=int(args.chunk_mb * 2**20)),
         plan=PlanOptions(segment_frames=args.segment_frames, split_bytes=int(args.split_mb * 2**20)),
@@ -439,6 +399,8 @@ def format_label_summary(result: LabelResult, sink: SinkOptions) -> str:
                          f"{v['source']}")
     if result.clips:
         lines.append(f"labeled {result.clips} clips ({join(out, CLIPS_DIR)}/)")
+    if result.clip_summaries:
+        lines.append(f"motion summaries of {result.clip_summaries} sources in {join(out, CLIP_SUMMARY_DIR)}/")
     for r in result.skipped:
         lines.append(f"skipped  {r.source}: {r.message}")
     for r in result.errors:

@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.label.clip_labels import (ClipLabeler, ClipLabelOptions, ClipShape, committed_clip_chunks, iter_clip_chunks,
-                            write_clip_batch)
-from pipeline.write.records import (ERRORS_DIR, SKIPPED_DIR, UnitRecord, clear_records, read_records, record_exception,
-                              write_record)
-from pipeline.write.sinks import SinkOptions
+from pipeline.label.clip_labels import (CLIP_SUMMARY_KEYS, ClipLabeler, ClipLabelOptions, ClipShape, clip_sink_of,
+                                        iter_clip_chunks, write_clip_chunk)
 from pipeline.read.sources import Source
+from pipeline.write.exactly_once import Books, unit_outcomes
+from pipeline.write.records import (ERRORS_DIR, SKIPPED_DIR, UnitRecord, clear_records, record_exception,
+                                    write_record, write_unit_marker)
+from pipeline.write.sinks import SinkOptions, write_batch
 
-from .cluster import ClusterOptions, actor_pool, connect
+from .cluster import ClusterOptions, actor_pool, connect, map_whole_blocks
 
 
 @dataclass
@@ -55,23 +56,38 @@ def run_clip_labels(sources: list[Source], options: ClipLabelOptions, sink: Sink
     classifier, checkpoint_sha256 = options.load("cpu", so)
     shape = ClipShape.of(classifier)
     del classifier
-    units = {clip_unit(s) for s in sources}
-    clear_records(sink.out, sorted(units), so)
-    for source in sources:
+    clip_sink = clip_sink_of(sink)
+    books = Books.read(clip_sink, so)  # a video's clip pass is settled once all its chunks are written
+    units = books.pending(clip_unit(s) for s in sources)
+    clear_records(sink.out, units, so)
+    pending = [s for s in sources if clip_unit(s) in units]
+    for source in pending:
         if source.kind != "video":
             write_record(sink.out, SKIPPED_DIR, UnitRecord(
                 source.uri, source.video_id, clip_unit(source), "clips", "NotAVideo",
                 "clip labels need a video (frame times and an audio track); image sequences have neither"), so)
-    videos = [s for s in sources if s.kind == "video"]
-    done = committed_clip_chunks(sink, so)
+    videos = [s for s in pending if s.kind == "video"]
     summaries = {}
-    for summary in (_execute(videos, shape, options, sink, cluster, so, done) if videos else []):
+    for summary in (_execute(videos, shape, options, sink, cluster, so, books.committed) if videos else []):
         summaries[summary["video_id"], summary["chunk"]] = summary  # a retried task rewrites the same file
+    errors, skipped = unit_outcomes(sink.out, {clip_unit(s) for s in sources}, so)
+    _settle(videos, errors, summaries, books, clip_sink, so)
     return ClipResult(
         clips=sum(s["clips"] for s in summaries.values()), chunks=len(summaries),
         bytes_written=sum(s["bytes_written"] for s in summaries.values()), checkpoint_sha256=checkpoint_sha256,
-        errors=[r for r in read_records(sink.out, ERRORS_DIR, so) if r.unit in units],
-        skipped=[r for r in read_records(sink.out, SKIPPED_DIR, so) if r.unit in units])
+        errors=errors, skipped=skipped)
+
+
+def _settle(videos: list[Source], errors: list[UnitRecord], summaries: Mapping[tuple[str, str], Mapping[str, Any]],
+            books: Books, clip_sink: SinkOptions, storage_options: Mapping[str, Any]) -> None:
+    """Mark the clip pass of each video that ran without an error record done, with its chunks:
+    the stream has ended, so every chunk it read is written."""
+    failed = {r.unit for r in errors}
+    for video in videos:
+        if clip_unit(video) in failed:
+            continue
+        chunks = set(books.committed.get(video.video_id, ())) | {c for v, c in summaries if v == video.video_id}
+        write_unit_marker(clip_sink.out, clip_unit(video), "done", sorted(chunks), storage_options)
 
 
 def read_video_clips(source: Source, shape: ClipShape, options: ClipLabelOptions, out: str,
@@ -101,13 +117,11 @@ def _execute(videos: list[Source], shape: ClipShape, options: ClipLabelOptions, 
             yield from read_video_clips(source, shape, options, sink.out, done, so)
 
     ds = ds.map_batches(read, batch_size=1, num_cpus=cluster.reader_cpus)
-    # Whole blocks (batch_size=None): a chunk of clips is one output file and must not be cut.
-    # map_batches refuses batch_size=None with GPUs; map_batches_internal is the same call without
-    # that check (the label job's labeler stage does the same).
-    ds = ds.map_batches_internal(ClipLabeler, fn_constructor_kwargs={"options": options, "storage_options": so},
-                                 batch_size=None, compute=pool, **resources)
-    ds = ds.map_batches(write_clip_batch, fn_kwargs={"sink": sink, "storage_options": so}, batch_size=None,
-                        num_cpus=cluster.writer_cpus)
+    ds = map_whole_blocks(ds, ClipLabeler, fn_constructor_kwargs={"options": options, "storage_options": so},
+                          compute=pool, **resources)
+    ds = ds.map_batches(write_batch, fn_kwargs={"options": clip_sink_of(sink), "storage_options": so,
+                                                "write": write_clip_chunk, "keys": CLIP_SUMMARY_KEYS},
+                        batch_size=None, num_cpus=cluster.writer_cpus)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["chunk"])):
             yield {k: v[i].item() if hasattr(v[i], "item") else v[i] for k, v in batch.items()}

@@ -15,6 +15,12 @@ import numpy as np
 CHUNK_KEYS = ("video_id", "chunk")
 
 
+def chunk_id(first: int, last: int) -> str:
+    """A chunk's name, unique within its video: the indices of its first and last item (frame0 of its
+    pairs, or clip), zero-padded so that names sort in order. The output file is named after it."""
+    return f"{first:08d}-{last:08d}"
+
+
 def iter_chunks(batch: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
     """Sub-batches of ``batch``, one per (video_id, chunk), rows in their original order."""
     n = len(batch[CHUNK_KEYS[0]])

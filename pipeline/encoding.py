@@ -158,6 +158,19 @@ def encode_labels(labels: Mapping[str, np.ndarray], encoding: str) -> dict[str, 
             "confidence": np.rint(np.clip(confidence.astype(np.float32, copy=False), 0, 1) * 255).astype(np.uint8)}
 
 
+def check_stored(rows: Mapping[str, np.ndarray], encoding: str) -> None:
+    """Raise ValueError unless the arrays of ``rows`` are already stored in ``encoding`` (what
+    :func:`encode_labels` and the labeler give): the files are written from them as they are."""
+    check_encoding(encoding)
+    for name, (dtype, _) in STORED_TYPES[encoding].items():
+        got = np.asarray(rows[name]).dtype
+        if got != dtype:
+            raise ValueError(f"{name}: expected the stored {encoding} array ({np.dtype(dtype)}), got {got}; "
+                             "pass the labels through encode_labels first")
+    if encoding == "int16" and SCALE_COLUMN not in rows:
+        raise ValueError(f"int16 flow: expected a {SCALE_COLUMN} column beside it, got columns {sorted(rows)}")
+
+
 def decode_labels(columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Stored arrays (either encoding, told apart by the flow dtype) → flow in pixels and
     confidence in [0, 1] (float32 from int16 / uint8, float16 as stored), occlusion as is."""

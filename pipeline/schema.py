@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 import pyarrow as pa
 
-from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, STORED_TYPES, check_encoding, decode_labels, encode_labels
+from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, STORED_TYPES, check_encoding, check_stored, decode_labels
 
 # name: trailing shape after H×W; the stored dtype depends on the flow encoding (STORED_TYPES)
 ARRAY_COLUMNS = {"flow": (2,), "occlusion": (), "confidence": ()}
@@ -57,20 +57,39 @@ SCALAR_COLUMNS = {
     "checkpoint": pa.string(),
 }
 
+# Per-pair motion summaries (pipeline.label.motion.pair_motion; definitions in the README, "Motion summaries"),
+# in every row the labeler makes; NaN (null in Parquet) where a value is undefined, e.g. no valid pixel.
+MOTION_COLUMNS = {name: pa.float32() for name in (
+    "flow_mean", "flow_median", "flow_p95", "occluded_fraction", "confidence_mean",
+    "camera_tx", "camera_ty", "camera_a11", "camera_a12", "camera_a21", "camera_a22",
+    "camera_scale", "camera_rotation", "camera_flow_mean", "camera_inlier_fraction",
+    "residual_mean", "residual_p95")}
+
+# What a data file holds (``--store``): "dense", the label arrays and every scalar column; "summary", the
+# scalar and motion columns only (no arrays), the curation mode.
+STORES = ("dense", "summary")
+
+
+def check_store(store: str) -> str:
+    if store not in STORES:
+        raise ValueError(f"store: expected one of {STORES}, got {store!r}")
+    return store
+
 
 def output_schema(exclude: tuple[str, ...] = (), optional: tuple[str, ...] = (),
-                  flow_encoding: str = DEFAULT_FLOW_ENCODING, carried: tuple[str, ...] = ()) -> pa.Schema:
+                  flow_encoding: str = DEFAULT_FLOW_ENCODING, store: str = "dense",
+                  carried: tuple[str, ...] = ()) -> pa.Schema:
     """Schema of a data file; ``exclude`` drops partition columns (they live in the path);
-    ``optional`` names the :data:`FRAME_LABEL_COLUMNS` the run writes; ``flow_encoding`` the
-    array types (int16 adds the per-row ``flow_scale``); ``carried`` the manifest columns, last."""
-    types = STORED_TYPES[check_encoding(flow_encoding)]
+    ``optional`` names the :data:`MOTION_COLUMNS` and :data:`FRAME_LABEL_COLUMNS` the run writes;
+    ``flow_encoding`` the array types (int16 adds the per-row ``flow_scale``); ``store`` "summary"
+    leaves the arrays out and needs every motion column; ``carried`` the manifest columns, last."""
     fields = [pa.field(n, t) for n, t in SCALAR_COLUMNS.items() if n not in exclude]
-    if flow_encoding == "int16":
-        fields.append(pa.field(SCALE_COLUMN, pa.int32()))
-    layout = "2×H×W" if flow_encoding == "int16" else "H×W×2"
-    fields += [pa.field(n, pa.list_(types[n][1]), metadata={"flowlabel.encoding": flow_encoding,
-                                                            "flowlabel.layout": layout} if n == "flow" else None)
-               for n in ARRAY_COLUMNS]
+    fields += [pa.field(n, t) for n, t in MOTION_COLUMNS.items() if n in optional]
+    if check_store(store) == "dense":
+        fields += _array_fields(check_encoding(flow_encoding))
+    elif set(MOTION_COLUMNS) - set(optional):
+        raise ValueError(f"store='summary': expected every motion column, missing "
+                         f"{[n for n in MOTION_COLUMNS if n not in optional]}")
     fields += [pa.field(n, pa.list_(t)) for n, (_, t) in FRAME_LABEL_COLUMNS.items() if n in optional]
     taken = [n for n in carried if n in {f.name for f in fields} | set(exclude)]
     if taken:
@@ -79,9 +98,19 @@ def output_schema(exclude: tuple[str, ...] = (), optional: tuple[str, ...] = (),
     return pa.schema(fields)
 
 
+def _array_fields(flow_encoding: str) -> list[pa.Field]:
+    """The label arrays of a dense file (int16 adds the per-row ``flow_scale``)."""
+    types = STORED_TYPES[flow_encoding]
+    fields = [pa.field(SCALE_COLUMN, pa.int32())] if flow_encoding == "int16" else []
+    layout = "2×H×W" if flow_encoding == "int16" else "H×W×2"
+    return fields + [pa.field(n, pa.list_(types[n][1]), metadata={"flowlabel.encoding": flow_encoding,
+                                                                  "flowlabel.layout": layout} if n == "flow" else None)
+                     for n in ARRAY_COLUMNS]
+
+
 def optional_columns(rows: Mapping[str, np.ndarray]) -> tuple[str, ...]:
-    """The optional columns present in a chunk."""
-    return tuple(n for n in FRAME_LABEL_COLUMNS if n in rows)
+    """The optional columns present in a chunk: motion columns (rows the labeler made), frame labels."""
+    return tuple(n for n in (*MOTION_COLUMNS, *FRAME_LABEL_COLUMNS) if n in rows)
 
 
 def carried_column(rows: Mapping[str, np.ndarray], name: str) -> pa.Array:
@@ -143,12 +172,14 @@ def clip_table(rows: Mapping[str, np.ndarray], exclude: tuple[str, ...] = ()) ->
 
 
 def to_table(rows: Mapping[str, np.ndarray], exclude: tuple[str, ...] = (),
-             flow_encoding: str = DEFAULT_FLOW_ENCODING, carried: tuple[str, ...] = ()) -> pa.Table:
-    """Numpy columns of one chunk (arrays N×H×W[×2], float or already encoded) → an Arrow
-    table with :func:`output_schema`, arrays stored in ``flow_encoding``; a ``carried`` column
-    the chunk lacks (a source not from the manifest) is all null."""
-    schema = output_schema(exclude, optional_columns(rows), flow_encoding, carried)
-    rows = {**rows, **encode_labels(rows, flow_encoding)}
+             flow_encoding: str = DEFAULT_FLOW_ENCODING, store: str = "dense",
+             carried: tuple[str, ...] = ()) -> pa.Table:
+    """Numpy columns of one chunk (arrays N×H×W[×2], stored in ``flow_encoding``: see
+    :func:`pipeline.encoding.encode_labels`; none for ``store="summary"``) → an Arrow table with
+    :func:`output_schema`; a ``carried`` column the chunk lacks (a source not from the manifest) is all null."""
+    schema = output_schema(exclude, optional_columns(rows), flow_encoding, store, carried)
+    if store == "dense":
+        check_stored(rows, flow_encoding)
     columns = []
     for field in schema:
         if field.name in ARRAY_COLUMNS:

@@ -192,3 +192,19 @@ def test_the_private_ray_switch_loopback_only_sets_still_exists():
     constants = importlib.import_module(RAY_CONSTANTS_MODULE)
     assert isinstance(getattr(constants, RAY_CLUSTER_SWITCH), bool)
     assert SINGLE_MACHINE_ENV in inspect.getsource(constants)  # the constant is still read from that variable
+
+
+def test_map_whole_blocks_keeps_the_private_call_it_wraps_honest(ray_local):
+    """jobs.cluster.map_whole_blocks calls Ray Data's private map_batches_internal, because the public
+    map_batches refuses whole-block batches with GPUs. An upgrade must fail here: if the private call
+    goes or stops giving whole blocks, or if the public one starts accepting them (then use it)."""
+    import pyarrow as pa
+    import ray
+
+    from jobs.cluster import map_whole_blocks
+
+    ds = ray.data.from_arrow([pa.table({"id": [0, 1, 2]}), pa.table({"id": [3, 4, 5, 6]})])  # one block each
+    sizes = map_whole_blocks(ds, lambda batch: {"rows": [len(batch["id"])]}, num_cpus=0.5)
+    assert sorted(row["rows"] for row in sizes.take_all()) == [3, 4]  # one call per block, whole
+    with pytest.raises(ValueError, match="batch_size"):
+        ds.map_batches(lambda batch: batch, batch_size=None, num_gpus=1)

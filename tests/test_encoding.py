@@ -12,7 +12,7 @@ from pipeline.encoding import (FLOW_SCALE, INVALID_FLOW, decode_labels, encode_l
                                quantize_flow)
 from pipeline.label.labeler import Labeler, LabelerConfig
 from pipeline.schema import arrays_from_table
-from pipeline.write.sinks import SinkOptions, encode_parquet, write_batch
+from pipeline.write.sinks import SinkOptions, encode_npz, encode_parquet, write_batch
 
 from .test_schema import chunk_rows
 
@@ -26,7 +26,8 @@ def float_rows(n=3, h=6, w=9, seed=0):
 
 
 def parquet_round_trip(rows, encoding):
-    data = encode_parquet(rows, SinkOptions("unused", partition=(), flow_encoding=encoding))
+    data = encode_parquet({**rows, **encode_labels(rows, encoding)}, SinkOptions("unused", partition=(),
+                                                                               flow_encoding=encoding))
     return pq.read_table(io.BytesIO(data)), data
 
 
@@ -176,3 +177,16 @@ def test_device_encoding_refuses_flow_int16_cannot_hold():
     on_device = encode_on_device(flow, torch.zeros(1, 2, 2, dtype=torch.bool), torch.ones(1, 2, 2), "int16")
     with pytest.raises(ValueError, match="expected \\|values\\| ≤ 32767 px for int16 storage, got 40000 px"):
         check_device_encoding({k: v.numpy() for k, v in on_device.items()})
+
+
+def test_the_files_are_written_from_stored_arrays_only():
+    """Parquet and npz take the stored arrays as they are (encoded once, by the labeler or write_chunk):
+    float labels reaching them are refused, not quietly encoded again."""
+    rows = float_rows()
+    options = SinkOptions("unused", partition=())
+    with pytest.raises(ValueError, match=r"flow: expected the stored int16 array \(int16\), got float32"):
+        encode_parquet(rows, options)
+    stored = {**rows, **encode_labels(rows, "int16")}
+    del stored["flow_scale"]
+    with pytest.raises(ValueError, match="flow_scale"):
+        encode_npz(stored, "int16")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from jobs.label import LabelResult, format_label_summary, setting_differences
+from jobs.label import LabelResult, format_label_summary
+from pipeline.write.exactly_once import setting_differences
 from pipeline.write.sinks import SinkOptions
 
 

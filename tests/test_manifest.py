@@ -9,10 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.label import LabelJob, _manifest, add_label_arguments, fingerprint, label_job, setting_differences
+from jobs.label import LabelJob, _manifest, add_label_arguments, label_job
 from pipeline.read.manifest import (ManifestOptions, ManifestRow, ManifestRowError, carried_text, manifest_format,
                                     manifest_row, read_manifest_rows)
 from pipeline.read.sources import Source, list_sources, video_id_for
+from pipeline.write.exactly_once import fingerprint, setting_differences
 from pipeline.write.sinks import SinkOptions
 
 VIDEO_A, VIDEO_B = "s3://bucket/videos/a.mp4", "s3://bucket/videos/b.mp4"
@@ -175,7 +176,7 @@ def test_carried_values_are_text_and_null_stays_null(value, text):
 
 
 def test_carried_names_may_not_be_output_columns():
-    for name in ("flow", "video_id", "frame0", "chunk", "video", ""):
+    for name in ("flow", "video_id", "frame0", "chunk", "video", "flow_mean", ""):
         with pytest.raises(ValueError, match="output columns already"):
             ManifestOptions("m.csv", carry=(name,))
     with pytest.raises(ValueError, match="distinct"):

@@ -27,13 +27,13 @@ import torch
 
 from models.perceiver_labels import AUDIO_RATE, clip_frame, get_labeler
 
-from pipeline.chunks import iter_chunks
+from pipeline.chunks import chunk_id, iter_chunks
 from pipeline.read.decode import DecodeReport, iter_video_frames, resample
 from pipeline.label.labeler import assigned_device
 from pipeline.schema import clip_table
-from pipeline.write.sinks import SinkOptions, committed_chunks
+from pipeline.write.sinks import SinkOptions, write_files
 from pipeline.read.sources import Source
-from pipeline.storage import filesystem, join, write_atomic
+from pipeline.storage import filesystem, join
 
 CLIPS_DIR = "_clips"
 CLIP_SUMMARY_KEYS = ("video_id", "source", "corpus", "chunk", "clips", "bytes_written")
@@ -192,17 +192,13 @@ def iter_clips(video: IO[bytes], audio: IO[bytes], shape: ClipShape,
         track.close()
 
 
-def chunk_name(first: int, last: int) -> str:
-    return f"{first:08d}-{last:08d}"
-
-
 def clip_batch(clips: list[Clip], has_audio: bool, source: Source) -> dict[str, np.ndarray]:
     n = len(clips)
     return {
         "video_id": np.full(n, source.video_id, object),
         "source": np.full(n, source.uri, object),
         "corpus": np.full(n, source.corpus, object),
-        "chunk": np.full(n, chunk_name(clips[0].index, clips[-1].index), object),
+        "chunk": np.full(n, chunk_id(clips[0].index, clips[-1].index), object),
         "clip": np.array([c.index for c in clips], np.int32),
         "frame_first": np.array([c.frame_indices[0] for c in clips], np.int32),
         "frame_last": np.array([c.frame_indices[-1] for c in clips], np.int32),
@@ -224,10 +220,10 @@ def iter_clip_chunks(source: Source, shape: ClipShape, options: ClipLabelOptions
         for clip, has_audio in iter_clips(video, audio, shape, options.max_clips):
             chunk.append(clip)
             if len(chunk) == options.clips_per_chunk:
-                if chunk_name(chunk[0].index, chunk[-1].index) not in done:
+                if chunk_id(chunk[0].index, chunk[-1].index) not in done:
                     yield clip_batch(chunk, has_audio, source)
                 chunk = []
-        if chunk and chunk_name(chunk[0].index, chunk[-1].index) not in done:
+        if chunk and chunk_id(chunk[0].index, chunk[-1].index) not in done:
             yield clip_batch(chunk, has_audio, source)
 
 
@@ -259,25 +255,19 @@ def label_clips(classifier: Any, rows: Mapping[str, np.ndarray], model: str, che
 
 def write_clip_chunk(rows: Mapping[str, np.ndarray], sink: SinkOptions,
                      storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """One chunk of labeled clips → ``<out>/_clips/<partitions>/<chunk>.parquet``; a summary row."""
-    fs, root = filesystem(sink.out, storage_options)
-    stem = sink.chunk_stem(str(rows["corpus"][0]), str(rows["video_id"][0]), str(rows["chunk"][0]))
-    buffer = io.BytesIO()
-    pq.write_table(clip_table(rows, sink.excluded_columns), buffer, compression=sink.compression)
-    write_atomic(fs, join(root, CLIPS_DIR, f"{stem}.parquet"), buffer.getvalue())
+    """One chunk of labeled clips → ``<partitions>/<chunk>.parquet`` below ``sink.out`` (the clip
+    sink, :func:`clip_sink_of`); a summary row."""
+
+    def parquet() -> bytes:
+        buffer = io.BytesIO()
+        pq.write_table(clip_table(rows, sink.excluded_columns), buffer, compression=sink.compression)
+        return buffer.getvalue()
+
+    written = write_files(rows, sink, {"parquet": parquet}, storage_options)
     return {"video_id": str(rows["video_id"][0]), "source": str(rows["source"][0]), "corpus": str(rows["corpus"][0]),
-            "chunk": str(rows["chunk"][0]), "clips": len(rows["clip"]), "bytes_written": buffer.getbuffer().nbytes}
+            "chunk": str(rows["chunk"][0]), "clips": len(rows["clip"]), "bytes_written": written}
 
 
-def write_clip_batch(batch: Mapping[str, np.ndarray], sink: SinkOptions,
-                     storage_options: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-    summaries = [write_clip_chunk(rows, sink, storage_options) for rows in iter_chunks(batch)]
-    return {key: np.array([s[key] for s in summaries]) for key in CLIP_SUMMARY_KEYS}
-
-
-def committed_clip_chunks(sink: SinkOptions, storage_options: Mapping[str, Any] | None = None
-                          ) -> dict[str, frozenset[str]]:
-    """video_id → clip chunks already written under ``<out>/_clips`` (files appear only when complete)."""
-    # The clip table is laid out like the pair data, one folder down: the same listing serves.
-    clips = replace(sink, out=join(sink.out, CLIPS_DIR), formats=("parquet",))
-    return committed_chunks(clips, storage_options)
+def clip_sink_of(sink: SinkOptions) -> SinkOptions:
+    """The clip table's sink: laid out like the pair data, one folder down (``<out>/_clips``), Parquet."""
+    return replace(sink, out=join(sink.out, CLIPS_DIR), formats=("parquet",))

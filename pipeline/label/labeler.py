@@ -5,8 +5,10 @@
 once per actor, on the GPU Ray assigned to it, or on the CPU when it has none.
 
 Each chunk's frames cross to the device once (uint8, through pinned memory on a copy stream);
-the model encodes each frame once (``FlowModel.pairs``); consistency and the stored encoding run
-on the device, so only the stored bytes come back (on a side stream). Two chunks are in flight per
+the model encodes each frame once (``FlowModel.pairs``); consistency, the motion summaries
+(:func:`pipeline.label.motion.pair_motion`, from the float flow) and the stored encoding run on the
+device, so only the stored bytes and the summary columns come back (on a side stream); with
+``store="summary"`` only the summary columns do. Two chunks are in flight per
 actor (Ray Data's concurrent calls): one thread's host work, unpacking the next chunk and packing
 the last one's rows, overlaps the device work of the other, and a lock keeps one chunk at a time on
 the device.
@@ -32,9 +34,12 @@ from pipeline.chunks import iter_chunks, pair_rows
 from pipeline.label.consistency import ConsistencyParams, consistency
 from pipeline.encoding import DEFAULT_FLOW_ENCODING, check_device_encoding, check_encoding, encode_on_device
 from pipeline.label.frame_labels import FrameLabelOptions
+from pipeline.label.motion import SUMMARY_COLUMNS, pair_motion
+from pipeline.schema import check_store
 
 CONFIDENCE_SOURCES = ("consistency", "model")
 _TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
+_MOTION_KEY = "_motion"  # the summary columns stacked P×17 on the device, so they cross in one copy
 
 
 @dataclass(frozen=True)
@@ -241,32 +246,54 @@ class DeviceLabeler:
 
 def label_frames(model: FlowModel, images: np.ndarray, index0: np.ndarray, index1: np.ndarray,
                  batch_size: int = 4, params: ConsistencyParams = ConsistencyParams(),
-                 flow_encoding: str = DEFAULT_FLOW_ENCODING, confidence: str = "consistency") -> dict[str, np.ndarray]:
+                 flow_encoding: str = DEFAULT_FLOW_ENCODING, confidence: str = "consistency",
+                 motion: bool = False) -> dict[str, np.ndarray]:
     """A run of M frames (M×H×W×3 uint8 RGB) and P pairs (frame rows ``index0[i]`` → ``index1[i]``)
     → the stored arrays of ``flow_encoding`` (see :func:`pipeline.encoding.encode_labels`):
     'flow' P×H×W×2, 'occlusion' P×H×W uint8 (1 = occluded or leaves the frame), 'confidence' P×H×W
-    (and 'flow_scale' for int16)."""
+    (and 'flow_scale' for int16); ``motion``: also the P float32 motion summary columns
+    (:data:`pipeline.label.motion.SUMMARY_COLUMNS`)."""
     labeler = DeviceLabeler(model, batch_size, params, confidence)
-    return _stored(labeler, images, index0, index1, check_encoding(flow_encoding))
+    return _labels(labeler, images, index0, index1, check_encoding(flow_encoding), motion)
 
 
-def _stored(labeler: DeviceLabeler, images: np.ndarray, index0: np.ndarray, index1: np.ndarray,
-            encoding: str) -> dict[str, np.ndarray]:
-    def finish(flow, occlusion, confidence):
-        return encode_on_device(flow, occlusion, confidence, encoding)
+def _finisher(encoding: str | None, motion: bool):
+    """What the device keeps of each pass's (flow, occlusion, confidence): the stored arrays of
+    ``encoding`` (None: none) and, with ``motion``, the summary columns stacked P×17."""
+    def finish(flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = encode_on_device(flow, occlusion, confidence, encoding) if encoding else {}
+        if motion:
+            out[_MOTION_KEY] = torch.stack(list(pair_motion(flow, occlusion, confidence).values()), 1)
+        return out
 
-    transfer = labeler.run(images, np.asarray(index0), np.asarray(index1), finish)
-    return check_device_encoding(transfer.numpy())
+    return finish
+
+
+def _host_columns(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Host arrays of a :func:`_finisher` transfer → stored arrays (checked) and P-length summary columns."""
+    stacked = arrays.pop(_MOTION_KEY, None)
+    if stacked is not None:
+        arrays.update({name: np.ascontiguousarray(stacked[:, i]) for i, name in enumerate(SUMMARY_COLUMNS)})
+    return check_device_encoding(arrays) if "flow" in arrays else arrays
+
+
+def _labels(labeler: DeviceLabeler, images: np.ndarray, index0: np.ndarray, index1: np.ndarray,
+            encoding: str | None, motion: bool) -> dict[str, np.ndarray]:
+    """The stored arrays of ``encoding`` (None: none, nothing dense crosses to the host) and, with
+    ``motion``, the summary columns of a run of frames' pairs."""
+    transfer = labeler.run(images, np.asarray(index0), np.asarray(index1), _finisher(encoding, motion))
+    return _host_columns(transfer.numpy())
 
 
 @torch.inference_mode()
 def label_pairs(model: FlowModel, image0: np.ndarray, image1: np.ndarray, batch_size: int = 4,
                 params: ConsistencyParams = ConsistencyParams(), out_dtype: np.dtype | type = np.float16,
-                confidence: str = "consistency") -> dict[str, np.ndarray]:
+                confidence: str = "consistency", motion: bool = False) -> dict[str, np.ndarray]:
     """N×H×W×3 uint8 RGB pairs → {'flow': N×H×W×2 (pixels, frame0 → frame1),
     'occlusion': N×H×W uint8 (1 = occluded or leaves the frame), 'confidence': N×H×W in (0, 1]},
     flow and confidence in ``out_dtype`` (scoring and viz take float32, not the stored encoding);
-    ``confidence``: "consistency" or "model" (see :class:`LabelerConfig`)."""
+    ``confidence``: "consistency" or "model" (see :class:`LabelerConfig`); ``motion``: also the N float32
+    motion summary columns (:data:`pipeline.label.motion.SUMMARY_COLUMNS`, from the float32 flow)."""
     out_dtype = np.dtype(out_dtype)
     if out_dtype not in _TORCH_DTYPES:
         raise ValueError(f"out_dtype: expected float16 or float32, got {out_dtype}")
@@ -278,18 +305,20 @@ def label_pairs(model: FlowModel, image0: np.ndarray, image1: np.ndarray, batch_
         raise ValueError("expected at least one pair, got 0")
     labeler = DeviceLabeler(model, batch_size, params, confidence)
 
+    summaries = _finisher(None, motion)
+
     def finish(flow, occlusion, confidence):
         return {"flow": flow.permute(0, 2, 3, 1).to(dtype), "occlusion": occlusion.to(torch.uint8),
-                "confidence": confidence.to(dtype)}
+                "confidence": confidence.to(dtype), **summaries(flow, occlusion, confidence)}
 
     # Pair i is (frame i, frame k + i) of each pass's 2k frames: every frame crosses once.
-    out: dict[str, list[np.ndarray]] = {"flow": [], "occlusion": [], "confidence": []}
+    out: dict[str, list[np.ndarray]] = {}
     for start in range(0, n, batch_size):
         a, b = image0[start:start + batch_size], image1[start:start + batch_size]
         k = len(a)
         transfer = labeler.run(np.concatenate([a, b]), np.arange(k), np.arange(k) + k, finish)
-        for name, value in transfer.numpy().items():
-            out[name].append(value)
+        for name, value in _host_columns(transfer.numpy()).items():
+            out.setdefault(name, []).append(value)
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
@@ -297,15 +326,18 @@ class Labeler:
     """Ray Data UDF (``map_batches(Labeler, fn_constructor_kwargs=…, batch_size=None)``).
 
     Takes chunks of frame rows (:func:`pipeline.read.datasource.chunk_batch`) and yields one batch per
-    chunk, one row per pair: the chunk's columns, frame0/frame1/t0/t1/ordinal, the stored flow,
-    occlusion and confidence (already in the sink's ``flow_encoding``), model, checkpoint and
-    ``labeled_on`` (see :func:`placement`). Safe to call from two threads at once.
+    chunk, one row per pair: the chunk's columns, frame0/frame1/t0/t1/ordinal, the motion summary
+    columns, the stored flow, occlusion and confidence (already in the sink's ``flow_encoding``; none
+    with ``store="summary"``), model, checkpoint and ``labeled_on`` (see :func:`placement`). Safe to
+    call from two threads at once.
     """
 
     def __init__(self, config: LabelerConfig, storage_options: Mapping[str, Any] | None = None,
-                 frame_labels: FrameLabelOptions | None = None, flow_encoding: str = DEFAULT_FLOW_ENCODING):
+                 frame_labels: FrameLabelOptions | None = None, flow_encoding: str = DEFAULT_FLOW_ENCODING,
+                 store: str = "dense"):
         self.config = config
         self.flow_encoding = check_encoding(flow_encoding)
+        self.store = check_store(store)
         device = assigned_device()
         if device.type == "cpu":
             # OpenCV (DIS, Farnebäck) sizes its thread pool to the machine, torch to the CPUs Ray
@@ -325,7 +357,8 @@ class Labeler:
         """Frame rows of one chunk → its pair rows with labels."""
         out, index0, index1 = pair_rows(frames)
         images = np.asarray(frames["image"])
-        stored = _stored(self.device, images, index0, index1, self.flow_encoding)
+        encoding = self.flow_encoding if self.store == "dense" else None  # summary: no arrays leave the device
+        stored = _labels(self.device, images, index0, index1, encoding, motion=True)
         n = len(index0)
         out["model"] = np.full(n, self.config.model, object)
         out["checkpoint"] = np.full(n, self.model.checkpoint_sha256, object)

@@ -5,63 +5,10 @@ confidence P×H×W) to the P-length float32 columns of :data:`SUMMARY_COLUMNS`, 
 the meta device; batched over pairs, no host synchronisation). Per clip, :func:`aggregate` reduces those
 columns over the pairs of one clip to the row of :data:`CLIP_SUMMARY_COLUMNS` (numpy).
 
-Definitions (for the README)
-----------------------------
-Pixel (row i, column j) sits at x = j, y = i; the image centre is c = ((W − 1)/2, (H − 1)/2). |·| is the
-Euclidean length of a flow vector in pixels (u right, v down). A pixel is **valid** when it is not occluded,
-its confidence is ≥ 0.5 (``MotionParams.min_confidence``; with the UnFlow consistency of
-:mod:`pipeline.label.consistency` that is ρ ≤ ln 2, where occlusion starts at ρ > 1) and its flow is finite.
-The **sample grid** is rows and columns s // 2, s // 2 + s, s // 2 + 2s, … with the smallest s for which it
-has at most 8,192 pixels (``MotionParams.max_samples``): s = 1 up to 8,192 pixels (e.g. 128×64), 2 at
-128×96, 8 at 960×540 (67×120 pixels), 16 at 1920×1080. It depends on H and W only, so every statistic is
-deterministic. The **q-quantile** of n values is the ⌈q·n⌉-th smallest (nearest rank; the median of an
-even count is the lower middle value).
-
-Per pair (one row per frame pair; all float32):
-
-- ``flow_mean``: mean |flow| over all H×W pixels (px).
-- ``flow_median``, ``flow_p95``: the 0.5- and 0.95-quantiles of |flow| over the sample grid (px).
-- ``occluded_fraction``: fraction of all pixels marked occluded. ``confidence_mean``: mean confidence
-  over all pixels.
-- Camera (dominant) motion: an affine model x' = A (x − c) + c + t, i.e. camera flow
-  f_cam(x) = (A − I)(x − c) + t, fitted to the flow of the valid pixels of the sample grid by iteratively
-  reweighted least squares (IRLS). It starts from a translation, the per-component median flow, then takes
-  5 steps: residuals r = |flow − f_cam|, scale σ = max(1.4826 · median r, 0.1 px) over the valid pixels,
-  Tukey biweights w = (1 − (r / 4.685σ)²)² where r < 4.685σ and 0 elsewhere, and a weighted least-squares
-  solve for A and t (the 6×6 normal equations are one 3×3 system per flow component, since both share the
-  weights; with x − c scaled by 2 / max(H, W), a ridge of 1e-6 × Σw on the deformation terms keeps
-  degenerate layouts solvable, with their undetermined deformation near zero). The fit follows the motion
-  of most valid pixels; a smaller object moving more than 4.685σ away from it gets weight 0.
-
-  - ``camera_tx``, ``camera_ty``: t, the camera flow at the image centre (px): the pan.
-  - ``camera_a11``, ``camera_a12``, ``camera_a21``, ``camera_a22``: A (the identity when the camera only pans).
-  - ``camera_scale``, ``camera_rotation``: of the similarity [[a, −b], [b, a]] closest to A (Frobenius
-    norm), a = (a11 + a22)/2, b = (a21 − a12)/2: scale = √(a² + b²) (> 1: zoom in or moving closer),
-    rotation = atan2(b, a) in radians, positive from +x towards +y (clockwise as displayed).
-  - ``camera_flow_mean``: mean |f_cam| over all pixels of the sample grid (px).
-  - ``camera_inlier_fraction``: fraction of the valid grid pixels the final fit keeps: r < 4.685σ, with
-    r and σ from the final A and t.
-- ``residual_mean``, ``residual_p95``: mean and 0.95-quantile of r = |flow − f_cam| over the valid pixels
-  of the sample grid (px): the motion of objects relative to the camera.
-
-Camera and residual columns are NaN when the sample grid has no valid pixel (all occluded or unconfident).
-
-Per clip (one row per clip; the means weight pairs equally unless ``weights`` are given, medians and maxima
-ignore the weights, and all of them skip NaN; a column with no finite value is NaN):
-
-- ``pairs``: number of pairs. ``flow_mean``: mean of ``flow_mean`` (the usual "motion score").
-  ``flow_median``: median of ``flow_median`` (numpy's: the mean of the middle two for an even count).
-  ``flow_p95``: max of ``flow_p95``.
-- ``flow_mean_per_s``: mean over pairs of ``flow_mean`` / dt, dt the pair's time gap in seconds (px/s,
-  comparable across frame rates; NaN when no dt is given).
-- ``occluded_fraction``, ``confidence_mean``, ``camera_inlier_fraction``: means.
-- ``camera_tx_mean``, ``camera_ty_mean``: means of the signed pan (px per pair; a steady pan keeps its
-  direction, shake averages out). ``camera_translation_mean``: mean of √(tx² + ty²) (px).
-- ``camera_flow_mean``: mean of ``camera_flow_mean``; ``camera_flow_max``: its max over pairs (px).
-- ``camera_scale_mean``, ``camera_rotation_mean``: means of the per-pair similarity scale and rotation.
-- ``residual_mean``: mean of ``residual_mean``; ``residual_p95``: max of ``residual_p95`` (px).
-
-A camera-static clip with object motion, say, is one with small ``camera_flow_mean`` and large ``residual_p95``.
+Definitions of every column: README, "Motion summaries"; in full (the fit's weights, ridge, sample grid and
+quantile rule): docs/output.md, "Motion summaries". The per-clip :func:`aggregate` and
+:data:`CLIP_SUMMARY_COLUMNS` live in :mod:`pipeline.write.clip_summary` (the writer builds the clip table
+without torch) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -72,19 +19,14 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-SUMMARY_COLUMNS = {name: pa.float32() for name in (
-    "flow_mean", "flow_median", "flow_p95", "occluded_fraction", "confidence_mean",
-    "camera_tx", "camera_ty", "camera_a11", "camera_a12", "camera_a21", "camera_a22",
-    "camera_scale", "camera_rotation", "camera_flow_mean", "camera_inlier_fraction",
-    "residual_mean", "residual_p95")}
+from pipeline.schema import MOTION_COLUMNS
+from pipeline.write.clip_summary import CLIP_SUMMARY_COLUMNS, aggregate  # noqa: F401  (re-exported)
 
-CLIP_SUMMARY_COLUMNS = {"pairs": pa.int32(), **{name: pa.float32() for name in (
-    "flow_mean", "flow_median", "flow_p95", "flow_mean_per_s", "occluded_fraction", "confidence_mean",
-    "camera_tx_mean", "camera_ty_mean", "camera_translation_mean", "camera_flow_mean", "camera_flow_max",
-    "camera_scale_mean", "camera_rotation_mean", "camera_inlier_fraction", "residual_mean", "residual_p95")}}
+# The per-pair columns are part of the output contract (pipeline.schema); the per-clip aggregation is the
+# writer's (pipeline.write.clip_summary), re-exported here beside the per-pair statistics it reduces.
+SUMMARY_COLUMNS = MOTION_COLUMNS
 
 # The consistency factor of the median absolute deviation for Gaussian noise.
 _MAD_TO_SIGMA = 1.4826
@@ -297,61 +239,3 @@ def summary_arrays(stats: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """The output of :func:`pair_motion` as numpy float32 arrays, moved to the host in one transfer."""
     stacked = torch.stack([stats[name] for name in SUMMARY_COLUMNS]).cpu().numpy()
     return {name: stacked[i] for i, name in enumerate(SUMMARY_COLUMNS)}
-
-
-def aggregate(stats: Mapping[str, np.ndarray], weights: np.ndarray | None = None,
-              dt: np.ndarray | None = None) -> dict[str, np.generic]:
-    """One clip's row of :data:`CLIP_SUMMARY_COLUMNS` from the per-pair columns of its P pairs.
-
-    stats: {name: P array} with every :data:`SUMMARY_COLUMNS` name; weights: P non-negative pair weights for
-    the means (default equal; e.g. valid-pixel counts); dt: P time gaps of the pairs in seconds, for
-    ``flow_mean_per_s``. Means, medians and maxima skip NaN; a column with no finite value is NaN.
-    """
-    columns = {name: np.asarray(stats[name], dtype=np.float64).reshape(-1) for name in SUMMARY_COLUMNS}
-    pairs = len(columns["flow_mean"])
-    weights = _pair_vector("weights", np.ones(pairs) if weights is None else weights, pairs)
-    if not (np.isfinite(weights).all() and (weights >= 0).all()):
-        raise ValueError(f"weights: expected finite values ≥ 0, got {weights}")
-    for name, values in columns.items():
-        _pair_vector(name, values, pairs)
-    speed = np.full(pairs, np.nan)
-    if dt is not None:
-        dt = _pair_vector("dt", dt, pairs)
-        if not (dt > 0).all():
-            raise ValueError(f"dt: expected time gaps > 0 s, got {dt}")
-        speed = columns["flow_mean"] / dt
-    c = columns
-
-    def mean(values: np.ndarray) -> float:
-        return _weighted_nanmean(values, weights)
-
-    row = {
-        "pairs": pairs, "flow_mean": mean(c["flow_mean"]), "flow_median": _nan_reduce(np.median, c["flow_median"]),
-        "flow_p95": _nan_reduce(np.max, c["flow_p95"]), "flow_mean_per_s": mean(speed),
-        "occluded_fraction": mean(c["occluded_fraction"]), "confidence_mean": mean(c["confidence_mean"]),
-        "camera_tx_mean": mean(c["camera_tx"]), "camera_ty_mean": mean(c["camera_ty"]),
-        "camera_translation_mean": mean(np.hypot(c["camera_tx"], c["camera_ty"])),
-        "camera_flow_mean": mean(c["camera_flow_mean"]), "camera_flow_max": _nan_reduce(np.max, c["camera_flow_mean"]),
-        "camera_scale_mean": mean(c["camera_scale"]), "camera_rotation_mean": mean(c["camera_rotation"]),
-        "camera_inlier_fraction": mean(c["camera_inlier_fraction"]),
-        "residual_mean": mean(c["residual_mean"]), "residual_p95": _nan_reduce(np.max, c["residual_p95"]),
-    }
-    return {name: np.int32(row[name]) if name == "pairs" else np.float32(row[name]) for name in CLIP_SUMMARY_COLUMNS}
-
-
-def _pair_vector(name: str, values, pairs: int) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    if values.shape != (pairs,):
-        raise ValueError(f"{name}: expected one value per pair, shape ({pairs},), got {values.shape}")
-    return values
-
-
-def _weighted_nanmean(values: np.ndarray, weights: np.ndarray) -> float:
-    keep = np.isfinite(values) & (weights > 0)
-    total = weights[keep].sum()
-    return float(values[keep] @ weights[keep] / total) if total > 0 else math.nan
-
-
-def _nan_reduce(reduce, values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(reduce(finite)) if finite.size else math.nan

@@ -21,6 +21,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.read.decode import (DecodeOptions, DecodeReport, NoFramesError, Pair, iter_sequence_frames, iter_video_frames,
                      make_pairs, resample)
+from pipeline.chunks import chunk_id
 from pipeline.read.plan import ReadUnit
 from pipeline.write.records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, record_exception, write_record, write_unit_marker
 from pipeline.storage import filesystem, is_transient, with_http_status
@@ -158,8 +159,8 @@ class UnitOutcome:
 
 
 def chunk_name(pairs: list[Pair]) -> str:
-    """First and last frame0 index of a chunk: its file name, unique within its video."""
-    return f"{pairs[0].frame0.index:08d}-{pairs[-1].frame0.index:08d}"
+    """A chunk of pairs is named by its first and last frame0 index."""
+    return chunk_id(pairs[0].frame0.index, pairs[-1].frame0.index)
 
 
 def iter_unit_chunks(unit: ReadUnit, options: ReadOptions, report: DecodeReport,

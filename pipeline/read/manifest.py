@@ -23,14 +23,14 @@ import pyarrow.parquet as pq
 
 from pipeline.chunks import FRAME_COLUMNS
 from pipeline.encoding import SCALE_COLUMN
-from pipeline.schema import ARRAY_COLUMNS, FRAME_LABEL_COLUMNS, SCALAR_COLUMNS
+from pipeline.schema import ARRAY_COLUMNS, FRAME_LABEL_COLUMNS, MOTION_COLUMNS, SCALAR_COLUMNS
 from pipeline.storage import filesystem
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 # Names a carried column may not take: output columns, the columns a chunk carries on its way
 # to the sink, and "video", the partition key a dataset reader turns into a column.
-RESERVED_COLUMNS = frozenset({*SCALAR_COLUMNS, *ARRAY_COLUMNS, *FRAME_LABEL_COLUMNS, SCALE_COLUMN, *FRAME_COLUMNS,
-                              "chunk", "unit", "unit_chunks", "ordinal", "labeled_on", "video"})
+RESERVED_COLUMNS = frozenset({*SCALAR_COLUMNS, *ARRAY_COLUMNS, *MOTION_COLUMNS, *FRAME_LABEL_COLUMNS, SCALE_COLUMN,
+                              *FRAME_COLUMNS, "chunk", "unit", "unit_chunks", "ordinal", "labeled_on", "video"})
 
 
 @dataclass(frozen=True)

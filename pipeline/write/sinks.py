@@ -4,13 +4,14 @@ Layout under ``out``: ``corpus=<corpus>/video=<video_id>/<first frame0>-<last fr
 (hive partitions, configurable). A partition column is not repeated inside the file:
 pyarrow/pandas restore it from the path when the folder is read as a dataset. npz shards
 take the same relative paths below ``out/_npz/``: pyarrow skips folders whose names start
-with '_', so ``pq.read_table(out)`` still reads the Parquet dataset alone.
+with '_', so ``pq.read_table(out)`` still reads the Parquet dataset alone. With ``store="summary"``
+(``--store summary``) the files hold the per-row scalar and motion columns only, no label arrays.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.chunks import iter_chunks
-from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, check_encoding, encode_labels, flow_magnitude_sum, \
+from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, check_encoding, check_stored, encode_labels, flow_magnitude_sum, \
     parquet_options
-from pipeline.schema import ARRAY_COLUMNS, SCALAR_COLUMNS, carried_column, optional_columns, to_table
+from pipeline.schema import ARRAY_COLUMNS, SCALAR_COLUMNS, carried_column, check_store, optional_columns, to_table
 from pipeline.storage import filesystem, join, write_atomic
 
 FORMATS = ("parquet", "npz")
@@ -34,6 +35,7 @@ SUMMARY_KEYS = ("video_id", "source", "corpus", "chunk", "unit", "unit_chunks", 
 class SinkOptions:
     """out: output URI; formats: subset of ("parquet", "npz"); partition: path keys, in order;
     flow_encoding: how flow and confidence are stored, "int16" or "float16" (see pipeline.encoding);
+    store: "dense" (label arrays and motion columns) or "summary" (motion columns only, Parquet only);
     carried: manifest columns written in every file, as text (``--carry``; see pipeline.schema)."""
 
     out: str
@@ -41,6 +43,7 @@ class SinkOptions:
     partition: tuple[str, ...] = ("corpus", "video")
     compression: str = "zstd"
     flow_encoding: str = DEFAULT_FLOW_ENCODING
+    store: str = "dense"
     carried: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -48,6 +51,9 @@ class SinkOptions:
         object.__setattr__(self, "carried", tuple(self.carried))
         if not self.formats or set(self.formats) - set(FORMATS):
             raise ValueError(f"formats: expected a non-empty subset of {FORMATS}, got {self.formats}")
+        if check_store(self.store) == "summary" and self.formats != ("parquet",):
+            raise ValueError(f"store='summary' (--store summary) writes no label arrays, so no npz: expected "
+                             f"formats ('parquet',) (--format parquet), got {self.formats}")
         if set(self.partition) - set(PARTITION_KEYS):
             raise ValueError(f"partition: expected keys among {sorted(PARTITION_KEYS)}, got {self.partition}")
 
@@ -81,7 +87,8 @@ class SinkOptions:
 
 
 def encode_parquet(rows: Mapping[str, np.ndarray], options: SinkOptions) -> bytes:
-    table = to_table(rows, options.excluded_columns, options.flow_encoding, options.carried)
+    """One chunk's rows (arrays stored in ``options.flow_encoding``) → the bytes of its Parquet file."""
+    table = to_table(rows, options.excluded_columns, options.flow_encoding, options.store, options.carried)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression=options.compression,
                    **parquet_options(table.schema, options.flow_encoding))
@@ -92,8 +99,8 @@ def encode_npz(rows: Mapping[str, np.ndarray], flow_encoding: str = DEFAULT_FLOW
                carried: tuple[str, ...] = ()) -> bytes:
     """The same arrays (N×H×W[×2], stored in ``flow_encoding``) and columns as the Parquet file,
     in one compressed npz (carried columns as text, a null as "": npz has no nulls)."""
-    stored = encode_labels(rows, flow_encoding)
-    arrays = {name: stored[name] for name in (*ARRAY_COLUMNS, SCALE_COLUMN) if name in stored}
+    check_stored(rows, flow_encoding)
+    arrays = {name: rows[name] for name in (*ARRAY_COLUMNS, SCALE_COLUMN) if name in rows}
     arrays.update({name: np.asarray(rows[name]).astype(str) if rows[name].dtype == object else np.asarray(rows[name])
                    for name in SCALAR_COLUMNS})
     arrays.update({name: np.asarray(rows[name]) for name in optional_columns(rows)})  # N×k, --frame-labels
@@ -104,20 +111,30 @@ def encode_npz(rows: Mapping[str, np.ndarray], flow_encoding: str = DEFAULT_FLOW
     return buffer.getvalue()
 
 
-def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
-                storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Write one chunk in every requested format; returns a summary row."""
+def write_files(rows: Mapping[str, np.ndarray], options: SinkOptions, encoders: Mapping[str, Callable[[], bytes]],
+                storage_options: Mapping[str, Any] | None = None) -> int:
+    """Write one chunk's file in each format of ``encoders`` (format → bytes) at its path below
+    ``options.out``, atomically; returns the bytes written. A retried task writes the same paths."""
     fs, root = filesystem(options.out, storage_options)
     stem = options.chunk_stem(str(rows["corpus"][0]), str(rows["video_id"][0]), str(rows["chunk"][0]))
-    rows = {**rows, **encode_labels(rows, options.flow_encoding)}  # once, for every format and the summary
     written = 0
-    for fmt in options.formats:
-        if fmt == "parquet":
-            data, path = encode_parquet(rows, options), join(root, f"{stem}.parquet")
-        else:
-            data, path = encode_npz(rows, options.flow_encoding, options.carried), join(root, NPZ_DIR, f"{stem}.npz")
-        write_atomic(fs, path, data)
+    for fmt, encode in encoders.items():
+        data = encode()
+        write_atomic(fs, join(root, *([NPZ_DIR] if fmt == "npz" else []), f"{stem}.{fmt}"), data)
         written += len(data)
+    return written
+
+
+def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
+                storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write one chunk of pair rows in every requested format; returns a summary row."""
+    if options.store == "dense":
+        # The labeler's rows are stored already and pass through; float labels (Python API) are encoded
+        # here, once for every format and the summary.
+        rows = {**rows, **encode_labels(rows, options.flow_encoding)}
+    encoders = {"parquet": lambda: encode_parquet(rows, options),
+                "npz": lambda: encode_npz(rows, options.flow_encoding, options.carried)}
+    written = write_files(rows, options, {fmt: encoders[fmt] for fmt in options.formats}, storage_options)
     return {
         "video_id": str(rows["video_id"][0]),
         "source": str(rows["source"][0]),
@@ -126,20 +143,33 @@ def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
         "unit": str(rows["unit"][0]),
         "unit_chunks": str(rows["unit_chunks"][-1]),
         "pairs": len(rows["frame0"]),
-        "pixels": int(np.prod(np.shape(rows["flow"])[:3])),
         "bytes_written": written,
-        "flow_magnitude_sum": flow_magnitude_sum(rows),
-        "occluded_sum": int(np.asarray(rows["occlusion"]).sum()),
+        **_label_sums(rows, options.store),
         # Which labeler actor (node, GPU ids) made the chunk, as the labeler stamped it.
         "labeled_on": str(rows["labeled_on"][0]) if "labeled_on" in rows else "",
     }
 
 
+def _label_sums(rows: Mapping[str, np.ndarray], store: str) -> dict[str, Any]:
+    """pixels, Σ |flow| (px) and occluded pixels of a chunk: from its arrays, or without them (summary store)
+    from the per-pair means flow_mean and occluded_fraction over each pair's H×W pixels."""
+    if store == "dense":
+        return {"pixels": int(np.prod(np.shape(rows["flow"])[:3])), "flow_magnitude_sum": flow_magnitude_sum(rows),
+                "occluded_sum": int(np.asarray(rows["occlusion"]).sum())}
+    pixels = np.asarray(rows["height"], np.int64) * np.asarray(rows["width"], np.int64)
+    flow = np.asarray(rows["flow_mean"], np.float64) * pixels
+    return {"pixels": int(pixels.sum()), "flow_magnitude_sum": float(np.nansum(flow)),
+            "occluded_sum": int(np.rint(np.asarray(rows["occluded_fraction"], np.float64) * pixels).sum())}
+
+
 def write_batch(batch: Mapping[str, np.ndarray], options: SinkOptions,
-                storage_options: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """Write every chunk in ``batch``; returns the summary rows as a numpy batch."""
-    summaries = [write_chunk(rows, options, storage_options) for rows in iter_chunks(batch)]
-    return {key: np.array([s[key] for s in summaries]) for key in SUMMARY_KEYS}
+                storage_options: Mapping[str, Any] | None = None, *,
+                write: Callable[..., dict[str, Any]] = write_chunk, keys: tuple[str, ...] = SUMMARY_KEYS
+                ) -> dict[str, np.ndarray]:
+    """The write stage of a Ray Data pipeline: every chunk in ``batch`` through ``write`` (pair
+    chunks by default; the clip labels pass theirs); returns the summary rows, columns ``keys``."""
+    summaries = [write(rows, options, storage_options) for rows in iter_chunks(batch)]
+    return {key: np.array([s[key] for s in summaries]) for key in keys}
 
 
 def committed_chunks(options: SinkOptions, storage_options: Mapping[str, Any] | None = None

@@ -1,0 +1,198 @@
+"""The per-clip motion summary table: one row per source (a video or an image sequence) under
+``<out>/_clips_summary/``, from the per-pair motion columns (:data:`pipeline.schema.MOTION_COLUMNS`).
+
+It is built at the end of a run from the committed data files on ``out``, so a resumed run's table covers
+the pairs of every run; only the scalar columns it needs are read (column projection, no label arrays),
+grouped by video and reduced by :func:`aggregate`. Rewriting it replaces it: the files have fixed names
+(``part-00000.parquet``, …, at most :data:`ROWS_PER_FILE` rows each) and stale parts are removed.
+Definitions of every column: README, "Motion summaries".
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import posixpath
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from pipeline.schema import MOTION_COLUMNS
+from pipeline.storage import filesystem, join, write_atomic
+
+CLIP_SUMMARY_DIR = "_clips_summary"
+ROWS_PER_FILE = 100_000
+_PART = re.compile(r"part-\d{5}\.parquet")
+
+# The aggregates of one clip's pairs (:func:`aggregate`).
+CLIP_SUMMARY_COLUMNS = {"pairs": pa.int32(), **{name: pa.float32() for name in (
+    "flow_mean", "flow_median", "flow_p95", "flow_mean_per_s", "occluded_fraction", "confidence_mean",
+    "camera_tx_mean", "camera_ty_mean", "camera_translation_mean", "camera_flow_mean", "camera_flow_max",
+    "camera_scale_mean", "camera_rotation_mean", "camera_inlier_fraction", "residual_mean", "residual_p95")}}
+
+# A row of the table: the source, its pairs, the seconds they span (first t0 to last t1), the aggregates.
+CLIP_TABLE_COLUMNS = {"video_id": pa.string(), "source": pa.string(), "corpus": pa.string(), "pairs": pa.int32(),
+                      "duration": pa.float64(), **{n: t for n, t in CLIP_SUMMARY_COLUMNS.items() if n != "pairs"}}
+
+# What the table is made of: per pair, the identity, times and motion columns.
+PAIR_COLUMNS = {"video_id": pa.string(), "source": pa.string(), "corpus": pa.string(), "frame0": pa.int32(),
+                "t0": pa.float64(), "t1": pa.float64(), **MOTION_COLUMNS}
+
+
+def write_clip_summary(sink: Any, storage_options: Mapping[str, Any] | None = None,
+                       rows_per_file: int = ROWS_PER_FILE) -> int:
+    """Write the clip table of every committed pair under ``sink.out`` (a :class:`pipeline.write.sinks.SinkOptions`)
+    to ``<out>/_clips_summary/part-NNNNN.parquet``, each file atomically; returns its number of rows."""
+    if rows_per_file < 1:
+        raise ValueError(f"rows_per_file: expected ≥ 1, got {rows_per_file}")
+    table = summarize_clips(sink, storage_options)
+    fs, root = filesystem(sink.out, storage_options)
+    folder = join(root, CLIP_SUMMARY_DIR)
+    names = set()
+    for start in range(0, max(table.num_rows, 1), rows_per_file):  # an empty table is one empty file
+        names.add(f"part-{start // rows_per_file:05d}.parquet")
+        buffer = io.BytesIO()
+        pq.write_table(table.slice(start, rows_per_file), buffer, compression="zstd")
+        write_atomic(fs, join(folder, f"part-{start // rows_per_file:05d}.parquet"), buffer.getvalue())
+    for path in fs.ls(folder, detail=False):  # parts of an earlier, larger table
+        name = posixpath.basename(path.rstrip("/"))
+        if _PART.fullmatch(name) and name not in names:
+            fs.rm(path)
+    return table.num_rows
+
+
+def summarize_clips(sink: Any, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
+    """The clip table (:data:`CLIP_TABLE_COLUMNS`) of every committed pair under ``sink.out``."""
+    return clip_table(read_pair_columns(sink, storage_options))
+
+
+def read_pair_columns(sink: Any, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
+    """:data:`PAIR_COLUMNS` of every committed pair row under ``sink.out``, from its Parquet files (npz when
+    the run writes no Parquet); a column a file lacks (written before it existed) is null."""
+    fs, root = filesystem(sink.out, storage_options)
+    schema = pa.schema(list(PAIR_COLUMNS.items()))
+    fmt = "parquet" if "parquet" in sink.formats else "npz"
+    paths = _data_files(fs, root, sink, fmt)
+    if not paths:
+        return schema.empty_table()
+    if fmt == "npz":
+        return pa.concat_tables([_npz_columns(fs, path, schema) for path in paths])
+    # The corpus partition is in the path, not in the file: raw values, as the sink writes them.
+    partitioning = pads.HivePartitioning(pa.schema([("corpus", pa.string())]), segment_encoding="none")
+    dataset = pads.dataset(paths, schema=schema, filesystem=fs, format="parquet", partition_base_dir=root,
+                           partitioning=partitioning if "corpus" in sink.excluded_columns else None)
+    return dataset.to_table(columns=list(PAIR_COLUMNS))
+
+
+def _data_files(fs, root: str, sink: Any, fmt: str) -> list[str]:
+    """Committed data files of one format under ``root``, sorted (hidden temporaries and ``_`` folders left out)."""
+    root = root.rstrip("/")
+    base = join(root, "_npz") if fmt == "npz" else root
+    if not fs.exists(base):
+        return []
+    out = []
+    for path in fs.find(base):
+        relative = path[len(base) + 1:]
+        if (path.endswith(f".{fmt}") and not posixpath.basename(path).startswith(".")
+                and not relative.startswith("_") and sink.parse_stem(relative) is not None):
+            out.append(path)
+    return sorted(out)
+
+
+def _npz_columns(fs, path: str, schema: pa.Schema) -> pa.Table:
+    with fs.open(path, "rb") as f, np.load(io.BytesIO(f.read())) as data:  # NpzFile reads only the keys asked
+        n = len(data["frame0"])
+        return pa.table({field.name: pa.array(data[field.name], field.type) if field.name in data.files
+                         else pa.nulls(n, field.type) for field in schema}, schema=schema)
+
+
+def clip_table(pairs: pa.Table) -> pa.Table:
+    """Pair rows (:data:`PAIR_COLUMNS`) → one row per video_id (:data:`CLIP_TABLE_COLUMNS`), sorted by source
+    and video_id. A video's pairs are ordered by frame0 first, so its sums do not depend on the read order.
+    flow_mean_per_s uses each pair's t1 − t0 when every pair of the clip has one > 0 (else NaN)."""
+    pairs = pairs.sort_by([("video_id", "ascending"), ("frame0", "ascending")])
+    ids = pairs["video_id"].to_numpy(zero_copy_only=False)
+    columns = {n: _floats(pairs[n]) for n in ("t0", "t1", *MOTION_COLUMNS)}
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], len(ids)].astype(np.int64)
+    rows = [_clip_row({n: c[s:e] for n, c in columns.items()}) for s, e in zip(starts, ends)]
+    table = {"video_id": pa.array(ids[starts], pa.string()),
+             "source": pairs["source"].take(pa.array(starts)), "corpus": pairs["corpus"].take(pa.array(starts))}
+    table.update({n: pa.array([r[n] for r in rows], t) for n, t in CLIP_TABLE_COLUMNS.items() if n not in table})
+    result = pa.table(table, schema=pa.schema(list(CLIP_TABLE_COLUMNS.items())))
+    return result.sort_by([("source", "ascending"), ("video_id", "ascending")])
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray:
+    return pc.fill_null(column.cast(pa.float64()), math.nan).to_numpy()
+
+
+def _clip_row(pair: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    dt = pair["t1"] - pair["t0"]
+    row = aggregate(pair, dt=dt if (dt > 0).all() else None)  # NaN compares False: any unknown time → None
+    t0, t1 = pair["t0"][np.isfinite(pair["t0"])], pair["t1"][np.isfinite(pair["t1"])]
+    return {**row, "duration": float(t1.max() - t0.min()) if t0.size and t1.size else math.nan}
+
+
+def aggregate(stats: Mapping[str, np.ndarray], weights: np.ndarray | None = None,
+              dt: np.ndarray | None = None) -> dict[str, np.generic]:
+    """One clip's row of :data:`CLIP_SUMMARY_COLUMNS` from the per-pair columns of its P pairs.
+
+    stats: {name: P array} with every :data:`pipeline.schema.MOTION_COLUMNS` name; weights: P non-negative
+    pair weights for the means (default equal; e.g. valid-pixel counts); dt: P time gaps of the pairs in
+    seconds, for ``flow_mean_per_s``. Means, medians and maxima skip NaN; a column with no finite value is NaN.
+    """
+    columns = {name: np.asarray(stats[name], dtype=np.float64).reshape(-1) for name in MOTION_COLUMNS}
+    pairs = len(columns["flow_mean"])
+    weights = _pair_vector("weights", np.ones(pairs) if weights is None else weights, pairs)
+    if not (np.isfinite(weights).all() and (weights >= 0).all()):
+        raise ValueError(f"weights: expected finite values ≥ 0, got {weights}")
+    for name, values in columns.items():
+        _pair_vector(name, values, pairs)
+    speed = np.full(pairs, np.nan)
+    if dt is not None:
+        dt = _pair_vector("dt", dt, pairs)
+        if not (dt > 0).all():
+            raise ValueError(f"dt: expected time gaps > 0 s, got {dt}")
+        speed = columns["flow_mean"] / dt
+    c = columns
+
+    def mean(values: np.ndarray) -> float:
+        return _weighted_nanmean(values, weights)
+
+    row = {
+        "pairs": pairs, "flow_mean": mean(c["flow_mean"]), "flow_median": _nan_reduce(np.median, c["flow_median"]),
+        "flow_p95": _nan_reduce(np.max, c["flow_p95"]), "flow_mean_per_s": mean(speed),
+        "occluded_fraction": mean(c["occluded_fraction"]), "confidence_mean": mean(c["confidence_mean"]),
+        "camera_tx_mean": mean(c["camera_tx"]), "camera_ty_mean": mean(c["camera_ty"]),
+        "camera_translation_mean": mean(np.hypot(c["camera_tx"], c["camera_ty"])),
+        "camera_flow_mean": mean(c["camera_flow_mean"]), "camera_flow_max": _nan_reduce(np.max, c["camera_flow_mean"]),
+        "camera_scale_mean": mean(c["camera_scale"]), "camera_rotation_mean": mean(c["camera_rotation"]),
+        "camera_inlier_fraction": mean(c["camera_inlier_fraction"]),
+        "residual_mean": mean(c["residual_mean"]), "residual_p95": _nan_reduce(np.max, c["residual_p95"]),
+    }
+    return {name: np.int32(row[name]) if name == "pairs" else np.float32(row[name]) for name in CLIP_SUMMARY_COLUMNS}
+
+
+def _pair_vector(name: str, values, pairs: int) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (pairs,):
+        raise ValueError(f"{name}: expected one value per pair, shape ({pairs},), got {values.shape}")
+    return values
+
+
+def _weighted_nanmean(values: np.ndarray, weights: np.ndarray) -> float:
+    keep = np.isfinite(values) & (weights > 0)
+    total = weights[keep].sum()
+    return float(values[keep] @ weights[keep] / total) if total > 0 else math.nan
+
+
+def _nan_reduce(reduce, values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(reduce(finite)) if finite.size else math.nan

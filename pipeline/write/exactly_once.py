@@ -1,0 +1,138 @@
+"""Exactly-once bookkeeping on the driver: which settings made ``out``, which units are settled,
+which chunks are committed, which records belong to this run. The pair labels and the clip labels
+both keep their books here.
+
+A unit is settled when a marker ``_units/<unit>.json`` exists. Read tasks write it for units
+that reach no writer (bad input, nothing to label, everything already committed); the
+driver writes it for the others, once the unit's last chunk has announced the unit's chunk
+list and every chunk in it is committed. Re-runs skip settled units at planning time and
+skip committed chunks inside unsettled ones, so a job killed at any moment and re-run ends
+with exactly the rows of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.write.records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, read_records, read_unit_markers, write_unit_marker
+from pipeline.write.run_manifest import read_manifest
+from pipeline.write.sinks import SinkOptions, committed_chunks
+
+
+class OutputConflictError(ValueError):
+    """``out`` holds labels made with other settings: mixing them would be silent corruption."""
+
+
+def fingerprint(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that decide what a row contains: they must match across runs on one ``out``."""
+    options = manifest["options"]
+    # The checkpoint counts by its digest, not by where it was read from; batch size changes no row.
+    labeler = {k: v for k, v in options["labeler"].items() if k not in ("batch_size", "checkpoint", "checkpoint_sha256")}
+    read = {k: options["read"][k] for k in ("decode", "chunk_bytes", "max_chunk_pairs")}
+    return {"model": manifest["model"], "checkpoint_sha256": manifest["checkpoint_sha256"], "labeler": labeler,
+            "read": read, "plan": options["plan"],
+            # No carried columns reads as a run from before --carry existed (no such key): they resume.
+            "sink": {k: v for k, v in options["sink"].items() if k != "out" and (k != "carried" or v)},
+            "corpus": options["corpus"],
+            "frame_labels": _label_settings(options.get("frame_labels")),
+            "clip_labels": _label_settings(options.get("clip_labels"))}
+
+
+def _label_settings(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A labeler's options as the fingerprint sees them: weights by digest, not location; no batch size."""
+    if not options:
+        return None
+    return {k: v for k, v in options.items() if k not in ("checkpoint", "checkpoint_sha256", "batch_size")}
+
+
+def check_same_settings(out: str, manifest: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None
+                        ) -> None:
+    """Raise :class:`OutputConflictError` naming each setting in which ``manifest`` differs from the run
+    that wrote ``out`` (nothing to compare on a new ``out``)."""
+    previous = read_manifest(out, storage_options)
+    if previous is None or "options" not in previous:
+        return
+    # The new manifest as the old one was stored (JSON), so tuples and lists compare equal.
+    changed = setting_differences(fingerprint(previous), fingerprint(json.loads(json.dumps(manifest, default=str))))
+    if changed:
+        raise OutputConflictError(f"{out} holds labels made with other settings ({'; '.join(changed)}); "
+                                  "use a new --out, or the same settings to resume")
+
+
+def setting_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"read.decode.stride: 1 → 2"`` for each setting that differs, by its dotted name (nested mappings are
+    compared key by key, so only the settings that changed are named)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += setting_differences(a, b, f"{name}.")
+        elif a != b:
+            out.append(f"{name}: {a!r} → {b!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class Books:
+    """What earlier runs left in ``out``: settled units (key → marker) and committed chunks
+    (video_id → chunk names), read once when a run starts."""
+
+    out: str
+    settled: Mapping[str, Mapping[str, Any]]
+    committed: Mapping[str, frozenset[str]]
+
+    @classmethod
+    def read(cls, sink: SinkOptions, storage_options: Mapping[str, Any] | None = None) -> Books:
+        return cls(sink.out, read_unit_markers(sink.out, storage_options), committed_chunks(sink, storage_options))
+
+    def pending(self, keys: Iterable[str]) -> list[str]:
+        """The keys of ``keys`` not settled yet, in order."""
+        return [key for key in keys if key not in self.settled]
+
+    def tracker(self, storage_options: Mapping[str, Any] | None = None) -> UnitTracker:
+        """A tracker that settles units in ``out`` as their chunks are committed during this run."""
+        return UnitTracker(self.committed,
+                           lambda unit, chunks: write_unit_marker(self.out, unit, "done", chunks, storage_options))
+
+
+def unit_outcomes(out: str, keys: Collection[str], storage_options: Mapping[str, Any] | None = None
+                  ) -> tuple[list[UnitRecord], list[UnitRecord]]:
+    """(errors, skipped): the records in ``out`` of the units in ``keys`` (this run's plan; records of
+    other inputs labeled into the same ``out`` are not this run's)."""
+    keys = set(keys)
+    return ([r for r in read_records(out, ERRORS_DIR, storage_options) if r.unit in keys],
+            [r for r in read_records(out, SKIPPED_DIR, storage_options) if r.unit in keys])
+
+
+class UnitTracker:
+    """Follows write summaries (video_id, chunk, unit, unit_chunks) and settles units.
+
+    ``committed``: video_id → chunks already committed when the run started.
+    ``settle(unit, chunks)`` is called once per unit whose chunks are all committed.
+    """
+
+    def __init__(self, committed: Mapping[str, frozenset[str]], settle: Callable[[str, list[str]], None]):
+        self._committed = {video: set(chunks) for video, chunks in committed.items()}
+        self._waiting: dict[str, tuple[str, list[str]]] = {}
+        self._settle = settle
+        self.settled: list[str] = []
+
+    def add(self, summary: Mapping[str, Any]) -> None:
+        video = summary["video_id"]
+        self._committed.setdefault(video, set()).add(summary["chunk"])
+        if summary.get("unit_chunks"):
+            self._waiting[summary["unit"]] = (video, json.loads(summary["unit_chunks"]))
+        # Summaries of one unit may arrive in any order: re-check the waiting units of this video.
+        for unit, (unit_video, chunks) in list(self._waiting.items()):
+            if unit_video == video and self._committed[video].issuperset(chunks):
+                del self._waiting[unit]
+                self._settle(unit, chunks)
+                self.settled.append(unit)
+
+    @property
+    def waiting(self) -> list[str]:
+        """Units whose last chunk arrived but some other chunk did not (should be none at the end)."""
+        return sorted(self._waiting)
