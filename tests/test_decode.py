@@ -222,3 +222,45 @@ def test_interlaced_frames_are_deinterlaced(shared_data):
     assert records == [] and pairs_of(clean) == pairs_of(woven) == [(0, 1), (1, 2), (2, 3)]
     np.testing.assert_array_equal(as_pairs(clean[0])["t0"], as_pairs(woven[0])["t0"])
     assert combing(clean[0]["image"][1]) < 0.2 * combing(woven[0]["image"][1])
+
+
+def test_small_units_share_read_tasks_and_large_ones_go_alone(tmp_path):
+    """task_groups: consecutive small units (≤ small_unit_bytes, or of unknown size) share a task, at most
+    units_per_task and no more than spreads them over the readers; a large unit and a segment go alone."""
+    from pipeline.read.datasource import task_groups
+    from pipeline.read.plan import ReadUnit
+    from pipeline.read.sources import Source
+
+    def unit(name, size, **kw):
+        return ReadUnit(Source(uri=f"s3://b/{name}", kind="video", video_id=name, corpus="c", size=size), **kw)
+
+    units = [unit(f"s{i}", 1000) for i in range(5)] + [unit("big", 10**9)] + [unit(f"m{i}", None) for i in range(3)]
+    units.append(unit("seg", 10**9, start=300, stop=600, first=False))
+    options = ReadOptions(units_per_task=3, small_unit_bytes=10**6)
+    names = [[u.source.video_id for u in g] for g in task_groups(units, options, parallelism=1)]
+    assert names == [["s0", "s1", "s2"], ["s3", "s4"], ["big"], ["m0", "m1", "m2"], ["seg"]]
+    spread = [[u.source.video_id for u in g] for g in task_groups(units[:5], options, parallelism=4)]
+    assert spread == [["s0", "s1"], ["s2", "s3"], ["s4"]]  # 5 small units over 4 readers: 2 per task
+
+
+def test_coalesced_blocks_keep_every_chunk_whole_and_in_order(generated):
+    """coalesce joins the chunks of several clips into blocks of up to max_bytes of frames: the same frame
+    rows in the same order, a chunk never cut, and frames of another size start a new block."""
+    from pipeline.chunks import iter_chunks
+    from pipeline.read.datasource import coalesce
+
+    read = ReadOptions(max_chunk_pairs=3)
+    chunks = []
+    for name in ("h264.mp4", "h264.mp4", "vp9_odd.webm"):
+        chunks += read_all(generated[name][0], read=read)[0]
+    chunk_bytes = chunks[0]["image"].nbytes
+    blocks = list(coalesce(iter(chunks), max_bytes=2 * chunk_bytes))
+    # Chunks of 4, 4 and 3 frames per clip; a block holds 8 h264 frames: (4+4) (3+4) (4+3), then the webm clip
+    # (smaller frames) starts a new block: (4+4) (3).
+    assert [len(list(iter_chunks(b))) for b in blocks] == [2, 2, 2, 2, 1]
+    rejoined = [c for b in blocks for c in iter_chunks(b)]
+    assert len(rejoined) == len(chunks)
+    for got, expected in zip(rejoined, chunks):
+        assert got.keys() == expected.keys()
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key])

@@ -1,9 +1,12 @@
-"""Ray Data reader: read units → blocks of frames, one chunk of pairs per block, each frame once.
+"""Ray Data reader: read units → blocks of frames, whole chunks of pairs per block, each frame once.
 
 ``read_unit`` is the plain function (tests call it without Ray); ``FramePairDatasource``
-turns each planned unit into one Ray read task. A unit's pairs are cut into chunks of at
+turns the planned units into Ray read tasks: a large unit is a task of its own, small ones
+(short clips) share a task, :func:`task_groups`. A unit's pairs are cut into chunks of at
 most ``chunk_bytes`` of frames; a chunk is the unit of labeling and of output files, so its
-boundaries are deterministic (they depend only on the source and the options).
+boundaries are deterministic (they depend only on the source and the options). The chunks
+of a task's small units travel together in blocks of up to ``chunk_bytes``, :func:`coalesce`:
+every Ray task and actor call costs milliseconds, which a six-frame clip cannot amortise.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from pipeline.storage import filesystem, is_transient, with_http_status
 class ReadOptions:
     """chunk_bytes: frame bytes (both frames of every pair) per chunk; max_chunk_pairs caps it.
     io_attempts: tries per unit when the storage fails transiently (waits 2, 4, 8, … s between).
+    units_per_task: at most this many small units (a source or span of at most ``small_unit_bytes``,
+      or of unknown size, such as a manifest row) share one read task.
     decode_threads: FFmpeg decoder threads per read task; 1 (default) matches the one CPU a read
       task asks Ray for: the parallelism comes from read tasks side by side, and FFmpeg's own
       threads (0: one per core) would contend with them and the labelers for the same cores."""
@@ -41,10 +46,14 @@ class ReadOptions:
     io_attempts: int = 5
     io_first_delay_s: float = 2.0
     decode_threads: int = 1
+    units_per_task: int = 32
+    small_unit_bytes: int = 8 * 2**20
 
     def __post_init__(self) -> None:
         if self.decode_threads < 0:
             raise ValueError(f"decode_threads: expected ≥ 0 (0 = one per core), got {self.decode_threads}")
+        if self.units_per_task < 1:
+            raise ValueError(f"units_per_task: expected ≥ 1, got {self.units_per_task}")
 
     def chunk_pairs(self, height: int, width: int) -> int:
         """Pairs per chunk for frames of this size (≥ 1)."""
@@ -286,23 +295,83 @@ class FramePairDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
         tasks = []
-        for unit in self._units:
-            metadata = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(unit.source.uri,))
-            tasks.append(ReadTask(self._read_fn(unit), metadata))
+        for group in task_groups(self._units, self._options, parallelism):
+            uris = tuple(dict.fromkeys(unit.source.uri for unit in group))
+            metadata = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=uris)
+            tasks.append(ReadTask(self._read_fn(group), metadata))
         return tasks
 
-    def _read_fn(self, unit: ReadUnit):
+    def _read_fn(self, units: list[ReadUnit]):
         options, records_out, storage_options = self._options, self._records_out, self._storage_options
 
         def read() -> Iterator[Any]:
-            outcome = UnitOutcome()
-            for batch in read_unit(unit, options, storage_options, outcome):
+            for batch in coalesce(_read_units(units, options, records_out, storage_options), options.chunk_bytes):
                 yield BlockAccessor.batch_to_block(batch)
-            for folder, record in outcome.records:
-                write_record(records_out, folder, record, storage_options)
-            if outcome.yielded == 0 and (outcome.finished or not outcome.retryable):
-                # Nothing reaches the writers (no pairs, a bad input, or every chunk already
-                # committed): the unit is settled here.
-                write_unit_marker(records_out, unit.key, outcome.status, outcome.chunks, storage_options)
 
         return read
+
+
+def _read_units(units: list[ReadUnit], options: ReadOptions, records_out: str,
+                storage_options: Mapping[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+    """The chunks of ``units`` in order; each unit's records (and its marker, when it sends
+    nothing to the writers) are written as soon as the unit is read."""
+    for unit in units:
+        outcome = UnitOutcome()
+        yield from read_unit(unit, options, storage_options, outcome)
+        for folder, record in outcome.records:
+            write_record(records_out, folder, record, storage_options)
+        if outcome.yielded == 0 and (outcome.finished or not outcome.retryable):
+            # Nothing reaches the writers (no pairs, a bad input, or every chunk already
+            # committed): the unit is settled here.
+            write_unit_marker(records_out, unit.key, outcome.status, outcome.chunks, storage_options)
+
+
+def task_groups(units: list[ReadUnit], options: ReadOptions, parallelism: int = 1) -> list[list[ReadUnit]]:
+    """Read tasks: a large unit alone; consecutive small ones together, at most ``units_per_task``,
+    and no more per task than spreads them over ``parallelism`` tasks (so short runs keep every
+    reader busy)."""
+    small = [u for u in units if _is_small(u, options)]
+    per_task = max(1, min(options.units_per_task, -(-len(small) // max(1, parallelism))))
+    groups: list[list[ReadUnit]] = []
+    current: list[ReadUnit] = []
+    for unit in units:
+        if not _is_small(unit, options):
+            groups += [current, [unit]] if current else [[unit]]
+            current = []
+            continue
+        current.append(unit)
+        if len(current) == per_task:
+            groups.append(current)
+            current = []
+    return groups + ([current] if current else [])
+
+
+def _is_small(unit: ReadUnit, options: ReadOptions) -> bool:
+    size = unit.source.size
+    whole = unit.first and unit.stop is None
+    return whole and (size is None or size <= options.small_unit_bytes)
+
+
+def coalesce(batches: Iterator[dict[str, np.ndarray]], max_bytes: int) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive chunk batches joined into blocks of up to ``max_bytes`` of frames. Only batches
+    with the same columns and frame size join (a block column is one array); a chunk is never cut."""
+    held: list[dict[str, np.ndarray]] = []
+    size = 0
+    for batch in batches:
+        if held and (size + batch["image"].nbytes > max_bytes or not _joinable(held[0], batch)):
+            yield _join(held)
+            held, size = [], 0
+        held.append(batch)
+        size += batch["image"].nbytes
+    if held:
+        yield _join(held)
+
+
+def _joinable(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and a["image"].shape[1:] == b["image"].shape[1:]
+
+
+def _join(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(batches) == 1:
+        return batches[0]
+    return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
