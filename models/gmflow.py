@@ -333,18 +333,22 @@ DRIVE_URL = "https://drive.google.com/file/d/1d5C5cgHIxWGsFR1vYs5XrQbbUiZl9TX2/v
 # The official evaluate.py pads with InputPadder in 'sintel' mode everywhere except validate_kitti
 # ('kitti' mode); FlyingChairs (384×512) needs no padding.
 SINTEL_PADDING = {"pad_mode": "sintel"}
-BENCHMARKS = {"sintel": SINTEL_PADDING, "things": SINTEL_PADDING, "chairs": SINTEL_PADDING, "kitti": {"pad_mode": "kitti"}}
+BENCHMARKS = {
+    "sintel": SINTEL_PADDING, "things": SINTEL_PADDING, "chairs": SINTEL_PADDING, "kitti": {"pad_mode": "kitti"}
+}
 EVALUATE_SH = "haofeixu/gmflow scripts/evaluate.sh expected output (GMFlow paper Table 3)"
 PAPER_TABLE4 = "GMFlow paper (Xu et al., CVPR 2022, arXiv:2111.13680) Table 4"
 NO_SCORE = "no published score for this checkpoint"
 
 
-
-def _official(filename: str, trained_on: str, eval_config: Mapping, published: Mapping, source: str) -> Checkpoint:
+def official_checkpoint(
+    filename: str, trained_on: str, eval_config: Mapping, published: Mapping, source: str, *, url: str = DRIVE_URL
+) -> Checkpoint:
+    """Record of one released file (GMFlow's, or UniMatch's re-release of the same architectures)."""
     return Checkpoint(
         name=filename.removesuffix(".pth"),
         filename=filename,
-        url=DRIVE_URL,
+        url=url,
         sha256=None,  # not published; the 8 hex digits in the file name are the authors' short hash
         trained_on=trained_on,
         eval_config=eval_config,
@@ -362,18 +366,18 @@ SPECS = (
         default_config=GMFLOW_CONFIG,
         convert=convert_official,
         checkpoints=(
-            _official("gmflow_chairs-1d776046.pth", "FlyingChairs (C)", GMFLOW_CONFIG, {}, NO_SCORE),
-            _official(
+            official_checkpoint("gmflow_chairs-1d776046.pth", "FlyingChairs (C)", GMFLOW_CONFIG, {}, NO_SCORE),
+            official_checkpoint(
                 "gmflow_things-e9887eda.pth",
                 C_T,
                 GMFLOW_CONFIG,
                 {"things_test_clean_epe": 3.475, "sintel_train_clean_epe": 1.495, "sintel_train_final_epe": 2.955},
                 EVALUATE_SH,
             ),
-            _official("gmflow_sintel-0c07dcb3.pth", C_T_SKHT, GMFLOW_CONFIG, {},
-                      NO_SCORE + " (the paper's Sintel test scores are gmflow_refine's)"),
-            _official("gmflow_kitti-285701a8.pth", C_T_SKHT_K, GMFLOW_CONFIG, {},
-                      NO_SCORE + " (the paper's KITTI test score is gmflow_refine's)"),
+            official_checkpoint("gmflow_sintel-0c07dcb3.pth", C_T_SKHT, GMFLOW_CONFIG, {},
+                                NO_SCORE + " (the paper's Sintel test scores are gmflow_refine's)"),
+            official_checkpoint("gmflow_kitti-285701a8.pth", C_T_SKHT_K, GMFLOW_CONFIG, {},
+                                NO_SCORE + " (the paper's KITTI test score is gmflow_refine's)"),
         ),
     ),
     ModelSpec(
@@ -383,7 +387,7 @@ SPECS = (
         default_config=GMFLOW_REFINE_CONFIG,
         convert=convert_official,
         checkpoints=(
-            _official(
+            official_checkpoint(
                 "gmflow_with_refine_things-36579974.pth",
                 C_T,
                 GMFLOW_REFINE_CONFIG,
@@ -391,10 +395,10 @@ SPECS = (
                  "kitti_train_epe": 7.77},
                 EVALUATE_SH + "; KITTI: " + PAPER_TABLE4 + " (haofeixu/gmflow issue #24 names this checkpoint)",
             ),
-            _official("gmflow_with_refine_sintel-3ed1cf48.pth", C_T_SKHT, GMFLOW_REFINE_CONFIG,
-                      {"sintel_test_clean_epe": 1.74, "sintel_test_final_epe": 2.90}, PAPER_TABLE4),
-            _official("gmflow_with_refine_kitti-8d3b9786.pth", C_T_SKHT_K, GMFLOW_REFINE_CONFIG,
-                      {"kitti_test_fl_all": 9.32}, PAPER_TABLE4),
+            official_checkpoint("gmflow_with_refine_sintel-3ed1cf48.pth", C_T_SKHT, GMFLOW_REFINE_CONFIG,
+                                {"sintel_test_clean_epe": 1.74, "sintel_test_final_epe": 2.90}, PAPER_TABLE4),
+            official_checkpoint("gmflow_with_refine_kitti-8d3b9786.pth", C_T_SKHT_K, GMFLOW_REFINE_CONFIG,
+                                {"kitti_test_fl_all": 9.32}, PAPER_TABLE4),
         ),
     ),
 )

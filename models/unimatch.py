@@ -22,6 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gmflow import (
+    EVALUATE_SH,
+    GMFLOW_CONFIG,
+    GMFLOW_REFINE_CONFIG,
+    NO_SCORE,
+    PAPER_TABLE4,
     FinestScale,
     GMFlow,
     _float32,
@@ -30,9 +35,10 @@ from .gmflow import (
     convex_upsample,
     coords_grid,
     mask_head,
+    official_checkpoint,
 )
 from .raft import FlowHead, MotionEncoder, SepConvGRU, UpdateBlock
-from .registry import Checkpoint, ModelSpec
+from .registry import C_T, C_T_SKHT, Checkpoint, ModelSpec
 
 # The refinement's correlation window radius and state widths: constants of the official model.
 REFINE_RADIUS = 4
@@ -149,63 +155,26 @@ class UniMatch(GMFlow):
             return convex_upsample(flow, mask.float(), self.upsample_factor)
 
 
-SCALE1_CONFIG = {
-    "num_scales": 1,
-    "upsample_factor": 8,
-    "padding_factor": 16,
-    "attn_type": "swin",
-    "attn_splits_list": (2,),
-    "corr_radius_list": (-1,),
-    "prop_radius_list": (-1,),
-    "reg_refine": False,
-    "num_reg_refine": 1,
-}
-SCALE2_CONFIG = {
-    **SCALE1_CONFIG,
-    "num_scales": 2,
-    "upsample_factor": 4,
-    "padding_factor": 32,
-    "attn_splits_list": (2, 8),
-    "corr_radius_list": (-1, 4),
-    "prop_radius_list": (-1, 1),
-}
+# The GMFlow architectures and evaluation settings, in the official UniMatch's command-line terms.
+SCALE1_CONFIG = {**GMFLOW_CONFIG, "attn_type": "swin", "reg_refine": False, "num_reg_refine": 1}
+SCALE2_CONFIG = {**GMFLOW_REFINE_CONFIG, "attn_type": "swin", "reg_refine": False, "num_reg_refine": 1}
 SCALE2_REFINE6_CONFIG = {**SCALE2_CONFIG, "reg_refine": True, "num_reg_refine": 6}
 
 URL = "https://s3.eu-central-1.amazonaws.com/avg-projects/unimatch/pretrained/"
 # scripts/gmflow_evaluate.sh runs every benchmark with the model's own settings; evaluate_flow.py pads
-# with InputPadder in 'sintel' mode except validate_kitti ('kitti' mode). The test-set submissions
-# (scripts/gmflow_submission.sh) also resize the input to 416×1024 (Sintel) and 352×1216 (KITTI).
-SINTEL_PADDING = {"pad_mode": "sintel"}
-BENCHMARKS = {
-    "sintel": SINTEL_PADDING, "things": SINTEL_PADDING, "chairs": SINTEL_PADDING, "kitti": {"pad_mode": "kitti"}
-}
-
-GMFLOW_SH = "haofeixu/gmflow scripts/evaluate.sh expected output (GMFlow paper Table 3)"
-GMFLOW_T4 = "GMFlow paper (Xu et al., CVPR 2022, arXiv:2111.13680) Table 4"
+# as GMFlow's evaluate.py ('sintel' mode except validate_kitti's 'kitti'), so the records take GMFlow's
+# benchmark settings. The test-set submissions (scripts/gmflow_submission.sh) also resize the input to
+# 416×1024 (Sintel) and 352×1216 (KITTI).
 SAME_FILE = "the same weights as haofeixu/gmflow's {} (same short hash in the file name); "
 UNIMATCH_KITTI = ("UniMatch paper (Xu et al., TPAMI 2023, arXiv:2211.05783), KITTI-2015 test Fl-all of GMFlow+ "
                   "(as listed for the paper on wizwand.com; input resized to 352×1216 by gmflow_submission.sh)")
-NO_SCORE = "no published score for this checkpoint"
-
-C_T = "FlyingChairs → FlyingThings3D (C+T)"
-C_T_SKHT = C_T + " → Sintel+KITTI+HD1K+Things mix (C+T+S+K+H)"
 C_T_SKHT_FT = C_T_SKHT + " → Sintel fine-tune mix (stage sintel_ft)"
 C_T_VK_K = C_T + " → Virtual KITTI 2 → KITTI mix (stage kitti_mix)"
 MIXDATA = "several mixed public datasets, 320×576 crops (MODEL_ZOO.md: recommended for in-the-wild use)"
 
 
 def _official(filename: str, trained_on: str, config: Mapping, published: Mapping, source: str) -> Checkpoint:
-    return Checkpoint(
-        name=filename.removesuffix(".pth"),
-        filename=filename,
-        url=URL + filename,
-        sha256=None,  # not published; the 8 hex digits in the file name are the authors' short hash
-        trained_on=trained_on,
-        eval_config=config,
-        benchmark_config=BENCHMARKS,
-        published=published,
-        source=source,
-    )
+    return official_checkpoint(filename, trained_on, config, published, source, url=URL + filename)
 
 
 def _spec(name: str, description: str, config: Mapping, checkpoints: tuple[Checkpoint, ...]) -> ModelSpec:
@@ -217,7 +186,7 @@ SPECS = (
     _spec("unimatch_scale1", "UniMatch GMFlow-scale1 (Xu et al., TPAMI 2023): global matching at 1/8", SCALE1_CONFIG, (
         _official("gmflow-scale1-things-e9887eda.pth", C_T, SCALE1_CONFIG,
                   {"things_test_clean_epe": 3.475, "sintel_train_clean_epe": 1.495, "sintel_train_final_epe": 2.955},
-                  SAME_FILE.format("gmflow_things-e9887eda.pth") + GMFLOW_SH),
+                  SAME_FILE.format("gmflow_things-e9887eda.pth") + EVALUATE_SH),
         _official("gmflow-scale1-mixdata-train320x576-4c3a6e9a.pth", MIXDATA, SCALE1_CONFIG, {}, NO_SCORE),
     )),
     _spec("unimatch_scale2", "UniMatch GMFlow-scale2 (Xu et al., TPAMI 2023): global at 1/8, local at 1/4",
@@ -225,10 +194,11 @@ SPECS = (
         _official("gmflow-scale2-things-36579974.pth", C_T, SCALE2_CONFIG,
                   {"things_test_clean_epe": 2.804, "sintel_train_clean_epe": 1.084, "sintel_train_final_epe": 2.475,
                    "kitti_train_epe": 7.77},
-                  SAME_FILE.format("gmflow_with_refine_things-36579974.pth") + GMFLOW_SH + "; KITTI: " + GMFLOW_T4),
+                  SAME_FILE.format("gmflow_with_refine_things-36579974.pth") + EVALUATE_SH
+                  + "; KITTI: " + PAPER_TABLE4),
         _official("gmflow-scale2-sintel-3ed1cf48.pth", C_T_SKHT, SCALE2_CONFIG,
                   {"sintel_test_clean_epe": 1.74, "sintel_test_final_epe": 2.90},
-                  SAME_FILE.format("gmflow_with_refine_sintel-3ed1cf48.pth") + GMFLOW_T4),
+                  SAME_FILE.format("gmflow_with_refine_sintel-3ed1cf48.pth") + PAPER_TABLE4),
         _official("gmflow-scale2-mixdata-train320x576-9ff1c094.pth", MIXDATA, SCALE2_CONFIG, {}, NO_SCORE),
     )),
     _spec("unimatch_scale2_regrefine6",
