@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +109,20 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def both_directions(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) → ([a; b], [b; a]) along the batch: the forward pairs, then the swapped ones."""
+    return torch.cat((a, b)), torch.cat((b, a))
+
+
+def mask_head(in_channels: int, factor: int) -> nn.Sequential:
+    """B×in_channels×H×W → B×(9·f²)×H×W logits of the convex-upsampling weights (:func:`convex_upsample`)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 256, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(256, factor**2 * 9, 1),
+    )
+
+
 @dataclass(frozen=True)
 class MatchingScale:
     """Settings of one coarse-to-fine scale: window splits of the transformer attention,
@@ -116,6 +131,17 @@ class MatchingScale:
     attn_splits: int
     corr_radius: int
     prop_radius: int
+
+
+class FinestScale(NamedTuple):
+    """What the coarse-to-fine matching leaves at the finest scale, per pair (and direction):
+    the flow B×2×h×w in that scale's pixels, frame 0's transformer features B×C×h×w, and both
+    frames' CNN features B×C×h×w as the backbone gave them (frame 1's not warped)."""
+
+    flow: torch.Tensor
+    feature0: torch.Tensor
+    cnn0: torch.Tensor
+    cnn1: torch.Tensor
 
 
 class GMFlow(FlowModel):
@@ -163,11 +189,7 @@ class GMFlow(FlowModel):
             num_layers=num_transformer_layers, d_model=feature_channels, ffn_dim_expansion=ffn_dim_expansion
         )
         self.feature_flow_attn = FeatureFlowAttention(in_channels=feature_channels)
-        self.upsampler = nn.Sequential(
-            nn.Conv2d(2 + feature_channels, 256, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(256, upsample_factor**2 * 9, 1),
-        )
+        self.upsampler = mask_head(2 + feature_channels, upsample_factor)
 
     def predict(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
         """Padded B×3×H×W float RGB in [0, 255] → B×2×H×W float32 flow in pixels."""
@@ -183,8 +205,9 @@ class GMFlow(FlowModel):
         return flows.forward, flows.backward
 
     def predict_pairs(self, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> PairFlows:
-        """Both flows of P pairs of padded N×3×H×W frames: the CNN backbone sees each frame once;
-        the transformer and the matching run per pair, both directions at once."""
+        """Both flows of P pairs of padded N×3×H×W frames: the CNN backbone sees each frame once (instance
+        norm is per image, so a frame's features do not depend on its batch); the transformer and the
+        matching run per pair, both directions at once."""
         frames, (index0, index1) = frames_used(frames, index0, index1)
         features = self.backbone(normalize_image(frames))  # coarse to fine
         flow = self._match([f[index0] for f in features], [f[index1] for f in features], bidirectional=True)
@@ -195,10 +218,18 @@ class GMFlow(FlowModel):
     ) -> torch.Tensor:
         """Backbone features of P pairs (per scale, coarse to fine) → P×2×H×W flow, or 2P×2×H×W
         (forward pairs, then backward) when ``bidirectional``."""
+        return self._upsample(self._match_scales(features0, features1, bidirectional=bidirectional))
+
+    def _match_scales(
+        self, features0: list[torch.Tensor], features1: list[torch.Tensor], *, bidirectional: bool
+    ) -> FinestScale:
+        """Backbone features of P pairs (per scale, coarse to fine) → the finest scale's flow and
+        features, of the P pairs, or of 2P (forward pairs, then backward) when ``bidirectional``."""
         flow = None
-        for scale, feature0, feature1 in zip(self.scales, features0, features1):
+        for scale, cnn0, cnn1 in zip(self.scales, features0, features1):
             if bidirectional and flow is not None:  # flow already holds both directions
-                feature0, feature1 = torch.cat((feature0, feature1)), torch.cat((feature1, feature0))
+                cnn0, cnn1 = both_directions(cnn0, cnn1)
+            feature0, feature1 = cnn0, cnn1
             if flow is not None:
                 with _float32(flow):
                     flow = F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=True) * 2
@@ -207,7 +238,8 @@ class GMFlow(FlowModel):
             feature0, feature1 = self.transformer(feature0, feature1, num_splits=scale.attn_splits)
             if bidirectional and flow is None:
                 # The transformer is symmetric, so the swapped pair's features are its outputs swapped.
-                feature0, feature1 = torch.cat((feature0, feature1)), torch.cat((feature1, feature0))
+                feature0, feature1 = both_directions(feature0, feature1)
+                cnn0, cnn1 = both_directions(cnn0, cnn1)
             with _float32(feature0):
                 feature0, feature1 = _upcast(feature0), _upcast(feature1)
                 if scale.corr_radius < 0:
@@ -216,9 +248,14 @@ class GMFlow(FlowModel):
                     delta = local_matching(feature0, feature1, scale.corr_radius)
                 flow = delta if flow is None else flow + delta
                 flow = self.feature_flow_attn(feature0, flow, radius=scale.prop_radius)
-        with _float32(flow):
-            mask = self.upsampler(torch.cat((flow, feature0), dim=1))
-            return convex_upsample(flow, mask, self.upsample_factor)
+        return FinestScale(flow, feature0, cnn0, cnn1)
+
+    def _upsample(self, finest: FinestScale) -> torch.Tensor:
+        """The finest scale's B×2×h×w flow → B×2×H×W, learned convex upsampling. The hook where
+        :class:`models.unimatch.UniMatch` puts its regression refinement."""
+        with _float32(finest.flow):
+            mask = self.upsampler(torch.cat((finest.flow, finest.feature0), dim=1))
+            return convex_upsample(finest.flow, mask, self.upsample_factor)
 
 
 def _check_config(
@@ -296,18 +333,22 @@ DRIVE_URL = "https://drive.google.com/file/d/1d5C5cgHIxWGsFR1vYs5XrQbbUiZl9TX2/v
 # The official evaluate.py pads with InputPadder in 'sintel' mode everywhere except validate_kitti
 # ('kitti' mode); FlyingChairs (384×512) needs no padding.
 SINTEL_PADDING = {"pad_mode": "sintel"}
-BENCHMARKS = {"sintel": SINTEL_PADDING, "things": SINTEL_PADDING, "chairs": SINTEL_PADDING, "kitti": {"pad_mode": "kitti"}}
+BENCHMARKS = {
+    "sintel": SINTEL_PADDING, "things": SINTEL_PADDING, "chairs": SINTEL_PADDING, "kitti": {"pad_mode": "kitti"}
+}
 EVALUATE_SH = "haofeixu/gmflow scripts/evaluate.sh expected output (GMFlow paper Table 3)"
 PAPER_TABLE4 = "GMFlow paper (Xu et al., CVPR 2022, arXiv:2111.13680) Table 4"
 NO_SCORE = "no published score for this checkpoint"
 
 
-
-def _official(filename: str, trained_on: str, eval_config: Mapping, published: Mapping, source: str) -> Checkpoint:
+def official_checkpoint(
+    filename: str, trained_on: str, eval_config: Mapping, published: Mapping, source: str, *, url: str = DRIVE_URL
+) -> Checkpoint:
+    """Record of one released file (GMFlow's, or UniMatch's re-release of the same architectures)."""
     return Checkpoint(
         name=filename.removesuffix(".pth"),
         filename=filename,
-        url=DRIVE_URL,
+        url=url,
         sha256=None,  # not published; the 8 hex digits in the file name are the authors' short hash
         trained_on=trained_on,
         eval_config=eval_config,
@@ -325,18 +366,18 @@ SPECS = (
         default_config=GMFLOW_CONFIG,
         convert=convert_official,
         checkpoints=(
-            _official("gmflow_chairs-1d776046.pth", "FlyingChairs (C)", GMFLOW_CONFIG, {}, NO_SCORE),
-            _official(
+            official_checkpoint("gmflow_chairs-1d776046.pth", "FlyingChairs (C)", GMFLOW_CONFIG, {}, NO_SCORE),
+            official_checkpoint(
                 "gmflow_things-e9887eda.pth",
                 C_T,
                 GMFLOW_CONFIG,
                 {"things_test_clean_epe": 3.475, "sintel_train_clean_epe": 1.495, "sintel_train_final_epe": 2.955},
                 EVALUATE_SH,
             ),
-            _official("gmflow_sintel-0c07dcb3.pth", C_T_SKHT, GMFLOW_CONFIG, {},
-                      NO_SCORE + " (the paper's Sintel test scores are gmflow_refine's)"),
-            _official("gmflow_kitti-285701a8.pth", C_T_SKHT_K, GMFLOW_CONFIG, {},
-                      NO_SCORE + " (the paper's KITTI test score is gmflow_refine's)"),
+            official_checkpoint("gmflow_sintel-0c07dcb3.pth", C_T_SKHT, GMFLOW_CONFIG, {},
+                                NO_SCORE + " (the paper's Sintel test scores are gmflow_refine's)"),
+            official_checkpoint("gmflow_kitti-285701a8.pth", C_T_SKHT_K, GMFLOW_CONFIG, {},
+                                NO_SCORE + " (the paper's KITTI test score is gmflow_refine's)"),
         ),
     ),
     ModelSpec(
@@ -346,7 +387,7 @@ SPECS = (
         default_config=GMFLOW_REFINE_CONFIG,
         convert=convert_official,
         checkpoints=(
-            _official(
+            official_checkpoint(
                 "gmflow_with_refine_things-36579974.pth",
                 C_T,
                 GMFLOW_REFINE_CONFIG,
@@ -354,10 +395,10 @@ SPECS = (
                  "kitti_train_epe": 7.77},
                 EVALUATE_SH + "; KITTI: " + PAPER_TABLE4 + " (haofeixu/gmflow issue #24 names this checkpoint)",
             ),
-            _official("gmflow_with_refine_sintel-3ed1cf48.pth", C_T_SKHT, GMFLOW_REFINE_CONFIG,
-                      {"sintel_test_clean_epe": 1.74, "sintel_test_final_epe": 2.90}, PAPER_TABLE4),
-            _official("gmflow_with_refine_kitti-8d3b9786.pth", C_T_SKHT_K, GMFLOW_REFINE_CONFIG,
-                      {"kitti_test_fl_all": 9.32}, PAPER_TABLE4),
+            official_checkpoint("gmflow_with_refine_sintel-3ed1cf48.pth", C_T_SKHT, GMFLOW_REFINE_CONFIG,
+                                {"sintel_test_clean_epe": 1.74, "sintel_test_final_epe": 2.90}, PAPER_TABLE4),
+            official_checkpoint("gmflow_with_refine_kitti-8d3b9786.pth", C_T_SKHT_K, GMFLOW_REFINE_CONFIG,
+                                {"kitti_test_fl_all": 9.32}, PAPER_TABLE4),
         ),
     ),
 )

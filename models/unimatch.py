@@ -5,37 +5,40 @@ The flow model of autonomousvision/unimatch is GMFlow (:mod:`models.gmflow`) wit
 refinement, RAFT's update block (:class:`models.raft.UpdateBlock`) fed with a 9×9 correlation
 of the CNN features around the current flow. ``unimatch_scale1`` and ``unimatch_scale2`` are
 the GMFlow architectures (their ``things`` files and scale2's ``sintel`` file are GMFlow's, re-released);
-``unimatch_scale2_regrefine6`` is the paper's GMFlow+ (six refinement steps). The backbone,
-the transformer, the flow propagation and the matching are shared with :mod:`models.gmflow`.
+``unimatch_scale2_regrefine6`` is the paper's GMFlow+ (six refinement steps). :class:`UniMatch`
+subclasses :class:`models.gmflow.GMFlow`: the backbone, the transformer, the coarse-to-fine matching
+and the flow propagation are GMFlow's; the refinement takes the place of its upsampling.
 Module and parameter names follow the official ``unimatch/unimatch.py``, so the released
 ``{'model': state_dict}`` checkpoints load strictly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import FlowModel, PairFlows, frames_used
 from .gmflow import (
-    _check_config,
+    EVALUATE_SH,
+    GMFLOW_CONFIG,
+    GMFLOW_REFINE_CONFIG,
+    NO_SCORE,
+    PAPER_TABLE4,
+    FinestScale,
+    GMFlow,
     _float32,
     _upcast,
     convert_official,
     convex_upsample,
     coords_grid,
-    global_matching,
-    local_matching,
-    normalize_image,
-    warp,
+    mask_head,
+    official_checkpoint,
 )
-from .gmflow_backbone import CNNEncoder
-from .gmflow_transformer import FeatureFlowAttention, FeatureTransformer, add_window_position
 from .raft import FlowHead, MotionEncoder, SepConvGRU, UpdateBlock
-from .registry import Checkpoint, ModelSpec
+from .registry import C_T, C_T_SKHT, Checkpoint, ModelSpec
 
 # The refinement's correlation window radius and state widths: constants of the official model.
 REFINE_RADIUS = 4
@@ -86,146 +89,51 @@ def _refinement_block(upsample_factor: int) -> UpdateBlock:
     encoder = MotionEncoder(
         corr_channels=(2 * REFINE_RADIUS + 1) ** 2, corr_widths=(256, 192), flow_widths=(128, 64), out_dim=128
     )
-    mask = nn.Sequential(
-        nn.Conv2d(REFINE_HIDDEN, 256, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(256, upsample_factor**2 * 9, 1),
-    )
     return UpdateBlock(
         encoder=encoder,
         gru=SepConvGRU(hidden_dim=REFINE_HIDDEN, input_dim=REFINE_CONTEXT + 128),
         flow_head=FlowHead(in_dim=REFINE_HIDDEN, hidden_dim=256),
-        mask=mask,
+        mask=mask_head(REFINE_HIDDEN, upsample_factor),
     )
 
 
-def _both_directions(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a, b) → ([a; b], [b; a]) along the batch: the forward pairs, then the swapped ones."""
-    return torch.cat((a, b)), torch.cat((b, a))
+class UniMatch(GMFlow):
+    """UniMatch flow model: GMFlow, optionally with ``reg_refine``.
 
-
-class UniMatch(FlowModel):
-    """UniMatch flow model (GMFlow, optionally with ``reg_refine``).
-
-    Hyperparameters keep the official command-line names. ``num_reg_refine`` steps of regression
-    refinement run at the finest scale when ``reg_refine`` is set (the official evaluation uses 6).
-    ``padding_factor`` is the multiple the input is padded to; ``pad_mode`` "kitti" pads the height
-    at the bottom, as the official KITTI evaluation. ``attn_type`` must be "swin" for flow.
+    Hyperparameters keep the official command-line names; all but ``attn_type``, ``reg_refine`` and
+    ``num_reg_refine`` are :class:`models.gmflow.GMFlow`'s. ``attn_type`` must be "swin" for flow. With
+    ``reg_refine``, ``num_reg_refine`` steps of regression refinement (the official evaluation uses 6)
+    replace the convex upsampler at the finest scale.
     """
-
-    native_bidirectional = True
 
     def __init__(
         self,
         *,
-        num_scales: int = 1,
-        upsample_factor: int = 8,
         feature_channels: int = 128,
-        num_transformer_layers: int = 6,
-        ffn_dim_expansion: int = 4,
         attn_type: str = "swin",
-        attn_splits_list: Sequence[int] = (2,),
-        corr_radius_list: Sequence[int] = (-1,),
-        prop_radius_list: Sequence[int] = (-1,),
         reg_refine: bool = False,
         num_reg_refine: int = 1,
-        padding_factor: int = 16,
-        pad_mode: str = "sintel",
+        **gmflow: Any,
     ):
-        super().__init__()
-        self.scales = _check_config(
-            num_scales=num_scales,
-            upsample_factor=upsample_factor,
-            feature_channels=feature_channels,
-            per_scale={
-                "attn_splits_list": attn_splits_list,
-                "corr_radius_list": corr_radius_list,
-                "prop_radius_list": prop_radius_list,
-            },
-            padding_factor=padding_factor,
-            pad_mode=pad_mode,
-        )
+        super().__init__(feature_channels=feature_channels, **gmflow)
         if attn_type not in ATTN_TYPES:
             raise ValueError(f"attn_type: expected one of {ATTN_TYPES} for flow, got {attn_type!r}")
         if not isinstance(num_reg_refine, int) or isinstance(num_reg_refine, bool) or num_reg_refine < 1:
             raise ValueError(f"num_reg_refine: expected an integer >= 1, got {num_reg_refine!r}")
-        self.upsample_factor = upsample_factor
         self.num_reg_refine = num_reg_refine
-        self.pad_multiple = padding_factor
-        self.pad_mode = pad_mode
-
-        self.backbone = CNNEncoder(output_dim=feature_channels, num_scales=num_scales)
-        self.transformer = FeatureTransformer(
-            num_layers=num_transformer_layers, d_model=feature_channels, ffn_dim_expansion=ffn_dim_expansion
-        )
-        self.feature_flow_attn = FeatureFlowAttention(in_channels=feature_channels)
-        self.upsampler = self.refine_proj = self.refine = None
+        self.refine_proj = self.refine = None
         if reg_refine:
+            # The official refinement model has no ``upsampler``: its mask comes from the GRU state.
+            self.upsampler = None
             # The transformer's frame-0 features → the GRU's initial state and its context input.
             self.refine_proj = nn.Conv2d(feature_channels, REFINE_HIDDEN + REFINE_CONTEXT, 1)
-            self.refine = _refinement_block(upsample_factor)
-        else:
-            self.upsampler = nn.Sequential(
-                nn.Conv2d(2 + feature_channels, 256, 3, padding=1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(256, upsample_factor**2 * 9, 1),
-            )
+            self.refine = _refinement_block(self.upsample_factor)
 
-    def predict(self, image0: torch.Tensor, image1: torch.Tensor) -> torch.Tensor:
-        """Padded B×3×H×W float RGB in [0, 255] → B×2×H×W float32 flow in pixels."""
-        features0, features1 = self._features(image0, image1)
-        return self._estimate(features0, features1, bidirectional=False)
-
-    def predict_bidirectional(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward and backward B×2×H×W flow in one pass, as the official ``pred_bidir_flow``."""
-        features0, features1 = self._features(image0, image1)
-        flow = self._estimate(features0, features1, bidirectional=True)
-        return flow[: image0.shape[0]], flow[image0.shape[0] :]
-
-    def predict_pairs(self, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor) -> PairFlows:
-        """Both flows of P pairs of padded N×3×H×W frames; the CNN runs once per frame (instance
-        norm is per image, so a frame's features do not depend on its batch)."""
-        frames, (index0, index1) = frames_used(frames, index0, index1)
-        features = self.backbone(normalize_image(frames))
-        flow = self._estimate([f[index0] for f in features], [f[index1] for f in features], bidirectional=True)
-        return PairFlows(flow[: index0.shape[0]], flow[index0.shape[0] :])
-
-    def _features(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[list, list]:
-        b = image0.shape[0]
-        features = self.backbone(normalize_image(torch.cat((image0, image1))))  # coarse to fine
-        return [f[:b] for f in features], [f[b:] for f in features]
-
-    def _estimate(self, features0: list, features1: list, *, bidirectional: bool) -> torch.Tensor:
-        """Per-scale B×C×h×w CNN features of both frames (coarse to fine) → B×2×H×W flow, or 2B×2×H×W
-        (forward, then backward) when ``bidirectional``."""
-        flow = None
-        for scale, cnn0, cnn1 in zip(self.scales, features0, features1):
-            if bidirectional and flow is not None:  # flow already holds both directions
-                cnn0, cnn1 = _both_directions(cnn0, cnn1)
-            feature0, feature1 = cnn0, cnn1
-            if flow is not None:
-                with _float32(flow):
-                    flow = F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=True) * 2
-                    feature1 = warp(_upcast(feature1), flow)
-            feature0, feature1 = add_window_position(feature0, feature1, scale.attn_splits)
-            feature0, feature1 = self.transformer(feature0, feature1, num_splits=scale.attn_splits)
-            if bidirectional and flow is None:
-                # The transformer is symmetric, so the swapped pair's features are its outputs swapped.
-                feature0, feature1 = _both_directions(feature0, feature1)
-                cnn0, cnn1 = _both_directions(cnn0, cnn1)
-            with _float32(feature0):
-                feature0, feature1 = _upcast(feature0), _upcast(feature1)
-                if scale.corr_radius < 0:
-                    delta = global_matching(feature0, feature1)
-                else:
-                    delta = local_matching(feature0, feature1, scale.corr_radius)
-                flow = delta if flow is None else flow + delta
-                flow = self.feature_flow_attn(feature0, flow, radius=scale.prop_radius)
+    def _upsample(self, finest: FinestScale) -> torch.Tensor:
+        """GMFlow's convex upsampling, or with ``reg_refine`` the refinement (which upsamples itself)."""
         if self.refine is None:
-            with _float32(flow):
-                mask = self.upsampler(torch.cat((flow, feature0), dim=1))
-                return convex_upsample(flow, mask, self.upsample_factor)
-        return self._refine(flow, feature0, cnn0, cnn1)
+            return super()._upsample(finest)
+        return self._refine(finest.flow, finest.feature0, finest.cnn0, finest.cnn1)
 
     def _refine(
         self, flow: torch.Tensor, feature0: torch.Tensor, cnn0: torch.Tensor, cnn1: torch.Tensor
@@ -247,63 +155,26 @@ class UniMatch(FlowModel):
             return convex_upsample(flow, mask.float(), self.upsample_factor)
 
 
-SCALE1_CONFIG = {
-    "num_scales": 1,
-    "upsample_factor": 8,
-    "padding_factor": 16,
-    "attn_type": "swin",
-    "attn_splits_list": (2,),
-    "corr_radius_list": (-1,),
-    "prop_radius_list": (-1,),
-    "reg_refine": False,
-    "num_reg_refine": 1,
-}
-SCALE2_CONFIG = {
-    **SCALE1_CONFIG,
-    "num_scales": 2,
-    "upsample_factor": 4,
-    "padding_factor": 32,
-    "attn_splits_list": (2, 8),
-    "corr_radius_list": (-1, 4),
-    "prop_radius_list": (-1, 1),
-}
+# The GMFlow architectures and evaluation settings, in the official UniMatch's command-line terms.
+SCALE1_CONFIG = {**GMFLOW_CONFIG, "attn_type": "swin", "reg_refine": False, "num_reg_refine": 1}
+SCALE2_CONFIG = {**GMFLOW_REFINE_CONFIG, "attn_type": "swin", "reg_refine": False, "num_reg_refine": 1}
 SCALE2_REFINE6_CONFIG = {**SCALE2_CONFIG, "reg_refine": True, "num_reg_refine": 6}
 
 URL = "https://s3.eu-central-1.amazonaws.com/avg-projects/unimatch/pretrained/"
 # scripts/gmflow_evaluate.sh runs every benchmark with the model's own settings; evaluate_flow.py pads
-# with InputPadder in 'sintel' mode except validate_kitti ('kitti' mode). The test-set submissions
-# (scripts/gmflow_submission.sh) also resize the input to 416×1024 (Sintel) and 352×1216 (KITTI).
-SINTEL_PADDING = {"pad_mode": "sintel"}
-BENCHMARKS = {
-    "sintel": SINTEL_PADDING, "things": SINTEL_PADDING, "chairs": SINTEL_PADDING, "kitti": {"pad_mode": "kitti"}
-}
-
-GMFLOW_SH = "haofeixu/gmflow scripts/evaluate.sh expected output (GMFlow paper Table 3)"
-GMFLOW_T4 = "GMFlow paper (Xu et al., CVPR 2022, arXiv:2111.13680) Table 4"
+# as GMFlow's evaluate.py ('sintel' mode except validate_kitti's 'kitti'), so the records take GMFlow's
+# benchmark settings. The test-set submissions (scripts/gmflow_submission.sh) also resize the input to
+# 416×1024 (Sintel) and 352×1216 (KITTI).
 SAME_FILE = "the same weights as haofeixu/gmflow's {} (same short hash in the file name); "
 UNIMATCH_KITTI = ("UniMatch paper (Xu et al., TPAMI 2023, arXiv:2211.05783), KITTI-2015 test Fl-all of GMFlow+ "
                   "(as listed for the paper on wizwand.com; input resized to 352×1216 by gmflow_submission.sh)")
-NO_SCORE = "no published score for this checkpoint"
-
-C_T = "FlyingChairs → FlyingThings3D (C+T)"
-C_T_SKHT = C_T + " → Sintel+KITTI+HD1K+Things mix (C+T+S+K+H)"
 C_T_SKHT_FT = C_T_SKHT + " → Sintel fine-tune mix (stage sintel_ft)"
 C_T_VK_K = C_T + " → Virtual KITTI 2 → KITTI mix (stage kitti_mix)"
 MIXDATA = "several mixed public datasets, 320×576 crops (MODEL_ZOO.md: recommended for in-the-wild use)"
 
 
 def _official(filename: str, trained_on: str, config: Mapping, published: Mapping, source: str) -> Checkpoint:
-    return Checkpoint(
-        name=filename.removesuffix(".pth"),
-        filename=filename,
-        url=URL + filename,
-        sha256=None,  # not published; the 8 hex digits in the file name are the authors' short hash
-        trained_on=trained_on,
-        eval_config=config,
-        benchmark_config=BENCHMARKS,
-        published=published,
-        source=source,
-    )
+    return official_checkpoint(filename, trained_on, config, published, source, url=URL + filename)
 
 
 def _spec(name: str, description: str, config: Mapping, checkpoints: tuple[Checkpoint, ...]) -> ModelSpec:
@@ -315,7 +186,7 @@ SPECS = (
     _spec("unimatch_scale1", "UniMatch GMFlow-scale1 (Xu et al., TPAMI 2023): global matching at 1/8", SCALE1_CONFIG, (
         _official("gmflow-scale1-things-e9887eda.pth", C_T, SCALE1_CONFIG,
                   {"things_test_clean_epe": 3.475, "sintel_train_clean_epe": 1.495, "sintel_train_final_epe": 2.955},
-                  SAME_FILE.format("gmflow_things-e9887eda.pth") + GMFLOW_SH),
+                  SAME_FILE.format("gmflow_things-e9887eda.pth") + EVALUATE_SH),
         _official("gmflow-scale1-mixdata-train320x576-4c3a6e9a.pth", MIXDATA, SCALE1_CONFIG, {}, NO_SCORE),
     )),
     _spec("unimatch_scale2", "UniMatch GMFlow-scale2 (Xu et al., TPAMI 2023): global at 1/8, local at 1/4",
@@ -323,10 +194,11 @@ SPECS = (
         _official("gmflow-scale2-things-36579974.pth", C_T, SCALE2_CONFIG,
                   {"things_test_clean_epe": 2.804, "sintel_train_clean_epe": 1.084, "sintel_train_final_epe": 2.475,
                    "kitti_train_epe": 7.77},
-                  SAME_FILE.format("gmflow_with_refine_things-36579974.pth") + GMFLOW_SH + "; KITTI: " + GMFLOW_T4),
+                  SAME_FILE.format("gmflow_with_refine_things-36579974.pth") + EVALUATE_SH
+                  + "; KITTI: " + PAPER_TABLE4),
         _official("gmflow-scale2-sintel-3ed1cf48.pth", C_T_SKHT, SCALE2_CONFIG,
                   {"sintel_test_clean_epe": 1.74, "sintel_test_final_epe": 2.90},
-                  SAME_FILE.format("gmflow_with_refine_sintel-3ed1cf48.pth") + GMFLOW_T4),
+                  SAME_FILE.format("gmflow_with_refine_sintel-3ed1cf48.pth") + PAPER_TABLE4),
         _official("gmflow-scale2-mixdata-train320x576-9ff1c094.pth", MIXDATA, SCALE2_CONFIG, {}, NO_SCORE),
     )),
     _spec("unimatch_scale2_regrefine6",

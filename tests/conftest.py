@@ -14,6 +14,9 @@ from jobs.cluster import loopback_only
 # CLI subprocesses, which inherit the environment) binds to 127.0.0.1 only.
 loopback_only()
 
+# The shared parity checks assert inside a helper module: rewritten, their failures show the values.
+pytest.register_assert_rewrite("tests.parity")
+
 # The real test data (benchmark excerpts, videos, weights; its READMEs give provenance and reference numbers)
 # are found through this one setting. Tests that read them request the `shared_data` fixture.
 TEST_DATA_ENV = "FLOWLABEL_TEST_DATA"

@@ -15,10 +15,13 @@ Regenerate tests/data/gmflow_reference.npz (needs a checkout of haofeixu/gmflow,
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from tests.conftest import TEST_DATA
 
@@ -34,6 +37,8 @@ CONFIGS = {
     "gmflow_refine": {"num_scales": 2, "upsample_factor": 4, "padding_factor": 32,
                       "attn_splits_list": [2, 8], "corr_radius_list": [-1, 4], "prop_radius_list": [-1, 1]},
 }
+# The settings the official forward takes as arguments, not as constructor arguments.
+SCALE_LISTS = ("attn_splits_list", "corr_radius_list", "prop_radius_list")
 
 
 def seeded_state_dict(state: dict[str, torch.Tensor], seed: int = SEED) -> dict[str, torch.Tensor]:
@@ -63,32 +68,61 @@ def _sintel_pair() -> tuple[np.ndarray, np.ndarray]:
     return images[0], images[1]
 
 
-def main(official_root: str) -> None:
+class Official(NamedTuple):
+    """An official model with the seeded weights, and ``flow(image0, image1, **extra)``: it called on unpadded
+    B×3×H×W images, padded as the official evaluation → its last B×2×H×W flow (2B with ``pred_bidir_flow``)."""
+
+    model: nn.Module
+    flow: Callable[..., torch.Tensor]
+
+
+def official_models(configs: dict[str, dict], build: Callable[[dict], nn.Module], settings: Callable[[dict], dict],
+                    input_padder: type) -> dict[str, Official]:
+    """name → the official model ``build(config)`` with the seeded weights, its forward given ``settings(config)``
+    and the official ``InputPadder`` ('sintel' mode, the config's padding_factor)."""
+    models = {}
+    for name, cfg in configs.items():
+        model = build(cfg).eval()
+        model.load_state_dict(seeded_state_dict(model.state_dict()), strict=True)
+        models[name] = Official(model, _padded_flow(model, input_padder, cfg["padding_factor"], settings(cfg)))
+    return models
+
+
+def _padded_flow(model: nn.Module, input_padder: type, padding_factor: int, settings: dict) -> Callable:
+    def flow(a: torch.Tensor, b: torch.Tensor, **extra) -> torch.Tensor:
+        padder = input_padder(a.shape[-2:], padding_factor=padding_factor)
+        return padder.unpad(model(*padder.pad(a, b), **settings, **extra)["flow_preds"][-1])
+
+    return flow
+
+
+def official_gmflow(official_root: str) -> dict[str, Official]:
+    """The official GMFlow of each of :data:`CONFIGS`, from a checkout of haofeixu/gmflow."""
     sys.path.insert(0, official_root)
-    from gmflow.gmflow import GMFlow as Official  # noqa: PLC0415  (official code, run from a scratch checkout)
+    from gmflow.gmflow import GMFlow  # noqa: PLC0415  (official code, run from a scratch checkout)
     from utils.utils import InputPadder  # noqa: PLC0415
 
+    def build(cfg: dict) -> nn.Module:
+        return GMFlow(num_scales=cfg["num_scales"], upsample_factor=cfg["upsample_factor"])
+
+    return official_models(CONFIGS, build, lambda cfg: {k: cfg[k] for k in SCALE_LISTS}, InputPadder)
+
+
+def write_fixture(path: Path, models: dict[str, Official]) -> None:
+    """The Sintel pair and each model's keys, forward flow and the backward one of ``pred_bidir_flow`` → ``path``."""
     torch.set_num_threads(1)
     image0, image1 = _sintel_pair()
     arrays = {"image0": image0, "image1": image1}
-    to_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1).float()[None]  # noqa: E731
-    for name, cfg in CONFIGS.items():
-        model = Official(num_scales=cfg["num_scales"], upsample_factor=cfg["upsample_factor"]).eval()
-        model.load_state_dict(seeded_state_dict(model.state_dict()), strict=True)
-        arrays[f"{name}_keys"] = np.array([f"{k} {tuple(v.shape)}" for k, v in model.state_dict().items()])
-        # validate_sintel's padding (InputPadder, 'sintel' mode, padding_factor)
-        padder = InputPadder(image0.shape[:2], padding_factor=cfg["padding_factor"])
-        a, b = padder.pad(to_tensor(image0), to_tensor(image1))
-        lists = {k: cfg[k] for k in ("attn_splits_list", "corr_radius_list", "prop_radius_list")}
+    a, b = (torch.from_numpy(x).permute(2, 0, 1).float()[None] for x in (image0, image1))
+    for name, official in models.items():
+        arrays[f"{name}_keys"] = np.array([f"{k} {tuple(v.shape)}" for k, v in official.model.state_dict().items()])
         with torch.no_grad():
-            forward = model(a, b, **lists)["flow_preds"][-1]
-            both = model(a, b, pred_bidir_flow=True, **lists)["flow_preds"][-1]
-        arrays[f"{name}_forward"] = padder.unpad(forward)[0].numpy()
-        arrays[f"{name}_backward"] = padder.unpad(both)[1].numpy()
-    FIXTURE.parent.mkdir(exist_ok=True)
-    np.savez_compressed(FIXTURE, **arrays)
-    print(f"wrote {FIXTURE} ({FIXTURE.stat().st_size} bytes)")
+            arrays[f"{name}_forward"] = official.flow(a, b)[0].numpy()
+            arrays[f"{name}_backward"] = official.flow(a, b, pred_bidir_flow=True)[1].numpy()
+    path.parent.mkdir(exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    write_fixture(FIXTURE, official_gmflow(sys.argv[1]))

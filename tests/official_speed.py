@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +50,8 @@ def raft_cases(checkout: Path) -> dict[str, tuple[Callable, Callable]]:
         iters = 32  # the official Sintel evaluation (evaluate.py validate_sintel)
         if small:
             ours = load_model(name, checkpoint=str(RAFT_SMALL), iters=iters)
-            state = {k.removeprefix("module."): v for k, v in torch.load(RAFT_SMALL, map_location="cpu", weights_only=True).items()}
+            official_file = torch.load(RAFT_SMALL, map_location="cpu", weights_only=True)
+            state = {k.removeprefix("module."): v for k, v in official_file.items()}
         else:
             ours = load_model(name, random_init=True, iters=iters)
             state = seeded_state(ours)
@@ -69,51 +69,26 @@ def raft_cases(checkout: Path) -> dict[str, tuple[Callable, Callable]]:
 
 
 def gmflow_cases(checkout: Path) -> dict[str, tuple[Callable, Callable]]:
-    from tests.gmflow_reference import CONFIGS, seeded_state_dict
+    from tests.gmflow_reference import official_gmflow
 
-    sys.path.insert(0, str(checkout))
-    from gmflow.gmflow import GMFlow as Official
-    from utils.utils import InputPadder
-
-    cases = {}
-    for name, cfg in CONFIGS.items():
-        ours = load_model(name, random_init=True)
-        load_strict(ours, seeded_state_dict(ours.state_dict()))
-        official = Official(num_scales=cfg["num_scales"], upsample_factor=cfg["upsample_factor"]).eval()
-        official.load_state_dict(seeded_state_dict(official.state_dict()), strict=True)
-        lists = {k: cfg[k] for k in ("attn_splits_list", "corr_radius_list", "prop_radius_list")}
-
-        def theirs(a, b, official=official, cfg=cfg, lists=lists):
-            padder = InputPadder(a.shape[-2:], padding_factor=cfg["padding_factor"])
-            return padder.unpad(official(*padder.pad(a, b), **lists)["flow_preds"][-1])
-
-        cases[name] = (ours.eval(), theirs)
-    return cases
+    return _gmflow_family_cases(official_gmflow(str(checkout)))
 
 
 def unimatch_cases(checkout: Path) -> dict[str, tuple[Callable, Callable]]:
-    from tests.gmflow_reference import seeded_state_dict
-    from tests.unimatch_reference import CONFIGS
+    from tests.unimatch_reference import official_unimatch
 
-    sys.path.insert(0, str(checkout))
-    from unimatch.unimatch import UniMatch as Official
-    from utils.utils import InputPadder
+    return _gmflow_family_cases(official_unimatch(str(checkout)))
+
+
+def _gmflow_family_cases(officials: dict) -> dict[str, tuple[Callable, Callable]]:
+    """Ours with the reference scripts' seeded weights beside each official GMFlow / UniMatch model."""
+    from tests.gmflow_reference import seeded_state_dict
 
     cases = {}
-    for name, cfg in CONFIGS.items():
+    for name, official in officials.items():
         ours = load_model(name, random_init=True)
         load_strict(ours, seeded_state_dict(ours.state_dict()))
-        official = Official(num_scales=cfg["num_scales"], upsample_factor=cfg["upsample_factor"],
-                            reg_refine=cfg["reg_refine"], task="flow").eval()
-        official.load_state_dict(seeded_state_dict(official.state_dict()), strict=True)
-        settings = {k: cfg[k] for k in ("attn_splits_list", "corr_radius_list", "prop_radius_list", "num_reg_refine")}
-
-        def theirs(a, b, official=official, cfg=cfg, settings=settings):
-            padder = InputPadder(a.shape[-2:], padding_factor=cfg["padding_factor"])
-            out = official(*padder.pad(a, b), attn_type="swin", task="flow", **settings)
-            return padder.unpad(out["flow_preds"][-1])
-
-        cases[name] = (ours.eval(), theirs)
+        cases[name] = (ours.eval(), official.flow)
     return cases
 
 

@@ -2,71 +2,38 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from tests.gmflow_reference import CONFIGS, FIXTURE, seeded_state_dict
 from models import CheckpointError, get_spec, load_model
-from models.checkpoint import load_strict
 from models.gmflow import GMFlow
+from tests.gmflow_reference import CONFIGS, FIXTURE, seeded_state_dict
+from tests.parity import assert_matches_official, assert_missing_or_extra_key_is_rejected
+from tests.parity import assert_odd_size_shape_and_finite, assert_official_checkpoint_loads_strictly
+from tests.parity import image_pair, keys_and_shapes, reference_fixture, rel_l2, seeded_model
 
 # Small widths for tests that only need the plumbing (the backbone's widths are fixed).
 TINY = {"feature_channels": 16, "num_transformer_layers": 2, "ffn_dim_expansion": 1}
 NAMES = list(CONFIGS)
 
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict[str, np.ndarray]:
-    with np.load(FIXTURE) as data:
-        return dict(data)
-
-
-def _images(reference: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    def to_tensor(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a).permute(2, 0, 1).float()[None]
-
-    return to_tensor(reference["image0"]), to_tensor(reference["image1"])
-
-
-def _seeded_model(name: str, **overrides) -> GMFlow:
-    model = load_model(name, random_init=True, **overrides)
-    load_strict(model, seeded_state_dict(model.state_dict()))
-    return model
+reference = reference_fixture(FIXTURE)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_keys_match_official(name, reference):
-    model = load_model(name, random_init=True)
-    ours = [f"{k} {tuple(v.shape)}" for k, v in model.state_dict().items()]
-    assert sorted(ours) == sorted(reference[f"{name}_keys"].tolist())
+    assert keys_and_shapes(load_model(name, random_init=True)) == sorted(reference[f"{name}_keys"].tolist())
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_official_code(name, reference):
     """Same weights and Sintel pair (60×108, padded as the official evaluate) as the official code."""
-    model = _seeded_model(name)
-    image0, image1 = _images(reference)
-    official_forward = torch.from_numpy(reference[f"{name}_forward"])[None]
-    official_backward = torch.from_numpy(reference[f"{name}_backward"])[None]
-    assert official_forward.norm(dim=1).mean() > 1.0  # a non-trivial flow to compare
-    with torch.no_grad():
-        flow = model(image0, image1)
-        forward, backward = model.bidirectional(image0, image1)
-    assert flow.shape == (1, 2, 60, 108)
-    assert rel_l2(flow, official_forward) < 1e-4
-    assert rel_l2(forward, official_forward) < 1e-4
-    assert rel_l2(backward, official_backward) < 1e-4
+    assert_matches_official(seeded_model(name, seeded_state_dict), reference, name, size=(60, 108))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bidirectional_equals_two_forward_passes(name, reference):
-    model = _seeded_model(name, **TINY)
-    image0, image1 = _images(reference)
+    model = seeded_model(name, seeded_state_dict, **TINY)
+    image0, image1 = image_pair(reference)
     image0, image1 = torch.cat((image0, image1.flip(-1))), torch.cat((image1, image0.flip(-1)))  # batch of 2
     with torch.no_grad():
         forward, backward = model.bidirectional(image0, image1)
@@ -80,49 +47,17 @@ def test_bidirectional_equals_two_forward_passes(name, reference):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("pad_mode", ["sintel", "kitti"])
 def test_odd_size_shape_and_finite(name, pad_mode):
-    torch.manual_seed(0)
-    model = load_model(name, random_init=True, pad_mode=pad_mode, **TINY)
-    assert model.pad_mode == pad_mode
-    image0, image1 = torch.rand(2, 3, 37, 53) * 255, torch.rand(2, 3, 37, 53) * 255
-    with torch.no_grad():
-        flow = model(image0, image1)
-        forward, backward = model.bidirectional(image0, image1)
-    for f in (flow, forward, backward):
-        assert f.shape == (2, 2, 37, 53) and f.dtype == torch.float32
-        assert torch.isfinite(f).all()
-    assert rel_l2(forward, flow) < 1e-5
-
-
-def _fake_official_checkpoint(path, state):
-    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "step": 100000, "epoch": 3}, path)
+    assert_odd_size_shape_and_finite(name, pad_mode, **TINY)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_official_checkpoint_loads_strictly(name, tmp_path):
-    donor = load_model(name, random_init=True, **TINY)
-    state = seeded_state_dict(donor.state_dict(), seed=7)
-    path = tmp_path / "gmflow_fake.pth"
-    _fake_official_checkpoint(path, state)
-
-    model = load_model(name, checkpoint=str(path), **TINY)
-    loaded = model.state_dict()
-    assert loaded.keys() == state.keys()
-    assert all(torch.equal(loaded[k], state[k]) for k in state)
-    assert len(model.checkpoint_sha256) == 64
+    assert_official_checkpoint_loads_strictly(name, tmp_path, **TINY)
 
 
 def test_checkpoint_with_missing_or_extra_key_is_rejected(tmp_path):
-    state = load_model("gmflow", random_init=True, **TINY).state_dict()
-    missing = dict(state)
-    del missing["feature_flow_attn.k_proj.bias"]
-    _fake_official_checkpoint(tmp_path / "missing.pth", missing)
-    with pytest.raises(CheckpointError, match=r"missing keys: feature_flow_attn\.k_proj\.bias"):
-        load_model("gmflow", checkpoint=str(tmp_path / "missing.pth"), **TINY)
-
-    extra = {**state, "module.extra.weight": torch.zeros(1)}
-    _fake_official_checkpoint(tmp_path / "extra.pth", extra)
-    with pytest.raises(CheckpointError, match=r"unexpected keys: module\.extra\.weight"):
-        load_model("gmflow", checkpoint=str(tmp_path / "extra.pth"), **TINY)
+    assert_missing_or_extra_key_is_rejected("gmflow", tmp_path, "feature_flow_attn.k_proj.bias", "module.extra.weight",
+                                            **TINY)
 
 
 def test_checkpoint_without_model_entry_is_rejected(tmp_path):
@@ -164,7 +99,8 @@ def test_registry_records():
             assert ckpt.benchmark_config["kitti"]["pad_mode"] == "kitti"
             assert spec.find_checkpoint(f"s3://bucket/models/{ckpt.filename}") is ckpt
             assert dict(ckpt.eval_config) == official[name]
-    assert get_spec("gmflow").find_checkpoint("x/gmflow_things-e9887eda.pth").published["sintel_train_clean_epe"] == 1.495
+    things = get_spec("gmflow").find_checkpoint("x/gmflow_things-e9887eda.pth")
+    assert things.published["sintel_train_clean_epe"] == 1.495
     refine_sintel = get_spec("gmflow_refine").find_checkpoint("gmflow_with_refine_sintel-3ed1cf48.pth")
     assert refine_sintel.published == {"sintel_test_clean_epe": 1.74, "sintel_test_final_epe": 2.90}
 

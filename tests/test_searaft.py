@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from models import CheckpointError, get_spec, load_model
-from models.checkpoint import load_strict
 from models.searaft import SEARAFT, SPRING_PUBLISHED, convert_searaft_state, mixture_confidence
+from tests.parity import image_pair, keys_and_shapes, reference_fixture, rel_l2, seeded_model
 from tests.searaft_reference import CASES, FIXTURE, TINY, seeded_state
 
 NAMES = ["searaft_s", "searaft_m", "searaft_l"]
@@ -20,24 +19,11 @@ NAMES = ["searaft_s", "searaft_m", "searaft_l"]
 OFFICIAL = {"s": (4, 0), "m": (4, 0), "l": (12, 0), "m_spring": (4, -1)}
 
 
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict[str, np.ndarray]:
-    with np.load(FIXTURE) as data:
-        return dict(data)
-
-
-def _images(reference: dict[str, np.ndarray], h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return tuple(torch.from_numpy(reference[k][:h, :w]).permute(2, 0, 1).float()[None] for k in ("image0", "image1"))
+reference = reference_fixture(FIXTURE)
 
 
 def _seeded(name: str, **overrides) -> SEARAFT:
-    model = load_model(name, random_init=True, **{**TINY, **overrides})
-    load_strict(model, seeded_state(model.state_dict()))
-    return model
+    return seeded_model(name, seeded_state, **{**TINY, **overrides})
 
 
 # ----------------------------------------------------------------------------- parity
@@ -45,9 +31,7 @@ def _seeded(name: str, **overrides) -> SEARAFT:
 
 @pytest.mark.parametrize(("size", "name"), [("s", "searaft_s"), ("m", "searaft_m"), ("m", "searaft_l")])
 def test_state_dict_keys_match_official(size, name, reference):
-    model = load_model(name, random_init=True)
-    ours = [f"{k} {tuple(v.shape)}" for k, v in model.state_dict().items()]
-    assert sorted(ours) == sorted(reference[f"keys_{size}"].tolist())
+    assert keys_and_shapes(load_model(name, random_init=True)) == sorted(reference[f"keys_{size}"].tolist())
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -57,7 +41,7 @@ def test_matches_official_code(case, reference):
     iters, scale = OFFICIAL[case]
     model = _seeded(name, scale=scale)
     assert model.iters == iters  # the registry's default is the official eval setting
-    image0, image1 = _images(reference, h, w)
+    image0, image1 = image_pair(reference, (h, w))
     sub = (slice(None), slice(None), slice(None, None, step), slice(None, None, step))
     expected = {key: torch.from_numpy(reference[f"{case}_{key}"])[None]
                 for key in ("forward", "backward", "forward_info", "backward_info")}
@@ -79,7 +63,7 @@ def test_half_resolution_runs_the_network_on_the_halved_frames(reference):
     """scale -1 = the scale-0 network on frames halved by bilinear resizing, its flow resized back ×2."""
     half, full = _seeded("searaft_m", scale=-1), _seeded("searaft_m", scale=0)
     assert (half.pad_multiple, full.pad_multiple) == (2, 1)
-    image0, image1 = _images(reference, 250, 268)
+    image0, image1 = image_pair(reference, (250, 268))
     down = [torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
             for x in (image0, image1)]
     with torch.no_grad():

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from tests.gmflow_reference import seeded_state_dict
-from tests.unimatch_reference import CONFIGS, FIXTURE
 from models import CheckpointError, get_spec, load_model
-from models.checkpoint import load_strict
-from models.unimatch import UniMatch, local_correlation_with_flow
+from models.unimatch import local_correlation_with_flow
+from tests.gmflow_reference import seeded_state_dict
+from tests.parity import assert_matches_official, assert_missing_or_extra_key_is_rejected
+from tests.parity import assert_odd_size_shape_and_finite, assert_official_checkpoint_loads_strictly
+from tests.parity import image_pair, keys_and_shapes, reference_fixture, rel_l2, seeded_model
+from tests.unimatch_reference import CONFIGS, FIXTURE
 
 # Small widths for tests that only need the plumbing (the backbone's and the refinement's widths are fixed).
 TINY = {"feature_channels": 16, "num_transformer_layers": 2, "ffn_dim_expansion": 1}
 NAMES = list(CONFIGS)
+
+reference = reference_fixture(FIXTURE)
 
 
 def tiny(name: str) -> dict:
@@ -22,58 +25,22 @@ def tiny(name: str) -> dict:
     return {**TINY, "num_reg_refine": 2} if CONFIGS[name]["reg_refine"] else TINY
 
 
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict[str, np.ndarray]:
-    with np.load(FIXTURE) as data:
-        return dict(data)
-
-
-def _images(reference: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    def to_tensor(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a).permute(2, 0, 1).float()[None]
-
-    return to_tensor(reference["image0"]), to_tensor(reference["image1"])
-
-
-def _seeded_model(name: str, **overrides) -> UniMatch:
-    model = load_model(name, random_init=True, **overrides)
-    load_strict(model, seeded_state_dict(model.state_dict()))
-    return model
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_keys_match_official(name, reference):
-    model = load_model(name, random_init=True)
-    ours = [f"{k} {tuple(v.shape)}" for k, v in model.state_dict().items()]
-    assert sorted(ours) == sorted(reference[f"{name}_keys"].tolist())
+    assert keys_and_shapes(load_model(name, random_init=True)) == sorted(reference[f"{name}_keys"].tolist())
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_official_code(name, reference):
     """Same weights and Sintel pair (60×108, padded as the official evaluation) as the official code,
     forward flow and the backward flow of ``pred_bidir_flow``."""
-    model = _seeded_model(name)
-    image0, image1 = _images(reference)
-    official_forward = torch.from_numpy(reference[f"{name}_forward"])[None]
-    official_backward = torch.from_numpy(reference[f"{name}_backward"])[None]
-    assert official_forward.norm(dim=1).mean() > 1.0  # a non-trivial flow to compare
-    with torch.no_grad():
-        flow = model(image0, image1)
-        forward, backward = model.bidirectional(image0, image1)
-    assert flow.shape == (1, 2, 60, 108)
-    assert rel_l2(flow, official_forward) < 1e-4
-    assert rel_l2(forward, official_forward) < 1e-4
-    assert rel_l2(backward, official_backward) < 1e-4
+    assert_matches_official(seeded_model(name, seeded_state_dict), reference, name, size=(60, 108))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bidirectional_and_pairs_equal_separate_passes(name, reference):
-    model = _seeded_model(name, **tiny(name))
-    image0, image1 = _images(reference)
+    model = seeded_model(name, seeded_state_dict, **tiny(name))
+    image0, image1 = image_pair(reference)
     frames = torch.cat((image0, image1, image0.flip(-1)))  # a run of three frames
     index0, index1 = torch.tensor([0, 1]), torch.tensor([1, 2])
     with torch.no_grad():
@@ -91,7 +58,7 @@ def test_bidirectional_and_pairs_equal_separate_passes(name, reference):
 
 
 def test_pairs_encode_each_frame_once(reference):
-    model = _seeded_model("unimatch_scale2_regrefine6", **tiny("unimatch_scale2_regrefine6"))
+    model = seeded_model("unimatch_scale2_regrefine6", seeded_state_dict, **tiny("unimatch_scale2_regrefine6"))
     calls = []
     model.backbone.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     frames = torch.rand(3, 3, 32, 64) * 255
@@ -118,54 +85,23 @@ def test_local_correlation_with_flow_samples_around_the_flow():
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("pad_mode", ["sintel", "kitti"])
 def test_odd_size_shape_and_finite(name, pad_mode):
-    torch.manual_seed(0)
-    model = load_model(name, random_init=True, pad_mode=pad_mode, **tiny(name))
-    assert model.pad_mode == pad_mode
-    image0, image1 = torch.rand(2, 3, 37, 53) * 255, torch.rand(2, 3, 37, 53) * 255
-    with torch.no_grad():
-        flow = model(image0, image1)
-        forward, backward = model.bidirectional(image0, image1)
-    for f in (flow, forward, backward):
-        assert f.shape == (2, 2, 37, 53) and f.dtype == torch.float32
-        assert torch.isfinite(f).all()
-    assert rel_l2(forward, flow) < 1e-5
-
-
-def _fake_official_checkpoint(path, state):
-    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "step": 100000, "epoch": 3}, path)
+    assert_odd_size_shape_and_finite(name, pad_mode, **tiny(name))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_official_checkpoint_loads_strictly(name, tmp_path):
-    donor = load_model(name, random_init=True, **TINY)
-    state = seeded_state_dict(donor.state_dict(), seed=7)
-    path = tmp_path / "gmflow-fake.pth"
-    _fake_official_checkpoint(path, state)
-
-    model = load_model(name, checkpoint=str(path), **TINY)
-    loaded = model.state_dict()
-    assert loaded.keys() == state.keys()
-    assert all(torch.equal(loaded[k], state[k]) for k in state)
-    assert len(model.checkpoint_sha256) == 64
+    assert_official_checkpoint_loads_strictly(name, tmp_path, **TINY)
 
 
 def test_checkpoint_with_missing_extra_or_other_model_keys_is_rejected(tmp_path):
-    state = load_model("unimatch_scale2_regrefine6", random_init=True, **TINY).state_dict()
-    missing = dict(state)
-    del missing["refine.gru.convq2.bias"]
-    _fake_official_checkpoint(tmp_path / "missing.pth", missing)
-    with pytest.raises(CheckpointError, match=r"missing keys: refine\.gru\.convq2\.bias"):
-        load_model("unimatch_scale2_regrefine6", checkpoint=str(tmp_path / "missing.pth"), **TINY)
-
-    extra = {**state, "upsampler.0.weight": torch.zeros(1)}
-    _fake_official_checkpoint(tmp_path / "extra.pth", extra)
-    with pytest.raises(CheckpointError, match=r"unexpected keys: upsampler\.0\.weight"):
-        load_model("unimatch_scale2_regrefine6", checkpoint=str(tmp_path / "extra.pth"), **TINY)
+    missing = assert_missing_or_extra_key_is_rejected(
+        "unimatch_scale2_regrefine6", tmp_path, "refine.gru.convq2.bias", "upsampler.0.weight", **TINY)
 
     # a refinement checkpoint into the plain scale-2 model: no upsampler, refine.* unexpected
     with pytest.raises(CheckpointError, match=r"missing keys: upsampler\..*unexpected keys: refine"):
-        load_model("unimatch_scale2", checkpoint=str(tmp_path / "missing.pth"), **TINY)
+        load_model("unimatch_scale2", checkpoint=str(missing), **TINY)
 
+    state = load_model("unimatch_scale2_regrefine6", random_init=True, **TINY).state_dict()
     torch.save(state, tmp_path / "bare.pth")  # a bare state_dict is not what the official code saves
     with pytest.raises(CheckpointError, match="'model'"):
         load_model("unimatch_scale2_regrefine6", checkpoint=str(tmp_path / "bare.pth"), **TINY)

@@ -16,10 +16,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
+from torch import nn
 
-from tests.gmflow_reference import SEED, _sintel_pair, seeded_state_dict
+from tests.gmflow_reference import SCALE_LISTS, Official, official_models, write_fixture
 
 FIXTURE = Path(__file__).parent / "data" / "unimatch_reference.npz"
 
@@ -34,33 +33,21 @@ CONFIGS = {
 }
 
 
-def main(official_root: str) -> None:
+def official_unimatch(official_root: str) -> dict[str, Official]:
+    """The official UniMatch flow model of each of :data:`CONFIGS`, from a copy of autonomousvision/unimatch."""
     sys.path.insert(0, official_root)
-    from unimatch.unimatch import UniMatch as Official  # noqa: PLC0415  (official code, from a scratch copy)
+    from unimatch.unimatch import UniMatch  # noqa: PLC0415  (official code, from a scratch copy)
     from utils.utils import InputPadder  # noqa: PLC0415
 
-    torch.set_num_threads(1)
-    image0, image1 = _sintel_pair()
-    arrays = {"image0": image0, "image1": image1}
-    to_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1).float()[None]  # noqa: E731
-    for name, cfg in CONFIGS.items():
-        model = Official(num_scales=cfg["num_scales"], upsample_factor=cfg["upsample_factor"],
-                         reg_refine=cfg["reg_refine"], task="flow").eval()
-        model.load_state_dict(seeded_state_dict(model.state_dict(), seed=SEED), strict=True)
-        arrays[f"{name}_keys"] = np.array([f"{k} {tuple(v.shape)}" for k, v in model.state_dict().items()])
-        # evaluate_flow.py validate_sintel's padding (InputPadder, 'sintel' mode, padding_factor)
-        padder = InputPadder(image0.shape[:2], padding_factor=cfg["padding_factor"])
-        a, b = padder.pad(to_tensor(image0), to_tensor(image1))
-        settings = {k: cfg[k] for k in ("attn_splits_list", "corr_radius_list", "prop_radius_list", "num_reg_refine")}
-        with torch.no_grad():
-            forward = model(a, b, attn_type="swin", task="flow", **settings)["flow_preds"][-1]
-            both = model(a, b, attn_type="swin", task="flow", pred_bidir_flow=True, **settings)["flow_preds"][-1]
-        arrays[f"{name}_forward"] = padder.unpad(forward)[0].numpy()
-        arrays[f"{name}_backward"] = padder.unpad(both)[1].numpy()
-    FIXTURE.parent.mkdir(exist_ok=True)
-    np.savez_compressed(FIXTURE, **arrays)
-    print(f"wrote {FIXTURE} ({FIXTURE.stat().st_size} bytes)")
+    def build(cfg: dict) -> nn.Module:
+        return UniMatch(num_scales=cfg["num_scales"], upsample_factor=cfg["upsample_factor"],
+                        reg_refine=cfg["reg_refine"], task="flow")
+
+    def settings(cfg: dict) -> dict:
+        return {"attn_type": "swin", "task": "flow", **{k: cfg[k] for k in (*SCALE_LISTS, "num_reg_refine")}}
+
+    return official_models(CONFIGS, build, settings, InputPadder)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    write_fixture(FIXTURE, official_unimatch(sys.argv[1]))
