@@ -23,10 +23,10 @@ from pipeline.read.decode import DecodeOptions
 from pipeline.read.manifest import ManifestOptions
 from pipeline.read.plan import PlanOptions, ReadUnit, plan_units
 from pipeline.read.sources import ListingError, Source, list_sources
-from pipeline.write.clip_summary import CLIP_SUMMARY_DIR, write_clip_summary
+from pipeline.write.clip_summary import CLIP_SUMMARY_DIR, clip_summary_rows, write_clip_summary
 from pipeline.storage import join, redact
 from pipeline.write.exactly_once import Books, OutputConflictError, check_same_settings, unit_outcomes
-from pipeline.write.records import ERRORS_DIR, UnitRecord, clear_records, read_unit_markers, write_record
+from pipeline.write.records import ERRORS_DIR, UnitRecord, clear_records, settled_units, write_record
 from pipeline.write.run_manifest import RunProgress, versions
 from pipeline.write.sinks import SinkOptions, write_batch
 
@@ -176,15 +176,17 @@ def finish(job: LabelJob, plan: RunPlan, summaries: list[dict[str, Any]], execut
     result.stats = run_stats(execution.get("stages", []), placements(summaries), pairs=result.pairs,
                              seconds=result.seconds, errors=len(errors), bytes_written=result.bytes_written,
                              source_bytes=sum({u.source.uri: u.source.size or 0 for u in plan.pending}.values()))
-    result.clip_summaries = write_clip_summary(job.sink, so)
+    # The clip table covers all of out: rewrite it when this run committed something (or it is missing).
+    existing = None if summaries else clip_summary_rows(job.sink, so)
+    result.clip_summaries = write_clip_summary(job.sink, so) if existing is None else existing
     progress.write("finished", stats=result.stats, plan=execution.get("plan"),
-                   counts=_final_counts(result, plan, read_unit_markers(job.sink.out, so)))
+                   counts=_final_counts(result, plan, settled_units(job.sink.out, so)))
     return result
 
 
-def _final_counts(result: LabelResult, plan: RunPlan, settled: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+def _final_counts(result: LabelResult, plan: RunPlan, settled: Mapping[str, str]) -> dict[str, int]:
     def status(unit: ReadUnit) -> str | None:
-        return settled.get(unit.key, {}).get("status")
+        return settled.get(unit.key)
 
     return {"sources": result.sources, "pairs": result.pairs, "chunks": result.chunks,
             "bytes_written": result.bytes_written, "errors": len(result.errors), "skipped": len(result.skipped),

@@ -176,3 +176,17 @@ def test_dense_rows_carry_the_motion_columns_beside_the_arrays(tmp_path):
         for name in MOTION_COLUMNS:
             np.testing.assert_array_equal(data[name], rows[name], err_msg=name)
             assert data[name].dtype == np.float32
+
+
+def test_clip_summary_rows_come_from_the_footers(tmp_path):
+    """A run with nothing new to label keeps the clip table and reports its rows from the file footers."""
+    from pipeline.write.clip_summary import clip_summary_rows
+
+    sink = SinkOptions(str(tmp_path / "out"))
+    assert clip_summary_rows(sink) is None
+    folder = tmp_path / "out" / CLIP_SUMMARY_DIR
+    folder.mkdir(parents=True)
+    for i, n in enumerate((3, 2)):
+        pq.write_table(pa.table({"video_id": [f"v{j}" for j in range(n)]}), folder / f"part-{i:05d}.parquet")
+    (folder / "notes.txt").write_text("not a part")
+    assert clip_summary_rows(sink) == 5

@@ -16,7 +16,7 @@ from jobs.synthetic import Motion, write_translating_video
 from pipeline.read.datasource import ReadOptions
 from pipeline.read.decode import DecodeOptions
 from pipeline.label.labeler import LabelerConfig
-from pipeline.write.records import read_unit_markers
+from pipeline.write.records import settled_units
 from pipeline.write.sinks import SinkOptions
 
 pytestmark = pytest.mark.slow
@@ -93,7 +93,7 @@ def test_partial_output_is_completed_without_duplicates(ray_local, corpus, basel
     assert sorted(again) == sorted(keys) and len(again) == len(set(again))
     for key in keys:
         np.testing.assert_array_equal(again_flows[key], flows[key])
-    assert len(read_unit_markers(str(partial))) == 3
+    assert len(settled_units(str(partial))) == 3
 
 
 def test_changed_settings_refuse_to_mix(ray_local, corpus, baseline):

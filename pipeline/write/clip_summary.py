@@ -67,6 +67,22 @@ def write_clip_summary(sink: Any, storage_options: Mapping[str, Any] | None = No
     return table.num_rows
 
 
+def clip_summary_rows(sink: Any, storage_options: Mapping[str, Any] | None = None) -> int | None:
+    """Rows of the clip table under ``sink.out`` from its files' footers, or None when it was never written."""
+    fs, root = filesystem(sink.out, storage_options)
+    folder = join(root, CLIP_SUMMARY_DIR)
+    if not fs.exists(folder):
+        return None
+    parts = [p for p in fs.ls(folder, detail=False) if _PART.fullmatch(posixpath.basename(p.rstrip("/")))]
+    if not parts:
+        return None
+    rows = 0
+    for path in parts:
+        with fs.open(path, "rb") as f:
+            rows += pq.ParquetFile(f).metadata.num_rows
+    return rows
+
+
 def summarize_clips(sink: Any, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
     """The clip table (:data:`CLIP_TABLE_COLUMNS`) of every committed pair under ``sink.out``."""
     return clip_table(read_pair_columns(sink, storage_options))

@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.write.records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, read_records, read_unit_markers, write_unit_marker
+from pipeline.write.records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, read_records, settled_units, write_unit_marker
 from pipeline.write.run_manifest import read_manifest
 from pipeline.write.sinks import SinkOptions, committed_chunks
 
@@ -77,16 +77,16 @@ def setting_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: 
 
 @dataclass(frozen=True)
 class Books:
-    """What earlier runs left in ``out``: settled units (key → marker) and committed chunks
-    (video_id → chunk names), read once when a run starts."""
+    """What earlier runs left in ``out``: settled units (key → status) and committed chunks
+    (video_id → chunk names), read once when a run starts from two listings."""
 
     out: str
-    settled: Mapping[str, Mapping[str, Any]]
+    settled: Mapping[str, str]
     committed: Mapping[str, frozenset[str]]
 
     @classmethod
     def read(cls, sink: SinkOptions, storage_options: Mapping[str, Any] | None = None) -> Books:
-        return cls(sink.out, read_unit_markers(sink.out, storage_options), committed_chunks(sink, storage_options))
+        return cls(sink.out, settled_units(sink.out, storage_options), committed_chunks(sink, storage_options))
 
     def pending(self, keys: Iterable[str]) -> list[str]:
         """The keys of ``keys`` not settled yet, in order."""

@@ -63,22 +63,34 @@ def read_records(out: str, folder: str, storage_options: Mapping[str, Any] | Non
     return records
 
 
+UNIT_STATUSES = ("done", "failed", "skipped")
+
+
 def write_unit_marker(out: str, unit: str, status: str, chunks: list[str],
                       storage_options: Mapping[str, Any] | None = None) -> None:
-    """Mark ``unit`` settled (status done | failed | skipped) with the chunk files it consists of."""
+    """Mark ``unit`` settled (status done | failed | skipped) with the chunk files it consists of.
+
+    The status is in the marker's name, ``_units/<unit>.<status>.json``, so that one listing tells a
+    resume which units are settled and how, with no request per unit; the body lists the chunks."""
+    if status not in UNIT_STATUSES:
+        raise ValueError(f"status: expected one of {UNIT_STATUSES}, got {status!r}")
     fs, root = filesystem(out, storage_options)
     data = json.dumps({"unit": unit, "status": status, "chunks": chunks}).encode()
-    write_atomic(fs, join(root, UNITS_DIR, f"{unit}.json"), data)
+    write_atomic(fs, join(root, UNITS_DIR, f"{unit}.{status}.json"), data)
 
 
-def read_unit_markers(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """unit key → marker, for every unit settled under ``out``."""
+def settled_units(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """unit key → status, for every unit settled under ``out``: one listing of ``_units/``."""
     fs, root = filesystem(out, storage_options)
     base = join(root, UNITS_DIR)
     if not fs.exists(base):
         return {}
-    paths = [p for p in fs.find(base) if p.endswith(".json")]
-    return {m["unit"]: m for m in (json.loads(data) for data in fs.cat(paths).values())} if paths else {}
+    settled = {}
+    for path in fs.find(base):
+        unit, _, rest = path.rsplit("/", 1)[-1].rpartition(".")[0].rpartition(".")
+        if rest in UNIT_STATUSES and unit:
+            settled[unit] = rest
+    return settled
 
 
 def clear_records(out: str, units: Iterable[str], storage_options: Mapping[str, Any] | None = None) -> None:
