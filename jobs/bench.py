@@ -7,6 +7,8 @@ Suites (see :mod:`jobs.bench_suites` and :mod:`jobs.bench_model`):
   output    bytes per pixel of the stored labels and the flow precision the encoding keeps, real video
   feed      how busy the pipeline keeps an accelerator: a stand-in that holds a fake GPU T ms per pair
             (see :mod:`jobs.bench_feed`), or with ``--device cuda`` a real model on the real GPUs
+  corpus    many short clips from a manifest in SeaweedFS: marginal wall time and objects written per clip,
+            no-op resume, CLI start-up, driver memory against manifest rows (see :mod:`jobs.bench_corpus`)
 
 ``--quick`` is sized to run on a 2-core CPU machine in minutes; ``--device cuda`` adds the GPU
 rows (bf16 / fp16 too) on a machine that has one. Text below the marker line in an existing
@@ -28,8 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SUITES = ("decode", "model", "pipeline", "output", "feed")
-DEFAULT_SUITES = SUITES[:4]  # feed runs when asked: minutes of its own
+SUITES = ("decode", "model", "pipeline", "output", "feed", "corpus")
+DEFAULT_SUITES = SUITES[:4]  # feed and corpus run when asked: minutes of their own
 EXIT_FAILED = 1
 # CPU seconds per pair above which a model size is skipped; --quick measures the small learned
 # models at the first size only and skips the rest with their estimate (minutes in all).
@@ -95,6 +97,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
             "pipeline": lambda: _pipeline(options, cache, work),
             "output": lambda: _output(options),
             "feed": lambda: _feed(options, cache, work),
+            "corpus": lambda: _corpus(options, cache),
         }
         for name in options.suites:
             start = time.perf_counter()
@@ -132,6 +135,12 @@ def _feed(options: BenchOptions, cache: Path, work: Path) -> list[dict[str, Any]
         return bench_feed.real_feed_suite(cache, work, models=options.models or ("raft_small",),
                                           checkpoint=options.checkpoint, quick=options.quick)
     return bench_feed.feed_suite(cache, work, quick=options.quick)
+
+
+def _corpus(options: BenchOptions, cache: Path) -> dict[str, Any]:
+    from .bench_corpus import corpus_suite
+
+    return corpus_suite(cache, quick=options.quick)
 
 
 def _output(options: BenchOptions) -> list[dict[str, Any]] | dict[str, str]:
@@ -249,10 +258,12 @@ def markdown(report: dict[str, Any]) -> str:
         "CPU-second count the process's CPU time over all its threads and do not depend on the machine's "
         "load, rates per second (wall clock) do.", "",
     ]
+    from .bench_corpus import corpus_table
     from .bench_feed import feed_table
 
     tables = {"decode": _decode_table, "model": lambda rows: _model_table(rows, options),
-              "pipeline": _pipeline_table, "output": lambda rows: _output_table(rows, options), "feed": feed_table}
+              "pipeline": _pipeline_table, "output": lambda rows: _output_table(rows, options), "feed": feed_table,
+              "corpus": corpus_table}
     for name, table in tables.items():
         if name not in suites:
             continue
@@ -370,7 +381,7 @@ def register(subparsers: argparse._SubParsersAction, help: str) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats: minutes on 2 CPU cores")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models run (default cpu)")
     p.add_argument("--suite", dest="suites", action="append", choices=SUITES,
-                   help="run only this suite (repeatable; default all but feed)")
+                   help="run only this suite (repeatable; default all but feed and corpus)")
     p.add_argument("--model", dest="models", action="append", help="only this model (repeatable; default all)")
     p.add_argument("--budget-s", type=float, default=None,
                    help=f"CPU: skip a model size estimated to take longer than this per pair "

@@ -120,3 +120,18 @@ def test_bad_options():
         BenchOptions(device="tpu")
     with pytest.raises(ValueError, match="suites"):
         BenchOptions(suites=("decode", "network"))
+
+
+def test_corpus_table_and_driver_memory_probe():
+    """The corpus suite's report renders every run and measure; the memory probe plans every manifest row."""
+    from jobs.bench_corpus import _driver_memory, corpus_table
+
+    memory = _driver_memory(50)
+    assert memory["rows"] == 50 and memory["units"] == 50 and memory["peak_mib"] > 0
+    report = {"clip": {"height": 96, "width": 128, "frames": 6}, "sizes": [40, 200],
+              "runs": [{"store": "summary", "seconds": {"40": 11.07, "200": 31.19}, "marginal_ms_per_clip": 125.8,
+                        "objects_per_clip": 2.01, "cpu_s_per_clip": {"read": 0.014, "label": 0.031, "write": 0.009}}],
+              "noop_resume": {"in_process_s": 0.25, "pairs": 0}, "help_s": 0.059, "driver_memory": [memory]}
+    text = "\n".join(corpus_table(report))
+    assert "| summary | 11.07 / 31.19 | 125.8 | 2.01 | 0.014 / 0.031 / 0.009 |" in text
+    assert "0.25 s (0 pairs labeled)" in text and "50 rows: " in text
