@@ -108,10 +108,12 @@ def unit_outcomes(out: str, keys: Collection[str], storage_options: Mapping[str,
 
 
 class UnitTracker:
-    """Follows write summaries (video_id, chunk, unit, unit_chunks) and settles units.
+    """Follows write summaries (video_id, chunk, unit, unit_chunks, settled) and settles units.
 
     ``committed``: video_id → chunks already committed when the run started.
-    ``settle(unit, chunks)`` is called once per unit whose chunks are all committed.
+    ``settle(unit, chunks)`` is called once per unit whose chunks are all committed, unless the
+    writer settled it already (``settled`` true: all its chunks were in one block, see
+    :func:`pipeline.write.sinks.write_batch`).
     """
 
     def __init__(self, committed: Mapping[str, frozenset[str]], settle: Callable[[str, list[str]], None]):
@@ -129,7 +131,8 @@ class UnitTracker:
         for unit, (unit_video, chunks) in list(self._waiting.items()):
             if unit_video == video and self._committed[video].issuperset(chunks):
                 del self._waiting[unit]
-                self._settle(unit, chunks)
+                if not (unit == summary["unit"] and summary.get("settled")):
+                    self._settle(unit, chunks)
                 self.settled.append(unit)
 
     @property

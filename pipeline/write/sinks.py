@@ -11,6 +11,8 @@ with '_', so ``pq.read_table(out)`` still reads the Parquet dataset alone. With 
 from __future__ import annotations
 
 import io
+import json
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +25,12 @@ from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, check_encodin
     parquet_options
 from pipeline.schema import ARRAY_COLUMNS, SCALAR_COLUMNS, carried_column, check_store, optional_columns, to_table
 from pipeline.storage import filesystem, join, write_atomic
+from pipeline.write.records import write_unit_marker
 
 FORMATS = ("parquet", "npz")
 NPZ_DIR = "_npz"
 PARTITION_KEYS = {"corpus": "corpus", "video": "video_id"}  # path key → column
-SUMMARY_KEYS = ("video_id", "source", "corpus", "chunk", "unit", "unit_chunks", "pairs", "pixels",
+SUMMARY_KEYS = ("video_id", "source", "corpus", "chunk", "unit", "unit_chunks", "settled", "pairs", "pixels",
                 "bytes_written", "flow_magnitude_sum", "occluded_sum", "labeled_on")
 
 
@@ -164,12 +167,29 @@ def _label_sums(rows: Mapping[str, np.ndarray], store: str) -> dict[str, Any]:
 
 def write_batch(batch: Mapping[str, np.ndarray], options: SinkOptions,
                 storage_options: Mapping[str, Any] | None = None, *,
-                write: Callable[..., dict[str, Any]] = write_chunk, keys: tuple[str, ...] = SUMMARY_KEYS
-                ) -> dict[str, np.ndarray]:
+                write: Callable[..., dict[str, Any]] = write_chunk, keys: tuple[str, ...] = SUMMARY_KEYS,
+                threads: int = 8) -> dict[str, np.ndarray]:
     """The write stage of a Ray Data pipeline: every chunk in ``batch`` through ``write`` (pair
-    chunks by default; the clip labels pass theirs); returns the summary rows, columns ``keys``."""
-    summaries = [write(rows, options, storage_options) for rows in iter_chunks(batch)]
-    return {key: np.array([s[key] for s in summaries]) for key in keys}
+    chunks by default; the clip labels pass theirs), ``threads`` at a time (object-store PUTs
+    wait on the network); returns the summary rows, columns ``keys``. Pair units whose chunks are
+    all in this batch (short clips) are settled here, after their files: the summary says so."""
+    chunks = list(iter_chunks(batch))
+    with ThreadPoolExecutor(max(1, min(threads, len(chunks)))) as pool:
+        summaries = list(pool.map(lambda rows: write(rows, options, storage_options), chunks))
+    if "unit_chunks" in keys:
+        _settle_whole_units(summaries, options.out, storage_options)
+    return {key: np.array([s.get(key, False) for s in summaries]) for key in keys}
+
+
+def _settle_whole_units(summaries: list[dict[str, Any]], out: str, storage_options: Mapping[str, Any] | None) -> None:
+    written = {(s["video_id"], s["chunk"]) for s in summaries}
+    for s in summaries:
+        s["settled"] = False
+        if s["unit_chunks"]:
+            chunks = json.loads(s["unit_chunks"])
+            if all((s["video_id"], c) in written for c in chunks):
+                write_unit_marker(out, s["unit"], "done", chunks, storage_options)
+                s["settled"] = True
 
 
 def committed_chunks(options: SinkOptions, storage_options: Mapping[str, Any] | None = None
