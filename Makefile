@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.flowlabel-installed
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup demo test test-fast bench gpu-check clean
+.PHONY: setup demo lint test test-fast bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,12 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m jobs.demo
 
-test: setup
+# ruff (pinned in the test extra) formats and lints; `make test` fails on either.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -34,8 +34,13 @@ class LocalRayCluster:
     ``object_store_bytes`` keeps the shared-memory store small (Ray's default takes 30% of RAM).
     """
 
-    def __init__(self, num_cpus: int = 2, num_gpus: int = 0, object_store_bytes: int = 256 * 2**20,
-                 startup_timeout_s: float = 120.0):
+    def __init__(
+        self,
+        num_cpus: int = 2,
+        num_gpus: int = 0,
+        object_store_bytes: int = 256 * 2**20,
+        startup_timeout_s: float = 120.0,
+    ):
         if num_cpus < 1 or num_gpus < 0:
             raise ValueError(f"expected num_cpus ≥ 1 and num_gpus ≥ 0, got {num_cpus} and {num_gpus}")
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
@@ -66,39 +71,66 @@ class LocalRayCluster:
         """Environment for clients of this cluster (``ray job submit``, drivers): token auth on."""
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
         bin_dir = str(Path(sys.executable).parent)
-        env.update({
-            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
-            # Ray's single-machine mode: every address it advertises (GCS, raylet, workers) is
-            # 127.0.0.1 instead of the host's network address, so no traffic leaves loopback.
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-            # Workers and job entrypoints find this interpreter's `ray` and `flowlabel` first.
-            "PATH": bin_dir + os.pathsep + env.get("PATH", ""),
-        })
+        env.update(
+            {
+                "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": self.token,
+                # Ray's single-machine mode: every address it advertises (GCS, raylet, workers) is
+                # 127.0.0.1 instead of the host's network address, so no traffic leaves loopback.
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                # Workers and job entrypoints find this interpreter's `ray` and `flowlabel` first.
+                "PATH": bin_dir + os.pathsep + env.get("PATH", ""),
+            }
+        )
         return env
 
     def start(self) -> LocalRayCluster:
         # A short path: Ray puts Unix sockets under it, and socket paths are limited to 107 bytes.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="flr-", dir="/tmp"))
-        (self.gcs_port, self.dashboard_port, client, agent, metrics, runtime_env, autoscaler_metrics,
-         dashboard_metrics) = free_ports(8)
+        (
+            self.gcs_port,
+            self.dashboard_port,
+            client,
+            agent,
+            metrics,
+            runtime_env,
+            autoscaler_metrics,
+            dashboard_metrics,
+        ) = free_ports(8)
         env = self.env
         # Fixed defaults (44217, 44227) would collide with any other Ray head on the machine.
         env.update({"AUTOSCALER_METRIC_PORT": str(autoscaler_metrics), "DASHBOARD_METRIC_PORT": str(dashboard_metrics)})
         command = [
-            str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-            f"--num-cpus={self.num_cpus}", f"--num-gpus={self.num_gpus}",
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--num-cpus={self.num_cpus}",
+            f"--num-gpus={self.num_gpus}",
             f"--object-store-memory={self.object_store_bytes}",
-            f"--node-ip-address={LOOPBACK}", f"--port={self.gcs_port}",
-            "--include-dashboard=true", f"--dashboard-host={LOOPBACK}", f"--dashboard-port={self.dashboard_port}",
-            f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
-            f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+            f"--node-ip-address={LOOPBACK}",
+            f"--port={self.gcs_port}",
+            "--include-dashboard=true",
+            f"--dashboard-host={LOOPBACK}",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--ray-client-server-port={client}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={runtime_env}",
+            f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats",
         ]
         log = self.temp_dir / "ray-start.log"
         self._process = start_logged(command, log, env)
         try:
-            wait_ready(self._process, self._answers, name="Ray head (ray start)", timeout_s=self.startup_timeout_s,
-                       log_path=log, interval_s=0.5)
+            wait_ready(
+                self._process,
+                self._answers,
+                name="Ray head (ray start)",
+                timeout_s=self.startup_timeout_s,
+                log_path=log,
+                interval_s=0.5,
+            )
         except BaseException:
             self.stop()
             raise

@@ -11,6 +11,7 @@ Only loopback is bound; nothing here listens on another address.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -86,12 +87,21 @@ class LocalS3:
         args = [weed_binary(), "mini", f"-dir={self.workdir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}"]
         args += [f"-{flag}={port}" for flag, port in self._ports.items()]
         args += ["-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false"]
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-               "S3_BUCKET": self.bucket}
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "S3_BUCKET": self.bucket,
+        }
         self._proc = start_logged(args, self.workdir / "weed.log", env, cwd=self.workdir)
         try:
-            wait_ready(self._proc, self._answers, name="SeaweedFS S3 (weed mini)", timeout_s=self.startup_timeout_s,
-                       log_path=self.workdir / "weed.log")
+            wait_ready(
+                self._proc,
+                self._answers,
+                name="SeaweedFS S3 (weed mini)",
+                timeout_s=self.startup_timeout_s,
+                log_path=self.workdir / "weed.log",
+            )
         except BaseException:
             self.stop()
             raise
@@ -101,10 +111,8 @@ class LocalS3:
         """Whether the bucket answers an authenticated listing (raises while the server is starting)."""
         import s3fs
 
-        try:
+        with contextlib.suppress(urllib.error.HTTPError):  # any HTTP answer means the port is up
             urllib.request.urlopen(self.endpoint_url, timeout=1).close()
-        except urllib.error.HTTPError:
-            pass  # any HTTP answer means the port is up
         fs = s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options)
         fs.ls(self.bucket, refresh=True)  # the bucket or identity may not exist yet
         return True

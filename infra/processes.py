@@ -7,6 +7,7 @@ the machine are left alone).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -30,13 +31,21 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def start_logged(command: Sequence[str], log_path: Path, env: Mapping[str, str],
-                 cwd: Path | None = None) -> subprocess.Popen:
+def start_logged(
+    command: Sequence[str], log_path: Path, env: Mapping[str, str], cwd: Path | None = None
+) -> subprocess.Popen:
     """Start ``command`` with its output appended to ``log_path``, in its own session: Ctrl-C in the parent
     does not reach it, and :func:`stop_tree` finds the processes it starts."""
     with open(log_path, "ab") as log:
-        return subprocess.Popen(list(command), cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def log_tail(log_path: Path | None, chars: int = 4000) -> str:
@@ -46,8 +55,15 @@ def log_tail(log_path: Path | None, chars: int = 4000) -> str:
     return log_path.read_text(errors="replace")[-chars:]
 
 
-def wait_ready(process: subprocess.Popen, ready: Callable[[], bool], *, name: str, timeout_s: float,
-               log_path: Path, interval_s: float = 0.25) -> None:
+def wait_ready(
+    process: subprocess.Popen,
+    ready: Callable[[], bool],
+    *,
+    name: str,
+    timeout_s: float,
+    log_path: Path,
+    interval_s: float = 0.25,
+) -> None:
     """Poll ``ready()`` until it returns True. An exception from it means "not yet" (the last one is reported);
     RuntimeError when the process exits first, TimeoutError after ``timeout_s``, both with the log's end."""
     deadline = time.monotonic() + timeout_s
@@ -75,10 +91,8 @@ def stop_tree(process: subprocess.Popen, timeout_s: float = 5.0) -> None:
         tree = []
     for sig in ("terminate", "kill"):
         for proc in tree:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 getattr(proc, sig)()
-            except psutil.NoSuchProcess:
-                pass
         _, tree = psutil.wait_procs(tree, timeout=timeout_s if sig == "terminate" else 5)
         if not tree:
             break

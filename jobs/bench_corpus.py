@@ -38,9 +38,14 @@ def corpus_suite(cache: Path, quick: bool = False) -> dict[str, Any]:
         _label(manifests[sizes[0]], "s3://flowlabel-bench/warm-up", "summary", so)  # Ray and the actors start here
         runs = [_run(fs, manifests, sizes, store, so) for store in ("dense", "summary")]
         resume = _noop_resume(manifests[sizes[-1]], f"s3://flowlabel-bench/summary-{sizes[-1]}", so)
-    return {"clip": {"height": CLIP_SIZE[0], "width": CLIP_SIZE[1], "frames": CLIP_FRAMES}, "sizes": list(sizes),
-            "runs": runs, "noop_resume": resume, "help_s": _cli_seconds(["--help"]),
-            "driver_memory": [_driver_memory(rows) for rows in MANIFEST_ROWS]}
+    return {
+        "clip": {"height": CLIP_SIZE[0], "width": CLIP_SIZE[1], "frames": CLIP_FRAMES},
+        "sizes": list(sizes),
+        "runs": runs,
+        "noop_resume": resume,
+        "help_s": _cli_seconds(["--help"]),
+        "driver_memory": [_driver_memory(rows) for rows in MANIFEST_ROWS],
+    }
 
 
 def _clips(folder: Path, n: int) -> list[Path]:
@@ -67,13 +72,19 @@ def _label(manifest: str, out: str, store: str, storage_options: dict[str, Any])
     from pipeline.read.manifest import ManifestOptions
     from pipeline.write.sinks import SinkOptions
 
-    job = LabelJob(inputs=(), manifest=ManifestOptions(manifest, carry=("clip_id",)),
-                   sink=SinkOptions(out, store=store), labeler=LabelerConfig("dis"), storage_options=storage_options)
+    job = LabelJob(
+        inputs=(),
+        manifest=ManifestOptions(manifest, carry=("clip_id",)),
+        sink=SinkOptions(out, store=store),
+        labeler=LabelerConfig("dis"),
+        storage_options=storage_options,
+    )
     return run_label(job)
 
 
-def _run(fs: Any, manifests: dict[int, str], sizes: tuple[int, int], store: str,
-         storage_options: dict[str, Any]) -> dict[str, Any]:
+def _run(
+    fs: Any, manifests: dict[int, str], sizes: tuple[int, int], store: str, storage_options: dict[str, Any]
+) -> dict[str, Any]:
     seconds, stages = {}, {}
     for n in sizes:
         start = time.perf_counter()
@@ -82,10 +93,13 @@ def _run(fs: Any, manifests: dict[int, str], sizes: tuple[int, int], store: str,
         stages[n] = {s["stage"]: s.get("cpu_seconds", 0.0) / n for s in result.stats.get("stages", [])}
     small, large = sizes
     objects = len(fs.find(f"flowlabel-bench/{store}-{large}"))
-    return {"store": store, "seconds": {str(n): round(s, 2) for n, s in seconds.items()},
-            "marginal_ms_per_clip": round(1000 * (seconds[large] - seconds[small]) / (large - small), 1),
-            "objects_per_clip": round(objects / large, 3),
-            "cpu_s_per_clip": {k: round(v, 4) for k, v in stages[large].items()}}
+    return {
+        "store": store,
+        "seconds": {str(n): round(s, 2) for n, s in seconds.items()},
+        "marginal_ms_per_clip": round(1000 * (seconds[large] - seconds[small]) / (large - small), 1),
+        "objects_per_clip": round(objects / large, 3),
+        "cpu_s_per_clip": {k: round(v, 4) for k, v in stages[large].items()},
+    }
 
 
 def _noop_resume(manifest: str, out: str, storage_options: dict[str, Any]) -> dict[str, Any]:
@@ -125,30 +139,42 @@ def _driver_memory(rows: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "manifest.txt"
         path.write_text("".join(f"https://127.0.0.1:9/clips/clip-{i:07d}.mp4\n" for i in range(rows)))
-        out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path)], check=True, capture_output=True,
-                             text=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_PROBE, str(path)], check=True, capture_output=True, text=True
+        ).stdout.split()
     return {"rows": rows, "units": int(out[0]), "peak_mib": round(float(out[1]), 1)}
 
 
 def corpus_table(report: dict[str, Any]) -> list[str]:
     """The corpus suite's markdown section."""
     clip, (small, large) = report["clip"], report["sizes"]
-    lines = ["## corpus", "",
-             f"Short clips ({clip['width']}×{clip['height']}, {clip['frames']} frames, H.264) listed in a JSONL "
-             f"manifest in SeaweedFS on loopback, labeled with DIS on a local Ray, one run of {small} and one of "
-             f"{large} clips per store: the marginal wall time per clip is the difference of the two runs over "
-             f"{large - small} clips, so start-up and fixed costs cancel. CPU-s per clip: Ray Data's task CPU time "
-             "of each stage in the larger run.", "",
-             "| store | seconds (small / large) | marginal ms per clip | objects written per clip | "
-             "CPU-s per clip read / label / write |", "|---|---|---|---|---|"]
+    lines = [
+        "## corpus",
+        "",
+        f"Short clips ({clip['width']}×{clip['height']}, {clip['frames']} frames, H.264) listed in a JSONL "
+        f"manifest in SeaweedFS on loopback, labeled with DIS on a local Ray, one run of {small} and one of "
+        f"{large} clips per store: the marginal wall time per clip is the difference of the two runs over "
+        f"{large - small} clips, so start-up and fixed costs cancel. CPU-s per clip: Ray Data's task CPU time "
+        "of each stage in the larger run.",
+        "",
+        "| store | seconds (small / large) | marginal ms per clip | objects written per clip | "
+        "CPU-s per clip read / label / write |",
+        "|---|---|---|---|---|",
+    ]
     for r in report["runs"]:
         cpu = r["cpu_s_per_clip"]
-        lines.append(f"| {r['store']} | {r['seconds'][str(small)]} / {r['seconds'][str(large)]} | "
-                     f"{r['marginal_ms_per_clip']} | {r['objects_per_clip']} | {cpu.get('read', 0):.3f} / "
-                     f"{cpu.get('label', 0):.3f} / {cpu.get('write', 0):.3f} |")
+        lines.append(
+            f"| {r['store']} | {r['seconds'][str(small)]} / {r['seconds'][str(large)]} | "
+            f"{r['marginal_ms_per_clip']} | {r['objects_per_clip']} | {cpu.get('read', 0):.3f} / "
+            f"{cpu.get('label', 0):.3f} / {cpu.get('write', 0):.3f} |"
+        )
     memory = ", ".join(f"{m['rows']:,} rows: {m['peak_mib']} MiB" for m in report["driver_memory"])
-    lines += ["", f"- No-op resume of the {large}-clip summary run, in process after start-up: "
-              f"{report['noop_resume']['in_process_s']} s ({report['noop_resume']['pairs']} pairs labeled).",
-              f"- `flowlabel --help`: {report['help_s']} s (median of 3, fresh interpreter).",
-              f"- Driver memory added by listing and planning a manifest of http clips: {memory}.", ""]
+    lines += [
+        "",
+        f"- No-op resume of the {large}-clip summary run, in process after start-up: "
+        f"{report['noop_resume']['in_process_s']} s ({report['noop_resume']['pairs']} pairs labeled).",
+        f"- `flowlabel --help`: {report['help_s']} s (median of 3, fresh interpreter).",
+        f"- Driver memory added by listing and planning a manifest of http clips: {memory}.",
+        "",
+    ]
     return lines

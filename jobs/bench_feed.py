@@ -115,8 +115,9 @@ def busy_in(calls: Sequence[tuple], start: float, end: float) -> tuple[float, fl
     return held, pairs
 
 
-def feed_row(traces: list[list[tuple]], stats: dict[str, Any], *, ms: float, gpus: int, size: tuple[int, int],
-             cores: int) -> dict[str, Any]:
+def feed_row(
+    traces: list[list[tuple]], stats: dict[str, Any], *, ms: float, gpus: int, size: tuple[int, int], cores: int
+) -> dict[str, Any]:
     """One report row from the stand-ins' traces and the run's per-stage stats."""
     start, end = steady_window(traces)
     span = end - start
@@ -126,19 +127,29 @@ def feed_row(traces: list[list[tuple]], stats: dict[str, Any], *, ms: float, gpu
     stages = {s["stage"]: s for s in stats.get("stages", [])}
     label_cpu = sum(t[-1][3] - t[0][3] for t in traces if len(t) > 1)
     label_pairs = sum(c[2] for t in traces if len(t) > 1 for c in t[1:])
-    cpu = {"read": stages.get("read", {}).get("cpu_seconds", 0.0) / pairs,
-           "label": label_cpu / max(label_pairs, 1),
-           "write": stages.get("write", {}).get("cpu_seconds", 0.0) / pairs}
+    cpu = {
+        "read": stages.get("read", {}).get("cpu_seconds", 0.0) / pairs,
+        "label": label_cpu / max(label_pairs, 1),
+        "write": stages.get("write", {}).get("cpu_seconds", 0.0) / pairs,
+    }
     frame_bytes = size[0] * size[1] * 3
     need = sum(cpu.values()) * 1000 / ms * gpus
     return {
-        "size": f"{size[1]}×{size[0]}", "ms_per_pair": ms, "gpus": gpus, "pairs": pairs,
+        "size": f"{size[1]}×{size[0]}",
+        "ms_per_pair": ms,
+        "gpus": gpus,
+        "pairs": pairs,
         "busy": sum(h for h, _ in held) / (span * len(held)) if span > 0 else None,
-        "pairs_per_s": sum(p for _, p in held) / span if span > 0 else None, "ideal_pairs_per_s": gpus * 1000 / ms,
-        "cpu_s_per_pair": cpu, "cores_needed": need, "cores": cores, "cores_suffice": need <= cores,
+        "pairs_per_s": sum(p for _, p in held) / span if span > 0 else None,
+        "ideal_pairs_per_s": gpus * 1000 / ms,
+        "cpu_s_per_pair": cpu,
+        "cores_needed": need,
+        "cores": cores,
+        "cores_suffice": need <= cores,
         "object_store_bytes_per_pair": {k: stages.get(k, {}).get("bytes_out", 0) / pairs for k in ("read", "label")},
         "read_frames_per_pair": stages.get("read", {}).get("bytes_out", 0) / pairs / frame_bytes,
-        "steady_span_s": span, "seconds": stats.get("seconds"),
+        "steady_span_s": span,
+        "seconds": stats.get("seconds"),
     }
 
 
@@ -148,8 +159,15 @@ def pairs_for(ms: float, gpus: int, quick: bool) -> int:
     return int(min(960, max(120, seconds * 1000 / ms * gpus)))
 
 
-def run_row(videos: Sequence[Path], work: Path, *, ms: float, gpus: int, size: tuple[int, int],
-            model: str = "jobs.bench_feed:StandIn") -> dict[str, Any]:
+def run_row(
+    videos: Sequence[Path],
+    work: Path,
+    *,
+    ms: float,
+    gpus: int,
+    size: tuple[int, int],
+    model: str = "jobs.bench_feed:StandIn",
+) -> dict[str, Any]:
     """Label ``videos`` with the stand-in on the connected Ray; the report row."""
     from pipeline.label.labeler import LabelerConfig
     from pipeline.write.sinks import SinkOptions
@@ -160,18 +178,28 @@ def run_row(videos: Sequence[Path], work: Path, *, ms: float, gpus: int, size: t
     trace = work / "trace"
     trace.mkdir(parents=True)
     overrides = {"ms_per_pair": ms, "trace": str(trace)} if model.endswith(":StandIn") else {}
-    job = LabelJob(inputs=tuple(str(v) for v in videos), sink=SinkOptions(str(work / "out")),
-                   labeler=LabelerConfig(model=model, overrides=overrides, batch_size=STANDIN_BATCH),
-                   cluster=ClusterOptions(min_actors=gpus, cpus_per_actor=STANDIN_CPUS))
+    job = LabelJob(
+        inputs=tuple(str(v) for v in videos),
+        sink=SinkOptions(str(work / "out")),
+        labeler=LabelerConfig(model=model, overrides=overrides, batch_size=STANDIN_BATCH),
+        cluster=ClusterOptions(min_actors=gpus, cpus_per_actor=STANDIN_CPUS),
+    )
     result = run_label(job)
     if result.exit_code != 0:
         raise RuntimeError(f"the feed corpus failed to label: {result.errors}")
     return feed_row(read_traces(trace), result.stats, ms=ms, gpus=gpus, size=size, cores=os.cpu_count() or 1)
 
 
-def feed_suite(cache: Path, work: Path, *, quick: bool, sizes: Sequence[tuple[int, int]] = FEED_SIZES,
-               ms_list: Sequence[float] = FEED_MS, gpus_list: Sequence[int] = FEED_GPUS,
-               pairs: int | None = None) -> list[dict[str, Any]]:
+def feed_suite(
+    cache: Path,
+    work: Path,
+    *,
+    quick: bool,
+    sizes: Sequence[tuple[int, int]] = FEED_SIZES,
+    ms_list: Sequence[float] = FEED_MS,
+    gpus_list: Sequence[int] = FEED_GPUS,
+    pairs: int | None = None,
+) -> list[dict[str, Any]]:
     """Every (GPUs, size, ms per pair) row; one local Ray per GPU count, declaring that many fake
     GPUs. ``pairs`` per row (default :func:`pairs_for`)."""
     import ray
@@ -195,8 +223,9 @@ def feed_suite(cache: Path, work: Path, *, quick: bool, sizes: Sequence[tuple[in
     return rows
 
 
-def real_feed_suite(cache: Path, work: Path, *, models: Sequence[str], checkpoint: str | None,
-                    quick: bool) -> list[dict[str, Any]]:
+def real_feed_suite(
+    cache: Path, work: Path, *, models: Sequence[str], checkpoint: str | None, quick: bool
+) -> list[dict[str, Any]]:
     """With ``--device cuda``: each model labels the 960×540 corpus on the machine's real GPUs;
     pairs/s and per-stage CPU from Ray Data's stats (no stand-in trace, so no busy fraction)."""
     import ray
@@ -213,13 +242,23 @@ def real_feed_suite(cache: Path, work: Path, *, models: Sequence[str], checkpoin
     connect(ClusterOptions())
     try:
         for name in models:
-            job = LabelJob(inputs=tuple(str(v) for v in videos), sink=SinkOptions(str(work / f"real-{name}")),
-                           labeler=LabelerConfig(model=name, checkpoint=checkpoint))
+            job = LabelJob(
+                inputs=tuple(str(v) for v in videos),
+                sink=SinkOptions(str(work / f"real-{name}")),
+                labeler=LabelerConfig(model=name, checkpoint=checkpoint),
+            )
             result = run_label(job)
             label = next((s for s in result.stats.get("stages", []) if s["stage"] == "label"), {})
-            rows.append({"model": name, "size": f"{size[1]}×{size[0]}", "pairs": result.pairs,
-                         "pairs_per_s": result.pairs_per_second, "label_stage": label,
-                         "gpus": int(ray.cluster_resources().get("GPU", 0))})
+            rows.append(
+                {
+                    "model": name,
+                    "size": f"{size[1]}×{size[0]}",
+                    "pairs": result.pairs,
+                    "pairs_per_s": result.pairs_per_second,
+                    "label_stage": label,
+                    "gpus": int(ray.cluster_resources().get("GPU", 0)),
+                }
+            )
     finally:
         ray.shutdown()
     return rows
@@ -227,26 +266,38 @@ def real_feed_suite(cache: Path, work: Path, *, models: Sequence[str], checkpoin
 
 def feed_table(rows: list[dict[str, Any]]) -> list[str]:
     """The feed suite's markdown table."""
-    lines = ["## feed", "", "Stand-in accelerator (`jobs.bench_feed.StandIn`, torch's meta device): it holds a fake "
-             "Ray GPU T ms per pair and uses no CPU; T stands for all device work (model, consistency, "
-             "quantisation), which the labeler dispatches to the meta device without computing it. busy = its "
-             "device-held time over the steady span (middle 80 % of the pairs); CPU-s per pair: read and write "
-             "tasks from Ray Data's stats, the labeler actor's process CPU between its first and last call "
-             "(the writer compresses zero labels here: a lower bound); cores needed = Σ CPU-s/pair × pairs/s "
-             "at 1000/T per GPU.", ""]
+    lines = [
+        "## feed",
+        "",
+        "Stand-in accelerator (`jobs.bench_feed.StandIn`, torch's meta device): it holds a fake "
+        "Ray GPU T ms per pair and uses no CPU; T stands for all device work (model, consistency, "
+        "quantisation), which the labeler dispatches to the meta device without computing it. busy = its "
+        "device-held time over the steady span (middle 80 % of the pairs); CPU-s per pair: read and write "
+        "tasks from Ray Data's stats, the labeler actor's process CPU between its first and last call "
+        "(the writer compresses zero labels here: a lower bound); cores needed = Σ CPU-s/pair × pairs/s "
+        "at 1000/T per GPU.",
+        "",
+    ]
     if rows and "model" in rows[0]:
         lines += ["| model | size | GPUs | pairs | pairs/s | labeler busy |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['size']} | {r['gpus']} | {r['pairs']} | {r['pairs_per_s']:.2f} | "
-                  f"{r['label_stage'].get('utilisation', float('nan')):.2f} |" for r in rows]
+        lines += [
+            f"| {r['model']} | {r['size']} | {r['gpus']} | {r['pairs']} | {r['pairs_per_s']:.2f} | "
+            f"{r['label_stage'].get('utilisation', float('nan')):.2f} |"
+            for r in rows
+        ]
         return lines + [""]
-    lines += ["| frames | T ms/pair | GPUs | pairs | busy | pairs/s (ideal) | CPU-s/pair read / label / write | "
-              "cores needed (have) | object store B/pair read / label | frames sent per pair |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| frames | T ms/pair | GPUs | pairs | busy | pairs/s (ideal) | CPU-s/pair read / label / write | "
+        "cores needed (have) | object store B/pair read / label | frames sent per pair |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         c, o = r["cpu_s_per_pair"], r["object_store_bytes_per_pair"]
         enough = "" if r["cores_suffice"] else " — more than the machine has"
-        lines.append(f"| {r['size']} | {r['ms_per_pair']:g} | {r['gpus']} | {r['pairs']} | {r['busy']:.2f} | "
-                     f"{r['pairs_per_s']:.1f} ({r['ideal_pairs_per_s']:.0f}) | {c['read']:.3f} / {c['label']:.3f} / "
-                     f"{c['write']:.3f} | {r['cores_needed']:.1f} ({r['cores']}){enough} | "
-                     f"{o['read'] / 1e6:.2f} MB / {o['label'] / 1e6:.2f} MB | {r['read_frames_per_pair']:.2f} |")
+        lines.append(
+            f"| {r['size']} | {r['ms_per_pair']:g} | {r['gpus']} | {r['pairs']} | {r['busy']:.2f} | "
+            f"{r['pairs_per_s']:.1f} ({r['ideal_pairs_per_s']:.0f}) | {c['read']:.3f} / {c['label']:.3f} / "
+            f"{c['write']:.3f} | {r['cores_needed']:.1f} ({r['cores']}){enough} | "
+            f"{o['read'] / 1e6:.2f} MB / {o['label'] / 1e6:.2f} MB | {r['read_frames_per_pair']:.2f} |"
+        )
     return lines + [""]

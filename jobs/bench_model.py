@@ -75,8 +75,19 @@ def _model_rows(name: str, device: str, precisions: Sequence[str], quick: bool, 
     if device == "cpu":
         first_h, first_w = next(iter(MODEL_SIZES.values()))
         probe_h, probe_w = first_h // 4, first_w // 4
-        probe = run_worker(dict(model=name, height=probe_h, width=probe_w, batch=1, precision="fp32",
-                                device=device, repeats=1, warmup=True), timeout=budget_s if quick else budget_s / 2)
+        probe = run_worker(
+            dict(
+                model=name,
+                height=probe_h,
+                width=probe_w,
+                batch=1,
+                precision="fp32",
+                device=device,
+                repeats=1,
+                warmup=True,
+            ),
+            timeout=budget_s if quick else budget_s / 2,
+        )
         if "error" in probe:
             reason = f"the {probe_w}×{probe_h} probe did not finish: {probe['error']}"
             return [_skipped(name, size, p, reason) for size in MODEL_SIZES for p in precisions]
@@ -86,20 +97,33 @@ def _model_rows(name: str, device: str, precisions: Sequence[str], quick: bool, 
         for precision in precisions:
             estimate = seconds_per_pixel * h * w if seconds_per_pixel is not None else 0.0
             if device == "cpu" and estimate > budget_s:
-                rows.append(_skipped(name, size, precision,
-                                     f"estimated ≥ {estimate:.0f} s per pair on CPU, over the {budget_s:.0f} s "
-                                     f"budget (linear in pixels from the {basis})"))
+                rows.append(
+                    _skipped(
+                        name,
+                        size,
+                        precision,
+                        f"estimated ≥ {estimate:.0f} s per pair on CPU, over the {budget_s:.0f} s "
+                        f"budget (linear in pixels from the {basis})",
+                    )
+                )
                 continue
             memory = measured[1] * (h * w / measured[0]) ** 2 if device == "cpu" and measured else 0.0
             if memory > memory_limit:
-                rows.append(_skipped(name, size, precision,
-                                     f"estimated {memory / 2**30:.1f} GiB (quadratic in pixels from the previous "
-                                     f"size) > half of the {2 * memory_limit / 2**30:.0f} GiB available"))
+                rows.append(
+                    _skipped(
+                        name,
+                        size,
+                        precision,
+                        f"estimated {memory / 2**30:.1f} GiB (quadratic in pixels from the previous "
+                        f"size) > half of the {2 * memory_limit / 2**30:.0f} GiB available",
+                    )
+                )
                 continue
             slow = estimate > budget_s / 3
             repeats = 1 if slow else (2 if estimate > 2 else 3) + (0 if quick else 2)
-            spec = dict(model=name, height=h, width=w, precision=precision, device=device,
-                        repeats=repeats, warmup=not slow)
+            spec = dict(
+                model=name, height=h, width=w, precision=precision, device=device, repeats=repeats, warmup=not slow
+            )
             one = run_worker({**spec, "batch": 1}, timeout=3 * budget_s + 60)
             if "error" in one:
                 rows.append(_skipped(name, size, precision, one["error"]))
@@ -109,15 +133,17 @@ def _model_rows(name: str, device: str, precisions: Sequence[str], quick: bool, 
                 measured = (h * w, one["peak_bytes"])
             best = one
             for batch in batches:
-                if device == "cpu" and (one["wall_s"] * batch * (spec["repeats"] + 1) > budget_s
-                                        or one["peak_bytes"] * batch > memory_limit):
+                if device == "cpu" and (
+                    one["wall_s"] * batch * (spec["repeats"] + 1) > budget_s or one["peak_bytes"] * batch > memory_limit
+                ):
                     break
                 result = run_worker({**spec, "batch": batch}, timeout=3 * budget_s + 60)
                 if "error" in result or _speed(result, device) < 1.05 * _speed(best, device):
                     break  # out of memory, or no faster: a larger batch will not be either
                 best = result
-            rows.append({"model": name, "size": size, "precision": precision, "batch1": one, "best": best,
-                         "skipped": ""})
+            rows.append(
+                {"model": name, "size": size, "precision": precision, "batch1": one, "best": best, "skipped": ""}
+            )
     return rows
 
 
@@ -132,8 +158,12 @@ def _skipped(model: str, size: str, precision: str, reason: str) -> dict[str, An
 def run_worker(spec: Mapping[str, Any], timeout: float) -> dict[str, Any]:
     """Run :func:`measure_model` in a fresh interpreter; ``{"error": …}`` when it fails or overruns."""
     try:
-        done = subprocess.run([sys.executable, "-m", "jobs.bench_model", json.dumps(dict(spec))],
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [sys.executable, "-m", "jobs.bench_model", json.dumps(dict(spec))],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"killed after {timeout:.0f} s"}
     lines = done.stdout.strip().splitlines()
@@ -170,10 +200,18 @@ def measure_model(spec: Mapping[str, Any]) -> dict[str, Any]:
     warmup_s = time_min(run, 1).wall_s if spec.get("warmup", True) else None
     timing = time_min(run, int(spec.get("repeats", 3)))
     peak = torch.cuda.max_memory_allocated(device) if cuda else _peak_rss_bytes() - rss_before
-    return {"batch": batch, "wall_s": timing.wall_s, "cpu_s": timing.cpu_s, "repeats": timing.repeats,
-            "warmup_s": warmup_s, "pairs_per_s": batch / timing.wall_s, "cpu_s_per_pair": timing.cpu_s / batch,
-            "peak_bytes": int(max(peak, 0)), "peak_kind": "CUDA max allocated" if cuda else "peak RSS growth",
-            "threads": torch.get_num_threads()}
+    return {
+        "batch": batch,
+        "wall_s": timing.wall_s,
+        "cpu_s": timing.cpu_s,
+        "repeats": timing.repeats,
+        "warmup_s": warmup_s,
+        "pairs_per_s": batch / timing.wall_s,
+        "cpu_s_per_pair": timing.cpu_s / batch,
+        "peak_bytes": int(max(peak, 0)),
+        "peak_kind": "CUDA max allocated" if cuda else "peak RSS growth",
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _rss_before_run() -> int:

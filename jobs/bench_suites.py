@@ -44,8 +44,9 @@ def cached_video(folder: Path, height: int, width: int, frames: int, seed: int =
     return path
 
 
-def _unit(uri: str, storage_options: Mapping[str, Any] | None = None,
-          decode: DecodeOptions = DecodeOptions()) -> ReadUnit:
+def _unit(
+    uri: str, storage_options: Mapping[str, Any] | None = None, decode: DecodeOptions = DecodeOptions()
+) -> ReadUnit:
     sources, errors = list_sources([uri], storage_options)
     if errors or len(sources) != 1:
         raise FileNotFoundError(f"expected one video at {uri}, got {len(sources)} ({errors})")
@@ -60,8 +61,9 @@ def _count_pairs(unit: ReadUnit, options: ReadOptions, storage_options: Mapping[
 # ----------------------------------------------------------------------------- decode
 
 
-def decode_suite(cache: Path, *, repeats: int, frames: int, s3: bool,
-                 thread_settings: Sequence[int] = (1, 0)) -> list[dict[str, Any]]:
+def decode_suite(
+    cache: Path, *, repeats: int, frames: int, s3: bool, thread_settings: Sequence[int] = (1, 0)
+) -> list[dict[str, Any]]:
     """Frames/s of the real reader (``read_unit``: decode, RGB conversion, chunking) on generated
     1080p and 540p H.264, from local disk and (``s3``) from a SeaweedFS on loopback.
 
@@ -73,8 +75,9 @@ def decode_suite(cache: Path, *, repeats: int, frames: int, s3: bool,
         for threads in thread_settings:
             rows.append(_decode_row(label, "local disk", str(path), None, threads, repeats))
     if s3:
-        from infra.local_s3 import LocalS3
         import s3fs
+
+        from infra.local_s3 import LocalS3
 
         with LocalS3(bucket="flowlabel-bench") as server:
             fs = s3fs.S3FileSystem(**server.storage_options)
@@ -82,22 +85,32 @@ def decode_suite(cache: Path, *, repeats: int, frames: int, s3: bool,
                 key = f"{server.bucket}/decode/{path.name}"
                 fs.put_file(str(path), key)
                 for threads in thread_settings:
-                    rows.append(_decode_row(label, "SeaweedFS S3", f"s3://{key}", server.storage_options, threads,
-                                            repeats))
+                    rows.append(
+                        _decode_row(label, "SeaweedFS S3", f"s3://{key}", server.storage_options, threads, repeats)
+                    )
     return rows
 
 
-def _decode_row(size: str, where: str, uri: str, storage_options: Mapping[str, Any] | None, threads: int,
-                repeats: int) -> dict[str, Any]:
+def _decode_row(
+    size: str, where: str, uri: str, storage_options: Mapping[str, Any] | None, threads: int, repeats: int
+) -> dict[str, Any]:
     unit = _unit(uri, storage_options)
     options = ReadOptions(decode_threads=threads)
     pairs = _count_pairs(unit, options, storage_options)  # warm: page cache, connections, codec init
     timing = time_min(lambda: _count_pairs(unit, options, storage_options), repeats)
     frames = pairs + 1
-    return {"size": size, "source": where, "decode_threads": threads or "auto", "frames": frames,
-            "repeats": repeats, "wall_s": timing.wall_s, "cpu_s": timing.cpu_s,
-            "frames_per_s": frames / timing.wall_s, "frames_per_cpu_s": frames / timing.cpu_s,
-            "cpu_note": "client process only" if storage_options else ""}
+    return {
+        "size": size,
+        "source": where,
+        "decode_threads": threads or "auto",
+        "frames": frames,
+        "repeats": repeats,
+        "wall_s": timing.wall_s,
+        "cpu_s": timing.cpu_s,
+        "frames_per_s": frames / timing.wall_s,
+        "frames_per_cpu_s": frames / timing.cpu_s,
+        "cpu_note": "client process only" if storage_options else "",
+    }
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -108,8 +121,9 @@ def pipeline_corpus(cache: Path, videos: int) -> list[Path]:
     return [cached_video(cache / "pipeline", h, w, PIPELINE_FRAMES, seed=i) for i in range(videos)]
 
 
-def end_to_end(videos: Sequence[Path], work: Path, sizes: Sequence[int],
-               sink_options: Mapping[str, Any]) -> list[dict[str, Any]]:
+def end_to_end(
+    videos: Sequence[Path], work: Path, sizes: Sequence[int], sink_options: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     """``run_label`` with DIS on the connected Ray, once per corpus size (the first ``n`` videos);
     the difference between two sizes is the steady state, start-up (actors, model load,
     planning) cancelling out."""
@@ -120,29 +134,51 @@ def end_to_end(videos: Sequence[Path], work: Path, sizes: Sequence[int],
     runs = []
     for n in sizes:
         load = os.getloadavg()[0]
-        result = run_label(LabelJob(inputs=tuple(str(v) for v in videos[:n]),
-                                    sink=SinkOptions(str(work / f"e2e-{n}"), **sink_options)))
+        result = run_label(
+            LabelJob(inputs=tuple(str(v) for v in videos[:n]), sink=SinkOptions(str(work / f"e2e-{n}"), **sink_options))
+        )
         if result.exit_code != 0:
             raise RuntimeError(f"the benchmark corpus failed to label: {result.errors}")
-        runs.append({"videos": n, "pairs": result.pairs, "seconds": result.seconds, "load_at_start": load,
-                     "stats": result.stats})
+        runs.append(
+            {
+                "videos": n,
+                "pairs": result.pairs,
+                "seconds": result.seconds,
+                "load_at_start": load,
+                "stats": result.stats,
+            }
+        )
     return runs
 
 
 STAGES = ("decode", "label", "write")
 
 
-def stages_alone(videos: Sequence[Path], work: Path, processes: int, pairs: int,
-                 sink_options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def stages_alone(
+    videos: Sequence[Path], work: Path, processes: int, pairs: int, sink_options: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
     """Each stage alone, without Ray, one after the other: ``processes`` single-threaded worker
     processes run it at the same time (the machine's capacity for that stage). decode:
     ``read_unit`` over the corpus, split between the workers; label and write: the pipeline's
     ``Labeler`` (DIS) and ``write_batch`` on one chunk, repeated to about ``pairs`` in all."""
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited threads or Ray state
     barrier, results = ctx.Barrier(processes), ctx.Queue()
-    workers = [ctx.Process(target=_stage_worker, args=(i, processes, [str(v) for v in videos], str(work / str(i)),
-                                                       pairs // processes, dict(sink_options), barrier, results))
-               for i in range(processes)]
+    workers = [
+        ctx.Process(
+            target=_stage_worker,
+            args=(
+                i,
+                processes,
+                [str(v) for v in videos],
+                str(work / str(i)),
+                pairs // processes,
+                dict(sink_options),
+                barrier,
+                results,
+            ),
+        )
+        for i in range(processes)
+    ]
     for p in workers:
         p.start()
     done: list[dict[str, Any]] = []
@@ -161,14 +197,21 @@ def stages_alone(videos: Sequence[Path], work: Path, processes: int, pairs: int,
         runs = [d for d in done if d["stage"] == stage]
         handled, cpu = sum(d["pairs"] for d in runs), sum(d["cpu_s"] for d in runs)
         wall = max(d["end"] for d in runs) - min(d["start"] for d in runs)
-        out[stage] = {"processes": processes, "pairs": handled, "wall_s": wall, "cpu_s": cpu,
-                      "pairs_per_s": handled / wall, "cpu_s_per_pair": cpu / handled,
-                      "load_at_start": max(d["load"] for d in runs)}
+        out[stage] = {
+            "processes": processes,
+            "pairs": handled,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "pairs_per_s": handled / wall,
+            "cpu_s_per_pair": cpu / handled,
+            "load_at_start": max(d["load"] for d in runs),
+        }
     return out
 
 
-def _stage_worker(index: int, processes: int, videos: list[str], work: str, pairs: int,
-                  sink_options: dict[str, Any], barrier, results) -> None:
+def _stage_worker(
+    index: int, processes: int, videos: list[str], work: str, pairs: int, sink_options: dict[str, Any], barrier, results
+) -> None:
     import cv2
     import torch
 
@@ -190,8 +233,9 @@ def _stage_worker(index: int, processes: int, videos: list[str], work: str, pair
             return
 
 
-def _stage_runner(stage: str, videos: list[str], work: Path, pairs: int,
-                  sink_options: Mapping[str, Any]) -> Callable[[], int]:
+def _stage_runner(
+    stage: str, videos: list[str], work: Path, pairs: int, sink_options: Mapping[str, Any]
+) -> Callable[[], int]:
     """Prepare one stage's input outside the timed region; return the timed work (→ pairs done).
     The label and write stages run the pipeline's own UDFs (``Labeler``, ``write_batch``)."""
     options = ReadOptions(decode_threads=1)
@@ -238,8 +282,8 @@ def output_suite(videos_dir: Path, *, pairs_per_video: int, encodings: Sequence[
     import pyarrow.parquet as pq
 
     from models import load_model
-    from pipeline.schema import arrays_from_table
     from pipeline.encoding import encode_labels
+    from pipeline.schema import arrays_from_table
     from pipeline.write.sinks import SinkOptions, encode_parquet
 
     model = load_model("dis")
@@ -265,22 +309,33 @@ def output_suite(videos_dir: Path, *, pairs_per_video: int, encodings: Sequence[
                 pixels += chunk["flow"].shape[0] * chunk["flow"].shape[1] * chunk["flow"].shape[2]
             error = np.concatenate([e.ravel() for e in errors])
             h, w = chunks[0]["flow"].shape[1:3]
-            rows.append({"video": path.name, "size": f"{w}×{h}", "pairs": sum(len(c["frame0"]) for c in chunks),
-                         "encoding": encoding, "pixels": pixels, "bytes": sizes,
-                         "labels_bytes_per_pixel": (sizes["flow"] + sizes["occlusion"] + sizes["confidence"]) / pixels,
-                         "file_bytes_per_pixel": sizes["file"] / pixels,
-                         "flow_bytes_per_pixel": sizes["flow"] / pixels,
-                         "max_abs_flow_px": float(np.abs(np.concatenate([c["flow"].ravel() for c in chunks])).max()),
-                         "flow_error_max_px": float(error.max()), "flow_error_mean_px": float(error.mean())})
+            rows.append(
+                {
+                    "video": path.name,
+                    "size": f"{w}×{h}",
+                    "pairs": sum(len(c["frame0"]) for c in chunks),
+                    "encoding": encoding,
+                    "pixels": pixels,
+                    "bytes": sizes,
+                    "labels_bytes_per_pixel": (sizes["flow"] + sizes["occlusion"] + sizes["confidence"]) / pixels,
+                    "file_bytes_per_pixel": sizes["file"] / pixels,
+                    "flow_bytes_per_pixel": sizes["flow"] / pixels,
+                    "max_abs_flow_px": float(np.abs(np.concatenate([c["flow"].ravel() for c in chunks])).max()),
+                    "flow_error_max_px": float(error.max()),
+                    "flow_error_mean_px": float(error.mean()),
+                }
+            )
     return rows
 
 
 def real_videos(folder: Path) -> list[Path]:
     """The decodable multi-frame videos of the shared real corpus (see its README)."""
     skip = ("broken__", "bbb_sunflower_QCIF")  # damaged on purpose; a single frame
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() in {".mp4", ".mov", ".webm", ".ts", ".gif", ".avi", ".mkv"}
-                  and not p.name.startswith(skip))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in {".mp4", ".mov", ".webm", ".ts", ".gif", ".avi", ".mkv"} and not p.name.startswith(skip)
+    )
 
 
 def _encoding_option(encoding: str) -> dict[str, str]:

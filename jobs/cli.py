@@ -28,8 +28,9 @@ SUBCOMMANDS: dict[str, tuple[str | None, str]] = {
 def register(subparsers: argparse._SubParsersAction, help: str) -> None:
     """Add ``flowlabel models``."""
     models = subparsers.add_parser("models", help=help)
-    models.add_argument("names", nargs="*", metavar="NAME",
-                        help="show only these: registry names or import paths package.module:Name")
+    models.add_argument(
+        "names", nargs="*", metavar="NAME", help="show only these: registry names or import paths package.module:Name"
+    )
     models.set_defaults(func=cmd_models)
 
 

@@ -82,9 +82,11 @@ class ClusterOptions:
         if self.address and self.address.startswith("ray://"):
             # Ray Data's executor needs a driver connected to the GCS; through Ray Client it
             # fails at the first batch ("'Worker' object has no attribute 'core_worker'").
-            raise ValueError(f"address: expected a cluster address (auto, host:6379), got {self.address!r}: "
-                             "the pipeline does not run through Ray Client; submit it with `ray job submit` "
-                             "or run it on the head node with --address auto")
+            raise ValueError(
+                f"address: expected a cluster address (auto, host:6379), got {self.address!r}: "
+                "the pipeline does not run through Ray Client; submit it with `ray job submit` "
+                "or run it on the head node with --address auto"
+            )
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors: expected ≥ 1, got {self.actors}")
         if self.min_actors < 1 or (self.actors is not None and self.min_actors > self.actors):
@@ -124,14 +126,24 @@ class StagePlan:
     def describe(self) -> dict[str, Any]:
         """The plan as plain JSON for ``_flowlabel.json``."""
         pool = self.label["compute"]
-        return {"cluster": {"CPU": self.cluster_cpus, "GPU": self.cluster_gpus},
-                "labeler": {"min_actors": pool.min_size, "max_actors": self.max_actors,
-                            "gpus_per_actor": self.gpus_per_actor, "cpus_per_actor": self.label.get("num_cpus", 1.0),
-                            "tasks_per_actor": pool.max_tasks_in_flight_per_actor,
-                            "calls_per_actor": pool.max_concurrent_calls_per_actor},
-                "read": {"concurrency": self.read["concurrency"], "cpus": self.read["num_cpus"],
-                         "memory_bytes": self.read["memory"]},
-                "write": {"cpus": self.write["num_cpus"]}, "limits": dict(self.limits)}
+        return {
+            "cluster": {"CPU": self.cluster_cpus, "GPU": self.cluster_gpus},
+            "labeler": {
+                "min_actors": pool.min_size,
+                "max_actors": self.max_actors,
+                "gpus_per_actor": self.gpus_per_actor,
+                "cpus_per_actor": self.label.get("num_cpus", 1.0),
+                "tasks_per_actor": pool.max_tasks_in_flight_per_actor,
+                "calls_per_actor": pool.max_concurrent_calls_per_actor,
+            },
+            "read": {
+                "concurrency": self.read["concurrency"],
+                "cpus": self.read["num_cpus"],
+                "memory_bytes": self.read["memory"],
+            },
+            "write": {"cpus": self.write["num_cpus"]},
+            "limits": dict(self.limits),
+        }
 
 
 def connect(options: ClusterOptions) -> None:
@@ -147,8 +159,10 @@ def connect(options: ClusterOptions) -> None:
     # refuses local paths in a task's or actor's own runtime env.
     env = {"runtime_env": dict(options.runtime_env)} if options.runtime_env else {}
     if ray.is_initialized() and env:
-        raise ValueError("runtime_env: Ray is already initialized in this process, so the job's runtime env "
-                         "cannot be applied; pass it to ray.init there, or run the job in a fresh process")
+        raise ValueError(
+            "runtime_env: Ray is already initialized in this process, so the job's runtime env "
+            "cannot be applied; pass it to ray.init there, or run the job in a fresh process"
+        )
     if not ray.is_initialized():
         address = options.address or os.environ.get(RAY_ADDRESS_ENV) or None
         if address:
@@ -162,9 +176,15 @@ def connect(options: ClusterOptions) -> None:
             # RAY_AUTH_MODE is unset). That is the setting wanted here, so the warning is noise; setting the
             # variable instead would not do: Ray reads it into its config when it is imported.
             logging.getLogger(AUTH_SETUP_LOGGER).setLevel(logging.ERROR)
-            ray.init(num_cpus=options.local_cpus, num_gpus=options.local_gpus, include_dashboard=False,
-                     _node_ip_address=LOOPBACK, logging_level=logging.WARNING,
-                     _system_config=local_system_config(cpus), **env)
+            ray.init(
+                num_cpus=options.local_cpus,
+                num_gpus=options.local_gpus,
+                include_dashboard=False,
+                _node_ip_address=LOOPBACK,
+                logging_level=logging.WARNING,
+                _system_config=local_system_config(cpus),
+                **env,
+            )
     interactive = sys.stderr.isatty() and not os.environ.get("CI")
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = interactive
@@ -192,8 +212,10 @@ def read_runtime_env(text: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ValueError(f"runtime_env: {text!r} is neither JSON nor YAML: {exc}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"runtime_env: expected a mapping (py_modules, working_dir, env_vars, …) in {text!r}, "
-                         f"got {type(value).__name__}")
+        raise ValueError(
+            f"runtime_env: expected a mapping (py_modules, working_dir, env_vars, …) in {text!r}, "
+            f"got {type(value).__name__}"
+        )
     return value
 
 
@@ -240,8 +262,12 @@ def local_system_config(cpus: int) -> dict[str, int]:
     return {"num_workers_soft_limit": 2 * cpus + 2}
 
 
-def plan_stages(options: ClusterOptions, chunk_bytes: int, read_tasks: int | None = None,
-                resources: Mapping[str, float] | None = None) -> StagePlan:
+def plan_stages(
+    options: ClusterOptions,
+    chunk_bytes: int,
+    read_tasks: int | None = None,
+    resources: Mapping[str, float] | None = None,
+) -> StagePlan:
     """Size the stages from the cluster's resources (default: the connected cluster's
     ``ray.cluster_resources()``); sets Ray Data's resource limits on the current DataContext.
 
@@ -272,28 +298,38 @@ def plan_stages(options: ClusterOptions, chunk_bytes: int, read_tasks: int | Non
     # CPUs are there already, and a pool growing from one leaves them idle while the first
     # chunks queue on it.
     min_size = min(max_size, read_tasks or max_size) if not per_actor else min(options.min_actors, max_size)
-    pool = ActorPoolStrategy(min_size=min_size, max_size=max_size,
-                             max_tasks_in_flight_per_actor=options.tasks_per_actor,
-                             max_concurrent_calls_per_actor=options.calls_per_actor,
-                             enable_true_multi_threading=options.calls_per_actor > 1)
+    pool = ActorPoolStrategy(
+        min_size=min_size,
+        max_size=max_size,
+        max_tasks_in_flight_per_actor=options.tasks_per_actor,
+        max_concurrent_calls_per_actor=options.calls_per_actor,
+        enable_true_multi_threading=options.calls_per_actor > 1,
+    )
     read_concurrency = max(2, math.ceil(options.read_tasks_per_actor * max_size))
     if read_tasks is not None:
         read_concurrency = max(1, min(read_concurrency, read_tasks))  # Ray Data warns about idle slots
     # Set (or reset) on every plan: the DataContext outlives a run in a notebook or test session.
     ctx = DataContext.get_current()
-    ctx.execution_options.resource_limits = ExecutionResources.for_limits(object_store_memory=options.object_store_bytes)
+    ctx.execution_options.resource_limits = ExecutionResources.for_limits(
+        object_store_memory=options.object_store_bytes
+    )
     # With min_actors > 1 the data starts only when those actors are up, so the first chunks
     # do not all queue on the actor that happened to start first.
     ctx.wait_for_min_actors_s = MIN_ACTORS_WAIT_S if min_size > 1 else DEFAULT_WAIT_FOR_MIN_ACTORS_S
-    limits = {"object_store_bytes": options.object_store_bytes,
-              "wait_for_min_actors_s": MIN_ACTORS_WAIT_S if min_size > 1 else None}
+    limits = {
+        "object_store_bytes": options.object_store_bytes,
+        "wait_for_min_actors_s": MIN_ACTORS_WAIT_S if min_size > 1 else None,
+    }
     # A read task holds a chunk of frames plus the decoder's buffers: telling Ray its memory
     # keeps many 4K decodes off one node, and the differing resources keep Ray from fusing the
     # read into the labeler actors, so decoding runs in CPU tasks beside them, not inside them.
     # Its concurrency bounds the decoded frames in flight: each read task is a streaming
     # generator that Ray pauses when its unconsumed blocks pile up.
-    read = {"num_cpus": options.reader_cpus, "memory": READ_TASK_BASE_BYTES + 8 * chunk_bytes,
-            "concurrency": read_concurrency}
+    read = {
+        "num_cpus": options.reader_cpus,
+        "memory": READ_TASK_BASE_BYTES + 8 * chunk_bytes,
+        "concurrency": read_concurrency,
+    }
     label = {"compute": pool, "num_gpus": per_actor}
     if not per_actor and options.cpus_per_actor == 1.0:
         # One actor per CPU asking a whole CPU each would leave none for the decode and write
@@ -304,8 +340,16 @@ def plan_stages(options: ClusterOptions, chunk_bytes: int, read_tasks: int | Non
         # "experimental" by Ray Data, so it is left out unless asked for.
         label["num_cpus"] = options.cpus_per_actor
     write = {"num_cpus": options.writer_cpus}
-    return StagePlan(read=read, label=label, write=write, max_actors=max_size, gpus_per_actor=per_actor,
-                     cluster_gpus=gpus, cluster_cpus=cpus, limits=limits)
+    return StagePlan(
+        read=read,
+        label=label,
+        write=write,
+        max_actors=max_size,
+        gpus_per_actor=per_actor,
+        cluster_gpus=gpus,
+        cluster_cpus=cpus,
+        limits=limits,
+    )
 
 
 def actor_pool(options: ClusterOptions) -> tuple[Any, dict[str, float]]:

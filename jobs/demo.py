@@ -22,14 +22,14 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from infra.local_s3 import LocalS3
+from pipeline.evaluate.pictures import robust_max_radius, write_png
+from pipeline.label.labeler import LabelerConfig
 from pipeline.read.datasource import ReadOptions, read_unit
 from pipeline.read.decode import DecodeOptions
-from pipeline.label.labeler import LabelerConfig
 from pipeline.read.plan import plan_units
+from pipeline.read.sources import list_sources
 from pipeline.schema import arrays_from_table
 from pipeline.write.sinks import SinkOptions
-from pipeline.read.sources import list_sources
-from pipeline.evaluate.pictures import robust_max_radius, write_png
 
 from .label import LabelJob, format_label_summary, run_label
 from .synthetic import Motion, translating_frames, write_image_sequence, write_translating_video
@@ -86,9 +86,14 @@ def write_panels(table, local_inputs: dict[str, Path], out_dir: Path, per_source
         arrays = arrays_from_table(rows)
         for i in range(rows.num_rows):
             flow = arrays["flow"][i].astype(np.float32)
-            image = label_panel(flow, arrays["occlusion"][i], arrays["confidence"][i], frame0=frames[i],
-                                title=f"{name}: frames {rows['frame0'][i].as_py()}, {rows['frame1'][i].as_py()}",
-                                max_radius=robust_max_radius(flow))
+            image = label_panel(
+                flow,
+                arrays["occlusion"][i],
+                arrays["confidence"][i],
+                frame0=frames[i],
+                title=f"{name}: frames {rows['frame0'][i].as_py()}, {rows['frame1'][i].as_py()}",
+                max_radius=robust_max_radius(flow),
+            )
             path = out_dir / f"{Path(name).stem}_{rows['frame0'][i].as_py():04d}.png"
             write_png(str(path), image)
             written.append(path)
@@ -98,8 +103,12 @@ def write_panels(table, local_inputs: dict[str, Path], out_dir: Path, per_source
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out-dir", default="demo-out", help="where the flow colour panels go")
-    parser.add_argument("--sequence", type=Path, help="an image-sequence folder to label as well (default: the "
-                                                      "Sintel alley_1 excerpt if present, else a generated one)")
+    parser.add_argument(
+        "--sequence",
+        type=Path,
+        help="an image-sequence folder to label as well (default: the "
+        "Sintel alley_1 excerpt if present, else a generated one)",
+    )
     args = parser.parse_args(argv)
     if args.sequence is not None and not args.sequence.is_dir():
         print(f"demo: --sequence: expected a folder of frames, got {args.sequence}", file=sys.stderr)
@@ -116,14 +125,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"SeaweedFS S3 on {s3.endpoint_url}; corpus uploaded to s3://{s3.bucket}/corpus/")
 
         out = f"s3://{s3.bucket}/labels/demo"
-        job = LabelJob(inputs=(f"s3://{s3.bucket}/corpus/videos/", f"s3://{s3.bucket}/corpus/sequences/"),
-                       sink=SinkOptions(out), labeler=LabelerConfig(model="dis"), corpus="demo",
-                       storage_options=s3.storage_options)
+        job = LabelJob(
+            inputs=(f"s3://{s3.bucket}/corpus/videos/", f"s3://{s3.bucket}/corpus/sequences/"),
+            sink=SinkOptions(out),
+            labeler=LabelerConfig(model="dis"),
+            corpus="demo",
+            storage_options=s3.storage_options,
+        )
         result = run_label(job)
         print(format_label_summary(result, job.sink))
 
-        table = pads.dataset(out.removeprefix("s3://"), filesystem=fs, format="parquet",
-                             partitioning="hive").to_table()
+        table = pads.dataset(out.removeprefix("s3://"), filesystem=fs, format="parquet", partitioning="hive").to_table()
         print(f"read back {table.num_rows} rows with plain pyarrow from {out}")
         known = {**DEMO_VIDEOS, **(dict([DEMO_SEQUENCE]) if generated else {})}
         for name, (_, _, _, motion) in known.items():

@@ -23,8 +23,8 @@ from pipeline.read.decode import DecodeOptions
 from pipeline.read.manifest import ManifestOptions
 from pipeline.read.plan import PlanOptions, ReadUnit, plan_units
 from pipeline.read.sources import ListingError, Source, list_sources
-from pipeline.write.clip_summary import CLIP_SUMMARY_DIR, clip_summary_rows, write_clip_summary
 from pipeline.storage import join, redact
+from pipeline.write.clip_summary import CLIP_SUMMARY_DIR, clip_summary_rows, write_clip_summary
 from pipeline.write.exactly_once import Books, OutputConflictError, check_same_settings, unit_outcomes
 from pipeline.write.records import ERRORS_DIR, UnitRecord, clear_records, settled_units, write_record
 from pipeline.write.run_manifest import RunProgress, versions
@@ -32,8 +32,14 @@ from pipeline.write.sinks import SinkOptions, write_batch
 
 from .cluster import ClusterOptions, connect, map_whole_blocks, plan_stages
 from .label_clips import clip_unit, run_clip_labels
-from .options import (add_cluster_options, add_model_options, add_storage_options, cluster_options, labeler_config,
-                      run_command)
+from .options import (
+    add_cluster_options,
+    add_model_options,
+    add_storage_options,
+    cluster_options,
+    labeler_config,
+    run_command,
+)
 from .stats import format_stats, placements, run_stats, stage_stats
 
 __all__ = ["LabelJob", "LabelResult", "OutputConflictError", "run_label", "prepare", "execute", "finish"]
@@ -120,8 +126,13 @@ def run_label(job: LabelJob) -> LabelResult:
     """
     started = time.time()
     plan = prepare(job, started)
-    progress = RunProgress(job.sink.out, plan.manifest, job.storage_options, total=len(plan.units),
-                           settled_before=len(plan.units) - len(plan.pending))
+    progress = RunProgress(
+        job.sink.out,
+        plan.manifest,
+        job.storage_options,
+        total=len(plan.units),
+        settled_before=len(plan.units) - len(plan.pending),
+    )
     progress.write("running")
     summaries, execution = execute(job, plan, progress)
     return finish(job, plan, summaries, execution, progress, started)
@@ -138,8 +149,11 @@ def prepare(job: LabelJob, started: float) -> RunPlan:
     sources, listing_errors = list_sources(job.inputs, so, job.corpus, job.manifest)
     units = plan_units(sources, job.read.decode, job.plan, so)
     books = Books.read(job.sink, so)
-    pending = [replace(u, done_chunks=books.committed.get(u.source.video_id, frozenset()))
-               for u in units if u.key not in books.settled]
+    pending = [
+        replace(u, done_chunks=books.committed.get(u.source.video_id, frozenset()))
+        for u in units
+        if u.key not in books.settled
+    ]
     clear_records(job.sink.out, [u.key for u in pending] + [_listing_key(e.uri) for e in listing_errors], so)
     for err in listing_errors:
         record = UnitRecord(err.uri, "", _listing_key(err.uri), "list", err.error_type, err.message)
@@ -153,7 +167,7 @@ def execute(job: LabelJob, plan: RunPlan, progress: RunProgress) -> tuple[list[d
     tracker = plan.books.tracker(job.storage_options)
     by_chunk: dict[tuple[str, str], dict[str, Any]] = {}
     execution: dict[str, Any] = {}
-    for summary in (_stream(job, plan.pending, execution) if plan.pending else []):
+    for summary in _stream(job, plan.pending, execution) if plan.pending else []:
         # A retried task re-writes the same chunk under the same name: count it once.
         by_chunk[summary["video_id"], summary["chunk"]] = summary
         tracker.add(summary)
@@ -161,26 +175,50 @@ def execute(job: LabelJob, plan: RunPlan, progress: RunProgress) -> tuple[list[d
     return list(by_chunk.values()), execution
 
 
-def finish(job: LabelJob, plan: RunPlan, summaries: list[dict[str, Any]], execution: dict[str, Any],
-           progress: RunProgress, started: float) -> LabelResult:
+def finish(
+    job: LabelJob,
+    plan: RunPlan,
+    summaries: list[dict[str, Any]],
+    execution: dict[str, Any],
+    progress: RunProgress,
+    started: float,
+) -> LabelResult:
     """The clip labels (``--clip-labels``), the run's records and statistics, and the final manifest."""
     so = dict(job.storage_options)
     clips = run_clip_labels(plan.sources, job.clip_labels, job.sink, job.cluster, so) if job.clip_labels else None
     keys = plan.keys | ({clip_unit(s) for s in plan.sources} if clips else set())
     errors, skipped = unit_outcomes(job.sink.out, keys, so)
     result = LabelResult(
-        sources=len(plan.sources), units=len(plan.units), pairs=int(sum(s["pairs"] for s in summaries)),
-        chunks=len(summaries), bytes_written=int(sum(s["bytes_written"] for s in summaries)),
-        seconds=time.time() - started, per_video=_per_video(summaries), errors=errors, skipped=skipped,
-        settled_before=len(plan.units) - len(plan.pending), clips=clips.clips if clips else 0)
-    result.stats = run_stats(execution.get("stages", []), placements(summaries), pairs=result.pairs,
-                             seconds=result.seconds, errors=len(errors), bytes_written=result.bytes_written,
-                             source_bytes=sum({u.source.uri: u.source.size or 0 for u in plan.pending}.values()))
+        sources=len(plan.sources),
+        units=len(plan.units),
+        pairs=int(sum(s["pairs"] for s in summaries)),
+        chunks=len(summaries),
+        bytes_written=int(sum(s["bytes_written"] for s in summaries)),
+        seconds=time.time() - started,
+        per_video=_per_video(summaries),
+        errors=errors,
+        skipped=skipped,
+        settled_before=len(plan.units) - len(plan.pending),
+        clips=clips.clips if clips else 0,
+    )
+    result.stats = run_stats(
+        execution.get("stages", []),
+        placements(summaries),
+        pairs=result.pairs,
+        seconds=result.seconds,
+        errors=len(errors),
+        bytes_written=result.bytes_written,
+        source_bytes=sum({u.source.uri: u.source.size or 0 for u in plan.pending}.values()),
+    )
     # The clip table covers all of out: rewrite it when this run committed something (or it is missing).
     existing = None if summaries else clip_summary_rows(job.sink, so)
     result.clip_summaries = write_clip_summary(job.sink, so) if existing is None else existing
-    progress.write("finished", stats=result.stats, plan=execution.get("plan"),
-                   counts=_final_counts(result, plan, settled_units(job.sink.out, so)))
+    progress.write(
+        "finished",
+        stats=result.stats,
+        plan=execution.get("plan"),
+        counts=_final_counts(result, plan, settled_units(job.sink.out, so)),
+    )
     return result
 
 
@@ -188,11 +226,19 @@ def _final_counts(result: LabelResult, plan: RunPlan, settled: Mapping[str, str]
     def status(unit: ReadUnit) -> str | None:
         return settled.get(unit.key)
 
-    return {"sources": result.sources, "pairs": result.pairs, "chunks": result.chunks,
-            "bytes_written": result.bytes_written, "errors": len(result.errors), "skipped": len(result.skipped),
-            "clips": result.clips, "units_total": len(plan.units), "units_skipped_as_done": result.settled_before,
-            "units_done": sum(1 for u in plan.units if status(u) in ("done", "skipped")),
-            "units_failed": sum(1 for u in plan.units if status(u) in (None, "failed"))}
+    return {
+        "sources": result.sources,
+        "pairs": result.pairs,
+        "chunks": result.chunks,
+        "bytes_written": result.bytes_written,
+        "errors": len(result.errors),
+        "skipped": len(result.skipped),
+        "clips": result.clips,
+        "units_total": len(plan.units),
+        "units_skipped_as_done": result.settled_before,
+        "units_done": sum(1 for u in plan.units if status(u) in ("done", "skipped")),
+        "units_failed": sum(1 for u in plan.units if status(u) in (None, "failed")),
+    }
 
 
 def _extra_labels(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[str, Any]:
@@ -200,16 +246,26 @@ def _extra_labels(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[str
     on the driver also fails the job early on a bad checkpoint)."""
     out: dict[str, Any] = {}
     if job.frame_labels:
-        out["frame_labels"] = {**asdict(job.frame_labels),
-                               "weights_sha256": job.frame_labels.load("cpu", storage_options).checkpoint_sha256}
+        out["frame_labels"] = {
+            **asdict(job.frame_labels),
+            "weights_sha256": job.frame_labels.load("cpu", storage_options).checkpoint_sha256,
+        }
     if job.clip_labels:
-        out["clip_labels"] = {**asdict(job.clip_labels), "weights_sha256": job.clip_labels.load("cpu", storage_options)[1]}
+        out["clip_labels"] = {
+            **asdict(job.clip_labels),
+            "weights_sha256": job.clip_labels.load("cpu", storage_options)[1],
+        }
     return out
 
 
 def _labeler_kwargs(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[str, Any]:
-    return {"config": job.labeler, "storage_options": storage_options, "frame_labels": job.frame_labels,
-            "flow_encoding": job.sink.flow_encoding, "store": job.sink.store}
+    return {
+        "config": job.labeler,
+        "storage_options": storage_options,
+        "frame_labels": job.frame_labels,
+        "flow_encoding": job.sink.flow_encoding,
+        "store": job.sink.store,
+    }
 
 
 def _listing_key(uri: str) -> str:
@@ -229,8 +285,9 @@ def _stream(job: LabelJob, units: list[ReadUnit], execution: dict[str, Any]) -> 
     ds = ray.data.read_datasource(source, override_num_blocks=len(units), **stages.read)
     # Ray Data restarts a killed labeler actor and redoes its batch (max_restarts=-1 by default).
     ds = map_whole_blocks(ds, Labeler, fn_constructor_kwargs=_labeler_kwargs(job, so), **stages.label)
-    ds = ds.map_batches(write_batch, fn_kwargs={"options": job.sink, "storage_options": so},
-                        batch_size=None, **stages.write)
+    ds = ds.map_batches(
+        write_batch, fn_kwargs={"options": job.sink, "storage_options": so}, batch_size=None, **stages.write
+    )
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         yield from _rows(batch)
     execution["stages"] = stage_stats(ds)
@@ -244,8 +301,18 @@ def _rows(batch: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
 def _per_video(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     videos: dict[str, dict[str, Any]] = {}
     for s in summaries:
-        v = videos.setdefault(s["video_id"], {"video_id": s["video_id"], "source": s["source"], "corpus": s["corpus"],
-                                              "pairs": 0, "pixels": 0, "flow_magnitude_sum": 0.0, "occluded_sum": 0})
+        v = videos.setdefault(
+            s["video_id"],
+            {
+                "video_id": s["video_id"],
+                "source": s["source"],
+                "corpus": s["corpus"],
+                "pairs": 0,
+                "pixels": 0,
+                "flow_magnitude_sum": 0.0,
+                "occluded_sum": 0,
+            },
+        )
         for key in ("pairs", "pixels", "flow_magnitude_sum", "occluded_sum"):
             v[key] += s[key]
     out = []
@@ -260,13 +327,24 @@ def _per_video(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _manifest(job: LabelJob, checkpoint_sha256: str, started: float) -> dict[str, Any]:
     labeler = asdict(job.labeler)
     return {
-        "tool": "flowlabel", "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
-        "inputs": list(job.inputs), "manifest": asdict(job.manifest) if job.manifest else None,
-        "out": job.sink.out, "model": job.labeler.model,
-        "checkpoint": job.labeler.checkpoint, "checkpoint_sha256": checkpoint_sha256,
-        "options": {"labeler": labeler, "decode": asdict(job.read.decode), "read": asdict(job.read),
-                    "plan": asdict(job.plan), "sink": asdict(job.sink), "corpus": job.corpus},
-        "storage_options": redact(job.storage_options), "versions": versions(),
+        "tool": "flowlabel",
+        "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "inputs": list(job.inputs),
+        "manifest": asdict(job.manifest) if job.manifest else None,
+        "out": job.sink.out,
+        "model": job.labeler.model,
+        "checkpoint": job.labeler.checkpoint,
+        "checkpoint_sha256": checkpoint_sha256,
+        "options": {
+            "labeler": labeler,
+            "decode": asdict(job.read.decode),
+            "read": asdict(job.read),
+            "plan": asdict(job.plan),
+            "sink": asdict(job.sink),
+            "corpus": job.corpus,
+        },
+        "storage_options": redact(job.storage_options),
+        "versions": versions(),
     }
 
 
@@ -281,16 +359,27 @@ def _short_hash(text: str) -> str:
 
 def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``flowlabel label``."""
-    parser.add_argument("inputs", nargs="*", metavar="SRC",
-                        help="video files, folders, globs, image-sequence folders or http(s):// URLs "
-                             "(optional with --manifest)")
-    parser.add_argument("--manifest", metavar="URI",
-                        help="a list of input videos: .parquet, .csv, .jsonl/.ndjson, or plain text (one URI a line)")
-    parser.add_argument("--manifest-column", default="uri", metavar="NAME",
-                        help="the manifest column of input URIs (default uri)")
-    parser.add_argument("--carry", default="", metavar="COL,COL",
-                        help="manifest columns copied into every output row of their input, as text (null stays "
-                             "null); optional start/end columns (seconds) label only that span of a video")
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="SRC",
+        help="video files, folders, globs, image-sequence folders or http(s):// URLs (optional with --manifest)",
+    )
+    parser.add_argument(
+        "--manifest",
+        metavar="URI",
+        help="a list of input videos: .parquet, .csv, .jsonl/.ndjson, or plain text (one URI a line)",
+    )
+    parser.add_argument(
+        "--manifest-column", default="uri", metavar="NAME", help="the manifest column of input URIs (default uri)"
+    )
+    parser.add_argument(
+        "--carry",
+        default="",
+        metavar="COL,COL",
+        help="manifest columns copied into every output row of their input, as text (null stays "
+        "null); optional start/end columns (seconds) label only that span of a video",
+    )
     parser.add_argument("--out", required=True, help="output URI (local path, s3://bucket/prefix, …)")
     add_model_options(parser)
     parser.add_argument("--stride", type=int, default=1, help="pair frame k with k+stride (default 1)")
@@ -298,33 +387,68 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-side", type=int, help="downscale so that max(H, W) ≤ this (flow in resized pixels)")
     parser.add_argument("--max-pairs-per-video", type=int, help="label at most this many pairs per video")
     parser.add_argument("--max-pixels", type=int, help="frames above this many pixels are downscaled or rejected")
-    parser.add_argument("--oversize", choices=("downscale", "reject"), default="downscale",
-                        help="what --max-pixels does with a larger frame (default downscale)")
-    parser.add_argument("--chunk-mb", type=float, default=48.0,
-                        help="frame megabytes per chunk of pairs: the unit of labeling and of output files")
+    parser.add_argument(
+        "--oversize",
+        choices=("downscale", "reject"),
+        default="downscale",
+        help="what --max-pixels does with a larger frame (default downscale)",
+    )
+    parser.add_argument(
+        "--chunk-mb",
+        type=float,
+        default=48.0,
+        help="frame megabytes per chunk of pairs: the unit of labeling and of output files",
+    )
     parser.add_argument("--format", choices=("parquet", "npz", "both"), default="parquet")
-    parser.add_argument("--flow-encoding", choices=("int16", "float16"), default="int16",
-                        help="int16: flow in 1/64 px steps (KITTI precision) and confidence in 1/255, about "
-                             "half the bytes (default); float16: as the model's float16 output")
-    parser.add_argument("--store", choices=("dense", "summary"), default="dense",
-                        help="dense: label arrays and per-pair motion summaries (default); summary: the motion "
-                             "summaries only, no arrays (curation; Parquet only). Both write <out>/_clips_summary/")
-    parser.add_argument("--partition", default="corpus,video",
-                        help="hive partition keys, comma-separated, from {corpus, video}; 'none' for flat")
+    parser.add_argument(
+        "--flow-encoding",
+        choices=("int16", "float16"),
+        default="int16",
+        help="int16: flow in 1/64 px steps (KITTI precision) and confidence in 1/255, about "
+        "half the bytes (default); float16: as the model's float16 output",
+    )
+    parser.add_argument(
+        "--store",
+        choices=("dense", "summary"),
+        default="dense",
+        help="dense: label arrays and per-pair motion summaries (default); summary: the motion "
+        "summaries only, no arrays (curation; Parquet only). Both write <out>/_clips_summary/",
+    )
+    parser.add_argument(
+        "--partition",
+        default="corpus,video",
+        help="hive partition keys, comma-separated, from {corpus, video}; 'none' for flat",
+    )
     parser.add_argument("--corpus", help="corpus name (default: last path element of each input's root)")
-    parser.add_argument("--segment-frames", type=int, default=1800,
-                        help="split videos larger than --split-mb into read tasks of about this many frames")
-    parser.add_argument("--split-mb", type=float, default=256.0,
-                        help="videos above this size are split (default 256)")
-    parser.add_argument("--frame-labels", metavar="NAME", choices=("perceiver_image_classifier",),
-                        help="add the top-k image classes of frame0 to each pair row: perceiver_image_classifier")
+    parser.add_argument(
+        "--segment-frames",
+        type=int,
+        default=1800,
+        help="split videos larger than --split-mb into read tasks of about this many frames",
+    )
+    parser.add_argument("--split-mb", type=float, default=256.0, help="videos above this size are split (default 256)")
+    parser.add_argument(
+        "--frame-labels",
+        metavar="NAME",
+        choices=("perceiver_image_classifier",),
+        help="add the top-k image classes of frame0 to each pair row: perceiver_image_classifier",
+    )
     parser.add_argument("--frame-labels-checkpoint", metavar="URI", help="its HuggingFace model directory")
     parser.add_argument("--frame-labels-top-k", type=int, default=5, help="classes per frame (default 5)")
-    parser.add_argument("--frame-labels-every", type=int, default=1, metavar="N",
-                        help="classify frame0 of every N-th pair of a video; the others get nulls (default 1)")
-    parser.add_argument("--clip-labels", metavar="NAME", choices=("perceiver_multimodal",),
-                        help="write a clip table to <out>/_clips/ (Kinetics-700 classes and reconstruction errors "
-                             "of 16-frame clips with audio): perceiver_multimodal")
+    parser.add_argument(
+        "--frame-labels-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="classify frame0 of every N-th pair of a video; the others get nulls (default 1)",
+    )
+    parser.add_argument(
+        "--clip-labels",
+        metavar="NAME",
+        choices=("perceiver_multimodal",),
+        help="write a clip table to <out>/_clips/ (Kinetics-700 classes and reconstruction errors "
+        "of 16-frame clips with audio): perceiver_multimodal",
+    )
     parser.add_argument("--clip-labels-checkpoint", metavar="URI", help="its HuggingFace model directory")
     parser.add_argument("--clip-labels-top-k", type=int, default=5, help="classes per clip (default 5)")
     add_storage_options(parser)
@@ -342,23 +466,36 @@ def label_job(args: argparse.Namespace) -> LabelJob:
     """The options of ``flowlabel label`` as a :class:`LabelJob`."""
     formats = ("parquet", "npz") if args.format == "both" else (args.format,)
     partition = () if args.partition == "none" else tuple(p.strip() for p in args.partition.split(",") if p.strip())
-    decode = DecodeOptions(stride=args.stride, fps=args.fps, max_side=args.max_side,
-                           max_pairs=args.max_pairs_per_video, max_pixels=args.max_pixels, oversize=args.oversize)
+    decode = DecodeOptions(
+        stride=args.stride,
+        fps=args.fps,
+        max_side=args.max_side,
+        max_pairs=args.max_pairs_per_video,
+        max_pixels=args.max_pixels,
+        oversize=args.oversize,
+    )
     return LabelJob(
         inputs=tuple(args.inputs),
-        sink=SinkOptions(args.out, formats=formats, partition=partition, flow_encoding=args.flow_encoding,
-                         store=args.store),
+        sink=SinkOptions(
+            args.out, formats=formats, partition=partition, flow_encoding=args.flow_encoding, store=args.store
+        ),
         labeler=labeler_config(args),
         read=ReadOptions(decode=decode, chunk_bytes=int(args.chunk_mb * 2**20)),
         plan=PlanOptions(segment_frames=args.segment_frames, split_bytes=int(args.split_mb * 2**20)),
         cluster=cluster_options(args),
         corpus=args.corpus,
         storage_options=args.storage_options,
-        frame_labels=FrameLabelOptions(args.frame_labels, args.frame_labels_checkpoint or "",
-                                       top_k=args.frame_labels_top_k, every=args.frame_labels_every)
-        if args.frame_labels else None,
+        frame_labels=FrameLabelOptions(
+            args.frame_labels,
+            args.frame_labels_checkpoint or "",
+            top_k=args.frame_labels_top_k,
+            every=args.frame_labels_every,
+        )
+        if args.frame_labels
+        else None,
         clip_labels=ClipLabelOptions(args.clip_labels, args.clip_labels_checkpoint or "", top_k=args.clip_labels_top_k)
-        if args.clip_labels else None,
+        if args.clip_labels
+        else None,
         manifest=manifest_options(args),
     )
 
@@ -384,21 +521,27 @@ def format_label_summary(result: LabelResult, sink: SinkOptions) -> str:
     """What ``flowlabel label`` prints at the end: totals, one line per video, failures, stage statistics."""
     out = sink.out
     if result.settled_before and result.settled_before == result.units and not result.pairs:
-        lines = [f"nothing to do: all {result.units} units of these {result.sources} sources were already labeled "
-                 f"in {out} by an earlier run with the same settings"]
+        lines = [
+            f"nothing to do: all {result.units} units of these {result.sources} sources were already labeled "
+            f"in {out} by an earlier run with the same settings"
+        ]
     else:
         files = result.chunks * len(sink.formats)
-        lines = [f"labeled {result.pairs} pairs from {result.sources} sources in {result.seconds:.1f} s "
-                 f"({result.pairs_per_second:.2f} pairs/s): {result.chunks} chunks in {files} files "
-                 f"({' + '.join(sink.formats)}), {result.bytes_written / 2**20:.1f} MiB, in {out}"]
+        lines = [
+            f"labeled {result.pairs} pairs from {result.sources} sources in {result.seconds:.1f} s "
+            f"({result.pairs_per_second:.2f} pairs/s): {result.chunks} chunks in {files} files "
+            f"({' + '.join(sink.formats)}), {result.bytes_written / 2**20:.1f} MiB, in {out}"
+        ]
         if result.settled_before:
-            lines.append(f"resumed: {result.settled_before} of {result.units} units were already labeled "
-                         "by an earlier run")
+            lines.append(
+                f"resumed: {result.settled_before} of {result.units} units were already labeled by an earlier run"
+            )
     if result.per_video:
         lines.append(f"{'pairs':>7}  {'mean |flow| px':>14}  {'occluded':>8}  source")
         for v in result.per_video:
-            lines.append(f"{v['pairs']:>7}  {v['mean_flow_magnitude']:>14.3f}  {v['occluded_fraction']:>7.1%}  "
-                         f"{v['source']}")
+            lines.append(
+                f"{v['pairs']:>7}  {v['mean_flow_magnitude']:>14.3f}  {v['occluded_fraction']:>7.1%}  {v['source']}"
+            )
     if result.clips:
         lines.append(f"labeled {result.clips} clips ({join(out, CLIPS_DIR)}/)")
     if result.clip_summaries:

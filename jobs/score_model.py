@@ -21,12 +21,23 @@ from typing import Any
 
 from models import get_spec
 from pipeline.evaluate.datasets import PairRecord
-from pipeline.label.labeler import LabelerConfig
-from pipeline.write.run_manifest import versions
 from pipeline.evaluate.metrics import PairStats, ScoreAccumulator
-from pipeline.evaluate.scoring import (BENCHMARK_INFO, Scorer, benchmark_info, benchmark_overrides, encode_submission,
-                              list_benchmark, load_row, record_from_json, record_to_json, submission_path, summarize)
+from pipeline.evaluate.scoring import (
+    BENCHMARK_INFO,
+    Scorer,
+    benchmark_info,
+    benchmark_overrides,
+    encode_submission,
+    list_benchmark,
+    load_row,
+    record_from_json,
+    record_to_json,
+    submission_path,
+    summarize,
+)
+from pipeline.label.labeler import LabelerConfig
 from pipeline.storage import filesystem, join, scrub, write_atomic
+from pipeline.write.run_manifest import versions
 
 from .cluster import ClusterOptions, actor_pool, connect
 from .options import add_cluster_options, add_model_options, add_storage_options, cluster_options, labeler_config
@@ -37,8 +48,14 @@ SCORES_MD = "scores.md"
 FLOW_DIR = "flow"
 # Two 8-bit frames and float32 flow of a 2560×1080 HD1K pair take 40 MiB; the rest is decode headroom.
 READ_MEMORY_BYTES = 64 * 2**20
-UNITS = {"epe": "px", "epe_image_mean": "px", "fl_all": "% of valid pixels", "px1": "% of valid pixels",
-         "px3": "% of valid pixels", "px5": "% of valid pixels"}
+UNITS = {
+    "epe": "px",
+    "epe_image_mean": "px",
+    "fl_all": "% of valid pixels",
+    "px1": "% of valid pixels",
+    "px3": "% of valid pixels",
+    "px5": "% of valid pixels",
+}
 
 
 @dataclass(frozen=True)
@@ -89,8 +106,9 @@ def resolve_settings(job: ScoreJob) -> tuple[LabelerConfig, dict[str, Any]]:
     """The labeler config with the checkpoint's official settings for this benchmark under the user's
     overrides, and the record of where each setting came from."""
     spec = get_spec(job.labeler.model)
-    checkpoint = (spec.find_checkpoint(job.labeler.checkpoint, job.labeler.checkpoint_sha256)
-                  if job.labeler.checkpoint else None)
+    checkpoint = (
+        spec.find_checkpoint(job.labeler.checkpoint, job.labeler.checkpoint_sha256) if job.labeler.checkpoint else None
+    )
     overrides = benchmark_overrides(checkpoint, job.benchmark, job.labeler.overrides)
     official = {k: v for k, v in overrides.items() if k not in job.labeler.overrides}
     settings = {
@@ -121,8 +139,9 @@ def run_score(job: ScoreJob) -> ScoreResult:
     settings["model_config"] = dict(model.config)
     checkpoint_sha256 = model.checkpoint_sha256
     del model
-    by_pass = list_benchmark(job.benchmark, job.root, split=split, passes=job.passes, patterns=job.pairs,
-                             storage_options=so)
+    by_pass = list_benchmark(
+        job.benchmark, job.root, split=split, passes=job.passes, patterns=job.pairs, storage_options=so
+    )
     records = [r for rs in by_pass.values() for r in rs]
 
     write_flow = _flow_writer(job.out, so) if job.save_flow else None
@@ -135,9 +154,17 @@ def run_score(job: ScoreJob) -> ScoreResult:
             flows_written += 1
 
     common = {
-        "benchmark": job.benchmark, "title": info.title, "split": split, "root": job.root,
-        "model": labeler.model, "checkpoint": labeler.checkpoint, "checkpoint_sha256": checkpoint_sha256,
-        "pairs_selected": list(job.pairs), "settings": settings, "versions": versions(), "units": UNITS,
+        "benchmark": job.benchmark,
+        "title": info.title,
+        "split": split,
+        "root": job.root,
+        "model": labeler.model,
+        "checkpoint": labeler.checkpoint,
+        "checkpoint_sha256": checkpoint_sha256,
+        "pairs_selected": list(job.pairs),
+        "settings": settings,
+        "versions": versions(),
+        "units": UNITS,
     }
     scores = []
     for pass_name, items in collected.items():
@@ -145,8 +172,9 @@ def run_score(job: ScoreJob) -> ScoreResult:
         accumulator = ScoreAccumulator()
         accumulator.extend((record.pair_id, stats) for record, stats in items)
         if len(accumulator.pairs) != len(by_pass[pass_name]):
-            raise RuntimeError(f"expected {len(by_pass[pass_name])} scored pairs for pass {pass_name!r}, "
-                               f"got {len(accumulator.pairs)}")
+            raise RuntimeError(
+                f"expected {len(by_pass[pass_name])} scored pairs for pass {pass_name!r}, got {len(accumulator.pairs)}"
+            )
         scores.append({**common, "pass": pass_name, **summarize(accumulator)})
     result = ScoreResult(scores, time.time() - started, flows_written, collected)
     if job.out:
@@ -154,8 +182,9 @@ def run_score(job: ScoreJob) -> ScoreResult:
     return result
 
 
-def _execute(job: ScoreJob, labeler: LabelerConfig,
-             records: Sequence[PairRecord]) -> Iterator[tuple[PairRecord, PairStats, Any]]:
+def _execute(
+    job: ScoreJob, labeler: LabelerConfig, records: Sequence[PairRecord]
+) -> Iterator[tuple[PairRecord, PairStats, Any]]:
     import ray
 
     connect(job.cluster)
@@ -166,12 +195,15 @@ def _execute(job: ScoreJob, labeler: LabelerConfig,
     # A read task holds one pair's frames and ground truth: telling Ray its memory keeps many
     # large reads off one node, and the differing resources keep Ray from fusing the read into
     # the scorer actors, so loading runs in CPU tasks beside them (as in the label job).
-    ds = ds.map(load_row, fn_kwargs={"storage_options": so}, num_cpus=job.cluster.reader_cpus,
-                memory=READ_MEMORY_BYTES)
+    ds = ds.map(load_row, fn_kwargs={"storage_options": so}, num_cpus=job.cluster.reader_cpus, memory=READ_MEMORY_BYTES)
     # Ray's actor pools restart a killed actor and redo its batch by default (max_restarts=-1).
-    ds = ds.map_batches(Scorer, fn_constructor_kwargs={"config": labeler, "keep_flow": job.save_flow,
-                                                       "storage_options": so},
-                        batch_size=labeler.batch_size, compute=pool, **resources)
+    ds = ds.map_batches(
+        Scorer,
+        fn_constructor_kwargs={"config": labeler, "keep_flow": job.save_flow, "storage_options": so},
+        batch_size=labeler.batch_size,
+        compute=pool,
+        **resources,
+    )
     for row in ds.iter_rows():
         stats = PairStats.from_dict(json.loads(row["stats"]))
         yield record_from_json(row["record"]), stats, row.get("flow")
@@ -189,8 +221,12 @@ def _flow_writer(out: str, storage_options: Mapping[str, Any]) -> Callable[[Pair
 def write_outputs(result: ScoreResult, out: str, storage_options: Mapping[str, Any] | None = None) -> None:
     """``out/scores.json`` and ``out/scores.md``, each replaced atomically."""
     fs, root = filesystem(out, storage_options)
-    document = {"tool": "flowlabel score", "created_at": datetime.now(timezone.utc).isoformat(),
-                "seconds": round(result.seconds, 3), "scores": result.scores}
+    document = {
+        "tool": "flowlabel score",
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "seconds": round(result.seconds, 3),
+        "scores": result.scores,
+    }
     write_atomic(fs, join(root, SCORES_JSON), json.dumps(_json_safe(document), indent=2, sort_keys=True).encode())
     write_atomic(fs, join(root, SCORES_MD), score_table(result.scores).encode())
 
@@ -234,13 +270,22 @@ def score_table(scores: Sequence[Mapping[str, Any]]) -> str:
         lines.append(
             f"| {s['pass'] or '–'} | {s['num_pairs']} | {fmt(s['epe'])} | {fmt(s['epe_image_mean'])} "
             f"| {fmt(s['fl_all'], 2)} | {fmt(s['px1'], 2)} | {fmt(s['px3'], 2)} | {fmt(s['px5'], 2)} "
-            f"| {fmt(s.get('epe_occ'))} | {fmt(s.get('epe_noc'))} | {fmt(s.get('occ_f1'))} | {fmt(s.get('ause'))} |")
-    lines += ["", "EPE: pixel-weighted over the valid pixels of all pairs (Sintel server, KITTI devkit); "
-                  "EPE (image mean): mean of per-pair EPEs (RAFT's validate_kitti). Fl-all: % of valid pixels "
-                  "with EPE > 3 px and > 5 % of |gt|. Occlusion (F1) comes from the forward-backward check, "
-                  + ("confidence (AUSE) from the model's own uncertainty (--confidence model)."
-                     if first["settings"].get("confidence") == "model" else "and so does confidence (AUSE)."),
-              "", "| pair | EPE | Fl-all % |", "|---|---:|---:|"]
+            f"| {fmt(s.get('epe_occ'))} | {fmt(s.get('epe_noc'))} | {fmt(s.get('occ_f1'))} | {fmt(s.get('ause'))} |"
+        )
+    lines += [
+        "",
+        "EPE: pixel-weighted over the valid pixels of all pairs (Sintel server, KITTI devkit); "
+        "EPE (image mean): mean of per-pair EPEs (RAFT's validate_kitti). Fl-all: % of valid pixels "
+        "with EPE > 3 px and > 5 % of |gt|. Occlusion (F1) comes from the forward-backward check, "
+        + (
+            "confidence (AUSE) from the model's own uncertainty (--confidence model)."
+            if first["settings"].get("confidence") == "model"
+            else "and so does confidence (AUSE)."
+        ),
+        "",
+        "| pair | EPE | Fl-all % |",
+        "|---|---:|---:|",
+    ]
     for s in scores:
         for pair_id, row in s["per_pair"].items():
             lines.append(f"| {pair_id} | {fmt(row['epe'])} | {fmt(row['fl_all_pct'], 2)} |")
@@ -252,19 +297,29 @@ def score_table(scores: Sequence[Mapping[str, Any]]) -> str:
 
 def register(subparsers: argparse._SubParsersAction, help: str) -> None:
     """Add ``flowlabel score`` (called by jobs.cli)."""
-    p = subparsers.add_parser("score", help=help,
-                              description="Score a flow model on a benchmark in its official layout; writes "
-                                          "scores.json and scores.md to --out, and prints the table.")
+    p = subparsers.add_parser(
+        "score",
+        help=help,
+        description="Score a flow model on a benchmark in its official layout; writes "
+        "scores.json and scores.md to --out, and prints the table.",
+    )
     p.add_argument("benchmark", choices=sorted(BENCHMARK_INFO), help="kitti is KITTI-2015")
     p.add_argument("--root", required=True, help="dataset root in its official layout (local path or URI)")
     p.add_argument("--split", help="default: the benchmark's evaluation split (training; chairs: val; things: test)")
-    p.add_argument("--pass", dest="pass_name", choices=("clean", "final"),
-                   help="Sintel / Things render pass (default: both)")
-    p.add_argument("--pairs", action="append", default=[], metavar="PATTERN",
-                   help="score only pairs matching this pattern on sequence/frame, e.g. 'alley_1/*' (repeatable)")
+    p.add_argument(
+        "--pass", dest="pass_name", choices=("clean", "final"), help="Sintel / Things render pass (default: both)"
+    )
+    p.add_argument(
+        "--pairs",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="score only pairs matching this pattern on sequence/frame, e.g. 'alley_1/*' (repeatable)",
+    )
     p.add_argument("--out", help="output folder or URI for scores.json, scores.md and flow/")
-    p.add_argument("--save-flow", action="store_true",
-                   help="write predictions to OUT/flow/ in the benchmark's submission format")
+    p.add_argument(
+        "--save-flow", action="store_true", help="write predictions to OUT/flow/ in the benchmark's submission format"
+    )
     add_model_options(p)
     add_storage_options(p)
     add_cluster_options(p)
@@ -273,10 +328,16 @@ def register(subparsers: argparse._SubParsersAction, help: str) -> None:
 
 def cmd_score(args: argparse.Namespace) -> int:
     job = ScoreJob(
-        benchmark=args.benchmark, root=args.root, split=args.split,
-        passes=(args.pass_name,) if args.pass_name else (), pairs=tuple(args.pairs),
+        benchmark=args.benchmark,
+        root=args.root,
+        split=args.split,
+        passes=(args.pass_name,) if args.pass_name else (),
+        pairs=tuple(args.pairs),
         labeler=labeler_config(args),
-        out=args.out, save_flow=args.save_flow, cluster=cluster_options(args), storage_options=args.storage_options,
+        out=args.out,
+        save_flow=args.save_flow,
+        cluster=cluster_options(args),
+        storage_options=args.storage_options,
     )
     try:
         result = run_score(job)
@@ -285,6 +346,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(score_table(result.scores))
     if args.out:
-        print(f"wrote {join(args.out, SCORES_JSON)}, {join(args.out, SCORES_MD)}"
-              + (f" and {result.flows_written} flow files under {join(args.out, FLOW_DIR)}" if args.save_flow else ""))
+        print(
+            f"wrote {join(args.out, SCORES_JSON)}, {join(args.out, SCORES_MD)}"
+            + (f" and {result.flows_written} flow files under {join(args.out, FLOW_DIR)}" if args.save_flow else "")
+        )
     return EXIT_OK

@@ -21,24 +21,43 @@ import yaml
 
 from models import REGISTRY
 from pipeline.evaluate.datasets import PairRecord
-from pipeline.label.labeler import LabelerConfig
-from pipeline.write.run_manifest import versions
 from pipeline.evaluate.metrics import ScoreAccumulator
 from pipeline.evaluate.scoring import benchmark_info, benchmark_overrides, list_benchmark, select_pairs, summarize
+from pipeline.label.labeler import LabelerConfig
 from pipeline.storage import filesystem, join, scrub, write_atomic
+from pipeline.write.run_manifest import versions
 
 from .cluster import ClusterOptions
 from .options import add_cluster_options, add_storage_options, cluster_options
 from .score_model import ScoreJob, ScoreResult, fmt, run_score
 
 EXIT_OK, EXIT_FAILED = 0, 1
-METRICS = {"epe": "EPE", "epe_image_mean": "EPE (image mean)", "fl_all": "Fl-all %", "px1": "<1 px %",
-           "px3": "<3 px %", "px5": "<5 px %"}
+METRICS = {
+    "epe": "EPE",
+    "epe_image_mean": "EPE (image mean)",
+    "fl_all": "Fl-all %",
+    "px1": "<1 px %",
+    "px3": "<3 px %",
+    "px5": "<5 px %",
+}
 PERCENT_METRICS = ("fl_all", "px1", "px3", "px5")
 TABLE_KINDS = ("compare", "measure")
 SCOPES = ("full", "pairs")
-ROW_FIELDS = ("model", "checkpoint", "benchmark", "split", "pass", "pairs", "settings", "metric", "reference",
-              "source", "scope", "tolerance", "note")
+ROW_FIELDS = (
+    "model",
+    "checkpoint",
+    "benchmark",
+    "split",
+    "pass",
+    "pairs",
+    "settings",
+    "metric",
+    "reference",
+    "source",
+    "scope",
+    "tolerance",
+    "note",
+)
 
 
 # ----------------------------------------------------------------------------- config
@@ -110,11 +129,15 @@ def _parse_row(raw: Mapping[str, Any], defaults: Mapping[str, Any], where: str) 
     info = benchmark_info(values["benchmark"])
     spec = REGISTRY[values["model"]]
     checkpoint = values.get("checkpoint")
-    _expect(bool(checkpoint) == spec.needs_weights,
-            f"{where}: {spec.name} {'needs' if spec.needs_weights else 'takes no'} checkpoint, got {checkpoint!r}")
+    _expect(
+        bool(checkpoint) == spec.needs_weights,
+        f"{where}: {spec.name} {'needs' if spec.needs_weights else 'takes no'} checkpoint, got {checkpoint!r}",
+    )
     pass_name = values.get("pass") or ""
-    _expect(pass_name in info.passes or (pass_name == "" and info.passes == ("",)),
-            f"{where}: expected pass among {[p for p in info.passes if p]} for {info.name}, got {pass_name!r}")
+    _expect(
+        pass_name in info.passes or (pass_name == "" and info.passes == ("",)),
+        f"{where}: expected pass among {[p for p in info.passes if p]} for {info.name}, got {pass_name!r}",
+    )
     pairs = values.get("pairs") or ()
     pairs = (pairs,) if isinstance(pairs, str) else tuple(str(p) for p in pairs)
     scope = values.get("scope", "pairs")
@@ -124,11 +147,17 @@ def _parse_row(raw: Mapping[str, Any], defaults: Mapping[str, Any], where: str) 
     settings = values.get("settings") or {}
     _expect(isinstance(settings, Mapping), f"{where}: settings: expected a mapping, got {settings!r}")
     return Row(
-        model=values["model"], benchmark=values["benchmark"], checkpoint=checkpoint,
-        split=str(values.get("split") or info.default_split), pass_name=pass_name, pairs=pairs,
-        settings=dict(settings), metric=metric,
+        model=values["model"],
+        benchmark=values["benchmark"],
+        checkpoint=checkpoint,
+        split=str(values.get("split") or info.default_split),
+        pass_name=pass_name,
+        pairs=pairs,
+        settings=dict(settings),
+        metric=metric,
         reference=None if values.get("reference") is None else float(values["reference"]),
-        source=str(values.get("source") or ""), scope=scope,
+        source=str(values.get("source") or ""),
+        scope=scope,
         tolerance=None if values.get("tolerance") is None else float(values["tolerance"]),
         note=str(values.get("note") or ""),
     )
@@ -136,25 +165,32 @@ def _parse_row(raw: Mapping[str, Any], defaults: Mapping[str, Any], where: str) 
 
 def parse_config(data: Mapping[str, Any]) -> ScoresConfig:
     """Validate the YAML document of jobs/scores.yaml; ValueError names the bad entry."""
-    _expect(isinstance(data, Mapping) and data.get("version") == 1,
-            f"scores config: expected a mapping with version: 1, got {str(data)[:80]!r}")
+    _expect(
+        isinstance(data, Mapping) and data.get("version") == 1,
+        f"scores config: expected a mapping with version: 1, got {str(data)[:80]!r}",
+    )
     benchmarks = {}
     for name, entry in (data.get("benchmarks") or {}).items():
         benchmark_info(name)
-        _expect(isinstance(entry, Mapping) and isinstance(entry.get("folder"), str),
-                f"benchmarks.{name}: expected {{folder: NAME, full_pairs: {{split: count}}}}, got {entry!r}")
+        _expect(
+            isinstance(entry, Mapping) and isinstance(entry.get("folder"), str),
+            f"benchmarks.{name}: expected {{folder: NAME, full_pairs: {{split: count}}}}, got {entry!r}",
+        )
         full = {str(k): int(v) for k, v in (entry.get("full_pairs") or {}).items()}
         benchmarks[name] = BenchmarkData(entry["folder"], full)
     tables = []
     for t, raw in enumerate(data.get("tables") or ()):
         where = f"tables[{t}]"
-        _expect(isinstance(raw, Mapping) and isinstance(raw.get("title"), str),
-                f"{where}: expected a title, got {raw!r}")
+        _expect(
+            isinstance(raw, Mapping) and isinstance(raw.get("title"), str), f"{where}: expected a title, got {raw!r}"
+        )
         kind = raw.get("kind", "compare")
         _expect(kind in TABLE_KINDS, f"{where}: kind: expected one of {list(TABLE_KINDS)}, got {kind!r}")
         metrics = tuple(raw.get("metrics") or ())
-        _expect(kind == "compare" or (metrics and set(metrics) <= set(METRICS)),
-                f"{where}: a measure table expects metrics among {list(METRICS)}, got {list(metrics)}")
+        _expect(
+            kind == "compare" or (metrics and set(metrics) <= set(METRICS)),
+            f"{where}: a measure table expects metrics among {list(METRICS)}, got {list(metrics)}",
+        )
         defaults = raw.get("defaults") or {}
         rows = tuple(_parse_row(r, defaults, f"{where}.rows[{i}]") for i, r in enumerate(raw.get("rows") or ()))
         for i, row in enumerate(rows):
@@ -223,8 +259,9 @@ class _Listings:
             else:
                 try:
                     passes = (pass_name,) if pass_name else ()
-                    self._cache[key] = list_benchmark(benchmark, root, split=split, passes=passes,
-                                                      storage_options=self.so)[pass_name]
+                    self._cache[key] = list_benchmark(
+                        benchmark, root, split=split, passes=passes, storage_options=self.so
+                    )[pass_name]
                 except (ValueError, FileNotFoundError) as exc:
                     self._cache[key] = f"benchmark data not usable here ({exc})"
         return self._cache[key]
@@ -236,8 +273,9 @@ def plan_row(row: Row, listings: _Listings, weights_dir: str, storage_options: M
     info = benchmark_info(row.benchmark)
     outcome.full_pairs = listings.config.benchmarks[row.benchmark].full_pairs.get(row.split)
     if row.split in info.server_splits:
-        outcome.reasons.append(f"{row.split} split: no public ground truth; "
-                               "this number comes from the benchmark's evaluation server")
+        outcome.reasons.append(
+            f"{row.split} split: no public ground truth; this number comes from the benchmark's evaluation server"
+        )
         return outcome
     if row.checkpoint:
         fs, path = filesystem(join(weights_dir, row.checkpoint), storage_options)
@@ -253,21 +291,37 @@ def plan_row(row: Row, listings: _Listings, weights_dir: str, storage_options: M
         outcome.reasons.append(f"no pair matches {list(row.pairs)} in {listings.root(row.benchmark)}")
     if row.scope == "full":
         if outcome.full_pairs is None:
-            outcome.reasons.append("cannot tell whether the data is the full split: jobs/scores.yaml gives no "
-                                   f"pair count for {row.benchmark} {row.split}")
+            outcome.reasons.append(
+                "cannot tell whether the data is the full split: jobs/scores.yaml gives no "
+                f"pair count for {row.benchmark} {row.split}"
+            )
         elif len(records) < outcome.full_pairs:
-            outcome.reasons.append(f"only an excerpt of the benchmark is available: {len(records)} of "
-                                   f"{outcome.full_pairs} pairs, not comparable to a full-split number")
+            outcome.reasons.append(
+                f"only an excerpt of the benchmark is available: {len(records)} of "
+                f"{outcome.full_pairs} pairs, not comparable to a full-split number"
+            )
     return outcome
 
 
 def _run_key(row: Row) -> tuple:
-    return (row.model, row.checkpoint, row.benchmark, row.split, row.pass_name,
-            json.dumps(row.settings, sort_keys=True, default=str))
+    return (
+        row.model,
+        row.checkpoint,
+        row.benchmark,
+        row.split,
+        row.pass_name,
+        json.dumps(row.settings, sort_keys=True, default=str),
+    )
 
 
-def build_scores(config: ScoresConfig, *, data_root: str, weights_dir: str, cluster: ClusterOptions = ClusterOptions(),
-                 storage_options: Mapping[str, Any] | None = None) -> tuple[list[list[Outcome]], list[str]]:
+def build_scores(
+    config: ScoresConfig,
+    *,
+    data_root: str,
+    weights_dir: str,
+    cluster: ClusterOptions = ClusterOptions(),
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[list[list[Outcome]], list[str]]:
     """Plan every row, run each needed score once, and fill in the outcomes (per table).
 
     Returns (outcomes per table, messages of runs that failed).
@@ -286,11 +340,19 @@ def build_scores(config: ScoresConfig, *, data_root: str, weights_dir: str, clus
         wanted = {p for m in members for p in m.row.pairs}
         patterns = () if any(not m.row.pairs for m in members) else tuple(sorted(wanted))
         job = ScoreJob(
-            benchmark=row.benchmark, root=listings.root(row.benchmark), split=row.split,
-            passes=(row.pass_name,) if row.pass_name else (), pairs=patterns,
-            labeler=LabelerConfig(model=row.model, overrides=row.settings, batch_size=1,
-                                  checkpoint=join(weights_dir, row.checkpoint) if row.checkpoint else None),
-            cluster=cluster, storage_options=so,
+            benchmark=row.benchmark,
+            root=listings.root(row.benchmark),
+            split=row.split,
+            passes=(row.pass_name,) if row.pass_name else (),
+            pairs=patterns,
+            labeler=LabelerConfig(
+                model=row.model,
+                overrides=row.settings,
+                batch_size=1,
+                checkpoint=join(weights_dir, row.checkpoint) if row.checkpoint else None,
+            ),
+            cluster=cluster,
+            storage_options=so,
         )
         try:
             result = run_score(job)
@@ -345,10 +407,17 @@ def _status(outcome: Outcome) -> str:
     if row.reference is not None and row.tolerance is not None:
         delta = abs(outcome.values[row.metric] - row.reference)
         verdict = "reproduced" if delta <= row.tolerance + 1e-12 else "NOT reproduced"
-        notes.insert(0, f"{verdict} (|Δ| ≤ {row.tolerance:g})" if verdict == "reproduced"
-                     else f"{verdict} (|Δ| > {row.tolerance:g})")
-    if outcome.full_pairs is not None and outcome.pairs_available is not None \
-            and outcome.pairs_available < outcome.full_pairs:
+        notes.insert(
+            0,
+            f"{verdict} (|Δ| ≤ {row.tolerance:g})"
+            if verdict == "reproduced"
+            else f"{verdict} (|Δ| > {row.tolerance:g})",
+        )
+    if (
+        outcome.full_pairs is not None
+        and outcome.pairs_available is not None
+        and outcome.pairs_available < outcome.full_pairs
+    ):
         notes.append(f"excerpt: {outcome.pairs_scored} of {outcome.full_pairs} pairs")
     return "; ".join(notes) or "measured"
 
@@ -358,24 +427,48 @@ def _cell(text: str) -> str:
 
 
 def render_compare(table: Table, outcomes: Sequence[Outcome]) -> list[str]:
-    lines = ["| model | checkpoint | data | metric | settings (changed from defaults) | ours | reference | Δ | status "
-             "| source |",
-             "|---|---|---|---|---|---:|---:|---:|---|---|"]
+    lines = [
+        "| model | checkpoint | data | metric | settings (changed from defaults) | ours | reference | Δ | status "
+        "| source |",
+        "|---|---|---|---|---|---:|---:|---:|---|---|",
+    ]
     for o in outcomes:
         row = o.row
         ours = _number(o.values[row.metric], row.metric) if o.ran else "not run"
-        delta = (f"{o.values[row.metric] - row.reference:+.3f}" if o.ran and row.reference is not None else "–")
+        delta = f"{o.values[row.metric] - row.reference:+.3f}" if o.ran and row.reference is not None else "–"
         reference = f"{row.reference:g}" if row.reference is not None else "–"
         note = f"; {row.note}" if row.note and o.reasons else ""
-        lines.append("| " + " | ".join(_cell(c) for c in (
-            row.model, row.checkpoint or "–", row.data, METRICS[row.metric], _settings_text(o.settings), ours,
-            reference, delta, _status(o) + note, row.source or "–")) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                _cell(c)
+                for c in (
+                    row.model,
+                    row.checkpoint or "–",
+                    row.data,
+                    METRICS[row.metric],
+                    _settings_text(o.settings),
+                    ours,
+                    reference,
+                    delta,
+                    _status(o) + note,
+                    row.source or "–",
+                )
+            )
+            + " |"
+        )
     return lines
 
 
 def render_measure(table: Table, outcomes: Sequence[Outcome]) -> list[str]:
-    header = ["model", "data", "pairs", "settings (changed from defaults)", *(METRICS[m] for m in table.metrics),
-              "status"]
+    header = [
+        "model",
+        "data",
+        "pairs",
+        "settings (changed from defaults)",
+        *(METRICS[m] for m in table.metrics),
+        "status",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---|" + "---:|" * len(table.metrics) + "---|"]
     for o in outcomes:
         values = [_number(o.values.get(m), m) if o.ran else "not run" for m in table.metrics]
@@ -386,8 +479,9 @@ def render_measure(table: Table, outcomes: Sequence[Outcome]) -> list[str]:
     return lines
 
 
-def render(config: ScoresConfig, outcomes: Sequence[Sequence[Outcome]], *, command: str, data_root: str,
-           weights_dir: str) -> str:
+def render(
+    config: ScoresConfig, outcomes: Sequence[Sequence[Outcome]], *, command: str, data_root: str, weights_dir: str
+) -> str:
     """SCORES.md: a header saying how it was made, then one section per table."""
     v = versions()
     ran = sum(o.ran for table in outcomes for o in table)
@@ -400,10 +494,10 @@ def render(config: ScoresConfig, outcomes: Sequence[Sequence[Outcome]], *, comma
         "`jobs/scores.yaml` and regenerate.",
         "",
         f"Data: `{data_root}`; weights: `{weights_dir}`. {ran} of {total} rows were scored here; every other row "
-        "says \"not run\" and why, and never carries a number of ours.",
+        'says "not run" and why, and never carries a number of ours.',
         "",
         "**Excerpts.** Where only a few pairs of a benchmark are available (the shared test data are excerpts), "
-        "a number over them says \"N of M pairs (excerpt)\": it describes those pairs only and is not comparable "
+        'a number over them says "N of M pairs (excerpt)": it describes those pairs only and is not comparable '
         "to a published number over the full split, which is therefore not run.",
         "",
         "Metrics: EPE = end-point error in pixels, averaged over all valid pixels of the pairs (pixel-weighted); "
@@ -422,13 +516,21 @@ def render(config: ScoresConfig, outcomes: Sequence[Sequence[Outcome]], *, comma
     return "\n".join(lines) + "\n"
 
 
-def run_scores(config_uri: str, *, data_root: str, weights_dir: str, output: str, command: str,
-               cluster: ClusterOptions = ClusterOptions(), storage_options: Mapping[str, Any] | None = None
-               ) -> tuple[list[list[Outcome]], list[str]]:
+def run_scores(
+    config_uri: str,
+    *,
+    data_root: str,
+    weights_dir: str,
+    output: str,
+    command: str,
+    cluster: ClusterOptions = ClusterOptions(),
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[list[list[Outcome]], list[str]]:
     """Load the config, score what can be scored, and write the table to ``output`` atomically."""
     config = load_config(config_uri, storage_options)
-    outcomes, failures = build_scores(config, data_root=data_root, weights_dir=weights_dir, cluster=cluster,
-                                      storage_options=storage_options)
+    outcomes, failures = build_scores(
+        config, data_root=data_root, weights_dir=weights_dir, cluster=cluster, storage_options=storage_options
+    )
     text = render(config, outcomes, command=command, data_root=data_root, weights_dir=weights_dir)
     fs, path = filesystem(output, storage_options)
     write_atomic(fs, path, text.encode())
@@ -440,15 +542,24 @@ def run_scores(config_uri: str, *, data_root: str, weights_dir: str, output: str
 
 def register(subparsers: argparse._SubParsersAction, help: str) -> None:
     """Add ``flowlabel scores`` (called by jobs.cli)."""
-    p = subparsers.add_parser("scores", help=help,
-                              description="Score every row of the config whose weights and data are available "
-                                          "locally and write the markdown table; other rows say 'not run' and why.")
+    p = subparsers.add_parser(
+        "scores",
+        help=help,
+        description="Score every row of the config whose weights and data are available "
+        "locally and write the markdown table; other rows say 'not run' and why.",
+    )
     p.add_argument("--config", default="jobs/scores.yaml", help="table definition (default jobs/scores.yaml)")
-    p.add_argument("--data-root", default="data/benchmarks",
-                   help="folder holding the benchmarks in their official layouts (default %(default)s); rows whose "
-                        "data are not there say 'not run' and why")
-    p.add_argument("--weights-dir", default="data/weights",
-                   help="folder holding checkpoint files by their official names (default %(default)s)")
+    p.add_argument(
+        "--data-root",
+        default="data/benchmarks",
+        help="folder holding the benchmarks in their official layouts (default %(default)s); rows whose "
+        "data are not there say 'not run' and why",
+    )
+    p.add_argument(
+        "--weights-dir",
+        default="data/weights",
+        help="folder holding checkpoint files by their official names (default %(default)s)",
+    )
     p.add_argument("--output", default="SCORES.md", help="where the table goes (default SCORES.md)")
     add_storage_options(p)
     add_cluster_options(p)
@@ -456,13 +567,29 @@ def register(subparsers: argparse._SubParsersAction, help: str) -> None:
 
 
 def cmd_scores(args: argparse.Namespace) -> int:
-    command = "flowlabel scores " + " ".join(shlex.quote(a) for a in (
-        "--config", args.config, "--data-root", args.data_root, "--weights-dir", args.weights_dir,
-        "--output", args.output))
+    command = "flowlabel scores " + " ".join(
+        shlex.quote(a)
+        for a in (
+            "--config",
+            args.config,
+            "--data-root",
+            args.data_root,
+            "--weights-dir",
+            args.weights_dir,
+            "--output",
+            args.output,
+        )
+    )
     try:
-        outcomes, failures = run_scores(args.config, data_root=args.data_root, weights_dir=args.weights_dir,
-                                        output=args.output, command=command, cluster=cluster_options(args),
-                                        storage_options=args.storage_options)
+        outcomes, failures = run_scores(
+            args.config,
+            data_root=args.data_root,
+            weights_dir=args.weights_dir,
+            output=args.output,
+            command=command,
+            cluster=cluster_options(args),
+            storage_options=args.storage_options,
+        )
     except Exception as exc:
         message = scrub(str(exc), args.storage_options)
         print(f"flowlabel scores: error: {type(exc).__name__}: {message}", file=sys.stderr)

@@ -36,17 +36,20 @@ def stage_stats(ds: Any) -> list[dict[str, Any]]:
     for level in reversed(chain):
         for op in level.operators_stats:
             stage = next((s for s, key in STAGE_OPERATORS.items() if key in op.operator_name), op.operator_name)
-            out.append({
-                "stage": stage, "operator": op.operator_name,
-                "seconds": _round(op.time_total_s),
-                "busy_seconds": _round(op.wall_time.sum if op.wall_time else 0.0),
-                "cpu_seconds": _round(op.cpu_time.sum if op.cpu_time else 0.0),
-                "blocks": int(op.wall_time.count) if op.wall_time else 0,
-                "rows_in": int(op.total_input_num_rows or 0),
-                "rows_out": int(op.output_num_rows.sum) if op.output_num_rows else 0,
-                "bytes_out": int(op.output_size_bytes.sum) if op.output_size_bytes else 0,
-                "failed_tasks": int((level.extra_metrics or {}).get("num_tasks_failed", 0)),
-            })
+            out.append(
+                {
+                    "stage": stage,
+                    "operator": op.operator_name,
+                    "seconds": _round(op.time_total_s),
+                    "busy_seconds": _round(op.wall_time.sum if op.wall_time else 0.0),
+                    "cpu_seconds": _round(op.cpu_time.sum if op.cpu_time else 0.0),
+                    "blocks": int(op.wall_time.count) if op.wall_time else 0,
+                    "rows_in": int(op.total_input_num_rows or 0),
+                    "rows_out": int(op.output_num_rows.sum) if op.output_num_rows else 0,
+                    "bytes_out": int(op.output_size_bytes.sum) if op.output_size_bytes else 0,
+                    "failed_tasks": int((level.extra_metrics or {}).get("num_tasks_failed", 0)),
+                }
+            )
     return out
 
 
@@ -63,8 +66,16 @@ def placements(summaries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [actors[k] for k in sorted(actors)]
 
 
-def run_stats(stages: list[dict[str, Any]], actors: list[dict[str, Any]], *, pairs: int, seconds: float,
-              source_bytes: int, bytes_written: int, errors: int) -> dict[str, Any]:
+def run_stats(
+    stages: list[dict[str, Any]],
+    actors: list[dict[str, Any]],
+    *,
+    pairs: int,
+    seconds: float,
+    source_bytes: int,
+    bytes_written: int,
+    errors: int,
+) -> dict[str, Any]:
     """The summary stored in ``_flowlabel.json`` under ``stats`` and printed by the CLI.
 
     A stage's ``pairs_per_second`` is the pairs it handled over its own span; the label
@@ -81,13 +92,18 @@ def run_stats(stages: list[dict[str, Any]], actors: list[dict[str, Any]], *, pai
         label["actors"] = len(actors)
         label["utilisation"] = _round(min(1.0, label["busy_seconds"] / (label["seconds"] * len(actors))))
     return {
-        "pairs": pairs, "seconds": _round(seconds),
+        "pairs": pairs,
+        "seconds": _round(seconds),
         "pairs_per_second": _round(pairs / seconds) if seconds > 0 else None,
-        "stages": stages, "actors": actors,
-        "bytes": {"sources": int(source_bytes), "decoded": next((s["bytes_out"] for s in stages
-                                                                 if s["stage"] == "read"), 0),
-                  "written": int(bytes_written)},
-        "errors": errors, "failed_tasks": sum(s["failed_tasks"] for s in stages),
+        "stages": stages,
+        "actors": actors,
+        "bytes": {
+            "sources": int(source_bytes),
+            "decoded": next((s["bytes_out"] for s in stages if s["stage"] == "read"), 0),
+            "written": int(bytes_written),
+        },
+        "errors": errors,
+        "failed_tasks": sum(s["failed_tasks"] for s in stages),
     }
 
 
@@ -99,13 +115,17 @@ def format_stats(stats: Mapping[str, Any]) -> list[str]:
     for s in stats["stages"]:
         rate = "-" if s.get("pairs_per_second") is None else f"{s['pairs_per_second']:.2f}"
         extra = f", {s['actors']} actor(s), {s['utilisation']:.0%} busy" if "utilisation" in s else ""
-        lines.append(f"{s['stage']:<6} {s['seconds']:>8.1f} {s['busy_seconds']:>8.1f} {rate:>8}  {s['operator']}{extra}")
+        lines.append(
+            f"{s['stage']:<6} {s['seconds']:>8.1f} {s['busy_seconds']:>8.1f} {rate:>8}  {s['operator']}{extra}"
+        )
     for a in stats.get("actors", []):
         gpus = ",".join(str(g) for g in a["gpu_ids"]) or "none"
         lines.append(f"actor {a['actor'][:8]} on {a['node']}: GPU {gpus} → {a['device']}, {a['pairs']} pairs")
     b = stats["bytes"]
-    lines.append(f"read {_size(b['sources'])} of sources ({_size(b['decoded'])} decoded), wrote {_size(b['written'])}; "
-                 f"{stats['failed_tasks']} task retries")
+    lines.append(
+        f"read {_size(b['sources'])} of sources ({_size(b['decoded'])} decoded), wrote {_size(b['written'])}; "
+        f"{stats['failed_tasks']} task retries"
+    )
     return lines
 
 

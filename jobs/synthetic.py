@@ -34,8 +34,9 @@ class Motion:
 def texture(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A smooth, well-textured RGB uint8 image (blurred noise at two scales)."""
     rng = np.random.default_rng(seed)
-    coarse = cv2.resize(rng.random((height // 16 + 2, width // 16 + 2, 3), np.float32), (width, height),
-                        interpolation=cv2.INTER_CUBIC)
+    coarse = cv2.resize(
+        rng.random((height // 16 + 2, width // 16 + 2, 3), np.float32), (width, height), interpolation=cv2.INTER_CUBIC
+    )
     fine = cv2.GaussianBlur(rng.random((height, width, 3), np.float32), (0, 0), 1.5)
     image = 0.6 * coarse + 0.4 * (fine - fine.mean()) * 4 + 0.2
     return np.clip(image * 255, 0, 255).astype(np.uint8)
@@ -53,8 +54,13 @@ def translating_frames(height: int, width: int, frames: int, motion: Motion, see
     return out
 
 
-def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 30, gop: int | None = None,
-                container_options: dict[str, str] | None = None) -> Path:
+def write_video(
+    path: str | Path,
+    frames: list[np.ndarray],
+    fps: int = 30,
+    gop: int | None = None,
+    container_options: dict[str, str] | None = None,
+) -> Path:
     """Encode RGB uint8 frames with the codec chosen by the file suffix (see ``CODECS``);
     ``gop``: a keyframe every ``gop`` frames (H.264/VP9), to exercise keyframe-aligned splits;
     ``container_options``: muxer options, e.g. {"movflags": "faststart"} for MP4."""
@@ -80,8 +86,9 @@ def tone(seconds: float, rate: int = 48000, hz: float = 440.0, amplitude: float 
     return (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
-def write_video_with_audio(path: str | Path, frames: list[np.ndarray], audio: np.ndarray, fps: int = 25,
-                           rate: int = 48000) -> Path:
+def write_video_with_audio(
+    path: str | Path, frames: list[np.ndarray], audio: np.ndarray, fps: int = 25, rate: int = 48000
+) -> Path:
     """Like :func:`write_video` (H.264 in MP4/MKV/TS), plus ``audio`` (mono float32 in [−1, 1] at ``rate``)
     as an AAC track starting at time 0."""
     path = Path(path)
@@ -96,21 +103,31 @@ def write_video_with_audio(path: str | Path, frames: list[np.ndarray], audio: np
         container.mux(video.encode())
         step = 1024  # AAC frame size
         for start in range(0, len(audio), step):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[None, start:start + step]), format="fltp",
-                                               layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(audio[None, start : start + step]), format="fltp", layout="mono"
+            )
             frame.sample_rate, frame.pts = rate, start
             container.mux(sound.encode(frame))
         container.mux(sound.encode())
     return path
 
 
-def write_translating_video(path: str | Path, height: int, width: int, frames: int, motion: Motion = Motion(),
-                            fps: int = 30, seed: int = 0, gop: int | None = None) -> Path:
+def write_translating_video(
+    path: str | Path,
+    height: int,
+    width: int,
+    frames: int,
+    motion: Motion = Motion(),
+    fps: int = 30,
+    seed: int = 0,
+    gop: int | None = None,
+) -> Path:
     return write_video(path, translating_frames(height, width, frames, motion, seed), fps, gop)
 
 
-def write_image_sequence(folder: str | Path, frames: list[np.ndarray], pattern: str = "frame_{:04d}.png",
-                         first: int = 1) -> list[Path]:
+def write_image_sequence(
+    folder: str | Path, frames: list[np.ndarray], pattern: str = "frame_{:04d}.png", first: int = 1
+) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

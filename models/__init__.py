@@ -16,8 +16,9 @@ from .factory import load_model as _load_model
 from .plugins import PluginError, PluginRegistry
 from .registry import Checkpoint, ModelSpec, Registry
 
-REGISTRY = Registry(classical.SPECS + raft.SPECS + deqflow.SPECS + gmflow.SPECS + perceiver.SPECS + searaft.SPECS
-                    + unimatch.SPECS)
+REGISTRY = Registry(
+    classical.SPECS + raft.SPECS + deqflow.SPECS + gmflow.SPECS + perceiver.SPECS + searaft.SPECS + unimatch.SPECS
+)
 # Built-in models, then entry points of installed packages (read when first needed), then import paths.
 MODELS = PluginRegistry(REGISTRY)
 

@@ -46,7 +46,9 @@ def parse_state_dict(data: bytes, name: str) -> dict[str, Any]:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError…
-        raise CheckpointError(f"{name}: expected a PyTorch or safetensors checkpoint, could not load it: {exc}") from exc
+        raise CheckpointError(
+            f"{name}: expected a PyTorch or safetensors checkpoint, could not load it: {exc}"
+        ) from exc
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{name}: expected a mapping of tensors, got {type(state).__name__}")
     return dict(state)
@@ -94,4 +96,4 @@ def load_strict(model: nn.Module, state: Mapping[str, Any], name: str = "checkpo
 
 def strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """Remove ``prefix`` (e.g. DataParallel's ``module.``) from every key that has it."""
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}

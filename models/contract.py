@@ -100,7 +100,9 @@ def check_pair(image0: torch.Tensor, image1: torch.Tensor) -> None:
         if not img.is_floating_point():
             raise ValueError(f"{name}: expected a float tensor with values in [0, 255], got {img.dtype}")
     if image0.shape != image1.shape:
-        raise ValueError(f"expected image0 and image1 of the same shape, got {tuple(image0.shape)} and {tuple(image1.shape)}")
+        raise ValueError(
+            f"expected image0 and image1 of the same shape, got {tuple(image0.shape)} and {tuple(image1.shape)}"
+        )
 
 
 class FlowModel(nn.Module):

@@ -56,8 +56,9 @@ def load_model(
             digest = _load_weights(spec, model, checkpoint, expected_sha256, storage_options)
         elif spec.needs_weights and not random_init:
             files = ", ".join(f"{c.filename} ({c.url})" for c in spec.checkpoints) or "none registered"
-            raise ValueError(f"{name} needs a checkpoint (official files: {files}); "
-                             "pass checkpoint=URI, or random_init=True")
+            raise ValueError(
+                f"{name} needs a checkpoint (official files: {files}); pass checkpoint=URI, or random_init=True"
+            )
     model.checkpoint_sha256 = digest
     model.config = config
     model.model_name = name

@@ -334,7 +334,10 @@ DRIVE_URL = "https://drive.google.com/file/d/1d5C5cgHIxWGsFR1vYs5XrQbbUiZl9TX2/v
 # ('kitti' mode); FlyingChairs (384×512) needs no padding.
 SINTEL_PADDING = {"pad_mode": "sintel"}
 BENCHMARKS = {
-    "sintel": SINTEL_PADDING, "things": SINTEL_PADDING, "chairs": SINTEL_PADDING, "kitti": {"pad_mode": "kitti"}
+    "sintel": SINTEL_PADDING,
+    "things": SINTEL_PADDING,
+    "chairs": SINTEL_PADDING,
+    "kitti": {"pad_mode": "kitti"},
 }
 EVALUATE_SH = "haofeixu/gmflow scripts/evaluate.sh expected output (GMFlow paper Table 3)"
 PAPER_TABLE4 = "GMFlow paper (Xu et al., CVPR 2022, arXiv:2111.13680) Table 4"
@@ -374,10 +377,20 @@ SPECS = (
                 {"things_test_clean_epe": 3.475, "sintel_train_clean_epe": 1.495, "sintel_train_final_epe": 2.955},
                 EVALUATE_SH,
             ),
-            official_checkpoint("gmflow_sintel-0c07dcb3.pth", C_T_SKHT, GMFLOW_CONFIG, {},
-                                NO_SCORE + " (the paper's Sintel test scores are gmflow_refine's)"),
-            official_checkpoint("gmflow_kitti-285701a8.pth", C_T_SKHT_K, GMFLOW_CONFIG, {},
-                                NO_SCORE + " (the paper's KITTI test score is gmflow_refine's)"),
+            official_checkpoint(
+                "gmflow_sintel-0c07dcb3.pth",
+                C_T_SKHT,
+                GMFLOW_CONFIG,
+                {},
+                NO_SCORE + " (the paper's Sintel test scores are gmflow_refine's)",
+            ),
+            official_checkpoint(
+                "gmflow_kitti-285701a8.pth",
+                C_T_SKHT_K,
+                GMFLOW_CONFIG,
+                {},
+                NO_SCORE + " (the paper's KITTI test score is gmflow_refine's)",
+            ),
         ),
     ),
     ModelSpec(
@@ -391,14 +404,28 @@ SPECS = (
                 "gmflow_with_refine_things-36579974.pth",
                 C_T,
                 GMFLOW_REFINE_CONFIG,
-                {"things_test_clean_epe": 2.804, "sintel_train_clean_epe": 1.084, "sintel_train_final_epe": 2.475,
-                 "kitti_train_epe": 7.77},
+                {
+                    "things_test_clean_epe": 2.804,
+                    "sintel_train_clean_epe": 1.084,
+                    "sintel_train_final_epe": 2.475,
+                    "kitti_train_epe": 7.77,
+                },
                 EVALUATE_SH + "; KITTI: " + PAPER_TABLE4 + " (haofeixu/gmflow issue #24 names this checkpoint)",
             ),
-            official_checkpoint("gmflow_with_refine_sintel-3ed1cf48.pth", C_T_SKHT, GMFLOW_REFINE_CONFIG,
-                                {"sintel_test_clean_epe": 1.74, "sintel_test_final_epe": 2.90}, PAPER_TABLE4),
-            official_checkpoint("gmflow_with_refine_kitti-8d3b9786.pth", C_T_SKHT_K, GMFLOW_REFINE_CONFIG,
-                                {"kitti_test_fl_all": 9.32}, PAPER_TABLE4),
+            official_checkpoint(
+                "gmflow_with_refine_sintel-3ed1cf48.pth",
+                C_T_SKHT,
+                GMFLOW_REFINE_CONFIG,
+                {"sintel_test_clean_epe": 1.74, "sintel_test_final_epe": 2.90},
+                PAPER_TABLE4,
+            ),
+            official_checkpoint(
+                "gmflow_with_refine_kitti-8d3b9786.pth",
+                C_T_SKHT_K,
+                GMFLOW_REFINE_CONFIG,
+                {"kitti_test_fl_all": 9.32},
+                PAPER_TABLE4,
+            ),
         ),
     ),
 )

@@ -60,8 +60,10 @@ def local_directory(uri: str, storage_options: Mapping[str, Any] | None = None) 
     else a temporary copy of config.json, one weights file and the side files (removed on exit)."""
     fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
     if not fs.isdir(path):
-        raise FileNotFoundError(f"checkpoint directory not found: {uri} (expected a folder with {CONFIG_FILE} "
-                                f"and one of {list(WEIGHT_FILES)})")
+        raise FileNotFoundError(
+            f"checkpoint directory not found: {uri} (expected a folder with {CONFIG_FILE} "
+            f"and one of {list(WEIGHT_FILES)})"
+        )
     if isinstance(fs, LocalFileSystem):
         yield Path(path)
         return
@@ -80,8 +82,10 @@ def weights_file(folder: Path, uri: str) -> Path:
         if (folder / name).is_file():
             return folder / name
     found = sorted(p.name for p in folder.iterdir())
-    raise CheckpointError(f"{uri}: expected a HuggingFace model directory with {CONFIG_FILE} and one of "
-                          f"{list(WEIGHT_FILES)} (sharded checkpoints are not supported), got {found}")
+    raise CheckpointError(
+        f"{uri}: expected a HuggingFace model directory with {CONFIG_FILE} and one of "
+        f"{list(WEIGHT_FILES)} (sharded checkpoints are not supported), got {found}"
+    )
 
 
 def load_pretrained(
@@ -109,18 +113,26 @@ def load_pretrained(
         config = json.loads((folder / CONFIG_FILE).read_text())
         architectures = config.get("architectures") or []
         if architectures and model_class.__name__ not in architectures:
-            raise CheckpointError(f"{uri}: expected a {model_class.__name__} checkpoint, "
-                                  f"its {CONFIG_FILE} names {architectures}")
+            raise CheckpointError(
+                f"{uri}: expected a {model_class.__name__} checkpoint, its {CONFIG_FILE} names {architectures}"
+            )
         model, info = model_class.from_pretrained(
-            str(folder), local_files_only=True, output_loading_info=True,
-            use_safetensors=weights.suffix == ".safetensors", dtype=torch.float32,
+            str(folder),
+            local_files_only=True,
+            output_loading_info=True,
+            use_safetensors=weights.suffix == ".safetensors",
+            dtype=torch.float32,
         )
         side = {name: json.loads((folder / name).read_text()) for name in SIDE_FILES if (folder / name).is_file()}
-    problems = {kind: sorted(map(str, info.get(kind) or ())) for kind in
-                ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
+    problems = {
+        kind: sorted(map(str, info.get(kind) or ()))
+        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
+    }
     problems = {kind: keys for kind, keys in problems.items() if keys}
     if problems:
-        details = "; ".join(f"{kind.replace('_', ' ')}: {', '.join(keys[:10])}" + (" …" if len(keys) > 10 else "")
-                            for kind, keys in problems.items())
+        details = "; ".join(
+            f"{kind.replace('_', ' ')}: {', '.join(keys[:10])}" + (" …" if len(keys) > 10 else "")
+            for kind, keys in problems.items()
+        )
         raise CheckpointError(f"{uri} does not match {model_class.__name__}; {details}")
     return Pretrained(model.eval(), digest, weights.name, side)

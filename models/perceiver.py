@@ -97,8 +97,9 @@ class PerceiverIOFlow(FlowModel):
     (height at the bottom), as the other models' official padders.
     """
 
-    def __init__(self, *, network: torch.nn.Module, tile_batch: int = 4, min_overlap: int = 20,
-                 pad_mode: str = "sintel"):
+    def __init__(
+        self, *, network: torch.nn.Module, tile_batch: int = 4, min_overlap: int = 20, pad_mode: str = "sintel"
+    ):
         super().__init__()
         if not isinstance(tile_batch, int) or isinstance(tile_batch, bool) or tile_batch < 1:
             raise ValueError(f"tile_batch: expected an integer ≥ 1, got {tile_batch!r}")
@@ -129,12 +130,14 @@ class PerceiverIOFlow(FlowModel):
         (th, tw), origins = self.tile, grid.origins
         # Windows of every pair in one queue, cut only when their batch runs: memory stays at one batch.
         jobs = [(pair, y, x) for pair in range(b) for y, x in origins]
-        flows = torch.cat([
-            self._window_flow(torch.stack([frames[p, ..., y:y + th, x:x + tw] for p, y, x in batch]))
-            for batch in (jobs[i:i + self.tile_batch] for i in range(0, len(jobs), self.tile_batch))
-        ]).unflatten(0, (b, len(origins)))
+        flows = torch.cat(
+            [
+                self._window_flow(torch.stack([frames[p, ..., y : y + th, x : x + tw] for p, y, x in batch]))
+                for batch in (jobs[i : i + self.tile_batch] for i in range(0, len(jobs), self.tile_batch))
+            ]
+        ).unflatten(0, (b, len(origins)))
         flow = torch.stack([grid.blend(tiles) for tiles in flows])
-        return flow[..., top:top + h, left:left + w]
+        return flow[..., top : top + h, left : left + w]
 
     def _window_flow(self, windows: torch.Tensor) -> torch.Tensor:
         """N×2×3×th×tw normalized windows → N×2×th×tw flow in pixels."""
@@ -142,8 +145,13 @@ class PerceiverIOFlow(FlowModel):
         return (logits * FLOW_SCALE).permute(0, 3, 1, 2).float()
 
 
-def perceiver_io(*, tile_batch: int = 4, min_overlap: int = 20, pad_mode: str = "sintel",
-                 network_config: Mapping[str, Any] | None = None) -> PerceiverIOFlow:
+def perceiver_io(
+    *,
+    tile_batch: int = 4,
+    min_overlap: int = 20,
+    pad_mode: str = "sintel",
+    network_config: Mapping[str, Any] | None = None,
+) -> PerceiverIOFlow:
     """The released architecture (41.1 M parameters) with random weights, or with ``network_config``'s
     PerceiverConfig fields changed (tiny networks for tests). Checkpoints load with
     :func:`load_perceiver_io` (``load_model(..., checkpoint=DIR)``), their architecture from config.json."""
@@ -163,23 +171,35 @@ SAFETENSORS_SHA256 = "fcfa0b3bf2801006764051216407c1fed359f6611dc377cf0ebe762b58
 PYTORCH_BIN_SHA256 = "3633a73cec625d7d5fcf77a087893d8035da26e74f4083a99b45db35734455dd"
 # The same weights serialized twice; a directory holding either one is the release.
 EQUIVALENT_SHA256 = {SAFETENSORS_SHA256: (PYTORCH_BIN_SHA256,)}
-PAPER_TABLE4 = ("Perceiver IO paper (Jaegle et al., ICLR 2022, arXiv:2107.14795) Table 4, "
-                "also on the model card; trained on AutoFlow only, so Sintel and KITTI training sets are unseen")
+PAPER_TABLE4 = (
+    "Perceiver IO paper (Jaegle et al., ICLR 2022, arXiv:2107.14795) Table 4, "
+    "also on the model card; trained on AutoFlow only, so Sintel and KITTI training sets are unseen"
+)
 
 
-def load_perceiver_io(uri: str, config: Mapping[str, Any], expected_sha256: str | None = None,
-                      storage_options: Mapping[str, Any] | None = None) -> tuple[PerceiverIOFlow, str]:
+def load_perceiver_io(
+    uri: str,
+    config: Mapping[str, Any],
+    expected_sha256: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[PerceiverIOFlow, str]:
     """A HuggingFace ``PerceiverForOpticalFlow`` directory (local path or fsspec URI, read offline)
     → (model with ``config``'s settings, sha256 of the weights file)."""
     from transformers import PerceiverForOpticalFlow
 
     settings = dict(config)
     if settings.pop("network_config", None):
-        raise ValueError(f"network_config: the architecture of {uri} comes from its config.json; "
-                         "expected no network_config with a checkpoint")
-    loaded = load_pretrained(PerceiverForOpticalFlow, uri, expected_sha256=expected_sha256,
-                             equivalent_sha256=EQUIVALENT_SHA256.get(expected_sha256 or "", ()),
-                             storage_options=storage_options)
+        raise ValueError(
+            f"network_config: the architecture of {uri} comes from its config.json; "
+            "expected no network_config with a checkpoint"
+        )
+    loaded = load_pretrained(
+        PerceiverForOpticalFlow,
+        uri,
+        expected_sha256=expected_sha256,
+        equivalent_sha256=EQUIVALENT_SHA256.get(expected_sha256 or "", ()),
+        storage_options=storage_options,
+    )
     return PerceiverIOFlow(network=loaded.model, **settings), loaded.sha256
 
 
@@ -188,7 +208,7 @@ SPECS = (
         name="perceiver_io",
         builder=perceiver_io,
         description="Perceiver IO optical flow (Jaegle et al., ICLR 2022), 41 M parameters; HuggingFace "
-                    "transformers, 368×496 windows blended over any frame size",
+        "transformers, 368×496 windows blended over any frame size",
         default_config={"tile_batch": 4, "min_overlap": 20, "pad_mode": "sintel", "network_config": None},
         checkpoints=(
             Checkpoint(

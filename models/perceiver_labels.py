@@ -91,11 +91,17 @@ class ImagePreprocessing:
     def from_config(cls, config: Mapping[str, Any] | None) -> ImagePreprocessing:
         if not config:
             return cls()
-        unsupported = [k for k in ("do_resize", "do_center_crop", "do_rescale", "do_normalize") if config.get(k) is False]
+        unsupported = [
+            k for k in ("do_resize", "do_center_crop", "do_rescale", "do_normalize") if config.get(k) is False
+        ]
         if unsupported:
             raise ValueError(f"preprocessor_config.json: expected every step enabled, got {unsupported} false")
-        return cls(size=_size(config.get("size", 224), "size"), crop_size=_size(config.get("crop_size", 256), "crop_size"),
-                   mean=tuple(config.get("image_mean", IMAGENET_MEAN)), std=tuple(config.get("image_std", IMAGENET_STD)))
+        return cls(
+            size=_size(config.get("size", 224), "size"),
+            crop_size=_size(config.get("crop_size", 256), "crop_size"),
+            mean=tuple(config.get("image_mean", IMAGENET_MEAN)),
+            std=tuple(config.get("image_std", IMAGENET_STD)),
+        )
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """N×3×H×W float RGB in [0, 255] → N×3×size normalized pixel values."""
@@ -103,7 +109,7 @@ class ImagePreprocessing:
         ch = int(self.size[0] / self.crop_size[0] * min(h, w))
         cw = int(self.size[1] / self.crop_size[1] * min(h, w))
         top, left = (h - ch) // 2, (w - cw) // 2
-        crop = images[..., top:top + ch, left:left + cw]
+        crop = images[..., top : top + ch, left : left + cw]
         resized = F.interpolate(crop, size=self.size, mode="bicubic", antialias=True, align_corners=False)
         pixels = resized.round().clamp(0, 255) / 255.0
         mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
@@ -114,8 +120,14 @@ class ImagePreprocessing:
 class ImageClassifier:
     """ImageNet-1k top-k of frames. ``network``: ``PerceiverForImageClassificationConvProcessing``."""
 
-    def __init__(self, *, network: torch.nn.Module, preprocessing: ImagePreprocessing = ImagePreprocessing(),
-                 k: int = 5, batch_size: int = 16):
+    def __init__(
+        self,
+        *,
+        network: torch.nn.Module,
+        preprocessing: ImagePreprocessing = ImagePreprocessing(),
+        k: int = 5,
+        batch_size: int = 16,
+    ):
         if k < 1 or batch_size < 1:
             raise ValueError(f"expected k ≥ 1 and batch_size ≥ 1, got k={k}, batch_size={batch_size}")
         self.network, self.preprocessing, self.k, self.batch_size = network.eval(), preprocessing, k, batch_size
@@ -132,23 +144,31 @@ class ImageClassifier:
             raise ValueError(f"expected uint8 frames N×H×W×3, got {images.shape} {images.dtype}")
         logits = []
         for start in range(0, len(images), self.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + self.batch_size])).to(self.device)
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + self.batch_size])).to(self.device)
             pixels = self.preprocessing(batch.permute(0, 3, 1, 2).float())
             logits.append(self.network(inputs=pixels).logits)
         return top_k(torch.cat(logits), self.k, self.id2label)
 
 
-def load_image_classifier(uri: str, *, sha256: str | None = None, k: int = 5, batch_size: int = 16,
-                          device: str | torch.device = "cpu",
-                          storage_options: Mapping[str, Any] | None = None) -> tuple[ImageClassifier, str]:
+def load_image_classifier(
+    uri: str,
+    *,
+    sha256: str | None = None,
+    k: int = 5,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[ImageClassifier, str]:
     """A ``PerceiverForImageClassificationConvProcessing`` directory → (classifier, sha256 of its weights)."""
     from transformers import PerceiverForImageClassificationConvProcessing
 
-    loaded = load_pretrained(PerceiverForImageClassificationConvProcessing, uri, expected_sha256=sha256,
-                             storage_options=storage_options)
+    loaded = load_pretrained(
+        PerceiverForImageClassificationConvProcessing, uri, expected_sha256=sha256, storage_options=storage_options
+    )
     preprocessing = ImagePreprocessing.from_config(loaded.side_files.get("preprocessor_config.json"))
-    return ImageClassifier(network=loaded.model.to(device), preprocessing=preprocessing, k=k,
-                           batch_size=batch_size), loaded.sha256
+    return ImageClassifier(
+        network=loaded.model.to(device), preprocessing=preprocessing, k=k, batch_size=batch_size
+    ), loaded.sha256
 
 
 # ----------------------------------------------------------------------------- Kinetics-700 clips
@@ -160,7 +180,7 @@ def clip_frame(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = image.shape[:2]
     side = min(h, w)
     top, left = h // 2 - side // 2, w // 2 - side // 2
-    square = image[top:top + side, left:left + side]
+    square = image[top : top + side, left : left + side]
     return cv2.resize(square, (size[1], size[0]))
 
 
@@ -212,8 +232,10 @@ class ClipClassifier:
         image = torch.arange(self.frames * self.image_size[0] * self.image_size[1], device=device)
         audio = torch.arange(self.audio_samples // self.samples_per_patch, device=device)
         pieces = min(self.output_chunks, len(audio), len(image))
-        return [{"image": i, "audio": a, "label": None}
-                for i, a in zip(torch.tensor_split(image, pieces), torch.tensor_split(audio, pieces))]
+        return [
+            {"image": i, "audio": a, "label": None}
+            for i, a in zip(torch.tensor_split(image, pieces), torch.tensor_split(audio, pieces))
+        ]
 
     def inputs(self, frames: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         """B×T×H×W×3 uint8 frames, B×S float audio → the network's input dict, label zeroed (it is masked)."""
@@ -231,8 +253,9 @@ class ClipClassifier:
     def decode(self, encoded: _Encoded, points: Mapping[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
         """The second half for one piece: its decoder queries attend to the latents → {image, audio, label}."""
         perceiver = self.network.perceiver
-        query = perceiver.decoder.decoder_query(encoded.inputs, encoded.modality_sizes, encoded.inputs_without_pos,
-                                                subsampled_points=points)
+        query = perceiver.decoder.decoder_query(
+            encoded.inputs, encoded.modality_sizes, encoded.inputs_without_pos, subsampled_points=points
+        )
         logits = perceiver.decoder(query, z=encoded.latents).logits
         sizes = {"audio": len(points["audio"]), "image": len(points["image"]), "label": 1}
         return perceiver.output_postprocessor(logits, modality_sizes=sizes)
@@ -242,7 +265,9 @@ class ClipClassifier:
         """N×T×H×W×3 uint8 clips (T, H, W as the model's) and N×S float32 audio → :class:`ClipLabels`."""
         expected = (self.frames, *self.image_size, 3)
         if frames.ndim != 5 or frames.shape[1:] != expected or frames.dtype != np.uint8:
-            raise ValueError(f"expected uint8 clips N×{'×'.join(map(str, expected))}, got {frames.shape} {frames.dtype}")
+            raise ValueError(
+                f"expected uint8 clips N×{'×'.join(map(str, expected))}, got {frames.shape} {frames.dtype}"
+            )
         if audio.shape != (frames.shape[0], self.audio_samples):
             raise ValueError(f"expected audio N×{self.audio_samples}, got {audio.shape}")
         device = self.device
@@ -259,19 +284,28 @@ class ClipClassifier:
             video_se += (out["image"].float() - pixels[:, points["image"]]).square().sum(dim=(1, 2))
             audio_se += (out["audio"].float() - patches[:, points["audio"]].flatten(1)).square().sum(dim=1)
             label_logits = out["label"] if label_logits is None else label_logits
-        return ClipLabels(top_k(label_logits, self.k, self.id2label),
-                          (video_se / pixels[0].numel()).cpu().numpy().astype(np.float32),
-                          (audio_se / self.audio_samples).cpu().numpy().astype(np.float32))
+        return ClipLabels(
+            top_k(label_logits, self.k, self.id2label),
+            (video_se / pixels[0].numel()).cpu().numpy().astype(np.float32),
+            (audio_se / self.audio_samples).cpu().numpy().astype(np.float32),
+        )
 
 
-def load_clip_classifier(uri: str, *, sha256: str | None = None, k: int = 5, output_chunks: int = 128,
-                         device: str | torch.device = "cpu",
-                         storage_options: Mapping[str, Any] | None = None) -> tuple[ClipClassifier, str]:
+def load_clip_classifier(
+    uri: str,
+    *,
+    sha256: str | None = None,
+    k: int = 5,
+    output_chunks: int = 128,
+    device: str | torch.device = "cpu",
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[ClipClassifier, str]:
     """A ``PerceiverForMultimodalAutoencoding`` directory → (classifier, sha256 of its weights)."""
     from transformers import PerceiverForMultimodalAutoencoding
 
-    loaded = load_pretrained(PerceiverForMultimodalAutoencoding, uri, expected_sha256=sha256,
-                             storage_options=storage_options)
+    loaded = load_pretrained(
+        PerceiverForMultimodalAutoencoding, uri, expected_sha256=sha256, storage_options=storage_options
+    )
     return ClipClassifier(network=loaded.model.to(device), k=k, output_chunks=output_chunks), loaded.sha256
 
 
@@ -297,12 +331,13 @@ class LabelerSpec:
 
 
 LABELERS: Mapping[str, LabelerSpec] = {
-    spec.name: spec for spec in (
+    spec.name: spec
+    for spec in (
         LabelerSpec(
             name="perceiver_image_classifier",
             kind="frame",
             description="Perceiver IO ImageNet-1k classifier with conv preprocessing (transformers "
-                        "PerceiverForImageClassificationConvProcessing)",
+            "PerceiverForImageClassificationConvProcessing)",
             hub_id="deepmind/vision-perceiver-conv",
             # main: config.json, preprocessor_config.json, pytorch_model.bin ("Update dataset tags");
             # refs/pr/1 (9e887ddb738d7de3bb0dc357003fec3ab44af668) adds model.safetensors.
@@ -310,13 +345,13 @@ LABELERS: Mapping[str, LabelerSpec] = {
             load=load_image_classifier,
             published={"imagenet_top1": 82.1},
             source="transformers docs of PerceiverForImageClassificationConvProcessing (Perceiver IO paper, "
-                   "ImageNet without JFT pre-training)",
+            "ImageNet without JFT pre-training)",
         ),
         LabelerSpec(
             name="perceiver_multimodal",
             kind="clip",
             description="Perceiver IO multimodal autoencoder (video + audio + label) used as a Kinetics-700 "
-                        "classifier with the label masked (transformers PerceiverForMultimodalAutoencoding)",
+            "classifier with the label masked (transformers PerceiverForMultimodalAutoencoding)",
             hub_id="deepmind/multimodal-perceiver",
             # refs/pr/1 "Adding `safetensors` variant" (config.json as on main, plus model.safetensors).
             revision="4a12bbf63e4b0cbd170e9dc23e67c2283190ca18",

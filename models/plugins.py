@@ -15,7 +15,6 @@ import importlib
 import importlib.metadata
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -47,20 +46,27 @@ def resolve(path: str) -> Any:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise PluginError(f"model {path!r}: cannot import module {module_name!r}: no module named {exc.name!r} "
-                              "on this machine's sys.path (install the package, or ship the code to the workers "
-                              "with --runtime-env)") from exc
-        raise PluginError(f"model {path!r}: importing module {module_name!r} failed: {exc} "
-                          "(a dependency of the plugin is missing)") from exc
+            raise PluginError(
+                f"model {path!r}: cannot import module {module_name!r}: no module named {exc.name!r} "
+                "on this machine's sys.path (install the package, or ship the code to the workers "
+                "with --runtime-env)"
+            ) from exc
+        raise PluginError(
+            f"model {path!r}: importing module {module_name!r} failed: {exc} (a dependency of the plugin is missing)"
+        ) from exc
     except Exception as exc:  # the plugin's own import-time error
-        raise PluginError(f"model {path!r}: importing module {module_name!r} failed: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise PluginError(
+            f"model {path!r}: importing module {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     obj: Any = module
     parts = attr.split(".")
     for i, part in enumerate(parts):
         if not hasattr(obj, part):
-            owner = (f"module {module_name!r} ({getattr(module, '__file__', None) or 'no file'})" if i == 0
-                     else repr(f"{module_name}:{'.'.join(parts[:i])}"))
+            owner = (
+                f"module {module_name!r} ({getattr(module, '__file__', None) or 'no file'})"
+                if i == 0
+                else repr(f"{module_name}:{'.'.join(parts[:i])}")
+            )
             raise PluginError(f"model {path!r}: {owner} has no attribute {part!r}")
         obj = getattr(obj, part)
     return obj
@@ -81,18 +87,23 @@ def builder_for(path: str, obj: Any) -> Callable[..., FlowModel]:
     if inspect.isclass(obj):
         if not issubclass(obj, FlowModel):
             bases = ", ".join(f"{b.__module__}.{b.__qualname__}" for b in obj.__mro__[1:-1]) or "object"
-            raise PluginError(f"model {path!r} is {describe(obj)}, not a FlowModel subclass (its bases: {bases}); "
-                              "expected a subclass of models.FlowModel or a factory returning one")
+            raise PluginError(
+                f"model {path!r} is {describe(obj)}, not a FlowModel subclass (its bases: {bases}); "
+                "expected a subclass of models.FlowModel or a factory returning one"
+            )
     elif isinstance(obj, nn.Module) or not callable(obj):
-        raise PluginError(f"model {path!r} is {describe(obj)}; expected a subclass of models.FlowModel "
-                          "or a factory (callable) returning one")
+        raise PluginError(
+            f"model {path!r} is {describe(obj)}; expected a subclass of models.FlowModel "
+            "or a factory (callable) returning one"
+        )
 
     def build(**config: Any) -> FlowModel:
         try:
             model = obj(**config)
         except Exception as exc:
-            raise PluginError(f"model {path!r}: calling it with config {config} raised "
-                              f"{type(exc).__name__}: {exc}") from exc
+            raise PluginError(
+                f"model {path!r}: calling it with config {config} raised {type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(model, FlowModel):
             raise PluginError(f"model {path!r}: the factory returned {describe(model)}, expected a models.FlowModel")
         return model
@@ -104,8 +115,9 @@ def spec_for_import_path(path: str) -> ModelSpec:
     """A ModelSpec built on the fly: the object's builder, no default config, weights optional."""
     obj = resolve(path)
     doc = (inspect.getdoc(obj) or "").strip().splitlines()
-    return ModelSpec(name=path, builder=builder_for(path, obj), description=doc[0] if doc else path,
-                     needs_weights=False)
+    return ModelSpec(
+        name=path, builder=builder_for(path, obj), description=doc[0] if doc else path, needs_weights=False
+    )
 
 
 def entry_point_origin(entry_point: importlib.metadata.EntryPoint) -> str:
@@ -124,8 +136,9 @@ def specs_of_entry_point(entry_point: importlib.metadata.EntryPoint) -> list[Mod
         raise PluginError(f"{where} failed to load: {type(exc).__name__}: {exc}") from exc
     specs = [value] if isinstance(value, ModelSpec) else value
     if not isinstance(specs, Sequence) or isinstance(specs, str) or not all(isinstance(s, ModelSpec) for s in specs):
-        raise PluginError(f"{where} gave {describe(value)}; expected a ModelSpec, a sequence of them, "
-                          "or a callable returning either")
+        raise PluginError(
+            f"{where} gave {describe(value)}; expected a ModelSpec, a sequence of them, or a callable returning either"
+        )
     return list(specs)
 
 
@@ -158,8 +171,10 @@ class PluginRegistry(Mapping[str, ModelSpec]):
             raise PluginError(f"model name {name!r} from {origin}: expected a name without ':'")
         if name in self._builtin or name in found:
             other = BUILTIN if name in self._builtin else found[name][1]
-            raise PluginError(f"model name {name!r} from {origin} clashes with the {other} model {name!r}; "
-                              "one of them must be renamed or uninstalled")
+            raise PluginError(
+                f"model name {name!r} from {origin} clashes with the {other} model {name!r}; "
+                "one of them must be renamed or uninstalled"
+            )
 
     def __getitem__(self, name: str) -> ModelSpec:
         if name in self._builtin:
@@ -171,8 +186,10 @@ class PluginRegistry(Mapping[str, ModelSpec]):
         plugins = self._plugins()
         if name in plugins:
             return plugins[name][0]
-        raise KeyError(f"unknown model {name!r}; expected one of {sorted(self)} or an import path "
-                       "package.module:Name of a FlowModel subclass or factory")
+        raise KeyError(
+            f"unknown model {name!r}; expected one of {sorted(self)} or an import path "
+            "package.module:Name of a FlowModel subclass or factory"
+        )
 
     def __iter__(self) -> Iterator[str]:
         yield from self._builtin
@@ -203,8 +220,9 @@ def _expect_flow(name: str, what: str, value: Any, shape: tuple[int, ...]) -> No
     if tuple(value.shape) != shape:
         raise PluginError(f"model {name!r}: {what}: expected shape {shape}, got {tuple(value.shape)}")
     if not value.is_floating_point():
-        raise PluginError(f"model {name!r}: {what}: expected a float tensor (float32 flow in pixels), "
-                          f"got {value.dtype}")
+        raise PluginError(
+            f"model {name!r}: {what}: expected a float tensor (float32 flow in pixels), got {value.dtype}"
+        )
 
 
 def check_contract(model: FlowModel, name: str) -> FlowModel:
@@ -228,10 +246,13 @@ def check_contract(model: FlowModel, name: str) -> FlowModel:
         except PluginError:
             raise
         except Exception as exc:
-            raise PluginError(f"model {name!r} failed on two probe frames 3×{h}×{w}: "
-                              f"{type(exc).__name__}: {exc}") from exc
+            raise PluginError(
+                f"model {name!r} failed on two probe frames 3×{h}×{w}: {type(exc).__name__}: {exc}"
+            ) from exc
     for what, value in (("forward", out.forward), ("backward", out.backward)):
         if not torch.isfinite(value).all():
-            raise PluginError(f"model {name!r}: {what} flow: expected finite values, got "
-                              f"{int((~torch.isfinite(value)).sum())} non-finite of {value.numel()}")
+            raise PluginError(
+                f"model {name!r}: {what} flow: expected finite values, got "
+                f"{int((~torch.isfinite(value)).sum())} non-finite of {value.numel()}"
+            )
     return model

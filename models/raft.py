@@ -452,6 +452,7 @@ KITTI_EVAL = {"iters": 24, "pad_mode": "kitti"}
 CHAIRS_EVAL = {"iters": 24, "pad_mode": "sintel"}
 BENCHMARKS = {"sintel": SINTEL_EVAL, "kitti": KITTI_EVAL, "chairs": CHAIRS_EVAL}
 
+
 def _official(filename: str, trained_on: str, published: dict[str, float], **fields) -> Checkpoint:
     return Checkpoint(
         name=filename.removesuffix(".pth"),
@@ -489,18 +490,36 @@ LARGE_CHECKPOINTS = (
         source=OFFICIAL_SOURCE + ", without warm start",
     ),
     _official("raft-kitti.pth", C_T_SKHT_K, {"kitti_test_fl_all": 5.10}, eval_config=KITTI_EVAL),
-    _torchvision("raft_large_C_T_V1-22a6c225.pth", C_T + ", ported from raft-things.pth",
-                 train_scores(1.4411, 2.7894, 5.0172, 17.4506)),
-    _torchvision("raft_large_C_T_V2-1bb1363a.pth", C_T + ", retrained by torchvision",
-                 train_scores(1.3822, 2.7161, 4.5118, 16.0679)),
-    _torchvision("raft_large_C_T_SKHT_V1-0b8c9e55.pth", C_T_SKHT + ", ported from raft-sintel.pth",
-                 sintel_test_scores(1.94, 3.18)),
-    _torchvision("raft_large_C_T_SKHT_V2-ff5fadd5.pth", C_T_SKHT + ", retrained by torchvision",
-                 sintel_test_scores(1.819, 3.067)),
-    _torchvision("raft_large_C_T_SKHT_K_V1-4a6a5039.pth", C_T_SKHT_K + ", ported from raft-kitti.pth",
-                 {"kitti_test_fl_all": 5.10}, eval_config=KITTI_EVAL),
-    _torchvision("raft_large_C_T_SKHT_K_V2-b5c70766.pth", C_T_SKHT_K + ", retrained by torchvision",
-                 {"kitti_test_fl_all": 5.19}, eval_config=KITTI_EVAL),
+    _torchvision(
+        "raft_large_C_T_V1-22a6c225.pth",
+        C_T + ", ported from raft-things.pth",
+        train_scores(1.4411, 2.7894, 5.0172, 17.4506),
+    ),
+    _torchvision(
+        "raft_large_C_T_V2-1bb1363a.pth",
+        C_T + ", retrained by torchvision",
+        train_scores(1.3822, 2.7161, 4.5118, 16.0679),
+    ),
+    _torchvision(
+        "raft_large_C_T_SKHT_V1-0b8c9e55.pth",
+        C_T_SKHT + ", ported from raft-sintel.pth",
+        sintel_test_scores(1.94, 3.18),
+    ),
+    _torchvision(
+        "raft_large_C_T_SKHT_V2-ff5fadd5.pth", C_T_SKHT + ", retrained by torchvision", sintel_test_scores(1.819, 3.067)
+    ),
+    _torchvision(
+        "raft_large_C_T_SKHT_K_V1-4a6a5039.pth",
+        C_T_SKHT_K + ", ported from raft-kitti.pth",
+        {"kitti_test_fl_all": 5.10},
+        eval_config=KITTI_EVAL,
+    ),
+    _torchvision(
+        "raft_large_C_T_SKHT_K_V2-b5c70766.pth",
+        C_T_SKHT_K + ", retrained by torchvision",
+        {"kitti_test_fl_all": 5.19},
+        eval_config=KITTI_EVAL,
+    ),
 )
 
 SMALL_CHECKPOINTS = (
@@ -510,10 +529,16 @@ SMALL_CHECKPOINTS = (
         train_scores(2.21, 3.35, 7.51, 26.9),
         sha256="c7d41b9cc88442bb8aa911dbb33086dac55a226394b142937ff22d5578717332",
     ),
-    _torchvision("raft_small_C_T_V1-ad48884c.pth", C_T + ", ported from raft-small.pth",
-                 train_scores(2.1231, 3.2790, 7.6557, 25.2801)),
-    _torchvision("raft_small_C_T_V2-01064c6d.pth", C_T + ", retrained by torchvision",
-                 train_scores(1.9901, 3.2831, 7.5978, 25.2369)),
+    _torchvision(
+        "raft_small_C_T_V1-ad48884c.pth",
+        C_T + ", ported from raft-small.pth",
+        train_scores(2.1231, 3.2790, 7.6557, 25.2801),
+    ),
+    _torchvision(
+        "raft_small_C_T_V2-01064c6d.pth",
+        C_T + ", retrained by torchvision",
+        train_scores(1.9901, 3.2831, 7.5978, 25.2369),
+    ),
 )
 
 DEFAULT_CONFIG = {"iters": 32, "corr": "all_pairs", "pad_mode": "sintel"}

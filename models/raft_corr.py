@@ -52,7 +52,7 @@ def _level_sizes(h: int, w: int, levels: int) -> list[tuple[int, int]]:
 def min_feature_size(levels: int) -> int:
     """Smallest 1/8-grid side the pyramid supports: the coarsest level needs at least 2 pixels
     per axis, because the official lookup normalizes coordinates by (size − 1)."""
-    return 2 ** levels
+    return 2**levels
 
 
 def all_pairs_bytes(height: int, width: int, *, levels: int = 4, batch: int = 1) -> int:

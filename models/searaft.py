@@ -129,14 +129,23 @@ class SEARAFT(FlowModel):
 
     predicts_confidence = True
 
-    def __init__(self, *, arch: SEARAFTArch, iters: int, scale: int = 0, corr: str = "all_pairs",
-                 var_min: float = 0.0, var_max: float = 10.0):
+    def __init__(
+        self,
+        *,
+        arch: SEARAFTArch,
+        iters: int,
+        scale: int = 0,
+        corr: str = "all_pairs",
+        var_min: float = 0.0,
+        var_max: float = 10.0,
+    ):
         super().__init__()
         if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
             raise ValueError(f"iters: expected an integer ≥ 1, got {iters!r}")
         if scale not in SCALES or isinstance(scale, bool):
-            raise ValueError(f"scale: expected one of {SCALES} (the network runs at 2**scale of the size), "
-                             f"got {scale!r}")
+            raise ValueError(
+                f"scale: expected one of {SCALES} (the network runs at 2**scale of the size), got {scale!r}"
+            )
         if corr not in CORRELATIONS:
             raise ValueError(f"corr: expected one of {sorted(CORRELATIONS)}, got {corr!r}")
         if not var_min <= 0 <= var_max:
@@ -194,8 +203,9 @@ class SEARAFT(FlowModel):
 
     # --- network ----------------------------------------------------------------------------
 
-    def estimate(self, frames: torch.Tensor, sources: torch.Tensor, targets: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def estimate(
+        self, frames: torch.Tensor, sources: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Flow and uncertainty from frames[sources[i]] to frames[targets[i]], as the official ``calc_flow``.
 
         ``frames``: N×3×H×W float RGB in [0, 255], H and W multiples of ``pad_multiple``. Returns the
@@ -218,8 +228,9 @@ class SEARAFT(FlowModel):
             info = F.interpolate(info, scale_factor=factor, mode="area")
         return flow, info
 
-    def _refine(self, image0: torch.Tensor, image1: torch.Tensor, fmap0: torch.Tensor, fmap1: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _refine(
+        self, image0: torch.Tensor, image1: torch.Tensor, fmap0: torch.Tensor, fmap1: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized K×3×H×W pairs and their features → K×2×H×W flow, K×4×H×W info (H, W multiples of 8)."""
         dim = self.arch.dim
         net, context = torch.split(self.init_conv(self.cnet(torch.cat([image0, image1], dim=1))), [dim, dim], dim=1)
@@ -247,35 +258,101 @@ def _no_autocast(x: torch.Tensor):
 
 # --- builders -------------------------------------------------------------------------------
 
-def _build(backbone: str, *, iters: int, scale: int, corr: str, var_min: float, var_max: float,
-           dim: int, initial_dim: int, block_dims: tuple[int, int, int]) -> SEARAFT:
+
+def _build(
+    backbone: str,
+    *,
+    iters: int,
+    scale: int,
+    corr: str,
+    var_min: float,
+    var_max: float,
+    dim: int,
+    initial_dim: int,
+    block_dims: tuple[int, int, int],
+) -> SEARAFT:
     arch = SEARAFTArch(backbone=backbone, initial_dim=initial_dim, block_dims=tuple(block_dims), dim=dim)
     return SEARAFT(arch=arch, iters=iters, scale=scale, corr=corr, var_min=var_min, var_max=var_max)
 
 
-def searaft_s(*, iters: int = 4, scale: int = 0, corr: str = "all_pairs", var_min: float = 0.0, var_max: float = 10.0,
-              dim: int = 128, initial_dim: int = 64, block_dims: tuple[int, int, int] = (64, 128, 256)) -> SEARAFT:
+def searaft_s(
+    *,
+    iters: int = 4,
+    scale: int = 0,
+    corr: str = "all_pairs",
+    var_min: float = 0.0,
+    var_max: float = 10.0,
+    dim: int = 128,
+    initial_dim: int = 64,
+    block_dims: tuple[int, int, int] = (64, 128, 256),
+) -> SEARAFT:
     """SEA-RAFT (S): ResNet-18 encoders, 4 iterations (config/eval/*-S.json). ``dim``, ``initial_dim``,
     ``block_dims`` change the widths (tests only: the released weights use the defaults)."""
-    return _build("resnet18", iters=iters, scale=scale, corr=corr, var_min=var_min, var_max=var_max, dim=dim,
-                  initial_dim=initial_dim, block_dims=block_dims)
+    return _build(
+        "resnet18",
+        iters=iters,
+        scale=scale,
+        corr=corr,
+        var_min=var_min,
+        var_max=var_max,
+        dim=dim,
+        initial_dim=initial_dim,
+        block_dims=block_dims,
+    )
 
 
-def searaft_m(*, iters: int = 4, scale: int = 0, corr: str = "all_pairs", var_min: float = 0.0, var_max: float = 10.0,
-              dim: int = 128, initial_dim: int = 64, block_dims: tuple[int, int, int] = (64, 128, 256)) -> SEARAFT:
+def searaft_m(
+    *,
+    iters: int = 4,
+    scale: int = 0,
+    corr: str = "all_pairs",
+    var_min: float = 0.0,
+    var_max: float = 10.0,
+    dim: int = 128,
+    initial_dim: int = 64,
+    block_dims: tuple[int, int, int] = (64, 128, 256),
+) -> SEARAFT:
     """SEA-RAFT (M): ResNet-34 encoders, 4 iterations (config/eval/*-M.json)."""
-    return _build("resnet34", iters=iters, scale=scale, corr=corr, var_min=var_min, var_max=var_max, dim=dim,
-                  initial_dim=initial_dim, block_dims=block_dims)
+    return _build(
+        "resnet34",
+        iters=iters,
+        scale=scale,
+        corr=corr,
+        var_min=var_min,
+        var_max=var_max,
+        dim=dim,
+        initial_dim=initial_dim,
+        block_dims=block_dims,
+    )
 
 
-def searaft_l(*, iters: int = 12, scale: int = 0, corr: str = "all_pairs", var_min: float = 0.0, var_max: float = 10.0,
-              dim: int = 128, initial_dim: int = 64, block_dims: tuple[int, int, int] = (64, 128, 256)) -> SEARAFT:
+def searaft_l(
+    *,
+    iters: int = 12,
+    scale: int = 0,
+    corr: str = "all_pairs",
+    var_min: float = 0.0,
+    var_max: float = 10.0,
+    dim: int = 128,
+    initial_dim: int = 64,
+    block_dims: tuple[int, int, int] = (64, 128, 256),
+) -> SEARAFT:
     """SEA-RAFT (L): the M network and weights with 12 iterations (config/eval/*-L.json)."""
-    return _build("resnet34", iters=iters, scale=scale, corr=corr, var_min=var_min, var_max=var_max, dim=dim,
-                  initial_dim=initial_dim, block_dims=block_dims)
+    return _build(
+        "resnet34",
+        iters=iters,
+        scale=scale,
+        corr=corr,
+        var_min=var_min,
+        var_max=var_max,
+        dim=dim,
+        initial_dim=initial_dim,
+        block_dims=block_dims,
+    )
 
 
 # --- checkpoints ----------------------------------------------------------------------------
+
 
 def convert_searaft_state(state: StateDict) -> StateDict:
     """An official state_dict (a ``.pth`` file, or a HuggingFace ``model.safetensors``) → this model's keys.
@@ -294,8 +371,14 @@ def convert_searaft_state(state: StateDict) -> StateDict:
     return {**state, **aliases}
 
 
-ARCH_KEYS = {"pretrain": "backbone", "initial_dim": "initial_dim", "block_dims": "block_dims", "dim": "dim",
-             "radius": "radius", "num_blocks": "num_blocks"}
+ARCH_KEYS = {
+    "pretrain": "backbone",
+    "initial_dim": "initial_dim",
+    "block_dims": "block_dims",
+    "dim": "dim",
+    "radius": "radius",
+    "num_blocks": "num_blocks",
+}
 
 
 def check_hub_config(hub_config: Mapping[str, Any], arch: SEARAFTArch, uri: str) -> None:
@@ -306,17 +389,31 @@ def check_hub_config(hub_config: Mapping[str, Any], arch: SEARAFTArch, uri: str)
     architecture fields found are compared (eval settings such as ``iters`` come from the registry).
     """
     settings = hub_config.get("args") if isinstance(hub_config.get("args"), Mapping) else hub_config
-    ours = {"backbone": arch.backbone, "initial_dim": arch.initial_dim, "block_dims": list(arch.block_dims),
-            "dim": arch.dim, "radius": arch.radius, "num_blocks": arch.num_blocks}
-    wrong = {k: (settings[k], ours[field]) for k, field in ARCH_KEYS.items()
-             if k in settings and (list(settings[k]) if k == "block_dims" else settings[k]) != ours[field]}
+    ours = {
+        "backbone": arch.backbone,
+        "initial_dim": arch.initial_dim,
+        "block_dims": list(arch.block_dims),
+        "dim": arch.dim,
+        "radius": arch.radius,
+        "num_blocks": arch.num_blocks,
+    }
+    wrong = {
+        k: (settings[k], ours[field])
+        for k, field in ARCH_KEYS.items()
+        if k in settings and (list(settings[k]) if k == "block_dims" else settings[k]) != ours[field]
+    }
     if wrong:
         details = ", ".join(f"{k}={theirs!r} (expected {mine!r})" for k, (theirs, mine) in wrong.items())
         raise CheckpointError(f"{uri}/{CONFIG_FILE} describes another SEA-RAFT: {details}")
 
 
-def load_searaft_directory(builder: Callable[..., SEARAFT], uri: str, config: Mapping[str, Any], expected_sha256: str | None = None,
-                           storage_options: Mapping[str, Any] | None = None) -> tuple[SEARAFT, str]:
+def load_searaft_directory(
+    builder: Callable[..., SEARAFT],
+    uri: str,
+    config: Mapping[str, Any],
+    expected_sha256: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[SEARAFT, str]:
     """A HuggingFace model directory as ``PyTorchModelHubMixin.save_pretrained`` writes it
     (model.safetensors, optional config.json; local path or fsspec URI, read offline) →
     (``builder(**config)`` with its weights loaded strictly, sha256 of the weights file)."""
@@ -370,12 +467,28 @@ def _checkpoints(size: str, published: Mapping[str, Mapping[str, float]]) -> tup
     for stem, trained_on, eval_config in releases:
         scores = dict(published.get(stem, {}))
         source = TABLE3 if scores else "no Sintel or KITTI score published for this size (Spring: SPRING_PUBLISHED)"
-        out.append(Checkpoint(name=stem, filename=stem + ".pth", url=DRIVE_URL, trained_on=trained_on,
-                              eval_config=eval_config, published=scores, source=source))
+        out.append(
+            Checkpoint(
+                name=stem,
+                filename=stem + ".pth",
+                url=DRIVE_URL,
+                trained_on=trained_on,
+                eval_config=eval_config,
+                published=scores,
+                source=source,
+            )
+        )
         if stem in HUB_REPOS:
-            out.append(Checkpoint(name=stem + " (HuggingFace)", filename=stem, url=HUB_URL + stem,
-                                  trained_on=trained_on, eval_config=eval_config,
-                                  source=f"the weights of {stem}.pth, whose record lists their scores"))
+            out.append(
+                Checkpoint(
+                    name=stem + " (HuggingFace)",
+                    filename=stem,
+                    url=HUB_URL + stem,
+                    trained_on=trained_on,
+                    eval_config=eval_config,
+                    source=f"the weights of {stem}.pth, whose record lists their scores",
+                )
+            )
     return tuple(out)
 
 
@@ -402,13 +515,28 @@ SPRING_PUBLISHED = {
     ("searaft_s", "Tartan-C-T-TSKH432x960-S.pth"): {"spring_train_1px": 4.161, "spring_train_epe": 0.410},
     ("searaft_m", "Tartan-C-T-TSKH432x960-M.pth"): {"spring_train_1px": 3.888, "spring_train_epe": 0.406},
     ("searaft_s", "Tartan-C-T-TSKH-spring540x960-S.pth"): {
-        "spring_test_1px": 3.904, "spring_test_epe": 0.377, "spring_test_fl": 1.389, "spring_test_wauc": 94.182},
+        "spring_test_1px": 3.904,
+        "spring_test_epe": 0.377,
+        "spring_test_fl": 1.389,
+        "spring_test_wauc": 94.182,
+    },
     ("searaft_m", "Tartan-C-T-TSKH-spring540x960-M.pth"): {
-        "spring_test_1px": 3.686, "spring_test_epe": 0.363, "spring_test_fl": 1.347, "spring_test_wauc": 94.534},
+        "spring_test_1px": 3.686,
+        "spring_test_epe": 0.363,
+        "spring_test_fl": 1.347,
+        "spring_test_wauc": 94.534,
+    },
 }
 
-DEFAULT_CONFIG = {"scale": 0, "corr": "all_pairs", "var_min": 0.0, "var_max": 10.0, "dim": 128, "initial_dim": 64,
-                  "block_dims": (64, 128, 256)}
+DEFAULT_CONFIG = {
+    "scale": 0,
+    "corr": "all_pairs",
+    "var_min": 0.0,
+    "var_max": 10.0,
+    "dim": 128,
+    "initial_dim": 64,
+    "block_dims": (64, 128, 256),
+}
 BUILDERS = {"s": searaft_s, "m": searaft_m, "l": searaft_l}
 DESCRIPTIONS = {
     "s": "SEA-RAFT (S) (Wang et al., ECCV 2024), ResNet-18 encoders, 4 iterations, learned per-pixel confidence",
@@ -420,8 +548,12 @@ DESCRIPTIONS = {
 def _spec(size: str) -> ModelSpec:
     builder = BUILDERS[size]
 
-    def load_directory(uri: str, config: Mapping[str, Any], expected_sha256: str | None = None,
-                       storage_options: Mapping[str, Any] | None = None) -> tuple[SEARAFT, str]:
+    def load_directory(
+        uri: str,
+        config: Mapping[str, Any],
+        expected_sha256: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> tuple[SEARAFT, str]:
         return load_searaft_directory(builder, uri, config, expected_sha256, storage_options)
 
     return ModelSpec(

@@ -51,8 +51,9 @@ class ResNetEncoder(nn.Module):
     three stages' channels; the stem (``initial_dim`` channels) and stages 2 and 3 halve the size.
     """
 
-    def __init__(self, *, in_dim: int, out_dim: int, initial_dim: int, widths: tuple[int, int, int],
-                 blocks: tuple[int, int, int]):
+    def __init__(
+        self, *, in_dim: int, out_dim: int, initial_dim: int, widths: tuple[int, int, int], blocks: tuple[int, int, int]
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_dim, initial_dim, kernel_size=7, stride=2, padding=3)
         self.bn1 = nn.BatchNorm2d(initial_dim)

@@ -53,20 +53,25 @@ class TileGrid:
     def __post_init__(self) -> None:
         th, tw = self.tile
         if self.height < th or self.width < tw:
-            raise ValueError(f"expected an image at least as large as the tile {th}×{tw}, "
-                             f"got {self.height}×{self.width} (pad it first)")
+            raise ValueError(
+                f"expected an image at least as large as the tile {th}×{tw}, "
+                f"got {self.height}×{self.width} (pad it first)"
+            )
 
     @property
     def origins(self) -> list[tuple[int, int]]:
         """(y, x) of each tile's top-left pixel, row by row."""
         th, tw = self.tile
-        return list(itertools.product(tile_starts(self.height, th, self.min_overlap),
-                                      tile_starts(self.width, tw, self.min_overlap)))
+        return list(
+            itertools.product(
+                tile_starts(self.height, th, self.min_overlap), tile_starts(self.width, tw, self.min_overlap)
+            )
+        )
 
     def crop(self, images: torch.Tensor) -> torch.Tensor:
         """…×H×W → (tiles·…)×… : every tile of ``images``, tiles outermost; shape N_tiles×…×th×tw."""
         th, tw = self.tile
-        return torch.stack([images[..., y:y + th, x:x + tw] for y, x in self.origins])
+        return torch.stack([images[..., y : y + th, x : x + tw] for y, x in self.origins])
 
     def blend(self, tiles: torch.Tensor) -> torch.Tensor:
         """N_tiles×C×th×tw predictions (in :attr:`origins` order) → C×H×W, tent-weighted mean."""
@@ -78,6 +83,6 @@ class TileGrid:
         total = tiles.new_zeros((tiles.shape[1], self.height, self.width))
         coverage = tiles.new_zeros((self.height, self.width))
         for (y, x), tile in zip(origins, tiles):
-            total[:, y:y + th, x:x + tw] += tile * weights
-            coverage[y:y + th, x:x + tw] += weights
+            total[:, y : y + th, x : x + tw] += tile * weights
+            coverage[y : y + th, x : x + tw] += weights
         return total / coverage

@@ -166,8 +166,10 @@ URL = "https://s3.eu-central-1.amazonaws.com/avg-projects/unimatch/pretrained/"
 # benchmark settings. The test-set submissions (scripts/gmflow_submission.sh) also resize the input to
 # 416×1024 (Sintel) and 352×1216 (KITTI).
 SAME_FILE = "the same weights as haofeixu/gmflow's {} (same short hash in the file name); "
-UNIMATCH_KITTI = ("UniMatch paper (Xu et al., TPAMI 2023, arXiv:2211.05783), KITTI-2015 test Fl-all of GMFlow+ "
-                  "(as listed for the paper on wizwand.com; input resized to 352×1216 by gmflow_submission.sh)")
+UNIMATCH_KITTI = (
+    "UniMatch paper (Xu et al., TPAMI 2023, arXiv:2211.05783), KITTI-2015 test Fl-all of GMFlow+ "
+    "(as listed for the paper on wizwand.com; input resized to 352×1216 by gmflow_submission.sh)"
+)
 C_T_SKHT_FT = C_T_SKHT + " → Sintel fine-tune mix (stage sintel_ft)"
 C_T_VK_K = C_T + " → Virtual KITTI 2 → KITTI mix (stage kitti_mix)"
 MIXDATA = "several mixed public datasets, 320×576 crops (MODEL_ZOO.md: recommended for in-the-wild use)"
@@ -178,38 +180,86 @@ def _official(filename: str, trained_on: str, config: Mapping, published: Mappin
 
 
 def _spec(name: str, description: str, config: Mapping, checkpoints: tuple[Checkpoint, ...]) -> ModelSpec:
-    return ModelSpec(name=name, builder=UniMatch, description=description, default_config=config,
-                     convert=convert_official, checkpoints=checkpoints)
+    return ModelSpec(
+        name=name,
+        builder=UniMatch,
+        description=description,
+        default_config=config,
+        convert=convert_official,
+        checkpoints=checkpoints,
+    )
 
 
 SPECS = (
-    _spec("unimatch_scale1", "UniMatch GMFlow-scale1 (Xu et al., TPAMI 2023): global matching at 1/8", SCALE1_CONFIG, (
-        _official("gmflow-scale1-things-e9887eda.pth", C_T, SCALE1_CONFIG,
-                  {"things_test_clean_epe": 3.475, "sintel_train_clean_epe": 1.495, "sintel_train_final_epe": 2.955},
-                  SAME_FILE.format("gmflow_things-e9887eda.pth") + EVALUATE_SH),
-        _official("gmflow-scale1-mixdata-train320x576-4c3a6e9a.pth", MIXDATA, SCALE1_CONFIG, {}, NO_SCORE),
-    )),
-    _spec("unimatch_scale2", "UniMatch GMFlow-scale2 (Xu et al., TPAMI 2023): global at 1/8, local at 1/4",
-          SCALE2_CONFIG, (
-        _official("gmflow-scale2-things-36579974.pth", C_T, SCALE2_CONFIG,
-                  {"things_test_clean_epe": 2.804, "sintel_train_clean_epe": 1.084, "sintel_train_final_epe": 2.475,
-                   "kitti_train_epe": 7.77},
-                  SAME_FILE.format("gmflow_with_refine_things-36579974.pth") + EVALUATE_SH
-                  + "; KITTI: " + PAPER_TABLE4),
-        _official("gmflow-scale2-sintel-3ed1cf48.pth", C_T_SKHT, SCALE2_CONFIG,
-                  {"sintel_test_clean_epe": 1.74, "sintel_test_final_epe": 2.90},
-                  SAME_FILE.format("gmflow_with_refine_sintel-3ed1cf48.pth") + PAPER_TABLE4),
-        _official("gmflow-scale2-mixdata-train320x576-9ff1c094.pth", MIXDATA, SCALE2_CONFIG, {}, NO_SCORE),
-    )),
-    _spec("unimatch_scale2_regrefine6",
-          "UniMatch GMFlow+ (Xu et al., TPAMI 2023): GMFlow-scale2 and 6 local regression refinements",
-          SCALE2_REFINE6_CONFIG, (
-        _official("gmflow-scale2-regrefine6-things-776ed612.pth", C_T, SCALE2_REFINE6_CONFIG, {}, NO_SCORE),
-        _official("gmflow-scale2-regrefine6-sintelft-6e39e2b9.pth", C_T_SKHT_FT, SCALE2_REFINE6_CONFIG, {},
-                  NO_SCORE + " verified here (the paper's Sintel test numbers could not be read from a stored copy)"),
-        _official("gmflow-scale2-regrefine6-kitti15-25b554d7.pth", C_T_VK_K, SCALE2_REFINE6_CONFIG,
-                  {"kitti_test_fl_all": 4.49}, UNIMATCH_KITTI),
-        _official("gmflow-scale2-regrefine6-mixdata-train320x576-4e7b215d.pth", MIXDATA, SCALE2_REFINE6_CONFIG, {},
-                  NO_SCORE),
-    )),
+    _spec(
+        "unimatch_scale1",
+        "UniMatch GMFlow-scale1 (Xu et al., TPAMI 2023): global matching at 1/8",
+        SCALE1_CONFIG,
+        (
+            _official(
+                "gmflow-scale1-things-e9887eda.pth",
+                C_T,
+                SCALE1_CONFIG,
+                {"things_test_clean_epe": 3.475, "sintel_train_clean_epe": 1.495, "sintel_train_final_epe": 2.955},
+                SAME_FILE.format("gmflow_things-e9887eda.pth") + EVALUATE_SH,
+            ),
+            _official("gmflow-scale1-mixdata-train320x576-4c3a6e9a.pth", MIXDATA, SCALE1_CONFIG, {}, NO_SCORE),
+        ),
+    ),
+    _spec(
+        "unimatch_scale2",
+        "UniMatch GMFlow-scale2 (Xu et al., TPAMI 2023): global at 1/8, local at 1/4",
+        SCALE2_CONFIG,
+        (
+            _official(
+                "gmflow-scale2-things-36579974.pth",
+                C_T,
+                SCALE2_CONFIG,
+                {
+                    "things_test_clean_epe": 2.804,
+                    "sintel_train_clean_epe": 1.084,
+                    "sintel_train_final_epe": 2.475,
+                    "kitti_train_epe": 7.77,
+                },
+                SAME_FILE.format("gmflow_with_refine_things-36579974.pth") + EVALUATE_SH + "; KITTI: " + PAPER_TABLE4,
+            ),
+            _official(
+                "gmflow-scale2-sintel-3ed1cf48.pth",
+                C_T_SKHT,
+                SCALE2_CONFIG,
+                {"sintel_test_clean_epe": 1.74, "sintel_test_final_epe": 2.90},
+                SAME_FILE.format("gmflow_with_refine_sintel-3ed1cf48.pth") + PAPER_TABLE4,
+            ),
+            _official("gmflow-scale2-mixdata-train320x576-9ff1c094.pth", MIXDATA, SCALE2_CONFIG, {}, NO_SCORE),
+        ),
+    ),
+    _spec(
+        "unimatch_scale2_regrefine6",
+        "UniMatch GMFlow+ (Xu et al., TPAMI 2023): GMFlow-scale2 and 6 local regression refinements",
+        SCALE2_REFINE6_CONFIG,
+        (
+            _official("gmflow-scale2-regrefine6-things-776ed612.pth", C_T, SCALE2_REFINE6_CONFIG, {}, NO_SCORE),
+            _official(
+                "gmflow-scale2-regrefine6-sintelft-6e39e2b9.pth",
+                C_T_SKHT_FT,
+                SCALE2_REFINE6_CONFIG,
+                {},
+                NO_SCORE + " verified here (the paper's Sintel test numbers could not be read from a stored copy)",
+            ),
+            _official(
+                "gmflow-scale2-regrefine6-kitti15-25b554d7.pth",
+                C_T_VK_K,
+                SCALE2_REFINE6_CONFIG,
+                {"kitti_test_fl_all": 4.49},
+                UNIMATCH_KITTI,
+            ),
+            _official(
+                "gmflow-scale2-regrefine6-mixdata-train320x576-4e7b215d.pth",
+                MIXDATA,
+                SCALE2_REFINE6_CONFIG,
+                {},
+                NO_SCORE,
+            ),
+        ),
+    ),
 )

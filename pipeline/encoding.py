@@ -35,10 +35,16 @@ _INT16_MAX = np.iinfo(np.int16).max
 
 # encoding → array column → (numpy dtype, arrow type) as stored
 STORED_TYPES = {
-    "int16": {"flow": (np.int16, pa.int16()), "occlusion": (np.uint8, pa.uint8()),
-              "confidence": (np.uint8, pa.uint8())},
-    "float16": {"flow": (np.float16, pa.float16()), "occlusion": (np.uint8, pa.uint8()),
-                "confidence": (np.float16, pa.float16())},
+    "int16": {
+        "flow": (np.int16, pa.int16()),
+        "occlusion": (np.uint8, pa.uint8()),
+        "confidence": (np.uint8, pa.uint8()),
+    },
+    "float16": {
+        "flow": (np.float16, pa.float16()),
+        "occlusion": (np.uint8, pa.uint8()),
+        "confidence": (np.float16, pa.float16()),
+    },
 }
 SCALE_COLUMN = "flow_scale"  # int32 per row, int16 encoding only: flow = stored / flow_scale
 PEAK_KEY = "flow_peak"  # encode_on_device's per-row largest |flow|, checked on the host, never stored
@@ -75,16 +81,19 @@ def quantize_flow(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # The largest power of two p with peak · p ≤ 32767: frexp's exponent is exact where log2 may round up.
         scale[large] = np.maximum(1, np.ldexp(1.0, np.frexp(_INT16_MAX / peak[large])[1] - 1)).astype(np.int32)
         if (peak[large] * scale[large] > _INT16_MAX).any():
-            raise ValueError(f"flow: expected |values| ≤ {_INT16_MAX} px for int16 storage, got {peak.max():.0f} px; "
-                             "use flow_encoding='float16'")
+            raise ValueError(
+                f"flow: expected |values| ≤ {_INT16_MAX} px for int16 storage, got {peak.max():.0f} px; "
+                "use flow_encoding='float16'"
+            )
     stored = np.rint(flow * scale.astype(np.float32).reshape((n,) + (1,) * (flow.ndim - 1)))
     if not finite.all():
         stored = np.where(np.isfinite(stored), stored, INVALID_FLOW)
     return stored.astype(np.int16), scale
 
 
-def encode_on_device(flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.Tensor,
-                     encoding: str) -> dict[str, torch.Tensor]:
+def encode_on_device(
+    flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.Tensor, encoding: str
+) -> dict[str, torch.Tensor]:
     """The stored arrays of ``encoding``, computed where the tensors are (the GPU in a labeler), so
     only the stored bytes cross to the host: the same values as :func:`encode_labels` on the host.
 
@@ -108,8 +117,13 @@ def encode_on_device(flow: torch.Tensor, occlusion: torch.Tensor, confidence: to
     scale = torch.where(peak * FLOW_SCALE > _INT16_MAX, fits, torch.full_like(peak, FLOW_SCALE))
     stored = torch.round(flow * scale.view(n, 1, 1, 1))
     stored = torch.where(stored.isfinite(), stored, torch.full_like(stored, INVALID_FLOW))
-    return {**out, "flow": stored.clamp_(-_INT16_MAX - 1, _INT16_MAX).to(torch.int16), SCALE_COLUMN: scale.to(torch.int32),
-            PEAK_KEY: peak, "confidence": torch.round(confidence.float().clamp(0, 1) * 255).to(torch.uint8)}
+    return {
+        **out,
+        "flow": stored.clamp_(-_INT16_MAX - 1, _INT16_MAX).to(torch.int16),
+        SCALE_COLUMN: scale.to(torch.int32),
+        PEAK_KEY: peak,
+        "confidence": torch.round(confidence.float().clamp(0, 1) * 255).to(torch.uint8),
+    }
 
 
 def check_device_encoding(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,8 +131,10 @@ def check_device_encoding(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray
     for a row whose flow int16 cannot hold (|flow| > 32767 px)."""
     peak = arrays.pop(PEAK_KEY, None)
     if peak is not None and (peak * arrays[SCALE_COLUMN] > _INT16_MAX).any():
-        raise ValueError(f"flow: expected |values| ≤ {_INT16_MAX} px for int16 storage, got {peak.max():.0f} px; "
-                         "use flow_encoding='float16'")
+        raise ValueError(
+            f"flow: expected |values| ≤ {_INT16_MAX} px for int16 storage, got {peak.max():.0f} px; "
+            "use flow_encoding='float16'"
+        )
     return arrays
 
 
@@ -141,21 +157,31 @@ def encode_labels(labels: Mapping[str, np.ndarray], encoding: str) -> dict[str, 
     out = {"occlusion": np.asarray(labels["occlusion"], np.uint8)}
     if encoding == "float16":
         if flow.dtype.kind != "f" or confidence.dtype.kind != "f":
-            raise ValueError(f"float16 encoding: expected float flow and confidence, got {flow.dtype} and "
-                             f"{confidence.dtype} (already stored in another encoding?)")
-        return {**out, "flow": flow.astype(np.float16, copy=False),
-                "confidence": confidence.astype(np.float16, copy=False)}
+            raise ValueError(
+                f"float16 encoding: expected float flow and confidence, got {flow.dtype} and "
+                f"{confidence.dtype} (already stored in another encoding?)"
+            )
+        return {
+            **out,
+            "flow": flow.astype(np.float16, copy=False),
+            "confidence": confidence.astype(np.float16, copy=False),
+        }
     if flow.dtype == np.int16:
         if SCALE_COLUMN not in labels or confidence.dtype != np.uint8:
-            raise ValueError(f"int16 flow: expected a {SCALE_COLUMN} column and uint8 confidence, got "
-                             f"{sorted(labels)} and {confidence.dtype}")
-        return {**out, "flow": flow, SCALE_COLUMN: np.asarray(labels[SCALE_COLUMN], np.int32),
-                "confidence": confidence}
+            raise ValueError(
+                f"int16 flow: expected a {SCALE_COLUMN} column and uint8 confidence, got "
+                f"{sorted(labels)} and {confidence.dtype}"
+            )
+        return {**out, "flow": flow, SCALE_COLUMN: np.asarray(labels[SCALE_COLUMN], np.int32), "confidence": confidence}
     if flow.dtype.kind != "f":
         raise ValueError(f"flow: expected float pixels or int16 (already encoded), got {flow.dtype}")
     stored, scale = quantize_flow(flow)
-    return {**out, "flow": stored, SCALE_COLUMN: scale,
-            "confidence": np.rint(np.clip(confidence.astype(np.float32, copy=False), 0, 1) * 255).astype(np.uint8)}
+    return {
+        **out,
+        "flow": stored,
+        SCALE_COLUMN: scale,
+        "confidence": np.rint(np.clip(confidence.astype(np.float32, copy=False), 0, 1) * 255).astype(np.uint8),
+    }
 
 
 def check_stored(rows: Mapping[str, np.ndarray], encoding: str) -> None:
@@ -165,8 +191,10 @@ def check_stored(rows: Mapping[str, np.ndarray], encoding: str) -> None:
     for name, (dtype, _) in STORED_TYPES[encoding].items():
         got = np.asarray(rows[name]).dtype
         if got != dtype:
-            raise ValueError(f"{name}: expected the stored {encoding} array ({np.dtype(dtype)}), got {got}; "
-                             "pass the labels through encode_labels first")
+            raise ValueError(
+                f"{name}: expected the stored {encoding} array ({np.dtype(dtype)}), got {got}; "
+                "pass the labels through encode_labels first"
+            )
     if encoding == "int16" and SCALE_COLUMN not in rows:
         raise ValueError(f"int16 flow: expected a {SCALE_COLUMN} column beside it, got columns {sorted(rows)}")
 
@@ -207,9 +235,14 @@ def parquet_options(schema: pa.Schema, encoding: str) -> dict[str, Any]:
     # uint8 confidence is an INT32 column in Parquet: byte-stream-split leaves its three zero
     # bytes in runs for zstd, 0.7 % smaller than a dictionary on the real videos and 20 % less
     # of the writer's Parquet time (BENCHMARKS.md, optimisation log).
-    special = {"flow.list.element": "DELTA_BINARY_PACKED" if encoding == "int16" else "BYTE_STREAM_SPLIT",
-               "occlusion.list.element": "PLAIN", "confidence.list.element": "BYTE_STREAM_SPLIT"}
+    special = {
+        "flow.list.element": "DELTA_BINARY_PACKED" if encoding == "int16" else "BYTE_STREAM_SPLIT",
+        "occlusion.list.element": "PLAIN",
+        "confidence.list.element": "BYTE_STREAM_SPLIT",
+    }
     leaves = {f.name: f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name for f in schema}
-    return {"use_dictionary": [leaf for leaf in leaves.values() if leaf not in special],
-            "write_statistics": [name for name, leaf in leaves.items() if leaf == name],
-            "column_encoding": {leaf: special[leaf] for leaf in leaves.values() if leaf in special}}
+    return {
+        "use_dictionary": [leaf for leaf in leaves.values() if leaf not in special],
+        "write_statistics": [name for name, leaf in leaves.items() if leaf == name],
+        "column_encoding": {leaf: special[leaf] for leaf in leaves.values() if leaf in special},
+    }

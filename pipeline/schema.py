@@ -22,7 +22,14 @@ from collections.abc import Mapping
 import numpy as np
 import pyarrow as pa
 
-from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, STORED_TYPES, check_encoding, check_stored, decode_labels
+from pipeline.encoding import (
+    DEFAULT_FLOW_ENCODING,
+    SCALE_COLUMN,
+    STORED_TYPES,
+    check_encoding,
+    check_stored,
+    decode_labels,
+)
 
 # name: trailing shape after H×W; the stored dtype depends on the flow encoding (STORED_TYPES)
 ARRAY_COLUMNS = {"flow": (2,), "occlusion": (), "confidence": ()}
@@ -59,11 +66,28 @@ SCALAR_COLUMNS = {
 
 # Per-pair motion summaries (pipeline.label.motion.pair_motion; definitions in the README, "Motion summaries"),
 # in every row the labeler makes; NaN (null in Parquet) where a value is undefined, e.g. no valid pixel.
-MOTION_COLUMNS = {name: pa.float32() for name in (
-    "flow_mean", "flow_median", "flow_p95", "occluded_fraction", "confidence_mean",
-    "camera_tx", "camera_ty", "camera_a11", "camera_a12", "camera_a21", "camera_a22",
-    "camera_scale", "camera_rotation", "camera_flow_mean", "camera_inlier_fraction",
-    "residual_mean", "residual_p95")}
+MOTION_COLUMNS = {
+    name: pa.float32()
+    for name in (
+        "flow_mean",
+        "flow_median",
+        "flow_p95",
+        "occluded_fraction",
+        "confidence_mean",
+        "camera_tx",
+        "camera_ty",
+        "camera_a11",
+        "camera_a12",
+        "camera_a21",
+        "camera_a22",
+        "camera_scale",
+        "camera_rotation",
+        "camera_flow_mean",
+        "camera_inlier_fraction",
+        "residual_mean",
+        "residual_p95",
+    )
+}
 
 # What a data file holds (``--store``): "dense", the label arrays and every scalar column; "summary", the
 # scalar and motion columns only (no arrays), the curation mode.
@@ -76,9 +100,13 @@ def check_store(store: str) -> str:
     return store
 
 
-def output_schema(exclude: tuple[str, ...] = (), optional: tuple[str, ...] = (),
-                  flow_encoding: str = DEFAULT_FLOW_ENCODING, store: str = "dense",
-                  carried: tuple[str, ...] = ()) -> pa.Schema:
+def output_schema(
+    exclude: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
+    flow_encoding: str = DEFAULT_FLOW_ENCODING,
+    store: str = "dense",
+    carried: tuple[str, ...] = (),
+) -> pa.Schema:
     """Schema of a data file; ``exclude`` drops partition columns (they live in the path);
     ``optional`` names the :data:`MOTION_COLUMNS` and :data:`FRAME_LABEL_COLUMNS` the run writes;
     ``flow_encoding`` the array types (int16 adds the per-row ``flow_scale``); ``store`` "summary"
@@ -88,8 +116,9 @@ def output_schema(exclude: tuple[str, ...] = (), optional: tuple[str, ...] = (),
     if check_store(store) == "dense":
         fields += _array_fields(check_encoding(flow_encoding))
     elif set(MOTION_COLUMNS) - set(optional):
-        raise ValueError(f"store='summary': expected every motion column, missing "
-                         f"{[n for n in MOTION_COLUMNS if n not in optional]}")
+        raise ValueError(
+            f"store='summary': expected every motion column, missing {[n for n in MOTION_COLUMNS if n not in optional]}"
+        )
     fields += [pa.field(n, pa.list_(t)) for n, (_, t) in FRAME_LABEL_COLUMNS.items() if n in optional]
     taken = [n for n in carried if n in {f.name for f in fields} | set(exclude)]
     if taken:
@@ -103,9 +132,14 @@ def _array_fields(flow_encoding: str) -> list[pa.Field]:
     types = STORED_TYPES[flow_encoding]
     fields = [pa.field(SCALE_COLUMN, pa.int32())] if flow_encoding == "int16" else []
     layout = "2×H×W" if flow_encoding == "int16" else "H×W×2"
-    return fields + [pa.field(n, pa.list_(types[n][1]), metadata={"flowlabel.encoding": flow_encoding,
-                                                                  "flowlabel.layout": layout} if n == "flow" else None)
-                     for n in ARRAY_COLUMNS]
+    return fields + [
+        pa.field(
+            n,
+            pa.list_(types[n][1]),
+            metadata={"flowlabel.encoding": flow_encoding, "flowlabel.layout": layout} if n == "flow" else None,
+        )
+        for n in ARRAY_COLUMNS
+    ]
 
 
 def optional_columns(rows: Mapping[str, np.ndarray]) -> tuple[str, ...]:
@@ -117,8 +151,9 @@ def carried_column(rows: Mapping[str, np.ndarray], name: str) -> pa.Array:
     """A carried column of a chunk as text (None: null); all null when the chunk lacks it. Values are text
     or None; anything else is null too (Ray Data turns a column of None into float NaN on the way)."""
     values = rows[name].tolist() if name in rows else []
-    return pa.array([v if isinstance(v, str) else None for v in values] or [None] * len(rows["frame0"]),
-                    type=CARRIED_TYPE)
+    return pa.array(
+        [v if isinstance(v, str) else None for v in values] or [None] * len(rows["frame0"]), type=CARRIED_TYPE
+    )
 
 
 def _list_column(array: np.ndarray, dtype: np.dtype, arrow_type: pa.DataType) -> pa.ListArray:
@@ -132,8 +167,9 @@ def top_k_column(values: np.ndarray, valid: np.ndarray, arrow_type: pa.DataType)
     """N×k values → N lists of k, null where ``valid`` is False."""
     n, k = np.shape(values)
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * k)
-    return pa.ListArray.from_arrays(offsets, pa.array(np.asarray(values).reshape(-1), type=arrow_type),
-                                    mask=pa.array(~np.asarray(valid, bool)))
+    return pa.ListArray.from_arrays(
+        offsets, pa.array(np.asarray(values).reshape(-1), type=arrow_type), mask=pa.array(~np.asarray(valid, bool))
+    )
 
 
 # The clip table (``--clip-labels``), one row per clip, under ``<out>/_clips/``: frame indices and
@@ -171,9 +207,13 @@ def clip_table(rows: Mapping[str, np.ndarray], exclude: tuple[str, ...] = ()) ->
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def to_table(rows: Mapping[str, np.ndarray], exclude: tuple[str, ...] = (),
-             flow_encoding: str = DEFAULT_FLOW_ENCODING, store: str = "dense",
-             carried: tuple[str, ...] = ()) -> pa.Table:
+def to_table(
+    rows: Mapping[str, np.ndarray],
+    exclude: tuple[str, ...] = (),
+    flow_encoding: str = DEFAULT_FLOW_ENCODING,
+    store: str = "dense",
+    carried: tuple[str, ...] = (),
+) -> pa.Table:
     """Numpy columns of one chunk (arrays N×H×W[×2], stored in ``flow_encoding``: see
     :func:`pipeline.encoding.encode_labels`; none for ``store="summary"``) → an Arrow table with
     :func:`output_schema`; a ``carried`` column the chunk lacks (a source not from the manifest) is all null."""

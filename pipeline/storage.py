@@ -47,8 +47,9 @@ TRANSIENT_ERRORS = _transient_error_types()
 
 
 # errno values of a transport failing, not of a file being bad (EIO: s3fs's code for 5xx / SlowDown).
-TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EPIPE,
-                              errno.EAGAIN, errno.EBUSY})
+TRANSIENT_ERRNOS = frozenset(
+    {errno.EIO, errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EPIPE, errno.EAGAIN, errno.EBUSY}
+)
 
 
 # HTTP statuses of a server or proxy failing for now (retry later), not of the request being wrong.
@@ -112,10 +113,24 @@ def retry_io(fn: Callable[[], T], *, attempts: int = 6, first_delay_s: float = 1
     raise AssertionError("unreachable")
 
 
-SECRET_OPTION_NAMES = frozenset({"key", "secret", "token", "password", "session_token", "aws_secret_access_key",
-                                 "aws_access_key_id", "aws_session_token", "access_key", "secret_key",
-                                 # HTTP headers under {"http": {"headers": …}}
-                                 "authorization", "proxy-authorization", "cookie"})
+SECRET_OPTION_NAMES = frozenset(
+    {
+        "key",
+        "secret",
+        "token",
+        "password",
+        "session_token",
+        "aws_secret_access_key",
+        "aws_access_key_id",
+        "aws_session_token",
+        "access_key",
+        "secret_key",
+        # HTTP headers under {"http": {"headers": …}}
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+    }
+)
 
 
 HTTP_OPTIONS_KEY = "http"

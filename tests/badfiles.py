@@ -22,8 +22,11 @@ def zero_byte(folder: Path) -> Path:
 
 def truncated_mp4(folder: Path) -> Path:
     """moov first (faststart), then the media data cut short: an interrupted upload."""
-    whole = write_video(folder / "whole_faststart.mp4", translating_frames(96, 128, 40, Motion(1, 0)),
-                        container_options={"movflags": "faststart"})
+    whole = write_video(
+        folder / "whole_faststart.mp4",
+        translating_frames(96, 128, 40, Motion(1, 0)),
+        container_options={"movflags": "faststart"},
+    )
     path = folder / "truncated.mp4"
     data = whole.read_bytes()
     path.write_bytes(data[: int(len(data) * 0.7)])
@@ -75,7 +78,7 @@ def corrupt_frame_mjpeg(folder: Path, corrupt: int = 4, frames: int = 10) -> Pat
     data = bytearray(path.read_bytes())
     starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]  # JPEG SOI markers
     begin, end = starts[corrupt], starts[corrupt + 1]
-    data[begin:end - 16] = np.random.default_rng(0).integers(0, 256, end - 16 - begin, dtype=np.uint8).tobytes()
+    data[begin : end - 16] = np.random.default_rng(0).integers(0, 256, end - 16 - begin, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
     return path
 

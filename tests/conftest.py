@@ -31,8 +31,10 @@ def missing_test_data() -> str | None:
     """Why the real test data cannot be used here, or None when they can."""
     if TEST_DATA.is_dir():
         return None
-    return (f"real test data not found at {TEST_DATA} (videos/, benchmarks/, weights/): set {TEST_DATA_ENV} "
-            "to that folder; its default is ../shared/data beside the repository")
+    return (
+        f"real test data not found at {TEST_DATA} (videos/, benchmarks/, weights/): set {TEST_DATA_ENV} "
+        "to that folder; its default is ../shared/data beside the repository"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +81,12 @@ def ray_local():
         yield ray
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
-             configure_logging=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level=logging.WARNING,
+        configure_logging=False,
+    )
     yield ray
     ray.shutdown()

@@ -23,8 +23,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = sorted((ROOT / "infra" / "kuberay").glob("*.yaml"))
-CRDS = {"RayCluster": "ray-operator/config/crd/bases/ray.io_rayclusters.yaml",
-        "RayJob": "ray-operator/config/crd/bases/ray.io_rayjobs.yaml"}
+CRDS = {
+    "RayCluster": "ray-operator/config/crd/bases/ray.io_rayclusters.yaml",
+    "RayJob": "ray-operator/config/crd/bases/ray.io_rayjobs.yaml",
+}
 VERSION = "v1"
 
 
@@ -34,7 +36,11 @@ def describe(schema: dict[str, Any]) -> dict[str, Any]:
         return {"kind": "scalar", "types": ["integer", "string"]}
     kind = schema.get("type")
     if kind == "object" and "properties" in schema:
-        return {"kind": "object", "fields": sorted(schema["properties"]), "required": sorted(schema.get("required", []))}
+        return {
+            "kind": "object",
+            "fields": sorted(schema["properties"]),
+            "required": sorted(schema.get("required", [])),
+        }
     if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
         return {"kind": "map", "values": describe(schema["additionalProperties"])}
     if kind == "object":
@@ -68,10 +74,12 @@ def main(kuberay: str, commit: str | None = None) -> None:
     root = Path(kuberay)
     by_kind = schemas(root)
     if commit is None:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
-    vendored: dict[str, Any] = {"_source": f"ray-project/kuberay@{commit or 'unknown'} {', '.join(CRDS.values())}"
-                                           f" ({VERSION})"}
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+    vendored: dict[str, Any] = {
+        "_source": f"ray-project/kuberay@{commit or 'unknown'} {', '.join(CRDS.values())} ({VERSION})"
+    }
     for manifest in MANIFESTS:
         for doc in yaml.safe_load_all(manifest.read_text()):
             if doc and doc.get("kind") in by_kind:

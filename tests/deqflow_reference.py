@@ -164,21 +164,48 @@ def _official_model(checkout: Path, version: int, size: str, solver: str, f_thre
         del sys.modules[name]  # both versions have modules named update, corr, utils, …
     sys.path[:] = [str(root / "core"), str(root)] + [p for p in sys.path if str(checkout) not in p]
     common = dict(
-        small=False, large=False, huge=False, gigantic=False, tiny=size == "tiny", gma=False, wnorm=True,
-        dropout=0.0, vdropout=0.0, mixed_precision=False, alternate_corr=False, f_solver=solver,
-        b_solver="broyden", f_thres=f_thres, b_thres=36, eval_factor=1.5, n_losses=1, indexing=[],
-        phantom_grad=[1], tau=1.0, sup_all=False, ift=False, safe_ift=False, sradius_mode=False,
+        small=False,
+        large=False,
+        huge=False,
+        gigantic=False,
+        tiny=size == "tiny",
+        gma=False,
+        wnorm=True,
+        dropout=0.0,
+        vdropout=0.0,
+        mixed_precision=False,
+        alternate_corr=False,
+        f_solver=solver,
+        b_solver="broyden",
+        f_thres=f_thres,
+        b_thres=36,
+        eval_factor=1.5,
+        n_losses=1,
+        indexing=[],
+        phantom_grad=[1],
+        tau=1.0,
+        sup_all=False,
+        ift=False,
+        safe_ift=False,
+        sradius_mode=False,
     )
     if version == 1:
-        from deq import get_model  # noqa: the official code.v.1.0/core/deq.py
+        from deq import get_model  # the official code.v.1.0/core/deq.py
 
         args = argparse.Namespace(**common, stop_mode="abs", sliced_core=False)
         return get_model(args)(args)
     from deq_flow import DEQFlow  # the official code.v.2.0/core/deq_flow.py
 
     args = argparse.Namespace(
-        **common, old_version=False, all_grad=False, f_eps=1e-3, b_eps=1e-3, f_stop_mode="abs",
-        b_stop_mode="abs", eval_f_thres=0, indexing_core=False,
+        **common,
+        old_version=False,
+        all_grad=False,
+        f_eps=1e-3,
+        b_eps=1e-3,
+        f_stop_mode="abs",
+        b_stop_mode="abs",
+        eval_f_thres=0,
+        indexing_core=False,
     )
     return DEQFlow(args)
 

@@ -32,10 +32,22 @@ SIZE = (60, 108)  # H, W: padded to 64×112 (gmflow) and 64×128 (gmflow_refine)
 
 # name → official command-line settings (scripts/evaluate.sh)
 CONFIGS = {
-    "gmflow": {"num_scales": 1, "upsample_factor": 8, "padding_factor": 16,
-               "attn_splits_list": [2], "corr_radius_list": [-1], "prop_radius_list": [-1]},
-    "gmflow_refine": {"num_scales": 2, "upsample_factor": 4, "padding_factor": 32,
-                      "attn_splits_list": [2, 8], "corr_radius_list": [-1, 4], "prop_radius_list": [-1, 1]},
+    "gmflow": {
+        "num_scales": 1,
+        "upsample_factor": 8,
+        "padding_factor": 16,
+        "attn_splits_list": [2],
+        "corr_radius_list": [-1],
+        "prop_radius_list": [-1],
+    },
+    "gmflow_refine": {
+        "num_scales": 2,
+        "upsample_factor": 4,
+        "padding_factor": 32,
+        "attn_splits_list": [2, 8],
+        "corr_radius_list": [-1, 4],
+        "prop_radius_list": [-1, 1],
+    },
 }
 # The settings the official forward takes as arguments, not as constructor arguments.
 SCALE_LISTS = ("attn_splits_list", "corr_radius_list", "prop_radius_list")
@@ -76,8 +88,9 @@ class Official(NamedTuple):
     flow: Callable[..., torch.Tensor]
 
 
-def official_models(configs: dict[str, dict], build: Callable[[dict], nn.Module], settings: Callable[[dict], dict],
-                    input_padder: type) -> dict[str, Official]:
+def official_models(
+    configs: dict[str, dict], build: Callable[[dict], nn.Module], settings: Callable[[dict], dict], input_padder: type
+) -> dict[str, Official]:
     """name → the official model ``build(config)`` with the seeded weights, its forward given ``settings(config)``
     and the official ``InputPadder`` ('sintel' mode, the config's padding_factor)."""
     models = {}

@@ -117,25 +117,37 @@ def searaft_cases(checkout: Path) -> dict[str, tuple[Callable, Callable]]:
     calc_flow = official_calc_flow(checkout.resolve())
     cases = {}
     # Full widths; the Sintel settings (scale 0) and the Spring ones (scale -1, the network at 216×512).
-    for name, config_file in (("searaft_s", "sintel-S.json"), ("searaft_m", "sintel-M.json"),
-                              ("searaft_l", "sintel-L.json"), ("searaft_m", "spring-M.json")):
+    for name, config_file in (
+        ("searaft_s", "sintel-S.json"),
+        ("searaft_m", "sintel-M.json"),
+        ("searaft_l", "sintel-L.json"),
+        ("searaft_m", "spring-M.json"),
+    ):
         args = official_args(checkout, config_file, full_width=True)
         ours = load_model(name, random_init=True, iters=args.iters, scale=args.scale)
         load_strict(ours, seeded_state(ours.state_dict()))
         official = RAFT(args).eval()
         official.load_state_dict(seeded_state(official.state_dict()), strict=True)
         cases[f"{name} (scale {args.scale})"] = (
-            ours.eval(), lambda a, b, o=official, args=args: calc_flow(args, o, a, b)[0])
+            ours.eval(),
+            lambda a, b, o=official, args=args: calc_flow(args, o, a, b)[0],
+        )
     return cases
 
 
-FAMILIES = {"raft": raft_cases, "gmflow": gmflow_cases, "deqflow": deqflow_cases, "searaft": searaft_cases,
-            "unimatch": unimatch_cases}
+FAMILIES = {
+    "raft": raft_cases,
+    "gmflow": gmflow_cases,
+    "deqflow": deqflow_cases,
+    "searaft": searaft_cases,
+    "unimatch": unimatch_cases,
+}
 
 
 @torch.no_grad()
-def compare(ours: Callable, theirs: Callable, image0: torch.Tensor, image1: torch.Tensor,
-            repeats: int) -> dict[str, float]:
+def compare(
+    ours: Callable, theirs: Callable, image0: torch.Tensor, image1: torch.Tensor, repeats: int
+) -> dict[str, float]:
     """Max and relative L2 difference of the flows; best wall-clock seconds of each."""
     times: dict[str, list[float]] = {"ours": [], "official": []}
     flows = {}
@@ -146,10 +158,13 @@ def compare(ours: Callable, theirs: Callable, image0: torch.Tensor, image1: torc
             if round_:
                 times[who].append(time.perf_counter() - start)
     diff = flows["ours"] - flows["official"]
-    return {"ours_s": min(times["ours"]), "official_s": min(times["official"]),
-            "max_abs_diff_px": float(diff.abs().max()),
-            "rel_l2": float(diff.norm() / flows["official"].norm()),
-            "max_abs_flow_px": float(flows["official"].abs().max())}
+    return {
+        "ours_s": min(times["ours"]),
+        "official_s": min(times["official"]),
+        "max_abs_diff_px": float(diff.abs().max()),
+        "rel_l2": float(diff.norm() / flows["official"].norm()),
+        "max_abs_flow_px": float(flows["official"].abs().max()),
+    }
 
 
 def main() -> None:
@@ -162,11 +177,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     image0, image1 = sintel_pair()
     for name, (ours, theirs) in FAMILIES[args.family](args.checkout).items():
-        row = {"model": name, "size": "432×1024", "threads": args.threads,
-               **compare(ours, theirs, image0, image1, args.repeats)}
+        row = {
+            "model": name,
+            "size": "432×1024",
+            "threads": args.threads,
+            **compare(ours, theirs, image0, image1, args.repeats),
+        }
         print(json.dumps(row), flush=True)
-        print(f"| {name} | {row['official_s']:.2f} | {row['ours_s']:.2f} | {row['official_s'] / row['ours_s']:.2f}× "
-              f"| {row['max_abs_diff_px']:.1e} | {row['rel_l2']:.1e} |", flush=True)
+        print(
+            f"| {name} | {row['official_s']:.2f} | {row['ours_s']:.2f} | {row['official_s'] / row['ours_s']:.2f}× "
+            f"| {row['max_abs_diff_px']:.1e} | {row['rel_l2']:.1e} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -111,9 +111,16 @@ def main() -> None:
     rows = measure(paths, EncoderClock(model), len(index0), args.repeats)
     base = rows["pairwise"]["median_s_per_pair"]
     for name, row in rows.items():
-        row = {"path": name, "frames": args.frames, "size": "436×1024", "iters": args.iters,
-               "threads": args.threads, "repeats": args.repeats, **row,
-               "speedup_vs_pairwise": base / row["median_s_per_pair"]}
+        row = {
+            "path": name,
+            "frames": args.frames,
+            "size": "436×1024",
+            "iters": args.iters,
+            "threads": args.threads,
+            "repeats": args.repeats,
+            **row,
+            "speedup_vs_pairwise": base / row["median_s_per_pair"],
+        }
         print(json.dumps(row), flush=True)
 
 

@@ -69,8 +69,9 @@ def fake_official_checkpoint(path: Path, state: StateDict) -> None:
     torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "step": 100000, "epoch": 3}, path)
 
 
-def assert_matches_official(model: FlowModel, reference: dict[str, np.ndarray], name: str,
-                            size: tuple[int, int]) -> None:
+def assert_matches_official(
+    model: FlowModel, reference: dict[str, np.ndarray], name: str, size: tuple[int, int]
+) -> None:
     """On the fixture's h×w (``size``) pair: the forward flow, and both flows of ``bidirectional``, within 1e-4
     (relative L2) of the official ``<name>_forward`` and ``<name>_backward``."""
     image0, image1 = image_pair(reference)

@@ -87,8 +87,9 @@ def make_text() -> str:
 
 NUMBER = 3
 
-SHIFT_SPEC = ModelSpec("fake_shift", ShiftFlow, "ShiftFlow from a fake distribution", default_config={"u": 2.0},
-                       needs_weights=False)
+SHIFT_SPEC = ModelSpec(
+    "fake_shift", ShiftFlow, "ShiftFlow from a fake distribution", default_config={"u": 2.0}, needs_weights=False
+)
 WEIGHTED_SPEC = ModelSpec("fake_weighted", ShiftFlow, "ShiftFlow that needs a checkpoint")
 SPECS = (SHIFT_SPEC, WEIGHTED_SPEC)
 CLASH = ModelSpec("dis", ShiftFlow, "a plugin that takes a built-in name", needs_weights=False)

@@ -81,8 +81,12 @@ def sintel_pair() -> tuple[np.ndarray, np.ndarray]:
     import cv2
 
     top, left, h, w = CROP
-    return tuple(cv2.cvtColor(cv2.imread(str(SINTEL_CLEAN / f"frame_000{i}.png")), cv2.COLOR_BGR2RGB)
-                 [top : top + h, left : left + w] for i in (1, 2))
+    return tuple(
+        cv2.cvtColor(cv2.imread(str(SINTEL_CLEAN / f"frame_000{i}.png")), cv2.COLOR_BGR2RGB)[
+            top : top + h, left : left + w
+        ]
+        for i in (1, 2)
+    )
 
 
 def official_args(checkout: Path, config_file: str, full_width: bool = False) -> argparse.Namespace:
@@ -137,8 +141,11 @@ def official_calc_flow(checkout: Path):
     import torch.nn.functional as F  # noqa: PLC0415
 
     source = (checkout / "evaluate.py").read_text()
-    wanted = [node for node in ast.parse(source).body
-              if isinstance(node, ast.FunctionDef) and node.name in ("forward_flow", "calc_flow")]
+    wanted = [
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.FunctionDef) and node.name in ("forward_flow", "calc_flow")
+    ]
     namespace = {"F": F, "torch": torch}
     exec(compile(ast.Module(body=wanted, type_ignores=[]), "evaluate.py", "exec"), namespace)  # noqa: S102
     return namespace["calc_flow"]

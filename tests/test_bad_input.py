@@ -11,12 +11,12 @@ from jobs.label import LabelJob, run_label
 from jobs.synthetic import Motion, write_translating_video
 from models import CheckpointError
 from pipeline.chunks import pair_rows
+from pipeline.label.labeler import LabelerConfig
 from pipeline.read.datasource import ReadOptions, UnitOutcome, read_unit
 from pipeline.read.decode import DecodeOptions
-from pipeline.label.labeler import LabelerConfig
 from pipeline.read.plan import plan_units
-from pipeline.write.sinks import SinkOptions
 from pipeline.read.sources import list_sources
+from pipeline.write.sinks import SinkOptions
 
 from . import badfiles
 from .conftest import VIDEOS
@@ -32,13 +32,16 @@ def read_one(path, decode=DecodeOptions()):
     return [(int(a), int(b)) for r in rows for a, b in zip(r["frame0"], r["frame1"])], outcome
 
 
-@pytest.mark.parametrize("make, error_type, stage", [
-    (badfiles.zero_byte, "NoFramesError", "open"),
-    (badfiles.moov_missing_mp4, "InvalidDataError", "open"),
-    (badfiles.text_named_mp4, "InvalidDataError", "open"),
-    (badfiles.image_named_mp4, "NotAVideoError", "open"),
-    (badfiles.audio_only, "NoFramesError", "open"),
-])
+@pytest.mark.parametrize(
+    "make, error_type, stage",
+    [
+        (badfiles.zero_byte, "NoFramesError", "open"),
+        (badfiles.moov_missing_mp4, "InvalidDataError", "open"),
+        (badfiles.text_named_mp4, "InvalidDataError", "open"),
+        (badfiles.image_named_mp4, "NotAVideoError", "open"),
+        (badfiles.audio_only, "NoFramesError", "open"),
+    ],
+)
 def test_unreadable_files_are_one_error_row_each(tmp_path, make, error_type, stage):
     pairs, outcome = read_one(make(tmp_path))
     assert pairs == []
@@ -84,8 +87,7 @@ def test_max_pixels_downscales_or_rejects(tmp_path):
     pairs, outcome = read_one(path, DecodeOptions(max_pixels=3000))
     assert len(pairs) == 2 and outcome.records == []
     sources, _ = list_sources([str(path)])
-    batch = next(read_unit(plan_units(sources, DecodeOptions())[0],
-                           ReadOptions(decode=DecodeOptions(max_pixels=3000))))
+    batch = next(read_unit(plan_units(sources, DecodeOptions())[0], ReadOptions(decode=DecodeOptions(max_pixels=3000))))
     h, w = batch["image"].shape[1:3]
     assert h * w <= 3000 and abs(w / h - 128 / 96) < 0.05
     pairs, outcome = read_one(path, DecodeOptions(max_pixels=3000, oversize="reject"))
@@ -99,8 +101,12 @@ def test_bad_inputs_in_one_run_exit_2_with_everything_else_labeled(ray_local, tm
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     write_translating_video(corpus / "good.mp4", 64, 80, 6, Motion(1, 0))
-    bad = [badfiles.zero_byte(corpus), badfiles.truncated_mp4(corpus), badfiles.text_named_mp4(corpus),
-           badfiles.resolution_change_ts(corpus)]
+    bad = [
+        badfiles.zero_byte(corpus),
+        badfiles.truncated_mp4(corpus),
+        badfiles.text_named_mp4(corpus),
+        badfiles.resolution_change_ts(corpus),
+    ]
     shutil.copy(VIDEOS / "broken__invalid-bitstream.webm", corpus)
     shutil.copy(VIDEOS / "bbb_sunflower_QCIF_30fps_mp4v_noaudio_1f.mp4", corpus)
     out = tmp_path / "out"
@@ -124,13 +130,19 @@ def test_object_store_errors_are_rows(ray_local, local_s3, tmp_path):
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **local_s3.storage_options)
     write_translating_video(tmp_path / "ok.mp4", 48, 64, 4, Motion(1, 0))
     fs.put(str(tmp_path / "ok.mp4"), f"{local_s3.bucket}/errs/ok.mp4")
-    inputs = (f"s3://{local_s3.bucket}/errs/ok.mp4", f"s3://{local_s3.bucket}/errs/missing.mp4",
-              "s3://no-such-bucket-flowlabel/x.mp4")
-    result = run_label(LabelJob(inputs=inputs, sink=SinkOptions(str(tmp_path / "out")),
-                                storage_options=local_s3.storage_options))
+    inputs = (
+        f"s3://{local_s3.bucket}/errs/ok.mp4",
+        f"s3://{local_s3.bucket}/errs/missing.mp4",
+        "s3://no-such-bucket-flowlabel/x.mp4",
+    )
+    result = run_label(
+        LabelJob(inputs=inputs, sink=SinkOptions(str(tmp_path / "out")), storage_options=local_s3.storage_options)
+    )
     assert result.pairs == 3 and result.exit_code == 2
-    assert sorted((r.source.rsplit("/", 1)[-1], r.error_type) for r in result.errors) == \
-        [("missing.mp4", "FileNotFoundError"), ("x.mp4", "FileNotFoundError")]
+    assert sorted((r.source.rsplit("/", 1)[-1], r.error_type) for r in result.errors) == [
+        ("missing.mp4", "FileNotFoundError"),
+        ("x.mp4", "FileNotFoundError"),
+    ]
 
     denied = {**local_s3.storage_options, "secret": "wrong-secret-value"}
     result = run_label(LabelJob(inputs=inputs[:1], sink=SinkOptions(str(tmp_path / "out2")), storage_options=denied))
@@ -143,8 +155,11 @@ def test_bad_checkpoint_fails_before_any_data_is_read(tmp_path):
     bad = tmp_path / "raft-small.pth"
     bad.write_bytes(b"not a checkpoint")
     out = tmp_path / "out"
-    job = LabelJob(inputs=(str(tmp_path / "never-read.mp4"),), sink=SinkOptions(str(out)),
-                   labeler=LabelerConfig(model="raft_small", checkpoint=str(bad)))
+    job = LabelJob(
+        inputs=(str(tmp_path / "never-read.mp4"),),
+        sink=SinkOptions(str(out)),
+        labeler=LabelerConfig(model="raft_small", checkpoint=str(bad)),
+    )
     with pytest.raises(CheckpointError):
         run_label(job)
     assert not out.exists()

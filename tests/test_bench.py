@@ -27,8 +27,15 @@ def test_quick_subset_end_to_end(ray_local, tmp_path, monkeypatch):
     shutil.copy(VIDEOS / "bear-vp9-odd-dimensions.webm", videos)
     markdown = tmp_path / "BENCHMARKS.md"
     markdown.write_text("old tables\n" + KEEP_MARKER + "\n## Log\nkept by hand\n")
-    options = BenchOptions(quick=True, models=("dis",), s3=False, cache_dir=str(tmp_path / "cache"),
-                           videos_dir=str(videos), json_path=str(tmp_path / "bench.json"), markdown_path=str(markdown))
+    options = BenchOptions(
+        quick=True,
+        models=("dis",),
+        s3=False,
+        cache_dir=str(tmp_path / "cache"),
+        videos_dir=str(videos),
+        json_path=str(tmp_path / "bench.json"),
+        markdown_path=str(markdown),
+    )
     run_bench(options)
 
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -40,7 +47,9 @@ def test_quick_subset_end_to_end(ray_local, tmp_path, monkeypatch):
 
     decode = suites["decode"]
     assert {(r["size"], r["source"], r["decode_threads"]) for r in decode} == {
-        ("tiny", "local disk", 1), ("tiny", "local disk", "auto")}
+        ("tiny", "local disk", 1),
+        ("tiny", "local disk", "auto"),
+    }
     assert all(r["frames"] == 60 and r["frames_per_s"] > 0 and r["frames_per_cpu_s"] > 0 for r in decode)
 
     [dis] = suites["model"]
@@ -81,9 +90,26 @@ def test_cli_quick_run(tmp_path):
     """The real ``flowlabel bench --quick`` (as ``make bench`` runs it) as a smoke run: every suite
     finishes without an error and covers what it should; its numbers are not judged."""
     json_path, markdown = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md"
-    done = subprocess.run([sys.executable, "-m", "jobs.cli", "bench", "--quick", "--cache-dir", str(tmp_path / "cache"),
-                           "--json", str(json_path), "--markdown", str(markdown), "--videos", str(VIDEOS)],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.cli",
+            "bench",
+            "--quick",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(json_path),
+            "--markdown",
+            str(markdown),
+            "--videos",
+            str(VIDEOS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(json_path.read_text())
     suites = report["suites"]
@@ -128,10 +154,22 @@ def test_corpus_table_and_driver_memory_probe():
 
     memory = _driver_memory(50)
     assert memory["rows"] == 50 and memory["units"] == 50 and memory["peak_mib"] > 0
-    report = {"clip": {"height": 96, "width": 128, "frames": 6}, "sizes": [40, 200],
-              "runs": [{"store": "summary", "seconds": {"40": 11.07, "200": 31.19}, "marginal_ms_per_clip": 125.8,
-                        "objects_per_clip": 2.01, "cpu_s_per_clip": {"read": 0.014, "label": 0.031, "write": 0.009}}],
-              "noop_resume": {"in_process_s": 0.25, "pairs": 0}, "help_s": 0.059, "driver_memory": [memory]}
+    report = {
+        "clip": {"height": 96, "width": 128, "frames": 6},
+        "sizes": [40, 200],
+        "runs": [
+            {
+                "store": "summary",
+                "seconds": {"40": 11.07, "200": 31.19},
+                "marginal_ms_per_clip": 125.8,
+                "objects_per_clip": 2.01,
+                "cpu_s_per_clip": {"read": 0.014, "label": 0.031, "write": 0.009},
+            }
+        ],
+        "noop_resume": {"in_process_s": 0.25, "pairs": 0},
+        "help_s": 0.059,
+        "driver_memory": [memory],
+    }
     text = "\n".join(corpus_table(report))
     assert "| summary | 11.07 / 31.19 | 125.8 | 2.01 | 0.014 / 0.031 / 0.009 |" in text
     assert "0.25 s (0 pairs labeled)" in text and "50 rows: " in text

@@ -31,10 +31,15 @@ def test_busy_counts_only_the_held_time_inside_the_window():
 def test_feed_row_from_traces_and_stage_stats():
     # Two stand-ins, each busy 80 % of the time at 100 ms per pair; 200 pairs; 1080p frames.
     traces = [[(i * 0.5 + k * 0.01, i * 0.5 + 0.4 + k * 0.01, 4, 0.1 * i) for i in range(25)] for k in range(2)]
-    stats = {"pairs": 200, "seconds": 14.0, "stages": [
-        {"stage": "read", "cpu_seconds": 4.0, "bytes_out": 200 * 1080 * 1920 * 3 * 1.05},
-        {"stage": "label", "cpu_seconds": 9.0, "bytes_out": 200 * 1000},
-        {"stage": "write", "cpu_seconds": 6.0, "bytes_out": 100}]}
+    stats = {
+        "pairs": 200,
+        "seconds": 14.0,
+        "stages": [
+            {"stage": "read", "cpu_seconds": 4.0, "bytes_out": 200 * 1080 * 1920 * 3 * 1.05},
+            {"stage": "label", "cpu_seconds": 9.0, "bytes_out": 200 * 1000},
+            {"stage": "write", "cpu_seconds": 6.0, "bytes_out": 100},
+        ],
+    }
     row = feed_row(traces, stats, ms=100.0, gpus=2, size=(1080, 1920), cores=2)
     assert row["busy"] == pytest.approx(0.8, abs=0.02)
     assert row["pairs_per_s"] == pytest.approx(2 * 4 / 0.5, rel=0.03) and row["ideal_pairs_per_s"] == 20
@@ -69,11 +74,14 @@ def test_feed_suite_through_ray_with_a_fake_gpu(tmp_path):
     plugin path, 2 videos of 60 pairs. Frames cross the object store once: a video's one chunk of
     60 pairs carries 61 frames (the reader sent 2 per pair before). In a process of its own: the
     suite starts and stops its own Ray, which must not be the test session's."""
-    code = ("import json, sys; from pathlib import Path; from jobs.bench_feed import feed_suite; "
-            "t = Path(sys.argv[1]); print(json.dumps(feed_suite(t / 'cache', t / 'work', quick=True, "
-            "sizes=((96, 128),), ms_list=(20.0,), gpus_list=(1,), pairs=120)))")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)
+    code = (
+        "import json, sys; from pathlib import Path; from jobs.bench_feed import feed_suite; "
+        "t = Path(sys.argv[1]); print(json.dumps(feed_suite(t / 'cache', t / 'work', quick=True, "
+        "sizes=((96, 128),), ms_list=(20.0,), gpus_list=(1,), pairs=120)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     [row] = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["pairs"] == 120 and row["gpus"] == 1 and row["ideal_pairs_per_s"] == 50

@@ -9,33 +9,52 @@ import pytest
 
 from pipeline.label.motion import aggregate
 from pipeline.schema import MOTION_COLUMNS, SCALAR_COLUMNS, output_schema, to_table
-from pipeline.write.clip_summary import (CLIP_SUMMARY_DIR, CLIP_TABLE_COLUMNS, PAIR_COLUMNS, clip_table,
-                                         read_pair_columns, summarize_clips, write_clip_summary)
+from pipeline.write.clip_summary import (
+    CLIP_SUMMARY_DIR,
+    CLIP_TABLE_COLUMNS,
+    PAIR_COLUMNS,
+    clip_table,
+    read_pair_columns,
+    summarize_clips,
+    write_clip_summary,
+)
 from pipeline.write.sinks import SinkOptions, committed_chunks, write_batch
 
 
-def pair_rows(video: str, n: int, seed: int, first: int = 0, fps: float | None = 30.0, h: int = 6, w: int = 8,
-              dense: bool = True) -> dict:
+def pair_rows(
+    video: str, n: int, seed: int, first: int = 0, fps: float | None = 30.0, h: int = 6, w: int = 8, dense: bool = True
+) -> dict:
     """One chunk of n pair rows as the labeler hands them to the sink: scalar, motion and (dense) array columns."""
     rng = np.random.default_rng(seed)
     frame0 = np.arange(first, first + n, dtype=np.int32)
     times = (lambda f: f / fps) if fps else (lambda f: np.full(len(f), np.nan))
     rows = {
-        "video_id": np.full(n, video, object), "source": np.full(n, f"s3://b/{video}.mp4", object),
-        "corpus": np.full(n, "corp", object), "chunk": np.full(n, f"{first:08d}-{first + n - 1:08d}", object),
-        "unit": np.full(n, f"{video}-0", object), "unit_chunks": np.full(n, "", object),
-        "frame0": frame0, "frame1": frame0 + 1, "t0": times(frame0), "t1": times(frame0 + 1),
-        "height": np.full(n, h, np.int32), "width": np.full(n, w, np.int32),
-        "source_height": np.full(n, h, np.int32), "source_width": np.full(n, w, np.int32),
-        "model": np.full(n, "dis", object), "checkpoint": np.full(n, "", object),
+        "video_id": np.full(n, video, object),
+        "source": np.full(n, f"s3://b/{video}.mp4", object),
+        "corpus": np.full(n, "corp", object),
+        "chunk": np.full(n, f"{first:08d}-{first + n - 1:08d}", object),
+        "unit": np.full(n, f"{video}-0", object),
+        "unit_chunks": np.full(n, "", object),
+        "frame0": frame0,
+        "frame1": frame0 + 1,
+        "t0": times(frame0),
+        "t1": times(frame0 + 1),
+        "height": np.full(n, h, np.int32),
+        "width": np.full(n, w, np.int32),
+        "source_height": np.full(n, h, np.int32),
+        "source_width": np.full(n, w, np.int32),
+        "model": np.full(n, "dis", object),
+        "checkpoint": np.full(n, "", object),
         **{name: rng.uniform(0, 5, n).astype(np.float32) for name in MOTION_COLUMNS},
     }
     rows["occluded_fraction"] = rng.uniform(0, 1, n).astype(np.float32)
     rows["camera_tx"][0] = np.nan  # a pair without a camera fit (no valid pixel)
     if dense:
-        rows.update(flow=rng.normal(0, 3, (n, h, w, 2)).astype(np.float32),
-                    occlusion=rng.integers(0, 2, (n, h, w)).astype(np.uint8),
-                    confidence=rng.random((n, h, w)).astype(np.float32))
+        rows.update(
+            flow=rng.normal(0, 3, (n, h, w, 2)).astype(np.float32),
+            occlusion=rng.integers(0, 2, (n, h, w)).astype(np.uint8),
+            confidence=rng.random((n, h, w)).astype(np.float32),
+        )
     return rows
 
 
@@ -71,8 +90,9 @@ def test_clip_table_is_aggregate_per_video_with_duration():
     assert clip_table(pa.schema(list(PAIR_COLUMNS.items())).empty_table()).num_rows == 0
 
 
-@pytest.mark.parametrize("formats, partition", [(("parquet",), ("corpus", "video")), (("npz",), ("video",)),
-                                                (("parquet", "npz"), ())])
+@pytest.mark.parametrize(
+    "formats, partition", [(("parquet",), ("corpus", "video")), (("npz",), ("video",)), (("parquet", "npz"), ())]
+)
 def test_summarize_reads_the_committed_files_of_any_layout(tmp_path, formats, partition):
     sink = SinkOptions(str(tmp_path), formats=formats, partition=partition)
     chunks = [pair_rows("a", 3, seed=1), pair_rows("a", 2, seed=2, first=3), pair_rows("b", 4, seed=3)]
@@ -105,10 +125,16 @@ def test_rewrite_replaces_the_table_and_splits_it_into_files(tmp_path):
         write_batch(pair_rows(video, 2, seed=i), sink)
     folder = tmp_path / CLIP_SUMMARY_DIR
     assert write_clip_summary(sink, rows_per_file=1) == 3
-    assert sorted(p.name for p in folder.iterdir()) == ["part-00000.parquet", "part-00001.parquet",
-                                                        "part-00002.parquet"]
-    assert [pq.read_table(folder / f"part-0000{i}.parquet")["video_id"].to_pylist() for i in range(3)] == \
-        [["a"], ["b"], ["c"]]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
+    assert [pq.read_table(folder / f"part-0000{i}.parquet")["video_id"].to_pylist() for i in range(3)] == [
+        ["a"],
+        ["b"],
+        ["c"],
+    ]
     first = pq.read_table(folder)
     (folder / "notes.txt").write_text("kept: not a part of the table")
     assert write_clip_summary(sink, rows_per_file=2) == 3

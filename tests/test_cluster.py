@@ -16,8 +16,8 @@ import pytest
 from ray.data import DataContext
 
 from jobs.cli import build_parser
-from jobs.options import cluster_options
 from jobs.cluster import MIN_ACTORS_WAIT_S, SINGLE_MACHINE_ENV, ClusterOptions, plan_stages
+from jobs.options import cluster_options
 from jobs.stats import format_stats, placements, run_stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +42,14 @@ def test_one_actor_per_gpu_and_decode_sized_to_the_actors(fresh_context):
     assert plan.label["num_gpus"] == 1.0 and "num_cpus" not in plan.label
     assert plan.read == {"num_cpus": 1.0, "memory": 384 * 2**20 + 8 * CHUNK, "concurrency": 8}
     assert plan.write == {"num_cpus": 0.5}
-    assert plan.describe()["labeler"] == {"min_actors": 1, "max_actors": 4, "gpus_per_actor": 1.0,
-                                          "cpus_per_actor": 1.0, "tasks_per_actor": 3, "calls_per_actor": 2}
+    assert plan.describe()["labeler"] == {
+        "min_actors": 1,
+        "max_actors": 4,
+        "gpus_per_actor": 1.0,
+        "cpus_per_actor": 1.0,
+        "tasks_per_actor": 3,
+        "calls_per_actor": 2,
+    }
 
 
 def test_fractional_gpus_pack_two_actors_per_gpu(fresh_context):
@@ -75,7 +81,9 @@ def test_autoscaling_cluster_without_gpu_nodes_yet_gets_one_gpu_actor(fresh_cont
 
 
 def test_limits_are_set_and_reset_on_the_data_context(fresh_context):
-    plan_stages(ClusterOptions(object_store_bytes=2**30, actors=2, min_actors=2), CHUNK, resources={"CPU": 8.0, "GPU": 2.0})
+    plan_stages(
+        ClusterOptions(object_store_bytes=2**30, actors=2, min_actors=2), CHUNK, resources={"CPU": 8.0, "GPU": 2.0}
+    )
     assert fresh_context.execution_options.resource_limits.object_store_memory == 2**30
     assert fresh_context.wait_for_min_actors_s == MIN_ACTORS_WAIT_S
     plan_stages(ClusterOptions(), CHUNK, resources={"CPU": 8.0, "GPU": 2.0})  # the next run in this process
@@ -83,15 +91,18 @@ def test_limits_are_set_and_reset_on_the_data_context(fresh_context):
     assert fresh_context.wait_for_min_actors_s <= 0
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"actors": 0}, "actors: expected ≥ 1, got 0"),
-    ({"actors": 2, "min_actors": 3}, "min_actors: expected 1 to actors"),
-    ({"gpus_per_actor": 1.5}, "expected a fraction ≤ 1 or a whole number, got 1.5"),
-    ({"tasks_per_actor": 0}, "tasks_per_actor: expected ≥ 1, got 0"),
-    ({"calls_per_actor": 0}, "calls_per_actor: expected ≥ 1, got 0"),
-    ({"object_store_bytes": 10}, "object_store_bytes: expected ≥ 1 MiB, got 10"),
-    ({"address": "ray://head:10001"}, "address: expected a cluster address .* does not run through Ray Client"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"actors": 0}, "actors: expected ≥ 1, got 0"),
+        ({"actors": 2, "min_actors": 3}, "min_actors: expected 1 to actors"),
+        ({"gpus_per_actor": 1.5}, "expected a fraction ≤ 1 or a whole number, got 1.5"),
+        ({"tasks_per_actor": 0}, "tasks_per_actor: expected ≥ 1, got 0"),
+        ({"calls_per_actor": 0}, "calls_per_actor: expected ≥ 1, got 0"),
+        ({"object_store_bytes": 10}, "object_store_bytes: expected ≥ 1 MiB, got 10"),
+        ({"address": "ray://head:10001"}, "address: expected a cluster address .* does not run through Ray Client"),
+    ],
+)
 def test_bad_cluster_options_say_what_was_expected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ClusterOptions(**kwargs)
@@ -103,39 +114,95 @@ def test_more_gpus_per_actor_than_the_cluster_has_is_refused(fresh_context):
 
 
 def test_cli_cluster_flags():
-    args = build_parser().parse_args(["label", "in", "--out", "o", "--address", "head:6379", "--actors", "3",
-                                      "--min-actors", "2", "--gpus-per-actor", "0.5", "--tasks-per-actor", "1",
-                                      "--object-store-mb", "512"])
-    assert cluster_options(args) == ClusterOptions(address="head:6379", actors=3, min_actors=2,
-                                                   gpus_per_actor=0.5, tasks_per_actor=1,
-                                                   object_store_bytes=512 * 2**20)
+    args = build_parser().parse_args(
+        [
+            "label",
+            "in",
+            "--out",
+            "o",
+            "--address",
+            "head:6379",
+            "--actors",
+            "3",
+            "--min-actors",
+            "2",
+            "--gpus-per-actor",
+            "0.5",
+            "--tasks-per-actor",
+            "1",
+            "--object-store-mb",
+            "512",
+        ]
+    )
+    assert cluster_options(args) == ClusterOptions(
+        address="head:6379",
+        actors=3,
+        min_actors=2,
+        gpus_per_actor=0.5,
+        tasks_per_actor=1,
+        object_store_bytes=512 * 2**20,
+    )
 
 
 def test_run_summary_throughput_utilisation_and_placements():
     stages = [
-        {"stage": "read", "operator": "ReadFramePair", "seconds": 4.0, "busy_seconds": 6.0, "cpu_seconds": 5.0,
-         "blocks": 10, "rows_in": 0, "rows_out": 210, "bytes_out": 10_000, "failed_tasks": 1},
-        {"stage": "label", "operator": "MapBatches(Labeler)", "seconds": 10.0, "busy_seconds": 15.0,
-         "cpu_seconds": 14.0, "blocks": 10, "rows_in": 210, "rows_out": 200, "bytes_out": 5_000, "failed_tasks": 0},
-        {"stage": "write", "operator": "MapBatches(write_batch)", "seconds": 5.0, "busy_seconds": 2.0,
-         "cpu_seconds": 2.0, "blocks": 10, "rows_in": 200, "rows_out": 10, "bytes_out": 100, "failed_tasks": 0},
+        {
+            "stage": "read",
+            "operator": "ReadFramePair",
+            "seconds": 4.0,
+            "busy_seconds": 6.0,
+            "cpu_seconds": 5.0,
+            "blocks": 10,
+            "rows_in": 0,
+            "rows_out": 210,
+            "bytes_out": 10_000,
+            "failed_tasks": 1,
+        },
+        {
+            "stage": "label",
+            "operator": "MapBatches(Labeler)",
+            "seconds": 10.0,
+            "busy_seconds": 15.0,
+            "cpu_seconds": 14.0,
+            "blocks": 10,
+            "rows_in": 210,
+            "rows_out": 200,
+            "bytes_out": 5_000,
+            "failed_tasks": 0,
+        },
+        {
+            "stage": "write",
+            "operator": "MapBatches(write_batch)",
+            "seconds": 5.0,
+            "busy_seconds": 2.0,
+            "cpu_seconds": 2.0,
+            "blocks": 10,
+            "rows_in": 200,
+            "rows_out": 10,
+            "bytes_out": 100,
+            "failed_tasks": 0,
+        },
     ]
-    summaries = [{"labeled_on": '{"actor": "b", "node": "10.0.0.2", "gpu_ids": ["1"], "device": "cuda:0"}',
-                  "pairs": 120},
-                 {"labeled_on": '{"actor": "a", "node": "10.0.0.1", "gpu_ids": ["0"], "device": "cuda:0"}',
-                  "pairs": 50},
-                 {"labeled_on": '{"actor": "a", "node": "10.0.0.1", "gpu_ids": ["0"], "device": "cuda:0"}',
-                  "pairs": 30},
-                 {"labeled_on": "", "pairs": 0}]
+    summaries = [
+        {"labeled_on": '{"actor": "b", "node": "10.0.0.2", "gpu_ids": ["1"], "device": "cuda:0"}', "pairs": 120},
+        {"labeled_on": '{"actor": "a", "node": "10.0.0.1", "gpu_ids": ["0"], "device": "cuda:0"}', "pairs": 50},
+        {"labeled_on": '{"actor": "a", "node": "10.0.0.1", "gpu_ids": ["0"], "device": "cuda:0"}', "pairs": 30},
+        {"labeled_on": "", "pairs": 0},
+    ]
     actors = placements(summaries)
-    assert [(a["actor"], a["gpu_ids"], a["pairs"], a["chunks"]) for a in actors] == [("a", ["0"], 80, 2),
-                                                                                     ("b", ["1"], 120, 1)]
+    assert [(a["actor"], a["gpu_ids"], a["pairs"], a["chunks"]) for a in actors] == [
+        ("a", ["0"], 80, 2),
+        ("b", ["1"], 120, 1),
+    ]
     stats = run_stats(stages, actors, pairs=200, seconds=20.0, source_bytes=3000, bytes_written=100, errors=1)
     by = {s["stage"]: s for s in stats["stages"]}
     # read: the run's pairs over its span (its 210 rows are frames, 10 chunks of 20 pairs and 21
     # frames); label: pairs out; write: pairs consumed (it emits one row per chunk).
-    assert (by["read"]["pairs_per_second"], by["label"]["pairs_per_second"], by["write"]["pairs_per_second"]) == \
-        (50.0, 20.0, 40.0)
+    assert (by["read"]["pairs_per_second"], by["label"]["pairs_per_second"], by["write"]["pairs_per_second"]) == (
+        50.0,
+        20.0,
+        40.0,
+    )
     assert by["label"]["actors"] == 2 and by["label"]["utilisation"] == 0.75  # 15 busy s / (10 s × 2 actors)
     assert stats["pairs_per_second"] == 10.0 and stats["failed_tasks"] == 1
     assert stats["bytes"] == {"sources": 3000, "decoded": 10_000, "written": 100}
@@ -161,13 +228,14 @@ def test_local_ray_listens_on_loopback_only(ray_local):
 def test_connect_starts_a_local_ray_on_loopback_even_after_ray_is_imported():
     """As ``flowlabel label`` and the demo run it: the pipeline's modules import ray first, and
     the environment does not ask for Ray's single-machine mode (conftest's is removed)."""
-    code = ("import json, pipeline.read.datasource, ray\n"
-            "from jobs.cluster import ClusterOptions, connect\n"
-            "connect(ClusterOptions(local_cpus=1))\n"
-            "print(json.dumps(sorted({n['NodeManagerAddress'] for n in ray.nodes()})))\n")
+    code = (
+        "import json, pipeline.read.datasource, ray\n"
+        "from jobs.cluster import ClusterOptions, connect\n"
+        "connect(ClusterOptions(local_cpus=1))\n"
+        "print(json.dumps(sorted({n['NodeManagerAddress'] for n in ray.nodes()})))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != SINGLE_MACHINE_ENV}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env,
-                          cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == ["127.0.0.1"]
 
@@ -175,8 +243,10 @@ def test_connect_starts_a_local_ray_on_loopback_even_after_ray_is_imported():
 def test_decode_and_write_stages_never_import_torch():
     # Zero-GPU tasks may see every GPU of their node (recent Ray leaves CUDA_VISIBLE_DEVICES
     # alone in them): the read and write stages must not even import torch, let alone init CUDA.
-    code = ("import sys, pipeline.read.datasource, pipeline.write.sinks, pipeline.read.plan, pipeline.read.sources; "
-            "print(sorted(m for m in ('torch', 'models') if m in sys.modules))")
+    code = (
+        "import sys, pipeline.read.datasource, pipeline.write.sinks, pipeline.read.plan, pipeline.read.sources; "
+        "print(sorted(m for m in ('torch', 'models') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

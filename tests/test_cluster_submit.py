@@ -41,9 +41,29 @@ def cluster():
 def submit(cluster: LocalRayCluster, submission_id: str, entrypoint: list[str]) -> None:
     """The README's command line: `ray job submit --working-dir . --runtime-env infra/runtime_env.yaml -- …`."""
     ray = Path(cluster.env["PATH"].split(":")[0]) / "ray"
-    subprocess.run([str(ray), "job", "submit", "--address", cluster.dashboard_url, "--submission-id", submission_id,
-                    "--working-dir", ".", "--runtime-env", str(RUNTIME_ENV), "--no-wait", "--", *entrypoint],
-                   cwd=ROOT, env=cluster.env, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            str(ray),
+            "job",
+            "submit",
+            "--address",
+            cluster.dashboard_url,
+            "--submission-id",
+            submission_id,
+            "--working-dir",
+            ".",
+            "--runtime-env",
+            str(RUNTIME_ENV),
+            "--no-wait",
+            "--",
+            *entrypoint,
+        ],
+        cwd=ROOT,
+        env=cluster.env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def wait(cluster: LocalRayCluster, submission_id: str):
@@ -51,8 +71,11 @@ def wait(cluster: LocalRayCluster, submission_id: str):
 
     client = JobSubmissionClient(cluster.dashboard_url, headers=cluster.headers)
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while (status := client.get_job_status(submission_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
-                                                                    JobStatus.STOPPED}:
+    while (status := client.get_job_status(submission_id)) not in {
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.STOPPED,
+    }:
         if time.monotonic() > deadline:
             client.stop_job(submission_id)
             pytest.fail(f"job {submission_id} still {status} after {JOB_TIMEOUT_S} s")
@@ -64,8 +87,9 @@ def test_the_job_server_refuses_requests_without_the_token(cluster):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{cluster.dashboard_url}/api/jobs/", timeout=10)
     assert err.value.code == 401
-    with urllib.request.urlopen(urllib.request.Request(f"{cluster.dashboard_url}/api/jobs/", headers=cluster.headers),
-                                timeout=10) as ok:
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{cluster.dashboard_url}/api/jobs/", headers=cluster.headers), timeout=10
+    ) as ok:
         assert ok.status == 200
 
 
@@ -75,8 +99,25 @@ def test_submitted_label_job_runs_one_actor_per_gpu(cluster, tmp_path):
     for i in range(VIDEOS):
         write_translating_video(corpus / f"clip{i}.mp4", HEIGHT, WIDTH, FRAMES, Motion(2.0, 1.0), seed=i)
     # One chunk in flight per actor and both actors up before data flows: each gets work.
-    submit(cluster, "flowlabel-gpus", ["flowlabel", "label", str(corpus), "--out", str(out), "--actors", "2",
-                                       "--min-actors", "2", "--gpus-per-actor", "1", "--tasks-per-actor", "1"])
+    submit(
+        cluster,
+        "flowlabel-gpus",
+        [
+            "flowlabel",
+            "label",
+            str(corpus),
+            "--out",
+            str(out),
+            "--actors",
+            "2",
+            "--min-actors",
+            "2",
+            "--gpus-per-actor",
+            "1",
+            "--tasks-per-actor",
+            "1",
+        ],
+    )
     status, logs = wait(cluster, "flowlabel-gpus")
     assert status == "SUCCEEDED", logs[-4000:]
     assert f"labeled {PAIRS} pairs from {VIDEOS} sources" in logs
@@ -95,8 +136,14 @@ def test_submitted_label_job_runs_one_actor_per_gpu(cluster, tmp_path):
     assert sorted(tuple(a["gpu_ids"]) for a in actors) == [("0",), ("1",)], json.dumps(stats, indent=1)
     assert {a["device"] for a in actors} == {"cpu"} and all(a["pairs"] > 0 for a in actors)
     assert sum(a["pairs"] for a in actors) == PAIRS
-    assert manifest["plan"]["labeler"] == {"min_actors": 2, "max_actors": 2, "gpus_per_actor": 1.0,
-                                           "cpus_per_actor": 1.0, "tasks_per_actor": 1, "calls_per_actor": 2}
+    assert manifest["plan"]["labeler"] == {
+        "min_actors": 2,
+        "max_actors": 2,
+        "gpus_per_actor": 1.0,
+        "cpus_per_actor": 1.0,
+        "tasks_per_actor": 1,
+        "calls_per_actor": 2,
+    }
     assert manifest["plan"]["cluster"] == {"CPU": 4.0, "GPU": 2.0}
     # Ray Data's per-stage stats: every stage saw every pair.
     by_stage = {s["stage"]: s for s in stats["stages"]}
@@ -113,9 +160,11 @@ def test_submitted_label_job_runs_one_actor_per_gpu(cluster, tmp_path):
 def test_tasks_without_gpus_see_none_under_the_runtime_env(cluster):
     # Recent Ray leaves CUDA_VISIBLE_DEVICES unset in zero-GPU tasks (they could reach every GPU);
     # infra/runtime_env.yaml restores the empty value, as decode tasks should see it.
-    probe = ("import os, ray; ray.init(); "
-             "seen = ray.remote(num_cpus=1)(lambda: os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')); "
-             "print('decode task sees CUDA_VISIBLE_DEVICES=%r' % ray.get(seen.remote()))")
+    probe = (
+        "import os, ray; ray.init(); "
+        "seen = ray.remote(num_cpus=1)(lambda: os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')); "
+        "print('decode task sees CUDA_VISIBLE_DEVICES=%r' % ray.get(seen.remote()))"
+    )
     submit(cluster, "cuda-probe", ["python", "-c", probe])
     status, logs = wait(cluster, "cuda-probe")
     assert status == "SUCCEEDED", logs[-4000:]

@@ -14,8 +14,8 @@ from jobs.label import LabelJob, run_label
 from jobs.synthetic import Motion, translating_frames
 from models import load_model
 from pipeline.label.labeler import LabelerConfig, label_frames
-from pipeline.write.run_manifest import MANIFEST_NAME
 from pipeline.schema import arrays_from_table
+from pipeline.write.run_manifest import MANIFEST_NAME
 from pipeline.write.sinks import SinkOptions
 
 pytestmark = pytest.mark.slow
@@ -35,10 +35,21 @@ def test_model_confidence_through_s3_and_ray(ray_local, local_s3, tmp_path):
         fs.put(str(tmp_path / f"frame_{i:04d}.png"), f"{base}/clips/seq/frame_{i:04d}.png")
 
     out = f"s3://{base}/labels"
-    labeler = LabelerConfig(model="searaft_s", checkpoint=f"s3://{base}/weights/searaft-tiny.pth",
-                            overrides=TINY, confidence="model", batch_size=2)
-    result = run_label(LabelJob(inputs=(f"s3://{base}/clips/",), sink=SinkOptions(out), labeler=labeler,
-                                storage_options=local_s3.storage_options))
+    labeler = LabelerConfig(
+        model="searaft_s",
+        checkpoint=f"s3://{base}/weights/searaft-tiny.pth",
+        overrides=TINY,
+        confidence="model",
+        batch_size=2,
+    )
+    result = run_label(
+        LabelJob(
+            inputs=(f"s3://{base}/clips/",),
+            sink=SinkOptions(out),
+            labeler=labeler,
+            storage_options=local_s3.storage_options,
+        )
+    )
     assert result.exit_code == 0 and result.pairs == 3
     [path] = [p for p in fs.find(out) if p.endswith(".parquet")]
     with fs.open(path, "rb") as f:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import fsspec
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from pipeline.evaluate.datasets import LayoutError, list_pairs, load_pair
 from pipeline.evaluate.pictures import encode_png
 
 from .conftest import BENCHMARKS as BENCH
+
 SINTEL = str(BENCH / "Sintel")
 KITTI = str(BENCH / "KITTI")
 MIDDLEBURY = str(BENCH / "middlebury")
@@ -38,7 +38,11 @@ def tiny_png(value: int, shape=(4, 6)) -> bytes:
 def test_sintel_pairs_with_ground_truth_follow_frame_numbers(pass_name):
     records = datasets.list_sintel(SINTEL, pass_name=pass_name)
     assert [(r.sequence, r.frame) for r in records] == [
-        ("alley_1", 1), ("alley_1", 2), ("alley_1", 3), ("cave_2", 2), ("market_5", 2),
+        ("alley_1", 1),
+        ("alley_1", 2),
+        ("alley_1", 3),
+        ("cave_2", 2),
+        ("market_5", 2),
     ]
     cave = records[3]
     assert cave.image0.endswith(f"training/{pass_name}/cave_2/frame_0002.png")
@@ -55,9 +59,15 @@ def test_sintel_pairs_with_ground_truth_follow_frame_numbers(pass_name):
 def test_sintel_all_consecutive_pairs_without_requiring_ground_truth():
     records = datasets.list_sintel(SINTEL, require_gt=False)
     assert [(r.sequence, r.frame, r.flow is not None) for r in records] == [
-        ("alley_1", 1, True), ("alley_1", 2, True), ("alley_1", 3, True),
-        ("cave_2", 1, False), ("cave_2", 2, True), ("cave_2", 3, False),
-        ("market_5", 1, False), ("market_5", 2, True), ("market_5", 3, False),
+        ("alley_1", 1, True),
+        ("alley_1", 2, True),
+        ("alley_1", 3, True),
+        ("cave_2", 1, False),
+        ("cave_2", 2, True),
+        ("cave_2", 3, False),
+        ("market_5", 1, False),
+        ("market_5", 2, True),
+        ("market_5", 3, False),
     ]
 
 
@@ -103,9 +113,13 @@ def test_sintel_test_split_and_layout_errors(memory_root):
 
 @pytest.mark.usefixtures("shared_data")
 def test_sintel_through_a_memory_filesystem_matches_local(memory_root):
-    for rel in ["training/clean/cave_2/frame_0002.png", "training/clean/cave_2/frame_0003.png",
-                "training/clean/cave_2/frame_0004.png", "training/flow/cave_2/frame_0002.flo",
-                "training/occlusions/cave_2/frame_0002.png"]:
+    for rel in [
+        "training/clean/cave_2/frame_0002.png",
+        "training/clean/cave_2/frame_0003.png",
+        "training/clean/cave_2/frame_0004.png",
+        "training/flow/cave_2/frame_0002.flo",
+        "training/occlusions/cave_2/frame_0002.png",
+    ]:
         put(f"{memory_root}/Sintel/{rel}", (BENCH / "Sintel" / rel).read_bytes())
     (record,) = datasets.list_sintel(f"{memory_root}/Sintel")
     assert record.image0 == f"{memory_root}/Sintel/training/clean/cave_2/frame_0002.png"
@@ -171,7 +185,14 @@ def test_kitti2012_layout(memory_root):
 def test_middlebury_pairs_colour_before_gray():
     records = datasets.list_middlebury(MIDDLEBURY)
     assert [r.sequence for r in records] == [
-        "Dimetrodon", "Grove2", "Grove3", "Hydrangea", "RubberWhale", "Urban2", "Urban3", "Venus",
+        "Dimetrodon",
+        "Grove2",
+        "Grove3",
+        "Hydrangea",
+        "RubberWhale",
+        "Urban2",
+        "Urban3",
+        "Venus",
     ]
     folders = {r.sequence: r.image0.split("/")[-3] for r in records}
     assert folders["RubberWhale"] == folders["Urban3"] == "other-data"  # Urban3 is in both: colour wins
@@ -239,14 +260,19 @@ def test_flyingthings3d_full_layout_as_raft_reads_it(memory_root):
         put(f"{memory_root}/frames_cleanpass/{seq}/right/{n:04d}.png", tiny_png(99))
         for way, name in (("future", "Future"), ("past", "Past")):
             flow = np.full((4, 6, 2), n if way == "future" else -n, np.float32)
-            flowio.write_flow(f"{memory_root}/optical_flow/{seq}/into_{way}/left/OpticalFlowInto{name}_{n:04d}_L.pfm", flow)
+            flowio.write_flow(
+                f"{memory_root}/optical_flow/{seq}/into_{way}/left/OpticalFlowInto{name}_{n:04d}_L.pfm", flow
+            )
     forward = datasets.list_flyingthings3d(memory_root)
     assert [(r.sequence, r.frame) for r in forward] == [("A/0000", 6), ("A/0000", 7)]  # frame 9 does not exist
     assert forward[0].image1.endswith("frames_cleanpass/TRAIN/A/0000/left/0007.png")
     assert forward[0].flow.endswith("optical_flow/TRAIN/A/0000/into_future/left/OpticalFlowIntoFuture_0006_L.pfm")
     backward = datasets.list_flyingthings3d(memory_root, direction="backward")
     assert [(r.frame, r.direction) for r in backward] == [(7, "backward"), (8, "backward")]
-    assert backward[0].image1.endswith("left/0006.png") and backward[0].pair_id == "flyingthings3d/train/clean/A/0000/7/backward"
+    assert (
+        backward[0].image1.endswith("left/0006.png")
+        and backward[0].pair_id == "flyingthings3d/train/clean/A/0000/7/backward"
+    )
     sample = load_pair(backward[1])
     assert sample.image0[0, 0, 0] == 8 and sample.image1[0, 0, 0] == 7 and (sample.flow == -8).all()
     assert len(datasets.list_flyingthings3d(memory_root, direction="both")) == 4
@@ -264,7 +290,12 @@ def test_flyingthings3d_subset_layout(memory_root):
         flowio.write_flow(f"{memory_root}/train/flow/left/into_past/{n:07d}.flo", np.full((4, 6, 2), -n, np.float32))
     put(f"{memory_root}/train/flow_occlusions/left/into_future/0000001.png", tiny_png(255))
     records = datasets.list_flyingthings3d(memory_root, direction="both")
-    assert [(r.frame, r.direction) for r in records] == [(0, "forward"), (1, "forward"), (1, "backward"), (2, "backward")]
+    assert [(r.frame, r.direction) for r in records] == [
+        (0, "forward"),
+        (1, "forward"),
+        (1, "backward"),
+        (2, "backward"),
+    ]
     sample = load_pair(records[1])
     assert sample.occlusion.all() and (sample.flow == 1).all()
 
@@ -278,7 +309,9 @@ def test_hd1k_layout(memory_root):
         put(f"{memory_root}/hd1k_input/image_2/000000_{n:04d}.png", tiny_png(n))
     put(f"{memory_root}/hd1k_input/image_2/000001_0000.png", tiny_png(0))
     for n in (0, 1):
-        flowio.write_flow(f"{memory_root}/hd1k_flow_gt/flow_occ/000000_{n:04d}.png", np.full((4, 6, 2), 0.5, np.float32))
+        flowio.write_flow(
+            f"{memory_root}/hd1k_flow_gt/flow_occ/000000_{n:04d}.png", np.full((4, 6, 2), 0.5, np.float32)
+        )
     records = list_pairs("hd1k", memory_root)
     assert [(r.sequence, r.frame) for r in records] == [("000000", 0), ("000000", 1)]
     sample = load_pair(records[1])
@@ -291,7 +324,13 @@ def test_hd1k_layout(memory_root):
 def test_list_pairs_by_name():
     assert list_pairs("sintel", SINTEL, pass_name="final") == datasets.list_sintel(SINTEL, pass_name="final")
     assert sorted(datasets.BENCHMARKS) == [
-        "flyingchairs", "flyingthings3d", "hd1k", "kitti2012", "kitti2015", "middlebury", "sintel",
+        "flyingchairs",
+        "flyingthings3d",
+        "hd1k",
+        "kitti2012",
+        "kitti2015",
+        "middlebury",
+        "sintel",
     ]
     with pytest.raises(ValueError, match="benchmark: expected one of .* got 'sintle'"):
         list_pairs("sintle", SINTEL)

@@ -33,7 +33,9 @@ def as_pairs(batch):
 
 
 def pairs_of(batches):
-    return [(int(a), int(b)) for batch in batches for a, b in zip(*(pair_rows(batch)[0][k] for k in ("frame0", "frame1")))]
+    return [
+        (int(a), int(b)) for batch in batches for a, b in zip(*(pair_rows(batch)[0][k] for k in ("frame0", "frame1")))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +108,9 @@ def short_gop_video(tmp_path_factory):
 # Units planned: all pairs / at most 30 pairs (segments starting past pair 30 are not read at all).
 @pytest.mark.parametrize("video, units_expected", [("short_gop", (4, 2)), ("var_fps", (2, 1))])
 @pytest.mark.parametrize("decode", [DecodeOptions(), DecodeOptions(stride=2, fps=12), DecodeOptions(max_pairs=30)])
-def test_split_video_gives_exactly_the_pairs_of_the_whole_video(request, short_gop_video, video, units_expected,
-                                                                 decode):
+def test_split_video_gives_exactly_the_pairs_of_the_whole_video(
+    request, short_gop_video, video, units_expected, decode
+):
     """Keyframe-aligned segments (forced small here) reproduce the unsplit pairs and times."""
     if video == "var_fps":
         request.getfixturevalue("shared_data")
@@ -121,10 +124,12 @@ def test_split_video_gives_exactly_the_pairs_of_the_whole_video(request, short_g
     parts, records = read_all(path, decode, split_plan)
     assert records == []
     assert pairs_of(parts) == pairs_of(whole)
-    np.testing.assert_array_equal(np.concatenate([as_pairs(b)["t1"] for b in parts]),
-                                  np.concatenate([as_pairs(b)["t1"] for b in whole]))
-    np.testing.assert_array_equal(np.concatenate([as_pairs(b)["ordinal"] for b in parts]),
-                                  np.arange(len(pairs_of(whole))))
+    np.testing.assert_array_equal(
+        np.concatenate([as_pairs(b)["t1"] for b in parts]), np.concatenate([as_pairs(b)["t1"] for b in whole])
+    )
+    np.testing.assert_array_equal(
+        np.concatenate([as_pairs(b)["ordinal"] for b in parts]), np.arange(len(pairs_of(whole)))
+    )
 
 
 # Frames decoded by PyAV per file (../shared/data/videos/README.md) and display size (H, W).
@@ -167,11 +172,14 @@ def test_rotation_matches_opencv_display_orientation(shared_data):
     assert np.abs(ours[::-1, ::-1] - bgr[:, :, ::-1].astype(int)).mean() > 20  # 180° would be visibly wrong
 
 
-@pytest.mark.parametrize("name, folder, error_type", [
-    ("broken__invalid_userdata.mp4", "_errors", "NoFramesError"),  # header, no media data
-    ("broken__invalid-bitstream.webm", "_errors", "NoFramesError"),  # every packet corrupt
-    ("bbb_sunflower_QCIF_30fps_mp4v_noaudio_1f.mp4", "_skipped", "NoPairs"),  # one frame
-])
+@pytest.mark.parametrize(
+    "name, folder, error_type",
+    [
+        ("broken__invalid_userdata.mp4", "_errors", "NoFramesError"),  # header, no media data
+        ("broken__invalid-bitstream.webm", "_errors", "NoFramesError"),  # every packet corrupt
+        ("bbb_sunflower_QCIF_30fps_mp4v_noaudio_1f.mp4", "_skipped", "NoPairs"),  # one frame
+    ],
+)
 def test_bad_and_short_inputs_are_recorded_not_raised(shared_data, name, folder, error_type):
     batches, records = read_all(VIDEOS / name)
     assert batches == []
@@ -193,8 +201,14 @@ def test_decode_image_gray_alpha_and_16_bit():
     gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
     rgb = decode_image(cv2.imencode(".png", gray)[1].tobytes())
     assert rgb.shape == (3, 4, 3) and (rgb[..., 0] == gray).all() and (rgb[..., 2] == gray).all()
-    bgra = np.dstack([np.full((2, 2), 10, np.uint8), np.full((2, 2), 20, np.uint8),
-                      np.full((2, 2), 30, np.uint8), np.full((2, 2), 40, np.uint8)])
+    bgra = np.dstack(
+        [
+            np.full((2, 2), 10, np.uint8),
+            np.full((2, 2), 20, np.uint8),
+            np.full((2, 2), 30, np.uint8),
+            np.full((2, 2), 40, np.uint8),
+        ]
+    )
     assert decode_image(cv2.imencode(".png", bgra)[1].tobytes())[0, 0].tolist() == [30, 20, 10]
     deep = np.full((2, 2), 65535, np.uint16)
     assert decode_image(cv2.imencode(".png", deep)[1].tobytes()).max() == 255

@@ -8,8 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.synthetic import Motion, translating_frames
-from pipeline.encoding import (FLOW_SCALE, INVALID_FLOW, decode_labels, encode_labels, flow_magnitude_sum,
-                               quantize_flow)
+from pipeline.encoding import FLOW_SCALE, INVALID_FLOW, decode_labels, encode_labels, flow_magnitude_sum, quantize_flow
 from pipeline.label.labeler import Labeler, LabelerConfig
 from pipeline.schema import arrays_from_table
 from pipeline.write.sinks import SinkOptions, encode_npz, encode_parquet, write_batch
@@ -26,8 +25,9 @@ def float_rows(n=3, h=6, w=9, seed=0):
 
 
 def parquet_round_trip(rows, encoding):
-    data = encode_parquet({**rows, **encode_labels(rows, encoding)}, SinkOptions("unused", partition=(),
-                                                                               flow_encoding=encoding))
+    data = encode_parquet(
+        {**rows, **encode_labels(rows, encoding)}, SinkOptions("unused", partition=(), flow_encoding=encoding)
+    )
     return pq.read_table(io.BytesIO(data)), data
 
 
@@ -56,8 +56,8 @@ def test_int16_plain_pyarrow_recipe():
 
 def test_large_and_non_finite_flow_keep_their_range():
     flow = np.zeros((3, 4, 4, 2), np.float32)
-    flow[0, 0, 0, 0] = 100.0          # fits at 1/64 px
-    flow[1, 1, 1, 1] = -700.25        # beyond ±511 px: this row only gets 1/32 px steps
+    flow[0, 0, 0, 0] = 100.0  # fits at 1/64 px
+    flow[1, 1, 1, 1] = -700.25  # beyond ±511 px: this row only gets 1/32 px steps
     flow[2, 2, 2, 0] = np.nan
     stored, scale = quantize_flow(flow)
     assert scale.tolist() == [FLOW_SCALE, 32, FLOW_SCALE]
@@ -93,8 +93,7 @@ def test_int16_is_smaller_on_smooth_flow():
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     flow = np.stack([3 + 0.05 * xs, -1 + 0.03 * ys], -1)[None].repeat(2, 0)
     rows = float_rows(n=2, h=h, w=w)
-    rows.update(flow=flow, confidence=np.exp(-np.abs(flow[..., 0] - 5)),
-                occlusion=np.zeros((2, h, w), np.uint8))
+    rows.update(flow=flow, confidence=np.exp(-np.abs(flow[..., 0] - 5)), occlusion=np.zeros((2, h, w), np.uint8))
     sizes = {enc: len(parquet_round_trip(rows, enc)[1]) for enc in ("int16", "float16")}
     assert sizes["int16"] < 0.6 * sizes["float16"], sizes
 
@@ -117,9 +116,15 @@ def test_encode_is_idempotent_and_checks_its_input():
 @pytest.mark.parametrize("encoding", ["int16", "float16"])
 def test_labeler_hands_over_the_stored_arrays(encoding, tmp_path):
     frames = np.stack(translating_frames(48, 64, 3, Motion(2.0, 1.0), seed=3))
-    batch = {"video_id": np.array(["v"] * 3, object), "chunk": np.array(["0-1"] * 3, object),
-             "frame": np.arange(3, dtype=np.int32), "time": np.zeros(3), "pair_with": np.array([1, 2, -1], np.int32),
-             "ordinal": np.array([0, 1, -1]), "image": frames}
+    batch = {
+        "video_id": np.array(["v"] * 3, object),
+        "chunk": np.array(["0-1"] * 3, object),
+        "frame": np.arange(3, dtype=np.int32),
+        "time": np.zeros(3),
+        "pair_with": np.array([1, 2, -1], np.int32),
+        "ordinal": np.array([0, 1, -1]),
+        "image": frames,
+    }
     [out] = Labeler(LabelerConfig(model="dis"), flow_encoding=encoding)(batch)
     stored = {"int16": (np.int16, np.uint8), "float16": (np.float16, np.float16)}[encoding]
     assert (out["flow"].dtype, out["confidence"].dtype) == stored
@@ -150,14 +155,18 @@ def test_device_encoding_stores_what_the_host_encoding_stores(encoding):
     from pipeline.encoding import check_device_encoding, encode_on_device
 
     rng = np.random.default_rng(0)
-    flow = (rng.standard_normal((5, 2, 7, 9)) * np.array([1, 10, 100, 600, 3000])[:, None, None, None]).astype(np.float32)
+    flow = (rng.standard_normal((5, 2, 7, 9)) * np.array([1, 10, 100, 600, 3000])[:, None, None, None]).astype(
+        np.float32
+    )
     flow[1, 0, 2, 3], flow[2, 1, 1, 1] = np.nan, np.inf
     confidence, occlusion = rng.random((5, 7, 9)).astype(np.float32), rng.random((5, 7, 9)) > 0.5
-    on_device = encode_on_device(torch.from_numpy(flow), torch.from_numpy(occlusion), torch.from_numpy(confidence),
-                                 encoding)
+    on_device = encode_on_device(
+        torch.from_numpy(flow), torch.from_numpy(occlusion), torch.from_numpy(confidence), encoding
+    )
     stored = check_device_encoding({k: v.numpy() for k, v in on_device.items()})
-    expected = encode_labels({"flow": flow.transpose(0, 2, 3, 1), "occlusion": occlusion, "confidence": confidence},
-                             encoding)
+    expected = encode_labels(
+        {"flow": flow.transpose(0, 2, 3, 1), "occlusion": occlusion, "confidence": confidence}, encoding
+    )
     assert sorted(stored) == sorted(expected)
     for name, value in expected.items():
         assert stored[name].dtype == value.dtype and np.array_equal(stored[name], value, equal_nan=True), name

@@ -12,8 +12,8 @@ import s3fs
 
 from jobs.label import LabelJob, run_label
 from jobs.synthetic import Motion, write_translating_video
-from pipeline.read.datasource import ReadOptions
 from pipeline.label.labeler import LabelerConfig
+from pipeline.read.datasource import ReadOptions
 from pipeline.write.sinks import SinkOptions
 
 pytestmark = pytest.mark.slow
@@ -32,8 +32,13 @@ def corpus(tmp_path_factory):
 
 def job(inputs, out, storage_options=None):
     # Farnebäck and one pair per chunk: the run lasts long enough to be interrupted mid-way.
-    return LabelJob(inputs=inputs, sink=SinkOptions(out), labeler=LabelerConfig(model="farneback"),
-                    read=ReadOptions(chunk_bytes=PAIR_BYTES), storage_options=storage_options or {})
+    return LabelJob(
+        inputs=inputs,
+        sink=SinkOptions(out),
+        labeler=LabelerConfig(model="farneback"),
+        read=ReadOptions(chunk_bytes=PAIR_BYTES),
+        storage_options=storage_options or {},
+    )
 
 
 def run_in_thread(label_job):
@@ -61,8 +66,11 @@ def expected(base):
 
 
 def labeler_pids():
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if any("MapBatches(Labeler)" in part for part in (p.info["cmdline"] or []))]
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if any("MapBatches(Labeler)" in part for part in (p.info["cmdline"] or []))
+    ]
 
 
 def test_killed_labeler_actor_is_restarted_and_nothing_is_lost_or_duplicated(ray_local, corpus, tmp_path):

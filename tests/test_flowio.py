@@ -12,6 +12,7 @@ import pytest
 from pipeline.evaluate import flowio
 
 from .conftest import BENCHMARKS as BENCH
+
 SINTEL_FLOW = BENCH / "Sintel" / "training" / "flow"
 MIDDLEBURY = BENCH / "middlebury"
 KITTI_FLOW = BENCH / "KITTI" / "training" / "flow_occ" / "000000_10.png"
@@ -239,7 +240,9 @@ def test_sintel_png_is_rgb_and_png_variants_decode():
     np.testing.assert_array_equal(flowio.decode_image(png_alpha.tobytes()), rgb)  # alpha dropped
     ok, png16 = cv2.imencode(".png", rgb[..., ::-1].astype(np.uint16) * 257 + 3)
     np.testing.assert_array_equal(flowio.decode_image(png16.tobytes()), rgb)  # 16-bit → high byte
-    ok, jpg = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8) + np.uint8([0, 0, 200]), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    ok, jpg = cv2.imencode(
+        ".jpg", np.zeros((8, 8, 3), np.uint8) + np.uint8([0, 0, 200]), [cv2.IMWRITE_JPEG_QUALITY, 100]
+    )
     decoded = flowio.decode_image(jpg.tobytes())
     assert decoded.shape == (8, 8, 3) and abs(int(decoded[..., 0].mean()) - 200) <= 2 and decoded[..., 2].max() <= 3
 

@@ -8,9 +8,17 @@ import torch
 from models import CheckpointError, get_spec, load_model
 from models.gmflow import GMFlow
 from tests.gmflow_reference import CONFIGS, FIXTURE, seeded_state_dict
-from tests.parity import assert_matches_official, assert_missing_or_extra_key_is_rejected
-from tests.parity import assert_odd_size_shape_and_finite, assert_official_checkpoint_loads_strictly
-from tests.parity import image_pair, keys_and_shapes, reference_fixture, rel_l2, seeded_model
+from tests.parity import (
+    assert_matches_official,
+    assert_missing_or_extra_key_is_rejected,
+    assert_odd_size_shape_and_finite,
+    assert_official_checkpoint_loads_strictly,
+    image_pair,
+    keys_and_shapes,
+    reference_fixture,
+    rel_l2,
+    seeded_model,
+)
 
 # Small widths for tests that only need the plumbing (the backbone's widths are fixed).
 TINY = {"feature_channels": 16, "num_transformer_layers": 2, "ffn_dim_expansion": 1}
@@ -56,8 +64,9 @@ def test_official_checkpoint_loads_strictly(name, tmp_path):
 
 
 def test_checkpoint_with_missing_or_extra_key_is_rejected(tmp_path):
-    assert_missing_or_extra_key_is_rejected("gmflow", tmp_path, "feature_flow_attn.k_proj.bias", "module.extra.weight",
-                                            **TINY)
+    assert_missing_or_extra_key_is_rejected(
+        "gmflow", tmp_path, "feature_flow_attn.k_proj.bias", "module.extra.weight", **TINY
+    )
 
 
 def test_checkpoint_without_model_entry_is_rejected(tmp_path):
@@ -78,17 +87,36 @@ def test_load_model_needs_checkpoint_unless_random_init(name, pad_multiple):
 
 def test_registry_records():
     expected = {
-        "gmflow": ["gmflow_chairs-1d776046.pth", "gmflow_things-e9887eda.pth",
-                   "gmflow_sintel-0c07dcb3.pth", "gmflow_kitti-285701a8.pth"],
-        "gmflow_refine": ["gmflow_with_refine_things-36579974.pth", "gmflow_with_refine_sintel-3ed1cf48.pth",
-                          "gmflow_with_refine_kitti-8d3b9786.pth"],
+        "gmflow": [
+            "gmflow_chairs-1d776046.pth",
+            "gmflow_things-e9887eda.pth",
+            "gmflow_sintel-0c07dcb3.pth",
+            "gmflow_kitti-285701a8.pth",
+        ],
+        "gmflow_refine": [
+            "gmflow_with_refine_things-36579974.pth",
+            "gmflow_with_refine_sintel-3ed1cf48.pth",
+            "gmflow_with_refine_kitti-8d3b9786.pth",
+        ],
     }
     # The official scripts/evaluate.sh settings, spelled out (not read back from the registry's own constants).
     official = {
-        "gmflow": {"num_scales": 1, "upsample_factor": 8, "padding_factor": 16, "attn_splits_list": (2,),
-                   "corr_radius_list": (-1,), "prop_radius_list": (-1,)},
-        "gmflow_refine": {"num_scales": 2, "upsample_factor": 4, "padding_factor": 32, "attn_splits_list": (2, 8),
-                          "corr_radius_list": (-1, 4), "prop_radius_list": (-1, 1)},
+        "gmflow": {
+            "num_scales": 1,
+            "upsample_factor": 8,
+            "padding_factor": 16,
+            "attn_splits_list": (2,),
+            "corr_radius_list": (-1,),
+            "prop_radius_list": (-1,),
+        },
+        "gmflow_refine": {
+            "num_scales": 2,
+            "upsample_factor": 4,
+            "padding_factor": 32,
+            "attn_splits_list": (2, 8),
+            "corr_radius_list": (-1, 4),
+            "prop_radius_list": (-1, 1),
+        },
     }
     for name, filenames in expected.items():
         spec = get_spec(name)

@@ -38,13 +38,29 @@ def test_epe_tolerances():
 
 
 RESULTS = {
-    "gpu": "NVIDIA H200", "torch": "2.13.0", "finished_at": "2026-12-03T18:00:00+00:00", "fp32_input": "a pair",
-    "fp32": [{"model": "dis", "weights": "none", "rel_l2": 0.0, "max_abs_px": 0.0, "passed": True},
-             {"model": "raft_large", "weights": "random init", "rel_l2": 2.5e-3, "max_abs_px": 0.01, "passed": False},
-             {"model": "gmflow", "benchmark": "", "error": "RuntimeError: boom", "passed": False}],
-    "epe": [{"model": "raft_small", "benchmark": "sintel clean", "pairs": 5, "epe_fp32": 0.2421, "epe_bf16": 0.2502,
-             "epe_fp16": 0.2426, "change_bf16": 0.0081, "change_fp16": 0.0005, "passed": True},
-            {"model": "raft_small", "benchmark": "chairs", "skipped": "not available: no pairs"}],
+    "gpu": "NVIDIA H200",
+    "torch": "2.13.0",
+    "finished_at": "2026-12-03T18:00:00+00:00",
+    "fp32_input": "a pair",
+    "fp32": [
+        {"model": "dis", "weights": "none", "rel_l2": 0.0, "max_abs_px": 0.0, "passed": True},
+        {"model": "raft_large", "weights": "random init", "rel_l2": 2.5e-3, "max_abs_px": 0.01, "passed": False},
+        {"model": "gmflow", "benchmark": "", "error": "RuntimeError: boom", "passed": False},
+    ],
+    "epe": [
+        {
+            "model": "raft_small",
+            "benchmark": "sintel clean",
+            "pairs": 5,
+            "epe_fp32": 0.2421,
+            "epe_bf16": 0.2502,
+            "epe_fp16": 0.2426,
+            "change_bf16": 0.0081,
+            "change_fp16": 0.0005,
+            "passed": True,
+        },
+        {"model": "raft_small", "benchmark": "chairs", "skipped": "not available: no pairs"},
+    ],
 }
 
 

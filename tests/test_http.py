@@ -97,7 +97,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
         self.end_headers()
         if body:
-            self.wfile.write(data[first:last + 1])
+            self.wfile.write(data[first : last + 1])
             with state.lock:
                 state.served[path] += last - first + 1
 
@@ -129,8 +129,9 @@ def videos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("http-videos")
     short = write_translating_video(folder / "short.mp4", 48, 64, 8, Motion(1.0, 0.0), seed=4)
     rng = np.random.default_rng(1)
-    long = write_video(folder / "long.mp4", [rng.integers(0, 255, (48, 64, 3), np.uint8) for _ in range(250)],
-                       fps=25, gop=25)
+    long = write_video(
+        folder / "long.mp4", [rng.integers(0, 255, (48, 64, 3), np.uint8) for _ in range(250)], fps=25, gop=25
+    )
     return {"short": short.read_bytes(), "long": long.read_bytes()}
 
 
@@ -172,11 +173,14 @@ def test_transient_failures_are_retried(http_server, videos):
         assert state.failures_sent[path] == 2
 
 
-@pytest.mark.parametrize("path, status, error_type, retryable", [
-    ("/missing.mp4", 404, "FileNotFoundError", False),
-    ("/forbidden.mp4", 403, "PermissionError", False),
-    ("/down.mp4", 503, "OSError", True),
-])
+@pytest.mark.parametrize(
+    "path, status, error_type, retryable",
+    [
+        ("/missing.mp4", 404, "FileNotFoundError", False),
+        ("/forbidden.mp4", 403, "PermissionError", False),
+        ("/down.mp4", 503, "OSError", True),
+    ],
+)
 def test_statuses_become_error_records(http_server, path, status, error_type, retryable):
     state, base = http_server
     state.status[path] = status
@@ -185,7 +189,11 @@ def test_statuses_become_error_records(http_server, path, status, error_type, re
     [(folder, record)] = outcome.records
     reason = {404: "Not Found", 403: "Forbidden", 503: "Service Unavailable"}[status]
     assert (folder, record.stage, record.error_type, record.message) == (
-        "_errors", "open", error_type, f"HTTP {status} {reason}: {base}{path}")
+        "_errors",
+        "open",
+        error_type,
+        f"HTTP {status} {reason}: {base}{path}",
+    )
     assert outcome.retryable is retryable
     # A 503 is retried (4 attempts, each a HEAD and a GET); a 404 or 403 is asked once (HEAD, then GET).
     assert state.requests[path] == (8 if retryable else 2)
@@ -203,7 +211,13 @@ def response_error(status: int) -> Exception:
 
 def test_http_error_table():
     assert [is_transient(response_error(s)) for s in (404, 403, 429, 500, 503, 504)] == [
-        False, False, True, True, True, True]
+        False,
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
     masked = FileNotFoundError("http://h/x.mp4")
     masked.__cause__ = response_error(503)  # as fsspec reports a failed HEAD/GET
     assert is_transient(masked)
@@ -241,27 +255,39 @@ def test_http_manifest_end_to_end(ray_local, local_s3, http_server, videos):
     state.files["/e2e/flaky.mp4"] = videos["short"]
     state.fail_503["/e2e/flaky.mp4"] = 2
     state.status["/e2e/forbidden.mp4"] = 403
-    rows = [{"uri": f"{base}/e2e/good.mp4", "clip": "g"}, {"uri": f"{base}/e2e/long.mp4", "clip": "l", "start": 4,
-                                                           "end": 4.2},
-            {"uri": f"{base}/e2e/missing.mp4", "clip": "m"}, {"uri": f"{base}/e2e/forbidden.mp4", "clip": "f"},
-            {"uri": f"{base}/e2e/flaky.mp4", "clip": "r"}]
+    rows = [
+        {"uri": f"{base}/e2e/good.mp4", "clip": "g"},
+        {"uri": f"{base}/e2e/long.mp4", "clip": "l", "start": 4, "end": 4.2},
+        {"uri": f"{base}/e2e/missing.mp4", "clip": "m"},
+        {"uri": f"{base}/e2e/forbidden.mp4", "clip": "f"},
+        {"uri": f"{base}/e2e/flaky.mp4", "clip": "r"},
+    ]
     state.files["/e2e/clips.jsonl"] = "".join(json.dumps(r) + "\n" for r in rows).encode()
     out = f"s3://{local_s3.bucket}/http-e2e/labels"
-    job = LabelJob(inputs=(), sink=SinkOptions(out), labeler=LabelerConfig(model="dis"),
-                   read=ReadOptions(io_first_delay_s=0.05), storage_options=local_s3.storage_options,
-                   manifest=ManifestOptions(f"{base}/e2e/clips.jsonl", carry=("clip",)))
+    job = LabelJob(
+        inputs=(),
+        sink=SinkOptions(out),
+        labeler=LabelerConfig(model="dis"),
+        read=ReadOptions(io_first_delay_s=0.05),
+        storage_options=local_s3.storage_options,
+        manifest=ManifestOptions(f"{base}/e2e/clips.jsonl", carry=("clip",)),
+    )
     result = run_label(job)
 
     assert result.exit_code == 2
     assert sorted((r.source, r.stage, r.error_type, r.message) for r in result.errors) == [
         (f"{base}/e2e/forbidden.mp4", "open", "PermissionError", f"HTTP 403 Forbidden: {base}/e2e/forbidden.mp4"),
-        (f"{base}/e2e/missing.mp4", "open", "FileNotFoundError", f"HTTP 404 Not Found: {base}/e2e/missing.mp4")]
+        (f"{base}/e2e/missing.mp4", "open", "FileNotFoundError", f"HTTP 404 Not Found: {base}/e2e/missing.mp4"),
+    ]
     fs = s3fs.S3FileSystem(**local_s3.storage_options)
     table = pads.dataset(out.removeprefix("s3://"), filesystem=fs, format="parquet", partitioning="hive").to_table()
     got = sorted(zip(table["video"].to_pylist(), table["frame0"].to_pylist(), table["clip"].to_pylist()))
     ids = {name: video_id_for(f"{base}/e2e/{name}.mp4") for name in ("good", "flaky")}
-    expected = sorted([(ids["good"], k, "g") for k in range(7)] + [(ids["flaky"], k, "r") for k in range(7)]
-                      + [(video_id_for(f"{base}/e2e/long.mp4", 4.0, 4.2), k, "l") for k in range(100, 104)])
+    expected = sorted(
+        [(ids["good"], k, "g") for k in range(7)]
+        + [(ids["flaky"], k, "r") for k in range(7)]
+        + [(video_id_for(f"{base}/e2e/long.mp4", 4.0, 4.2), k, "l") for k in range(100, 104)]
+    )
     assert got == expected and result.pairs == 18
     assert table.schema.field("clip").type == pa.string()
     assert state.failures_sent["/e2e/flaky.mp4"] == 2

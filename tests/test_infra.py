@@ -43,8 +43,11 @@ def crd_problems(node, path: str, fields: dict) -> list[str]:
     if kind == "object":
         if not isinstance(node, dict):
             return [f"{path}: expected an object, got {node!r}"]
-        problems = [f"{path}.{k}: unknown field; expected one of {allowed['fields']}"
-                    for k in node if k not in allowed["fields"]]
+        problems = [
+            f"{path}.{k}: unknown field; expected one of {allowed['fields']}"
+            for k in node
+            if k not in allowed["fields"]
+        ]
         problems += [f"{path}: missing required field {r!r}" for r in allowed["required"] if r not in node]
         for key, value in node.items():
             if key in allowed["fields"]:
@@ -53,8 +56,7 @@ def crd_problems(node, path: str, fields: dict) -> list[str]:
     if kind == "map":
         if not isinstance(node, dict):
             return [f"{path}: expected a map, got {node!r}"]
-        return [p for key, value in node.items()
-                for p in scalar_problems(value, f"{path}[{key}]", allowed["values"])]
+        return [p for key, value in node.items() for p in scalar_problems(value, f"{path}[{key}]", allowed["values"])]
     if kind == "array":
         if not isinstance(node, list):
             return [f"{path}: expected a list, got {node!r}"]
@@ -76,8 +78,12 @@ def scalar_problems(value, path: str, allowed: dict) -> list[str]:
 def test_every_infra_yaml_parses():
     files = sorted(INFRA.rglob("*.yaml"))
     assert {f.relative_to(INFRA).as_posix() for f in files} >= {
-        "runtime_env.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob.yaml", "kuberay/secrets.example.yaml",
-        "aws/cluster.yaml"}
+        "runtime_env.yaml",
+        "kuberay/raycluster.yaml",
+        "kuberay/rayjob.yaml",
+        "kuberay/secrets.example.yaml",
+        "aws/cluster.yaml",
+    }
     for f in files:
         assert load(f), f"{f} is empty"
 
@@ -93,9 +99,9 @@ def test_kuberay_manifests_match_the_crd(kind):
 
 def test_crd_check_catches_typos_and_wrong_types():
     cluster = copy.deepcopy(manifests("RayCluster")[0])
-    cluster["spec"]["workerGroupSpecs"][0]["maxReplica"] = 8                  # misspelt
-    cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0        # must be a string
-    del cluster["spec"]["workerGroupSpecs"][1]["groupName"]                   # required
+    cluster["spec"]["workerGroupSpecs"][0]["maxReplica"] = 8  # misspelt
+    cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0  # must be a string
+    del cluster["spec"]["workerGroupSpecs"][1]["groupName"]  # required
     cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imag"] = "x"
     problems = "\n".join(crd_problems(cluster, "", CRD_FIELDS["RayCluster"]))
     assert "spec.workerGroupSpecs[].maxReplica: unknown field" in problems
@@ -137,7 +143,9 @@ def test_rayjob_runs_flowlabel_label_on_the_same_cluster_and_shuts_down():
 def test_secrets_referenced_exist_in_the_example_with_placeholders_only():
     secrets = {d["metadata"]["name"]: d for d in manifests("Secret")}
     spec = manifests("RayCluster")[0]["spec"]
-    containers = [c for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]] for c in g["template"]["spec"]["containers"]]
+    containers = [
+        c for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]] for c in g["template"]["spec"]["containers"]
+    ]
     referenced = {e["secretRef"]["name"] for c in containers for e in c.get("envFrom", [])}
     assert referenced == {"flowlabel-s3"} and referenced <= set(secrets)
     assert set(secrets["flowlabel-s3"]["stringData"]) >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
@@ -176,10 +184,16 @@ def test_aws_launcher_validator_rejects_unknown_keys(typo):
 
 
 def test_one_image_everywhere():
-    images = {c["image"] for kind in ("RayCluster", "RayJob") for doc in manifests(kind)
-              for group in [doc["spec"].get("rayClusterSpec", doc["spec"])["headGroupSpec"],
-                            *doc["spec"].get("rayClusterSpec", doc["spec"])["workerGroupSpecs"]]
-              for c in group["template"]["spec"]["containers"]}
+    images = {
+        c["image"]
+        for kind in ("RayCluster", "RayJob")
+        for doc in manifests(kind)
+        for group in [
+            doc["spec"].get("rayClusterSpec", doc["spec"])["headGroupSpec"],
+            *doc["spec"].get("rayClusterSpec", doc["spec"])["workerGroupSpecs"],
+        ]
+        for c in group["template"]["spec"]["containers"]
+    }
     images.add(launcher_config()["docker"]["image"])
     assert len(images) == 1
     assert re.fullmatch(r"[a-z0-9.\-/]+:[\w.\-]+", images.pop())  # a tag, not :latest by default
@@ -213,8 +227,25 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def test_dockerfile_instructions_base_images_and_copy_sources():
-    known = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME", "USER",
-             "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL"}
+    known = {
+        "FROM",
+        "RUN",
+        "CMD",
+        "LABEL",
+        "EXPOSE",
+        "ENV",
+        "ADD",
+        "COPY",
+        "ENTRYPOINT",
+        "VOLUME",
+        "USER",
+        "WORKDIR",
+        "ARG",
+        "ONBUILD",
+        "STOPSIGNAL",
+        "HEALTHCHECK",
+        "SHELL",
+    }
     instructions = dockerfile_instructions(INFRA / "Dockerfile")
     assert {k for k, _ in instructions} <= known
     args = dict(a.split("=", 1) for k, a in instructions if k == "ARG" and "=" in a)
@@ -230,8 +261,11 @@ def test_dockerfile_instructions_base_images_and_copy_sources():
     for image in bases:
         name, _, tag = image.rpartition(":")
         assert name and tag and tag != "latest" and "/" not in tag, f"unpinned base image {image}"
-    ignored = {line.strip() for line in (INFRA / "Dockerfile.dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (INFRA / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     for keyword, rest in instructions:
         if keyword != "COPY" or rest.startswith("--from="):
             continue

@@ -13,10 +13,10 @@ from jobs.cli import main
 from jobs.label import LabelJob, run_label
 from jobs.synthetic import Motion, write_translating_video
 from pipeline.label.labeler import LabelerConfig
-from pipeline.write.run_manifest import MANIFEST_NAME
-from pipeline.schema import arrays_from_table
-from pipeline.write.sinks import SinkOptions
 from pipeline.read.sources import video_id_for
+from pipeline.schema import arrays_from_table
+from pipeline.write.run_manifest import MANIFEST_NAME
+from pipeline.write.sinks import SinkOptions
 
 from .conftest import BENCHMARKS, VIDEOS
 
@@ -49,14 +49,20 @@ def expected_pairs(base):
 def test_label_from_s3_writes_every_pair_exactly_once(ray_local, local_s3, s3_corpus):
     fs, base = s3_corpus
     out = f"{base}/labels/run1"
-    job = LabelJob(inputs=(f"{base}/videos/", f"{base}/sequences/"), sink=SinkOptions(out, formats=("parquet", "npz")),
-                   labeler=LabelerConfig(model="dis"), corpus="e2e", storage_options=local_s3.storage_options)
+    job = LabelJob(
+        inputs=(f"{base}/videos/", f"{base}/sequences/"),
+        sink=SinkOptions(out, formats=("parquet", "npz")),
+        labeler=LabelerConfig(model="dis"),
+        corpus="e2e",
+        storage_options=local_s3.storage_options,
+    )
     result = run_label(job)
 
     # bad input never stops the job and is never silent
     assert result.exit_code == 2
-    assert [(r.source.rsplit("/", 1)[-1], r.error_type) for r in result.errors] == \
-        [("broken__invalid_userdata.mp4", "NoFramesError")]
+    assert [(r.source.rsplit("/", 1)[-1], r.error_type) for r in result.errors] == [
+        ("broken__invalid_userdata.mp4", "NoFramesError")
+    ]
     assert [r.source.rsplit("/", 1)[-1] for r in result.skipped] == ["bbb_sunflower_QCIF_30fps_mp4v_noaudio_1f.mp4"]
 
     table = pads.dataset(out.removeprefix("s3://"), filesystem=fs, format="parquet", partitioning="hive").to_table()
@@ -67,8 +73,9 @@ def test_label_from_s3_writes_every_pair_exactly_once(ray_local, local_s3, s3_co
     assert all(v == video_id_for(s) for v, s in zip(table["video"].to_pylist(), table["source"].to_pylist()))
 
     # DIS recovers the known translation away from the borders
-    with fs.open(next(p for p in fs.find(out) if video_id_for(f"{base}/videos/moving.mp4") in p
-                      and p.endswith(".parquet")), "rb") as f:
+    with fs.open(
+        next(p for p in fs.find(out) if video_id_for(f"{base}/videos/moving.mp4") in p and p.endswith(".parquet")), "rb"
+    ) as f:
         arrays = arrays_from_table(pq.read_table(f))
     flow = arrays["flow"].astype(np.float32)[:, 16:-16, 16:-16]
     epe = np.linalg.norm(flow - np.array([MOTION.u, MOTION.v]), axis=-1).mean()
@@ -87,10 +94,25 @@ def test_label_from_s3_writes_every_pair_exactly_once(ray_local, local_s3, s3_co
 
 
 def test_cli_label_local_paths(ray_local, tmp_path, capsys):
-    write_translating_video(tmp_path / "in" / "clip.mp4", 64, 80, 5, MOTION) if (tmp_path / "in").mkdir() is None else None
+    write_translating_video(tmp_path / "in" / "clip.mp4", 64, 80, 5, MOTION) if (
+        tmp_path / "in"
+    ).mkdir() is None else None
     out = tmp_path / "out"
-    code = main(["label", str(tmp_path / "in"), str(tmp_path / "missing"),
-                 "--out", str(out), "--format", "both", "--stride", "2", "--max-pairs-per-video", "2"])
+    code = main(
+        [
+            "label",
+            str(tmp_path / "in"),
+            str(tmp_path / "missing"),
+            "--out",
+            str(out),
+            "--format",
+            "both",
+            "--stride",
+            "2",
+            "--max-pairs-per-video",
+            "2",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 2  # the missing input is an error row, the rest is labeled
     assert "labeled 2 pairs" in printed and "FAILED" in printed and "missing" in printed
@@ -105,16 +127,19 @@ def test_label_with_raft_small_real_weights(ray_local, tmp_path):
     """A learned model through the same pipeline: the official RAFT-small checkpoint, on Ray."""
     from .conftest import RAFT_SMALL
 
-    write_translating_video(tmp_path / "in" / "pan.mp4", 128, 160, 4, MOTION) \
-        if (tmp_path / "in").mkdir() is None else None
+    write_translating_video(tmp_path / "in" / "pan.mp4", 128, 160, 4, MOTION) if (
+        tmp_path / "in"
+    ).mkdir() is None else None
     out = tmp_path / "out"
-    job = LabelJob(inputs=(str(tmp_path / "in"),), sink=SinkOptions(str(out)),
-                   labeler=LabelerConfig(model="raft_small", checkpoint=str(RAFT_SMALL), overrides={"iters": 12}))
+    job = LabelJob(
+        inputs=(str(tmp_path / "in"),),
+        sink=SinkOptions(str(out)),
+        labeler=LabelerConfig(model="raft_small", checkpoint=str(RAFT_SMALL), overrides={"iters": 12}),
+    )
     result = run_label(job)
     assert result.exit_code == 0 and result.pairs == 3
     table = pq.read_table(out)
-    assert set(table["checkpoint"].to_pylist()) == \
-        {"c7d41b9cc88442bb8aa911dbb33086dac55a226394b142937ff22d5578717332"}
+    assert set(table["checkpoint"].to_pylist()) == {"c7d41b9cc88442bb8aa911dbb33086dac55a226394b142937ff22d5578717332"}
     assert set(table["model"].to_pylist()) == {"raft_small"}
     flow = arrays_from_table(table)["flow"].astype(np.float32)[:, 16:-16, 16:-16]
     assert np.linalg.norm(flow - np.array([MOTION.u, MOTION.v]), axis=-1).mean() < 0.5

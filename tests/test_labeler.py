@@ -30,7 +30,7 @@ def test_label_pairs_recovers_translation(frames, model):
     # content near the right edge moves out of view (u = +3): occluded by definition
     assert out["occlusion"][:, :, -1].all()
     assert out["occlusion"][:, 16:-16, 16:-16].mean() < 0.05
-    assert 0 < out["confidence"].min() and out["confidence"].max() <= 1
+    assert out["confidence"].min() > 0 and out["confidence"].max() <= 1
 
 
 @pytest.mark.parametrize("encoding", ["int16", "float16"])
@@ -56,9 +56,15 @@ def chunk(frames: np.ndarray, indices: list[int], partners: dict[int, int], chun
     ordinal = np.full(m, -1, np.int64)
     for k, (f0, f1) in enumerate(sorted(partners.items())):
         pair_with[row[f0]], ordinal[row[f0]] = row[f1], 10 + k
-    return {"video_id": np.full(m, "v", object), "chunk": np.full(m, chunk_id, object),
-            "frame": np.array(indices, np.int32), "time": np.array(indices, np.float64) / 30,
-            "pair_with": pair_with, "ordinal": ordinal, "image": frames[: m]}
+    return {
+        "video_id": np.full(m, "v", object),
+        "chunk": np.full(m, chunk_id, object),
+        "frame": np.array(indices, np.int32),
+        "time": np.array(indices, np.float64) / 30,
+        "pair_with": pair_with,
+        "ordinal": ordinal,
+        "image": frames[:m],
+    }
 
 
 def test_pair_rows_turns_frame_rows_into_pairs(frames):
@@ -78,8 +84,7 @@ def test_labeler_udf_yields_one_batch_of_pairs_per_chunk(frames):
     outs = list(labeler(batch))
     assert [o["chunk"].tolist() for o in outs] == [["a"] * 3, ["b"]]
     assert outs[0]["frame0"].tolist() == [0, 1, 2] and outs[0]["frame1"].tolist() == [1, 2, 3]
-    assert all("image" not in o and o["flow"].shape[1:] == (96, 128, 2) and o["flow"].dtype == np.int16
-               for o in outs)
+    assert all("image" not in o and o["flow"].shape[1:] == (96, 128, 2) and o["flow"].dtype == np.int16 for o in outs)
     assert outs[0]["model"].tolist() == ["dis"] * 3 and outs[0]["checkpoint"].tolist() == [""] * 3
     expected = encode_labels(label_pairs(labeler.model, frames[:3], frames[1:4], out_dtype=np.float32), "int16")
     assert np.array_equal(outs[0]["flow"], expected["flow"])
@@ -91,8 +96,9 @@ def test_labeler_gives_the_same_rows_from_two_threads(frames):
     labeler = Labeler(LabelerConfig(model="dis", batch_size=1))
     chunks = [chunk(frames, [0, 1, 2, 3, 4], {0: 1, 1: 2, 2: 3, 3: 4}, str(i)) for i in range(4)]
     results: dict[int, dict] = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, labeler.label_chunk(chunks[i])))
-               for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, labeler.label_chunk(chunks[i]))) for i in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:

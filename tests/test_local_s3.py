@@ -10,8 +10,11 @@ def test_serves_s3_on_loopback_only(local_s3):
     fs.pipe(f"{local_s3.bucket}/probe/hello.txt", b"hello")
     assert fs.cat(f"{local_s3.bucket}/probe/hello.txt") == b"hello"
     assert local_s3.endpoint_url.startswith("http://127.0.0.1:")
-    listening = [c.laddr.ip for c in psutil.Process(local_s3._proc.pid).net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN]
+    listening = [
+        c.laddr.ip
+        for c in psutil.Process(local_s3._proc.pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
     assert listening and set(listening) == {"127.0.0.1"}, listening
 
 

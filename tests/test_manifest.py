@@ -10,8 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.label import LabelJob, _manifest, add_label_arguments, label_job
-from pipeline.read.manifest import (ManifestOptions, ManifestRow, ManifestRowError, carried_text, manifest_format,
-                                    manifest_row, read_manifest_rows)
+from pipeline.read.manifest import (
+    ManifestOptions,
+    ManifestRow,
+    ManifestRowError,
+    carried_text,
+    manifest_format,
+    manifest_row,
+    read_manifest_rows,
+)
 from pipeline.read.sources import Source, list_sources, video_id_for
 from pipeline.write.exactly_once import fingerprint, setting_differences
 from pipeline.write.sinks import SinkOptions
@@ -32,46 +39,55 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def typed_table() -> pa.Table:
-    return pa.table({
-        "uri": [VIDEO_A, VIDEO_A, VIDEO_B],
-        "clip_id": pa.array([7, 8, None], pa.int64()),
-        "caption": ["a dog", None, "b, with comma"],
-        "start": [1.0, 2.5, None],
-        "end": [2.0, 4.0, None],
-        "score": [0.5, 1.25, float("nan")],
-    })
+    return pa.table(
+        {
+            "uri": [VIDEO_A, VIDEO_A, VIDEO_B],
+            "clip_id": pa.array([7, 8, None], pa.int64()),
+            "caption": ["a dog", None, "b, with comma"],
+            "start": [1.0, 2.5, None],
+            "end": [2.0, 4.0, None],
+            "score": [0.5, 1.25, float("nan")],
+        }
+    )
 
 
-EXPECTED_CARRY = [(("clip_id", "7"), ("caption", "a dog")), (("clip_id", "8"), ("caption", None)),
-                  (("clip_id", None), ("caption", "b, with comma"))]
+EXPECTED_CARRY = [
+    (("clip_id", "7"), ("caption", "a dog")),
+    (("clip_id", "8"), ("caption", None)),
+    (("clip_id", None), ("caption", "b, with comma")),
+]
 
 
 def expected_sources(corpus: str) -> list[Source]:
     spans = [(VIDEO_A, 1.0, 2.0), (VIDEO_A, 2.5, 4.0), (VIDEO_B, None, None)]
-    return [Source(uri, "video", video_id_for(uri, start, end), corpus, start=start, end=end, carry=carry)
-            for (uri, start, end), carry in zip(spans, EXPECTED_CARRY)]
+    return [
+        Source(uri, "video", video_id_for(uri, start, end), corpus, start=start, end=end, carry=carry)
+        for (uri, start, end), carry in zip(spans, EXPECTED_CARRY)
+    ]
 
 
 def csv_text() -> str:
-    return ('uri,clip_id,caption,start,end\n'
-            f'{VIDEO_A},7,a dog,1,2\n'
-            f'{VIDEO_A},8,,2.5,4.0\n'
-            f'{VIDEO_B},,"b, with comma",,\n')
+    return f'uri,clip_id,caption,start,end\n{VIDEO_A},7,a dog,1,2\n{VIDEO_A},8,,2.5,4.0\n{VIDEO_B},,"b, with comma",,\n'
 
 
 def jsonl_text() -> str:
-    rows = [{"uri": VIDEO_A, "clip_id": 7, "caption": "a dog", "start": 1, "end": 2.0},
-            {"uri": VIDEO_A, "clip_id": 8, "start": 2.5, "end": 4},  # caption absent: null
-            {"uri": VIDEO_B, "clip_id": None, "caption": "b, with comma"}]
+    rows = [
+        {"uri": VIDEO_A, "clip_id": 7, "caption": "a dog", "start": 1, "end": 2.0},
+        {"uri": VIDEO_A, "clip_id": 8, "start": 2.5, "end": 4},  # caption absent: null
+        {"uri": VIDEO_B, "clip_id": None, "caption": "b, with comma"},
+    ]
     return "\n".join(json.dumps(r) for r in rows[:2]) + "\n\n" + json.dumps(rows[2]) + "\n"
 
 
-@pytest.mark.parametrize("name, data", [
-    ("clips.parquet", lambda: parquet_bytes(typed_table())),
-    ("clips.csv", lambda: csv_text().encode()),
-    ("clips.jsonl", lambda: jsonl_text().encode()),
-    ("clips.ndjson", lambda: jsonl_text().encode()),
-])
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("clips.parquet", lambda: parquet_bytes(typed_table())),
+        ("clips.csv", lambda: csv_text().encode()),
+        ("clips.jsonl", lambda: jsonl_text().encode()),
+        ("clips.ndjson", lambda: jsonl_text().encode()),
+    ],
+)
 def test_each_format_gives_the_same_sources(memory_root, name, data):
     uri = put(f"{memory_root}/{name}", data())
     sources, errors = list_sources([], manifest=ManifestOptions(uri, carry=("clip_id", "caption")))
@@ -83,26 +99,36 @@ def test_plain_text_skips_blank_lines_and_comments(memory_root):
     uri = put(f"{memory_root}/list.txt", f"# my clips\n{VIDEO_B}\n\n   {VIDEO_A}  \n# {VIDEO_A}\n".encode())
     sources, errors = list_sources([], manifest=ManifestOptions(uri), corpus="mine")
     assert errors == []
-    assert sources == [Source(VIDEO_B, "video", video_id_for(VIDEO_B), "mine"),
-                       Source(VIDEO_A, "video", video_id_for(VIDEO_A), "mine")]
+    assert sources == [
+        Source(VIDEO_B, "video", video_id_for(VIDEO_B), "mine"),
+        Source(VIDEO_A, "video", video_id_for(VIDEO_A), "mine"),
+    ]
     with pytest.raises(ValueError, match="plain-text manifest .* no columns to carry"):
         list(read_manifest_rows(ManifestOptions(uri, carry=("caption",))))
 
 
 def test_span_ids_are_deterministic_and_distinct():
     whole = video_id_for(VIDEO_A)
-    ids = {video_id_for(VIDEO_A, 1.0, 2.0), video_id_for(VIDEO_A, 1, 3), video_id_for(VIDEO_A, None, 2.0),
-           video_id_for(VIDEO_A, 1.0, None), whole}
+    ids = {
+        video_id_for(VIDEO_A, 1.0, 2.0),
+        video_id_for(VIDEO_A, 1, 3),
+        video_id_for(VIDEO_A, None, 2.0),
+        video_id_for(VIDEO_A, 1.0, None),
+        whole,
+    }
     assert len(ids) == 5
     assert video_id_for(VIDEO_A, 1, 2) == video_id_for(VIDEO_A, 1.0, 2.0)
     assert video_id_for(VIDEO_A, None, None) == whole
 
 
-@pytest.mark.parametrize("name, data, found", [
-    ("m.parquet", lambda: parquet_bytes(pa.table({"path": [VIDEO_A], "caption": ["x"]})), "path, caption"),
-    ("m.csv", lambda: b"path,caption\ns3://b/a.mp4,x\n", "path, caption"),
-    ("m.jsonl", lambda: b'{"path": "s3://b/a.mp4", "caption": "x"}\n', "path, caption"),
-])
+@pytest.mark.parametrize(
+    "name, data, found",
+    [
+        ("m.parquet", lambda: parquet_bytes(pa.table({"path": [VIDEO_A], "caption": ["x"]})), "path, caption"),
+        ("m.csv", lambda: b"path,caption\ns3://b/a.mp4,x\n", "path, caption"),
+        ("m.jsonl", lambda: b'{"path": "s3://b/a.mp4", "caption": "x"}\n', "path, caption"),
+    ],
+)
 def test_missing_uri_column_names_it_and_the_columns_found(memory_root, name, data, found):
     uri = put(f"{memory_root}/{name}", data())
     with pytest.raises(ValueError, match=f"no column 'uri' \\(columns found: {found}\\)"):
@@ -114,13 +140,15 @@ def test_missing_uri_column_names_it_and_the_columns_found(memory_root, name, da
 
 
 def test_bad_rows_become_listing_errors_with_their_row_number(memory_root):
-    text = ("uri,start,end\n"
-            f"{VIDEO_A},abc,2\n"      # row 1: start not a number
-            f"{VIDEO_A},3,3\n"        # row 2: end ≤ start
-            f"{VIDEO_A},1,2\n"        # row 3: good
-            ",1,2\n"                  # row 4: no URI
-            f"{VIDEO_B},-1,\n"        # row 5: negative start
-            f"{VIDEO_B},,inf\n")      # row 6: good, an end of +inf is no end
+    text = (
+        "uri,start,end\n"
+        f"{VIDEO_A},abc,2\n"  # row 1: start not a number
+        f"{VIDEO_A},3,3\n"  # row 2: end ≤ start
+        f"{VIDEO_A},1,2\n"  # row 3: good
+        ",1,2\n"  # row 4: no URI
+        f"{VIDEO_B},-1,\n"  # row 5: negative start
+        f"{VIDEO_B},,inf\n"
+    )  # row 6: good, an end of +inf is no end
     uri = put(f"{memory_root}/bad.csv", text.encode())
     sources, errors = list_sources([], manifest=ManifestOptions(uri))
     assert [(s.uri, s.start, s.end) for s in sources] == [(VIDEO_A, 1.0, 2.0), (VIDEO_B, None, None)]
@@ -137,8 +165,11 @@ def test_jsonl_lines_that_are_not_objects_are_row_errors(memory_root):
     uri = put(f"{memory_root}/m.jsonl", "\n".join(lines).encode())
     rows = list(read_manifest_rows(ManifestOptions(uri)))
     assert rows[0] == ManifestRow(1, VIDEO_A)
-    assert [(type(r), r.number) for r in rows[1:]] == [(ManifestRowError, 2), (ManifestRowError, 3),
-                                                       (ManifestRowError, 4)]
+    assert [(type(r), r.number) for r in rows[1:]] == [
+        (ManifestRowError, 2),
+        (ManifestRowError, 3),
+        (ManifestRowError, 4),
+    ]
     assert rows[1].message == "expected a JSON object, got list"
     assert rows[2].message.startswith("not JSON: ")
     assert rows[3].message == "start: expected a number of seconds, got True"
@@ -156,7 +187,10 @@ def test_manifest_rows_win_over_the_same_positional_input_and_keep_their_order(t
     # Positional inputs first (by URI), without the one the manifest names; then the manifest's rows
     # in order, a repeated row once (the first).
     assert [(s.uri, s.carry, s.corpus) for s in sources] == [
-        (str(other), (), "v"), (str(video), (("tag", "first"),), "m"), (f"{video.parent}/z.mp4", (("tag", "z"),), "m")]
+        (str(other), (), "v"),
+        (str(video), (("tag", "first"),), "m"),
+        (f"{video.parent}/z.mp4", (("tag", "z"),), "m"),
+    ]
 
 
 def test_http_inputs_are_not_listed_on_the_driver():
@@ -165,12 +199,24 @@ def test_http_inputs_are_not_listed_on_the_driver():
     sources, errors = list_sources(urls)
     assert errors == []
     assert [(s.uri, s.kind, s.size, s.corpus, s.video_id) for s in sources] == [
-        (urls[0], "video", None, "clips", video_id_for(urls[0])), (urls[1], "video", None, "127.0.0.1_9",
-                                                                    video_id_for(urls[1]))]
+        (urls[0], "video", None, "clips", video_id_for(urls[0])),
+        (urls[1], "video", None, "127.0.0.1_9", video_id_for(urls[1])),
+    ]
 
 
-@pytest.mark.parametrize("value, text", [(None, None), (float("nan"), None), ("x", "x"), (3, "3"), (1.5, "1.5"),
-                                         (True, "true"), ([1, "a"], '[1, "a"]'), ({"k": 1}, '{"k": 1}')])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (None, None),
+        (float("nan"), None),
+        ("x", "x"),
+        (3, "3"),
+        (1.5, "1.5"),
+        (True, "true"),
+        ([1, "a"], '[1, "a"]'),
+        ({"k": 1}, '{"k": 1}'),
+    ],
+)
 def test_carried_values_are_text_and_null_stays_null(value, text):
     assert carried_text(value) == text
 
@@ -184,12 +230,14 @@ def test_carried_names_may_not_be_output_columns():
 
 
 def test_row_number_and_format_helpers():
-    assert [manifest_format(u) for u in ("a.parquet", "s3://b/a.CSV", "a.jsonl", "a.ndjson", "a.txt", "a",
-                                         "https://h/a.csv?x=1")] == ["parquet", "csv", "jsonl", "jsonl", "text",
-                                                                     "text", "csv"]
+    assert [
+        manifest_format(u)
+        for u in ("a.parquet", "s3://b/a.CSV", "a.jsonl", "a.ndjson", "a.txt", "a", "https://h/a.csv?x=1")
+    ] == ["parquet", "csv", "jsonl", "jsonl", "text", "text", "csv"]
     options = ManifestOptions("m.csv", start_column="from", end_column="to", carry=("from",))
     assert manifest_row(9, {"uri": " a.mp4 ", "from": "1.5", "to": 3}, options) == ManifestRow(
-        9, "a.mp4", 1.5, 3.0, (("from", "1.5"),))
+        9, "a.mp4", 1.5, 3.0, (("from", "1.5"),)
+    )
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -34,13 +34,15 @@ def s3_manifest(local_s3, tmp_path_factory):
     fs.put(str(local), f"{root}/videos", recursive=True)
     base = f"s3://{root}"
     long, short = f"{base}/videos/long.mp4", f"{base}/videos/short.mp4"
-    table = pa.table({
-        "path": [long, long, short, long],
-        "clip_id": pa.array([101, 102, None, 104], pa.int64()),
-        "caption": ["early", "late", "whole", "bad span"],
-        "start": [SPAN_1[0], SPAN_2[0], None, 2.0],
-        "end": [SPAN_1[1], SPAN_2[1], None, 1.0],  # row 4: end before start
-    })
+    table = pa.table(
+        {
+            "path": [long, long, short, long],
+            "clip_id": pa.array([101, 102, None, 104], pa.int64()),
+            "caption": ["early", "late", "whole", "bad span"],
+            "start": [SPAN_1[0], SPAN_2[0], None, 2.0],
+            "end": [SPAN_1[1], SPAN_2[1], None, 1.0],  # row 4: end before start
+        }
+    )
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     fs.pipe(f"{root}/clips.parquet", buffer.getvalue())
@@ -48,9 +50,13 @@ def s3_manifest(local_s3, tmp_path_factory):
 
 
 def make_job(base, out, storage_options, carry=("clip_id", "caption")):
-    return LabelJob(inputs=(f"{base}/videos/extra.mp4",), sink=SinkOptions(out, formats=("parquet", "npz")),
-                    labeler=LabelerConfig(model="dis"), storage_options=storage_options,
-                    manifest=ManifestOptions(f"{base}/clips.parquet", column="path", carry=carry))
+    return LabelJob(
+        inputs=(f"{base}/videos/extra.mp4",),
+        sink=SinkOptions(out, formats=("parquet", "npz")),
+        labeler=LabelerConfig(model="dis"),
+        storage_options=storage_options,
+        manifest=ManifestOptions(f"{base}/clips.parquet", column="path", carry=carry),
+    )
 
 
 def test_manifest_spans_and_carried_columns(ray_local, local_s3, s3_manifest):
@@ -58,24 +64,38 @@ def test_manifest_spans_and_carried_columns(ray_local, local_s3, s3_manifest):
     out = f"{base}/labels"
     result = run_label(make_job(base, out, local_s3.storage_options))
     long, short, extra = (f"{base}/videos/{n}.mp4" for n in ("long", "short", "extra"))
-    ids = {"early": video_id_for(long, *SPAN_1), "late": video_id_for(long, *SPAN_2), "whole": video_id_for(short),
-           "extra": video_id_for(extra)}
+    ids = {
+        "early": video_id_for(long, *SPAN_1),
+        "late": video_id_for(long, *SPAN_2),
+        "whole": video_id_for(short),
+        "extra": video_id_for(extra),
+    }
     assert len(set(ids.values())) == 4
 
     # The bad row is an error record of the listing, with its row number; the job goes on.
     assert result.exit_code == 2
     assert [(r.source, r.stage, r.error_type) for r in result.errors] == [
-        (f"{base}/clips.parquet#row=4", "list", "ManifestRowError")]
+        (f"{base}/clips.parquet#row=4", "list", "ManifestRowError")
+    ]
     assert result.errors[0].message == f"row 4 ({long}): end: expected more than start (2.0), got 1.0"
 
     table = pads.dataset(out.removeprefix("s3://"), filesystem=fs, format="parquet", partitioning="hive").to_table()
-    rows = sorted(zip(table["video"].to_pylist(), table["frame0"].to_pylist(), table["frame1"].to_pylist(),
-                      table["clip_id"].to_pylist(), table["caption"].to_pylist(), table["source"].to_pylist()))
+    rows = sorted(
+        zip(
+            table["video"].to_pylist(),
+            table["frame0"].to_pylist(),
+            table["frame1"].to_pylist(),
+            table["clip_id"].to_pylist(),
+            table["caption"].to_pylist(),
+            table["source"].to_pylist(),
+        )
+    )
     expected = sorted(
         [(ids["early"], k, k + 1, "101", "early", long) for k in range(15, 23)]
         + [(ids["late"], k, k + 1, "102", "late", long) for k in range(30, 39)]
         + [(ids["whole"], k, k + 1, None, "whole", short) for k in range(5)]
-        + [(ids["extra"], k, k + 1, None, None, extra) for k in range(4)])
+        + [(ids["extra"], k, k + 1, None, None, extra) for k in range(4)]
+    )
     assert rows == expected
     assert result.pairs == len(expected) == 26
     assert table.schema.field("clip_id").type == pa.string() and table.schema.field("caption").type == pa.string()
@@ -88,8 +108,14 @@ def test_manifest_spans_and_carried_columns(ray_local, local_s3, s3_manifest):
     for path in sorted(p for p in fs.find(f"{out}/_npz") if p.endswith(".npz")):
         with fs.open(path, "rb") as f:
             data = np.load(io.BytesIO(f.read()))
-            npz_rows += list(zip(data["video_id"].tolist(), data["frame0"].tolist(), data["clip_id"].tolist(),
-                                 data["caption"].tolist()))
+            npz_rows += list(
+                zip(
+                    data["video_id"].tolist(),
+                    data["frame0"].tolist(),
+                    data["clip_id"].tolist(),
+                    data["caption"].tolist(),
+                )
+            )
     assert sorted(npz_rows) == sorted((v, a, c or "", t or "") for v, a, _, c, t, _ in expected)
 
     # The same job again labels nothing.

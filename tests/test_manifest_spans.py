@@ -29,8 +29,10 @@ def noise_videos(tmp_path_factory):
 
 def decoded(path, start=None, end=None, report=None):
     with open(path, "rb") as f:
-        return [(fr.index, fr.time, fr.image) for fr in iter_video_frames(f, report or DecodeReport(),
-                                                                           start_time=start, end_time=end)]
+        return [
+            (fr.index, fr.time, fr.image)
+            for fr in iter_video_frames(f, report or DecodeReport(), start_time=start, end_time=end)
+        ]
 
 
 def check_span_matches_whole(path, spans):
@@ -54,11 +56,14 @@ def test_span_gives_the_frames_of_the_whole_decode(noise_videos, ext):
 
 
 @pytest.mark.usefixtures("shared_data")
-@pytest.mark.parametrize("name, spans", [
-    ("var_fps_video.mp4", [(1.0, 1.6), (4.05, 4.5), (9.0, None)]),  # variable frame rate
-    ("bt601-525_480_interlaced_bff.ts", [(2.865, 3.0), (5.37, 5.6)]),  # MPEG-2 open GOPs: leading frames
-    ("no_duration.webm", [(0.5, 1.0), (2.0, None)]),
-])
+@pytest.mark.parametrize(
+    "name, spans",
+    [
+        ("var_fps_video.mp4", [(1.0, 1.6), (4.05, 4.5), (9.0, None)]),  # variable frame rate
+        ("bt601-525_480_interlaced_bff.ts", [(2.865, 3.0), (5.37, 5.6)]),  # MPEG-2 open GOPs: leading frames
+        ("no_duration.webm", [(0.5, 1.0), (2.0, None)]),
+    ],
+)
 def test_span_on_real_videos(name, spans):
     check_span_matches_whole(VIDEOS / name, spans)
 
@@ -67,7 +72,7 @@ class CountingFile(io.RawIOBase):
     """A file that counts the bytes read through it."""
 
     def __init__(self, path):
-        self._f = open(path, "rb")
+        self._f = open(path, "rb")  # noqa: SIM115 — a file object kept open for the reader, closed by close()
         self.bytes_read = 0
 
     def readable(self):
@@ -127,8 +132,9 @@ def read_pairs(units, decode):
         outcome = UnitOutcome()
         for batch in read_unit(unit, ReadOptions(decode=decode), outcome=outcome):
             rows = pair_rows(batch)[0]
-            pairs += list(zip(rows["frame0"].tolist(), rows["frame1"].tolist(), rows["t0"].tolist(),
-                              rows["ordinal"].tolist()))
+            pairs += list(
+                zip(rows["frame0"].tolist(), rows["frame1"].tolist(), rows["t0"].tolist(), rows["ordinal"].tolist())
+            )
         records += outcome.records
     return pairs, records
 
@@ -137,8 +143,9 @@ def read_pairs(units, decode):
 def test_planned_segments_of_a_span_give_the_pairs_of_the_span(noise_videos, decode):
     path = noise_videos["mp4"]
     start, end = 0.33, 2.05  # frames 9 (0.36 s) to 51 (2.04 s)
-    split = plan_units([span_source(path, start, end, size=path.stat().st_size)], decode,
-                       PlanOptions(segment_frames=12, split_bytes=0))
+    split = plan_units(
+        [span_source(path, start, end, size=path.stat().st_size)], decode, PlanOptions(segment_frames=12, split_bytes=0)
+    )
     whole = plan_units([span_source(path, start, end, size=None)], decode)
     assert len(whole) == 1
     if decode.max_pairs is None:
@@ -166,7 +173,8 @@ def test_a_span_without_frames_is_skipped_not_failed(noise_videos):
     pairs, records = read_pairs(units, DecodeOptions())
     assert pairs == []
     assert [(folder, r.error_type, r.message) for folder, r in records] == [
-        ("_skipped", "NoPairs", "no frame in the span [10.0, 11.0) s")]
+        ("_skipped", "NoPairs", "no frame in the span [10.0, 11.0) s")
+    ]
 
 
 def test_span_indices():

@@ -21,7 +21,9 @@ def test_endpoint_error_is_the_euclidean_distance():
     gt = constant(2, 3, 1.0, -2.0)
     flow = gt + np.float32([3.0, 4.0])
     np.testing.assert_allclose(metrics.endpoint_error(flow, gt), np.full((2, 3), 5.0))
-    with pytest.raises(ValueError, match=r"expected flow and gt of the same shape H×W×2, got \(2, 3, 2\) and \(3, 2, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"expected flow and gt of the same shape H×W×2, got \(2, 3, 2\) and \(3, 2, 2\)"
+    ):
         metrics.endpoint_error(flow, gt.reshape(3, 2, 2))
 
 
@@ -138,8 +140,9 @@ def test_accumulator_merges_partials_rejects_duplicates_and_survives_json():
         gt = rng.normal(size=(6, 7, 2)).astype(np.float32)
         flow = gt + rng.normal(size=gt.shape).astype(np.float32)
         occluded = rng.random((6, 7)) > 0.7
-        stats = pair_stats(flow, gt, occluded=occluded, predicted_occlusion=rng.random((6, 7)) > 0.5,
-                           confidence=rng.random((6, 7)))
+        stats = pair_stats(
+            flow, gt, occluded=occluded, predicted_occlusion=rng.random((6, 7)) > 0.5, confidence=rng.random((6, 7))
+        )
         part = ScoreAccumulator()
         part.add(f"pair{i}", stats)
         parts.append(part)

@@ -11,8 +11,15 @@ import torch
 from jobs.synthetic import Motion, texture, translating_frames
 from models import load_model
 from pipeline.label.consistency import consistency
-from pipeline.label.motion import (CLIP_SUMMARY_COLUMNS, SUMMARY_COLUMNS, MotionParams, aggregate, pair_motion,
-                             sample_stride, summary_arrays)
+from pipeline.label.motion import (
+    CLIP_SUMMARY_COLUMNS,
+    SUMMARY_COLUMNS,
+    MotionParams,
+    aggregate,
+    pair_motion,
+    sample_stride,
+    summary_arrays,
+)
 
 H, W = 96, 128  # sample stride 2: a 48×64 grid on rows and columns 1, 3, 5, …
 CAMERA = [n for n in SUMMARY_COLUMNS if n.startswith(("camera_", "residual_"))]
@@ -26,8 +33,11 @@ def field(u, v, h=H, w=W, p=1):
 
 def affine_field(a, t, h=H, w=W):
     """1×2×H×W flow of x' = A (x − c) + c + t, c the image centre ((W − 1)/2, (H − 1)/2)."""
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64) - (h - 1) / 2,
-                            torch.arange(w, dtype=torch.float64) - (w - 1) / 2, indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64) - (h - 1) / 2,
+        torch.arange(w, dtype=torch.float64) - (w - 1) / 2,
+        indexing="ij",
+    )
     u = (a[0][0] - 1) * xs + a[0][1] * ys + t[0]
     v = a[1][0] * xs + (a[1][1] - 1) * ys + t[1]
     return torch.stack([u, v])[None].float()
@@ -54,15 +64,24 @@ def test_sample_stride_is_the_smallest_within_the_budget():
     assert sample_stride(540, 960, 8192) == 8  # 67 × 120 = 8040 pixels; stride 7 would give 77 × 137
     for h, w, budget in ((540, 960, 8192), (1080, 1920, 8192), (37, 1001, 500), (1, 1, 1), (7, 3, 2)):
         s = sample_stride(h, w, budget)
-        size = lambda k: len(range(k // 2, h, k)) * len(range(k // 2, w, k))  # noqa: E731
+
+        def size(k, h=h, w=w):
+            return len(range(k // 2, h, k)) * len(range(k // 2, w, k))
+
         assert size(s) <= budget and (s == 1 or size(s - 1) > budget)
 
 
 def test_pure_pan_is_the_camera_translation_with_no_residual():
     s = values(pair_motion(*clean(field(3.0, -1.5))))
     assert s["camera_tx"] == pytest.approx(3.0, abs=1e-3) and s["camera_ty"] == pytest.approx(-1.5, abs=1e-3)
-    for name, expected in {"camera_a11": 1, "camera_a12": 0, "camera_a21": 0, "camera_a22": 1,
-                           "camera_scale": 1, "camera_rotation": 0}.items():
+    for name, expected in {
+        "camera_a11": 1,
+        "camera_a12": 0,
+        "camera_a21": 0,
+        "camera_a22": 1,
+        "camera_scale": 1,
+        "camera_rotation": 0,
+    }.items():
         assert s[name] == pytest.approx(expected, abs=1e-6), name
     speed = math.hypot(3.0, 1.5)
     for name in ("flow_mean", "flow_median", "flow_p95", "camera_flow_mean"):
@@ -71,11 +90,14 @@ def test_pure_pan_is_the_camera_translation_with_no_residual():
     assert s["camera_inlier_fraction"] == 1 and s["occluded_fraction"] == 0 and s["confidence_mean"] == 1
 
 
-@pytest.mark.parametrize("a, t, scale, rotation", [
-    ([[1.04, 0.0], [0.0, 1.04]], (1.0, 2.0), 1.04, 0.0),  # zoom in
-    ([[math.cos(0.03), -math.sin(0.03)], [math.sin(0.03), math.cos(0.03)]], (0.0, 0.0), 1.0, 0.03),  # rotation
-    ([[1.02, 0.03], [-0.01, 0.97]], (-2.0, 0.5), None, None),  # general affine
-])
+@pytest.mark.parametrize(
+    "a, t, scale, rotation",
+    [
+        ([[1.04, 0.0], [0.0, 1.04]], (1.0, 2.0), 1.04, 0.0),  # zoom in
+        ([[math.cos(0.03), -math.sin(0.03)], [math.sin(0.03), math.cos(0.03)]], (0.0, 0.0), 1.0, 0.03),  # rotation
+        ([[1.02, 0.03], [-0.01, 0.97]], (-2.0, 0.5), None, None),  # general affine
+    ],
+)
 def test_affine_camera_motion_is_recovered_about_the_image_centre(a, t, scale, rotation):
     flow = affine_field(a, t)
     s = values(pair_motion(*clean(flow)))
@@ -99,8 +121,8 @@ def test_similarity_angle_is_clockwise_on_screen():
 
 def moving_square(background=(0.0, 0.0), motion=(5.0, 0.0), top=20, left=50, size=(30, 40)):
     flow = field(*background)
-    flow[0, 0, top:top + size[0], left:left + size[1]] = motion[0]
-    flow[0, 1, top:top + size[0], left:left + size[1]] = motion[1]
+    flow[0, 0, top : top + size[0], left : left + size[1]] = motion[0]
+    flow[0, 1, top : top + size[0], left : left + size[1]] = motion[1]
     return flow
 
 
@@ -194,8 +216,11 @@ def test_occluded_and_unconfident_pixels_are_left_out_of_the_camera_and_residual
 
 def test_min_confidence_is_inclusive_and_a_parameter():
     flow, occlusion, confidence = clean(moving_square())
-    for level, params, counted in ((0.5, MotionParams(), True), (0.49, MotionParams(), False),
-                                   (0.3, MotionParams(min_confidence=0.2), True)):
+    for level, params, counted in (
+        (0.5, MotionParams(), True),
+        (0.49, MotionParams(), False),
+        (0.3, MotionParams(min_confidence=0.2), True),
+    ):
         confidence[0, 20:50, 50:90] = level  # the object's confidence
         s = values(pair_motion(flow, occlusion, confidence, params))
         assert s["residual_p95"] == pytest.approx(5 if counted else 0, abs=1e-4), level
@@ -232,16 +257,20 @@ def test_degenerate_layouts_are_regularised():
 
 def test_batched_equals_one_pair_at_a_time():
     torch.manual_seed(0)
-    flows = torch.cat([moving_square((3.0, -1.5), (8.0, 0.5)),
-                       affine_field([[1.03, 0.01], [-0.02, 0.99]], (1.0, -1.0)) + 0.3 * torch.randn(1, 2, H, W),
-                       3 * torch.randn(1, 2, H, W)])
+    flows = torch.cat(
+        [
+            moving_square((3.0, -1.5), (8.0, 0.5)),
+            affine_field([[1.03, 0.01], [-0.02, 0.99]], (1.0, -1.0)) + 0.3 * torch.randn(1, 2, H, W),
+            3 * torch.randn(1, 2, H, W),
+        ]
+    )
     occlusion = torch.rand(3, H, W) < 0.2
     confidence = torch.rand(3, H, W) * 0.8 + 0.2
     batched = pair_motion(flows, occlusion, confidence)
     for i in range(3):
-        single = pair_motion(flows[i:i + 1], occlusion[i:i + 1], confidence[i:i + 1])
+        single = pair_motion(flows[i : i + 1], occlusion[i : i + 1], confidence[i : i + 1])
         for name in SUMMARY_COLUMNS:
-            torch.testing.assert_close(batched[name][i:i + 1], single[name], rtol=1e-5, atol=1e-6, msg=name)
+            torch.testing.assert_close(batched[name][i : i + 1], single[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_output_contract_and_input_types():
@@ -270,8 +299,11 @@ def test_empty_batch_and_strided_inputs():
 
 def test_meta_device_gives_shapes_only():
     p = 5
-    stats = pair_motion(torch.empty(p, 2, 540, 960, device="meta"), torch.empty(p, 540, 960, dtype=torch.bool,
-                        device="meta"), torch.empty(p, 540, 960, device="meta"))
+    stats = pair_motion(
+        torch.empty(p, 2, 540, 960, device="meta"),
+        torch.empty(p, 540, 960, dtype=torch.bool, device="meta"),
+        torch.empty(p, 540, 960, device="meta"),
+    )
     assert list(stats) == list(SUMMARY_COLUMNS)
     assert all(v.device.type == "meta" and v.shape == (p,) and v.dtype == torch.float32 for v in stats.values())
 
@@ -322,7 +354,7 @@ def test_dis_flow_of_an_object_on_a_static_background_is_residual_motion():
     frames = []
     for k in range(3):  # the patch moves 4 px right per frame
         image = background.copy()
-        image[30:60, 20 + 4 * k:60 + 4 * k] = patch
+        image[30:60, 20 + 4 * k : 60 + 4 * k] = patch
         frames.append(image)
     stats = dis_summaries(frames)
     for i in range(2):
@@ -337,15 +369,23 @@ def test_dis_flow_of_an_object_on_a_static_background_is_residual_motion():
 
 def clip_stats(**changes):
     base = {name: np.array([1.0, 2.0, 4.0], np.float32) for name in SUMMARY_COLUMNS}
-    base.update({"camera_tx": np.array([3.0, -1.0, np.nan], np.float32),
-                 "camera_ty": np.array([4.0, 0.0, np.nan], np.float32)})
+    base.update(
+        {"camera_tx": np.array([3.0, -1.0, np.nan], np.float32), "camera_ty": np.array([4.0, 0.0, np.nan], np.float32)}
+    )
     base.update({k: np.asarray(v, np.float32) for k, v in changes.items()})
     return base
 
 
 def test_aggregate_reduces_each_column_as_documented():
-    row = aggregate(clip_stats(flow_median=[1.0, 5.0, 2.0], flow_p95=[3.0, 9.0, 4.0], residual_p95=[7, 1, 2],
-                               camera_flow_mean=[0.5, 6.0, 1.0]), dt=[0.5, 0.5, 1.0])
+    row = aggregate(
+        clip_stats(
+            flow_median=[1.0, 5.0, 2.0],
+            flow_p95=[3.0, 9.0, 4.0],
+            residual_p95=[7, 1, 2],
+            camera_flow_mean=[0.5, 6.0, 1.0],
+        ),
+        dt=[0.5, 0.5, 1.0],
+    )
     assert list(row) == list(CLIP_SUMMARY_COLUMNS)
     assert row["pairs"] == 3 and row["pairs"].dtype == np.int32
     assert all(row[n].dtype == np.float32 for n in CLIP_SUMMARY_COLUMNS if n != "pairs")
@@ -355,8 +395,13 @@ def test_aggregate_reduces_each_column_as_documented():
     assert row["camera_translation_mean"] == pytest.approx((5 + 1) / 2)
     assert row["camera_flow_mean"] == pytest.approx(7.5 / 3) and row["camera_flow_max"] == 6
     assert row["residual_p95"] == 7 and row["residual_mean"] == pytest.approx(7 / 3)
-    for name in ("occluded_fraction", "confidence_mean", "camera_scale_mean", "camera_rotation_mean",
-                 "camera_inlier_fraction"):
+    for name in (
+        "occluded_fraction",
+        "confidence_mean",
+        "camera_scale_mean",
+        "camera_rotation_mean",
+        "camera_inlier_fraction",
+    ):
         assert row[name] == pytest.approx(7 / 3), name
 
 

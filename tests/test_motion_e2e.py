@@ -36,7 +36,7 @@ def object_frames(frames: int = FRAMES) -> list[np.ndarray]:
     out = []
     for k in range(frames):
         image = background.copy()
-        image[28:68, 16 + STEP * k:64 + STEP * k] = patch
+        image[28:68, 16 + STEP * k : 64 + STEP * k] = patch
         out.append(image)
     return out
 
@@ -54,9 +54,15 @@ def videos(tmp_path_factory):
 def chunk(frames: np.ndarray) -> dict:
     """Frame rows of one chunk, every frame paired with the next (as the reader sends them)."""
     m = len(frames)
-    return {"video_id": np.full(m, "v", object), "chunk": np.full(m, "c", object),
-            "frame": np.arange(m, dtype=np.int32), "time": np.arange(m) / 30.0,
-            "pair_with": np.r_[np.arange(1, m), -1].astype(np.int32), "ordinal": np.arange(m), "image": frames}
+    return {
+        "video_id": np.full(m, "v", object),
+        "chunk": np.full(m, "c", object),
+        "frame": np.arange(m, dtype=np.int32),
+        "time": np.arange(m) / 30.0,
+        "pair_with": np.r_[np.arange(1, m), -1].astype(np.int32),
+        "ordinal": np.arange(m),
+        "image": frames,
+    }
 
 
 # ---- the labeler, without Ray ------------------------------------------------------------------------------
@@ -109,8 +115,9 @@ def test_summaries_dispatch_on_the_meta_device():
 @pytest.mark.slow
 def test_pan_dense_rows_and_clip_table_give_the_pan(ray_local, videos, tmp_path):
     out = tmp_path / "out"
-    result = run_label(LabelJob(inputs=(str(videos / "pan"),), sink=SinkOptions(str(out)),
-                                labeler=LabelerConfig(model="dis")))
+    result = run_label(
+        LabelJob(inputs=(str(videos / "pan"),), sink=SinkOptions(str(out)), labeler=LabelerConfig(model="dis"))
+    )
     assert result.exit_code == 0 and result.pairs == FRAMES - 1 and result.clip_summaries == 1
     table = pq.read_table(out).sort_by("frame0")
     assert {"flow", "occlusion", "confidence", *SUMMARY_COLUMNS} <= set(table.column_names)
@@ -137,8 +144,20 @@ def test_object_summary_mode_on_s3_gives_residual_motion_and_no_arrays(ray_local
     root = f"{local_s3.bucket}/motion"
     fs.put(str(videos / "object"), f"{root}/in", recursive=True)
     out, options = f"s3://{root}/summary", json.dumps(local_s3.storage_options)
-    refused = main(["label", f"s3://{root}/in", "--out", out, "--store", "summary", "--format", "both",
-                    "--storage-options", options])
+    refused = main(
+        [
+            "label",
+            f"s3://{root}/in",
+            "--out",
+            out,
+            "--store",
+            "summary",
+            "--format",
+            "both",
+            "--storage-options",
+            options,
+        ]
+    )
     assert refused == 1 and "writes no label arrays, so no npz" in capsys.readouterr().err
 
     code = main(["label", f"s3://{root}/in", "--out", out, "--store", "summary", "--storage-options", options])

@@ -79,12 +79,14 @@ def _counting_frames(model: FlowModel, names: tuple[str, ...]) -> Iterator[dict[
     with pytest.MonkeyPatch.context() as patch:
         for name in names:
             if name == GRAY:
+
                 def counting(images, convert=models.classical.to_gray_uint8):
                     seen[GRAY] += images.shape[0]
                     return convert(images)
 
                 patch.setattr(models.classical, GRAY, counting)
             else:
+
                 def hook(module, inputs, output, name=name):
                     seen[name] += inputs[0].shape[0]
 

@@ -26,17 +26,29 @@ from jobs.synthetic import Motion, tone, translating_frames, write_video, write_
 from models import CheckpointError, get_spec, load_model
 from models.hf_directory import load_pretrained
 from models.perceiver import FLOW_SCALE, PerceiverIOFlow, flow_patches, normalize
-from models.perceiver_labels import (IMAGENET_MEAN, IMAGENET_STD, ImagePreprocessing, clip_frame,
-                                     load_clip_classifier, load_image_classifier)
+from models.perceiver_labels import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImagePreprocessing,
+    clip_frame,
+    load_clip_classifier,
+    load_image_classifier,
+)
 from models.tiling import TileGrid, tent_weights, tile_starts
 from pipeline.label.clip_labels import ClipShape, iter_clips
-from pipeline.read.decode import DecodeReport, iter_video_frames
 from pipeline.label.frame_labels import FrameLabeler
+from pipeline.read.decode import DecodeReport, iter_video_frames
 from pipeline.schema import output_schema, top_k_column
 
 TILE = (16, 24)
-TINY_FLOW = {"num_latents": 8, "d_latents": 16, "num_self_attends_per_block": 1, "num_self_attention_heads": 2,
-             "num_cross_attention_heads": 1, "train_size": list(TILE)}
+TINY_FLOW = {
+    "num_latents": 8,
+    "d_latents": 16,
+    "num_self_attends_per_block": 1,
+    "num_self_attention_heads": 2,
+    "num_cross_attention_heads": 1,
+    "train_size": list(TILE),
+}
 KINETICS_TINY = {i: f"action {i}" for i in range(7)}
 IMAGENET_TINY = {i: f"thing {i}" for i in range(6)}
 
@@ -52,10 +64,21 @@ def tiny_clip_network():
     from transformers import PerceiverConfig, PerceiverForMultimodalAutoencoding
 
     torch.manual_seed(0)
-    config = PerceiverConfig(num_latents=8, d_latents=16, num_self_attends_per_block=1, num_self_attention_heads=2,
-                             num_cross_attention_heads=1, num_frames=2, image_size=4, audio_samples_per_frame=1920,
-                             samples_per_patch=16, output_shape=[1, 2, 16, 16], output_num_channels=8,
-                             id2label=KINETICS_TINY, label2id={v: k for k, v in KINETICS_TINY.items()})
+    config = PerceiverConfig(
+        num_latents=8,
+        d_latents=16,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=2,
+        num_cross_attention_heads=1,
+        num_frames=2,
+        image_size=4,
+        audio_samples_per_frame=1920,
+        samples_per_patch=16,
+        output_shape=[1, 2, 16, 16],
+        output_num_channels=8,
+        id2label=KINETICS_TINY,
+        label2id={v: k for k, v in KINETICS_TINY.items()},
+    )
     config._label_trainable_num_channels = 8
     return PerceiverForMultimodalAutoencoding(config).eval()
 
@@ -64,15 +87,28 @@ def tiny_image_network():
     from transformers import PerceiverConfig, PerceiverForImageClassificationConvProcessing
 
     torch.manual_seed(0)
-    config = PerceiverConfig(num_latents=8, d_latents=16, num_self_attends_per_block=1, num_self_attention_heads=2,
-                             num_cross_attention_heads=1, id2label=IMAGENET_TINY,
-                             label2id={v: k for k, v in IMAGENET_TINY.items()})
+    config = PerceiverConfig(
+        num_latents=8,
+        d_latents=16,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=2,
+        num_cross_attention_heads=1,
+        id2label=IMAGENET_TINY,
+        label2id={v: k for k, v in IMAGENET_TINY.items()},
+    )
     return PerceiverForImageClassificationConvProcessing(config).eval()
 
 
 # The model card's preprocessing, scaled down so that the tiny classifier stays cheap.
-TINY_PREPROCESSOR = {"size": 32, "crop_size": 36, "do_center_crop": True, "do_normalize": True, "do_resize": True,
-                     "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+TINY_PREPROCESSOR = {
+    "size": 32,
+    "crop_size": 36,
+    "do_center_crop": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+}
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +136,10 @@ def no_network(monkeypatch):
 
 def pair(h: int, w: int, seed: int = 0, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return (torch.rand(batch, 3, h, w, generator=generator) * 255,
-            torch.rand(batch, 3, h, w, generator=generator) * 255)
+    return (
+        torch.rand(batch, 3, h, w, generator=generator) * 255,
+        torch.rand(batch, 3, h, w, generator=generator) * 255,
+    )
 
 
 # ----------------------------------------------------------------------------- loading
@@ -134,8 +172,9 @@ def test_equivalent_digest_is_accepted_and_others_refused(flow_dir):
     from transformers import PerceiverForOpticalFlow
 
     actual = sha256_of(flow_dir / "model.safetensors")
-    loaded = load_pretrained(PerceiverForOpticalFlow, str(flow_dir), expected_sha256="a" * 64,
-                             equivalent_sha256=(actual,))
+    loaded = load_pretrained(
+        PerceiverForOpticalFlow, str(flow_dir), expected_sha256="a" * 64, equivalent_sha256=(actual,)
+    )
     assert loaded.sha256 == actual and loaded.weights_file == "model.safetensors"
     with pytest.raises(CheckpointError, match=f"expected sha256 {'a' * 64}, got {actual}"):
         load_pretrained(PerceiverForOpticalFlow, str(flow_dir), expected_sha256="a" * 64)
@@ -174,8 +213,7 @@ def test_registry_record_of_the_release():
     spec = get_spec("perceiver_io")
     (record,) = spec.checkpoints
     assert record.url.startswith("https://huggingface.co/deepmind/optical-flow-perceiver/")
-    assert record.published == {"sintel_train_clean_epe": 1.81, "sintel_train_final_epe": 2.42,
-                                "kitti_train_epe": 4.98}
+    assert record.published == {"sintel_train_clean_epe": 1.81, "sintel_train_final_epe": 2.42, "kitti_train_epe": 4.98}
     assert "Table 4" in record.source and len(record.sha256) == 64
     # A folder named like the release is checked against its digest.
     assert spec.find_checkpoint("/weights/optical-flow-perceiver") is record
@@ -192,7 +230,7 @@ def test_patches_hold_each_pixels_3x3_neighbourhood_in_tf_order():
     for row in range(3):
         for col in range(3):
             for rgb in range(3):
-                expected = padded[:, :, rgb, row:row + 5, col:col + 7]
+                expected = padded[:, :, rgb, row : row + 5, col : col + 7]
                 assert torch.equal(patches[:, :, 3 * (3 * row + col) + rgb], expected)
     assert normalize(torch.tensor([0.0, 255.0])).tolist() == [-1.0, 1.0]
 
@@ -270,7 +308,7 @@ def test_windows_batched_across_pairs_equal_one_pair_at_a_time(flow_dir):
     image0, image1 = pair(37, 53, batch=2)
     with torch.inference_mode():
         together = batched(image0, image1)
-        apart = torch.cat([single(image0[i:i + 1], image1[i:i + 1]) for i in range(2)])
+        apart = torch.cat([single(image0[i : i + 1], image1[i : i + 1]) for i in range(2)])
     torch.testing.assert_close(together, apart, rtol=1e-5, atol=1e-7)
 
 
@@ -337,8 +375,11 @@ class FakeClassifier:
 
         self.seen += len(images)
         n = len(images)
-        return TopK(np.tile(np.int32([7, 3]), (n, 1)), np.tile(np.array(["seven", "three"]), (n, 1)),
-                    np.tile(np.float32([0.75, 0.25]), (n, 1)))
+        return TopK(
+            np.tile(np.int32([7, 3]), (n, 1)),
+            np.tile(np.array(["seven", "three"]), (n, 1)),
+            np.tile(np.float32([0.75, 0.25]), (n, 1)),
+        )
 
 
 def test_frame_labels_every_n_pairs_and_their_columns():
@@ -403,7 +444,7 @@ def test_clips_take_their_audio_by_timestamp_and_silence_without_a_track(tmp_pat
     assert all(has for _, has in clips) and clips[0][0].frames.shape == (4, 16, 16, 3)
     for clip, _ in clips[1:]:  # AAC's first frames ramp up; later ones match the tone closely
         start = int(round(clip.times[0] * 48000))
-        assert np.abs(clip.audio - audio[start:start + 4 * 1920]).max() < 0.05
+        assert np.abs(clip.audio - audio[start : start + 4 * 1920]).max() < 0.05
     with open(silent, "rb") as video, open(silent, "rb") as sound:
         clips = list(iter_clips(video, sound, shape, max_clips=2))
     assert len(clips) == 2 and not any(has for _, has in clips)
@@ -430,19 +471,37 @@ def test_frame_and_clip_labels_through_the_pipeline(ray_local, local_s3, tmp_pat
     fs.put(str(image_dir), f"{root}/weights/vision", recursive=True)
     fs.put(str(clip_dir), f"{root}/weights/multimodal", recursive=True)
     out = f"s3://{root}/labels"
-    argv = ["label", f"s3://{root}/videos/", "--out", out, "--storage-options", json.dumps(local_s3.storage_options),
-            "--frame-labels", "perceiver_image_classifier", "--frame-labels-checkpoint", f"s3://{root}/weights/vision",
-            "--frame-labels-top-k", "3", "--frame-labels-every", "3",
-            "--clip-labels", "perceiver_multimodal", "--clip-labels-checkpoint", f"s3://{root}/weights/multimodal",
-            "--clip-labels-top-k", "3"]
+    argv = [
+        "label",
+        f"s3://{root}/videos/",
+        "--out",
+        out,
+        "--storage-options",
+        json.dumps(local_s3.storage_options),
+        "--frame-labels",
+        "perceiver_image_classifier",
+        "--frame-labels-checkpoint",
+        f"s3://{root}/weights/vision",
+        "--frame-labels-top-k",
+        "3",
+        "--frame-labels-every",
+        "3",
+        "--clip-labels",
+        "perceiver_multimodal",
+        "--clip-labels-checkpoint",
+        f"s3://{root}/weights/multimodal",
+        "--clip-labels-top-k",
+        "3",
+    ]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "labeled 16 pairs" in printed and "labeled 8 clips" in printed, printed
 
     pairs = pads.dataset(f"{root}/labels", filesystem=fs, format="parquet", partitioning="hive").to_table()
     assert pairs.num_rows == 16
-    for frame0, classes, names, probs in zip(*(pairs[c].to_pylist() for c in
-                                               ("frame0", "frame_classes", "frame_class_names", "frame_class_probs"))):
+    for frame0, classes, names, probs in zip(
+        *(pairs[c].to_pylist() for c in ("frame0", "frame_classes", "frame_class_names", "frame_class_probs"))
+    ):
         if frame0 % 3:  # every 3rd pair of a video: ordinals 0, 3, 6
             assert classes is None and names is None and probs is None
         else:
@@ -456,8 +515,10 @@ def test_frame_and_clip_labels_through_the_pipeline(ray_local, local_s3, tmp_pat
     assert all(len(r["classes"]) == 3 and r["class_names"][0] == KINETICS_TINY[r["classes"][0]] for r in rows)
     assert all(np.isfinite(r["video_mse"]) and r["video_mse"] > 0 and np.isfinite(r["audio_mse"]) for r in rows)
     assert {r["checkpoint"] for r in rows} == {sha256_of(clip_dir / "model.safetensors")}
-    assert pairs.num_rows == pads.dataset(f"{root}/labels", filesystem=fs, format="parquet",
-                                          partitioning="hive").count_rows()  # _clips/ stays out of the pair table
+    assert (
+        pairs.num_rows
+        == pads.dataset(f"{root}/labels", filesystem=fs, format="parquet", partitioning="hive").count_rows()
+    )  # _clips/ stays out of the pair table
 
     manifest = json.loads(fs.cat(f"{root}/labels/_flowlabel.json"))
     assert manifest["options"]["frame_labels"]["weights_sha256"] == sha256_of(image_dir / "model.safetensors")

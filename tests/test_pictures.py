@@ -12,6 +12,7 @@ import pytest
 from pipeline.evaluate import flowio, pictures
 
 from .conftest import BENCHMARKS as BENCH
+
 # Produced once with the official RAFT code's core/utils/flow_viz.py (princeton-vl/RAFT, a port of the
 # Middlebury colour code); see tests/data/README.md.
 REFERENCE = Path(__file__).resolve().parent / "data" / "flow_colours_raft_flow_viz.npz"

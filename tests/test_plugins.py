@@ -44,15 +44,18 @@ def fake_distribution(root: Path, entry_points: str, name: str = "fakeplug", ver
 @pytest.fixture
 def installed(tmp_path, monkeypatch):
     """Install a fake distribution with entry points; returns a fresh PluginRegistry that sees it."""
+
     def install(entry_points: str, **kwargs) -> PluginRegistry:
         monkeypatch.syspath_prepend(str(fake_distribution(tmp_path / "site", entry_points, **kwargs)))
         registry = PluginRegistry(REGISTRY)
         monkeypatch.setattr(models, "MODELS", registry)
         return registry
+
     return install
 
 
 # --- import paths -------------------------------------------------------------------------------------------
+
 
 def test_import_path_class_gets_config_and_runs_through_the_contract():
     model = load_model(SHIFT, u=3.0, v=0.5)
@@ -108,21 +111,33 @@ def test_plugin_checkpoint_loads_strictly_with_sha256(tmp_path):
 
 # --- bad plugins: each error says what is wrong ---------------------------------------------------------------
 
-@pytest.mark.parametrize("path, message", [
-    ("no_such_pkg.flows:Net", "cannot import module 'no_such_pkg.flows': no module named 'no_such_pkg'"),
-    ("tests.no_such_module:Net", "cannot import module 'tests.no_such_module': no module named 'tests.no_such_module'"),
-    ("tests.plugin_models:Nope", r"module 'tests.plugin_models' \(.*plugin_models.py\) has no attribute 'Nope'"),
-    ("tests.plugin_models:ShiftFlow.nope", "'tests.plugin_models:ShiftFlow' has no attribute 'nope'"),
-    ("tests.plugin_models:", "expected an import path package.module:Name"),
-    ("tests.plugin_models:PlainModule", "is class tests.plugin_models.PlainModule, not a FlowModel subclass "
-                                        r"\(its bases: torch.nn.modules.module.Module\)"),
-    ("tests.plugin_models:NUMBER", "is int 3; expected a subclass of models.FlowModel or a factory"),
-    ("tests.plugin_models:make_text", "the factory returned str 'not a model', expected a models.FlowModel"),
-    ("tests.plugin_models:Downsampled",
-     r"predict_pairs forward flow: expected shape \(1, 2, 32, 48\), got \(1, 2, 4, 6\)"),
-    ("tests.plugin_models:IntegerFlow", "forward flow: expected a float tensor .*, got torch.int64"),
-    ("tests.plugin_models:NanFlow", "forward flow: expected finite values, got 3072 non-finite of 3072"),
-])
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("no_such_pkg.flows:Net", "cannot import module 'no_such_pkg.flows': no module named 'no_such_pkg'"),
+        (
+            "tests.no_such_module:Net",
+            "cannot import module 'tests.no_such_module': no module named 'tests.no_such_module'",
+        ),
+        ("tests.plugin_models:Nope", r"module 'tests.plugin_models' \(.*plugin_models.py\) has no attribute 'Nope'"),
+        ("tests.plugin_models:ShiftFlow.nope", "'tests.plugin_models:ShiftFlow' has no attribute 'nope'"),
+        ("tests.plugin_models:", "expected an import path package.module:Name"),
+        (
+            "tests.plugin_models:PlainModule",
+            "is class tests.plugin_models.PlainModule, not a FlowModel subclass "
+            r"\(its bases: torch.nn.modules.module.Module\)",
+        ),
+        ("tests.plugin_models:NUMBER", "is int 3; expected a subclass of models.FlowModel or a factory"),
+        ("tests.plugin_models:make_text", "the factory returned str 'not a model', expected a models.FlowModel"),
+        (
+            "tests.plugin_models:Downsampled",
+            r"predict_pairs forward flow: expected shape \(1, 2, 32, 48\), got \(1, 2, 4, 6\)",
+        ),
+        ("tests.plugin_models:IntegerFlow", "forward flow: expected a float tensor .*, got torch.int64"),
+        ("tests.plugin_models:NanFlow", "forward flow: expected finite values, got 3072 non-finite of 3072"),
+    ],
+)
 def test_bad_plugin_is_refused_with_the_reason(path, message):
     with pytest.raises(PluginError, match=message):
         load_model(path)
@@ -131,8 +146,11 @@ def test_bad_plugin_is_refused_with_the_reason(path, message):
 def test_plugin_whose_dependency_is_missing(tmp_path, monkeypatch):
     (tmp_path / "needs_dep.py").write_text("import flowlabel_missing_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(PluginError, match="importing module 'needs_dep' failed: No module named "
-                                          "'flowlabel_missing_dependency' .a dependency of the plugin is missing"):
+    with pytest.raises(
+        PluginError,
+        match="importing module 'needs_dep' failed: No module named "
+        "'flowlabel_missing_dependency' .a dependency of the plugin is missing",
+    ):
         load_model("needs_dep:Net")
 
 
@@ -156,8 +174,11 @@ def test_label_job_refuses_a_broken_plugin_before_reading(tmp_path):
     from pipeline.label.labeler import LabelerConfig
     from pipeline.write.sinks import SinkOptions
 
-    job = LabelJob(inputs=(str(tmp_path / "missing.mp4"),), sink=SinkOptions(str(tmp_path / "out")),
-                   labeler=LabelerConfig(model="tests.plugin_models:Downsampled"))
+    job = LabelJob(
+        inputs=(str(tmp_path / "missing.mp4"),),
+        sink=SinkOptions(str(tmp_path / "out")),
+        labeler=LabelerConfig(model="tests.plugin_models:Downsampled"),
+    )
     with pytest.raises(PluginError, match="expected shape"):
         run_label(job)
     assert not (tmp_path / "out").exists()  # nothing listed, planned or written
@@ -165,13 +186,17 @@ def test_label_job_refuses_a_broken_plugin_before_reading(tmp_path):
 
 # --- entry points ----------------------------------------------------------------------------------------------
 
+
 def test_entry_points_are_read_only_for_names_not_built_in(installed):
     """A broken entry point shows only when the registry must read them: an unknown name or the listing."""
     registry = installed("broken = tests.plugin_models:MISSING\n")
     assert registry["raft_small"] is REGISTRY["raft_small"]
     assert registry[SHIFT].name == SHIFT
-    with pytest.raises(PluginError, match=r"entry point fakeplug 0.1 \(broken = tests.plugin_models:MISSING, "
-                                          r"group flowlabel.models\) failed to load: AttributeError"):
+    with pytest.raises(
+        PluginError,
+        match=r"entry point fakeplug 0.1 \(broken = tests.plugin_models:MISSING, "
+        r"group flowlabel.models\) failed to load: AttributeError",
+    ):
         registry["fake_shift"]
     with pytest.raises(PluginError, match="failed to load"):
         sorted(registry)
@@ -181,8 +206,10 @@ def test_entry_point_models_load_like_builtins(installed, tmp_path):
     registry = installed("specs = tests.plugin_models:SPECS\ncalled = tests.plugin_models:specs\n", version="1.2")
     origins = models.model_origins()
     assert {k: v for k, v in origins.items() if v != "builtin"} == {
-        "fake_shift": "entry point fakeplug 1.2", "fake_weighted": "entry point fakeplug 1.2",
-        "fake_called": "entry point fakeplug 1.2"}
+        "fake_shift": "entry point fakeplug 1.2",
+        "fake_weighted": "entry point fakeplug 1.2",
+        "fake_called": "entry point fakeplug 1.2",
+    }
     assert set(origins) == set(REGISTRY) | {"fake_shift", "fake_weighted", "fake_called"}
     assert load_model("fake_shift").base.tolist() == [2.0, -0.25]  # the record's default_config
     assert load_model("fake_called", u=0.0).base.tolist() == [0.0, -0.25]
@@ -197,16 +224,20 @@ def test_entry_point_models_load_like_builtins(installed, tmp_path):
 def test_entry_point_clash_with_a_builtin_names_both(installed):
     registry = installed("clash = tests.plugin_models:CLASH\n", name="clashing", version="2.0")
     assert registry["dis"] is REGISTRY["dis"]  # a built-in lookup never reads the entry points
-    with pytest.raises(PluginError, match="model name 'dis' from entry point clashing 2.0 clashes with the builtin "
-                                          "model 'dis'"):
+    with pytest.raises(
+        PluginError, match="model name 'dis' from entry point clashing 2.0 clashes with the builtin model 'dis'"
+    ):
         sorted(registry)
 
 
 def test_entry_point_of_the_wrong_kind(installed):
     registry = installed("bad = tests.plugin_models:NUMBER\n")
-    with pytest.raises(PluginError, match=r"entry point fakeplug 0.1 \(bad = tests.plugin_models:NUMBER.*\) "
-                                          "gave int 3; expected a ModelSpec, a sequence of them, or a callable "
-                                          "returning either"):
+    with pytest.raises(
+        PluginError,
+        match=r"entry point fakeplug 0.1 \(bad = tests.plugin_models:NUMBER.*\) "
+        "gave int 3; expected a ModelSpec, a sequence of them, or a callable "
+        "returning either",
+    ):
         registry["anything"]
 
 
@@ -223,6 +254,7 @@ def test_cli_lists_models_with_their_origin(installed, capsys):
 
 # --- Ray workers -----------------------------------------------------------------------------------------------
 
+
 def _labeled_flow(out: Path) -> tuple[np.ndarray, list[str]]:
     table = pq.read_table(out)
     return arrays_from_table(table)["flow"].astype(np.float32), table["model"].to_pylist()
@@ -236,8 +268,11 @@ def test_plugin_in_the_test_package_labels_through_ray(ray_local, tmp_path):
 
     (tmp_path / "in").mkdir()
     write_translating_video(tmp_path / "in" / "clip.mp4", 48, 64, 4, Motion(2.0, 1.0))
-    job = LabelJob(inputs=(str(tmp_path / "in"),), sink=SinkOptions(str(tmp_path / "out"), partition=()),
-                   labeler=LabelerConfig(model=SHIFT, overrides={"v": 0.75}))
+    job = LabelJob(
+        inputs=(str(tmp_path / "in"),),
+        sink=SinkOptions(str(tmp_path / "out"), partition=()),
+        labeler=LabelerConfig(model=SHIFT, overrides={"v": 0.75}),
+    )
     result = run_label(job)
     flow, model_column = _labeled_flow(tmp_path / "out")
     assert result.exit_code == 0 and result.pairs == 3 and flow.shape == (3, 48, 64, 2)
@@ -280,11 +315,29 @@ def test_plugin_shipped_to_ray_workers_with_runtime_env(tmp_path, how):
     (tmp_path / "env.json").write_text(json.dumps(env))
     (tmp_path / "in").mkdir()
     write_translating_video(tmp_path / "in" / "clip.mp4", 32, 48, 3, Motion(1.0, 0.0))
-    command = [sys.executable, "-m", "jobs.cli", "label", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-               "--partition", "none", "--model", f"{package.name}.flows:ConstFlow",
-               "--runtime-env", str(tmp_path / "env.json")]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""})
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "label",
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "out"),
+        "--partition",
+        "none",
+        "--model",
+        f"{package.name}.flows:ConstFlow",
+        "--runtime-env",
+        str(tmp_path / "env.json"),
+    ]
+    done = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     flow, model_column = _labeled_flow(tmp_path / "out")
     assert flow.shape == (2, 32, 48, 2) and set(model_column) == {f"{package.name}.flows:ConstFlow"}
@@ -295,8 +348,10 @@ def test_runtime_env_option_reads_yaml_json_and_finds_the_local_code(tmp_path):
     from jobs.cluster import local_code_paths, read_runtime_env
 
     (tmp_path / "pkg").mkdir()
-    (tmp_path / "env.yaml").write_text(f"py_modules:\n  - {tmp_path / 'pkg'}\n  - s3://bucket/code.zip\n"
-                                       f"working_dir: {tmp_path}\nenv_vars: {{A: '1'}}\n")
+    (tmp_path / "env.yaml").write_text(
+        f"py_modules:\n  - {tmp_path / 'pkg'}\n  - s3://bucket/code.zip\n"
+        f"working_dir: {tmp_path}\nenv_vars: {{A: '1'}}\n"
+    )
     env = read_runtime_env(str(tmp_path / "env.yaml"))
     assert env["env_vars"] == {"A": "1"} and env["py_modules"][1] == "s3://bucket/code.zip"
     assert local_code_paths(env) == [str(tmp_path), str(tmp_path)]  # working_dir; the folder holding pkg/

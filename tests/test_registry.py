@@ -23,16 +23,33 @@ TEST_OVERRIDES = {
     "searaft_l": {"iters": 1, "dim": 32, "initial_dim": 16, "block_dims": (16, 24, 32)},
     "unimatch_scale1": {"feature_channels": 16, "num_transformer_layers": 1, "ffn_dim_expansion": 1},
     "unimatch_scale2": {"feature_channels": 16, "num_transformer_layers": 1, "ffn_dim_expansion": 1},
-    "unimatch_scale2_regrefine6": {"feature_channels": 16, "num_transformer_layers": 1, "ffn_dim_expansion": 1,
-                                   "num_reg_refine": 2},
-    "perceiver_io": {"min_overlap": 4, "network_config": {"num_latents": 8, "d_latents": 16, "train_size": [16, 24],
-                                                          "num_self_attends_per_block": 1, "num_self_attention_heads": 2}},
+    "unimatch_scale2_regrefine6": {
+        "feature_channels": 16,
+        "num_transformer_layers": 1,
+        "ffn_dim_expansion": 1,
+        "num_reg_refine": 2,
+    },
+    "perceiver_io": {
+        "min_overlap": 4,
+        "network_config": {
+            "num_latents": 8,
+            "d_latents": 16,
+            "train_size": [16, 24],
+            "num_self_attends_per_block": 1,
+            "num_self_attention_heads": 2,
+        },
+    },
 }
 
 
 # Official checkpoint files that wrap the state_dict (GMFlow saves {'model': state_dict}).
-WRAPPED = {"gmflow": "model", "gmflow_refine": "model", "unimatch_scale1": "model", "unimatch_scale2": "model",
-           "unimatch_scale2_regrefine6": "model"}
+WRAPPED = {
+    "gmflow": "model",
+    "gmflow_refine": "model",
+    "unimatch_scale1": "model",
+    "unimatch_scale2": "model",
+    "unimatch_scale2_regrefine6": "model",
+}
 
 
 def test_every_registered_model_has_test_settings():
@@ -69,8 +86,15 @@ def test_learned_models_need_a_checkpoint_and_record_them(name):
     assert spec.checkpoints, name
     for ckpt in spec.checkpoints:
         assert ckpt.filename and ckpt.url.startswith("https://") and ckpt.trained_on, ckpt
-        assert set(ckpt.benchmark_config) <= {"sintel", "kitti", "kitti2012", "chairs", "things", "middlebury",
-                                               "hd1k"}, ckpt.benchmark_config
+        assert set(ckpt.benchmark_config) <= {
+            "sintel",
+            "kitti",
+            "kitti2012",
+            "chairs",
+            "things",
+            "middlebury",
+            "hd1k",
+        }, ckpt.benchmark_config
         assert all(isinstance(v, float | int) for v in ckpt.published.values())
         assert not ckpt.published or ckpt.source, f"{ckpt.filename}: published numbers need a source"
 

@@ -13,9 +13,9 @@ import pytest
 
 from jobs.label import LabelJob, OutputConflictError, run_label
 from jobs.synthetic import Motion, write_translating_video
+from pipeline.label.labeler import LabelerConfig
 from pipeline.read.datasource import ReadOptions
 from pipeline.read.decode import DecodeOptions
-from pipeline.label.labeler import LabelerConfig
 from pipeline.write.records import settled_units
 from pipeline.write.sinks import SinkOptions
 
@@ -34,8 +34,12 @@ def corpus(tmp_path_factory):
 
 def make_job(corpus, out, **decode):
     # Three pairs per chunk: several chunk files per video, so partial output is possible.
-    return LabelJob(inputs=(str(corpus),), sink=SinkOptions(str(out)), labeler=LabelerConfig(model="dis"),
-                    read=ReadOptions(decode=DecodeOptions(**decode), chunk_bytes=3 * PAIR_BYTES))
+    return LabelJob(
+        inputs=(str(corpus),),
+        sink=SinkOptions(str(out)),
+        labeler=LabelerConfig(model="dis"),
+        read=ReadOptions(decode=DecodeOptions(**decode), chunk_bytes=3 * PAIR_BYTES),
+    )
 
 
 def rows(out):
@@ -107,10 +111,19 @@ def test_sigkill_of_the_driver_then_resume(ray_local, corpus, baseline, tmp_path
     _, (keys, _) = baseline
     out = tmp_path / "killed"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
-    cmd = [sys.executable, "-m", "jobs.label", str(corpus), "--out", str(out), "--chunk-mb",
-           str(3 * PAIR_BYTES / 2**20)]
-    driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.label",
+        str(corpus),
+        "--out",
+        str(out),
+        "--chunk-mb",
+        str(3 * PAIR_BYTES / 2**20),
+    ]
+    driver = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 120
         while not data_files(out) and time.monotonic() < deadline and driver.poll() is None:

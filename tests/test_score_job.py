@@ -14,16 +14,19 @@ from jobs.score_model import ScoreJob, run_score
 from models import load_model
 from pipeline.evaluate import flowio
 from pipeline.evaluate.datasets import load_pair
-from pipeline.label.labeler import LabelerConfig
 from pipeline.evaluate.scoring import list_benchmark, submission_path
+from pipeline.label.labeler import LabelerConfig
 
 from .conftest import BENCHMARKS
 
 # Mean |GT flow| over valid pixels, i.e. the EPE of a zero prediction (../shared/data/README.md).
 ZERO_FLOW_EPE = {
-    "sintel/training/clean/alley_1/1": 2.803, "sintel/training/clean/alley_1/2": 2.983,
-    "sintel/training/clean/alley_1/3": 3.120, "middlebury/training/RubberWhale/10": 1.256,
-    "kitti2015/training/000000/10": 51.010, "flyingchairs/all/4": 25.556,
+    "sintel/training/clean/alley_1/1": 2.803,
+    "sintel/training/clean/alley_1/2": 2.983,
+    "sintel/training/clean/alley_1/3": 3.120,
+    "middlebury/training/RubberWhale/10": 1.256,
+    "kitti2015/training/000000/10": 51.010,
+    "flyingchairs/all/4": 25.556,
 }
 
 EXCERPTS = [  # (benchmark, root folder, split, pairs per pass)
@@ -54,8 +57,11 @@ def direct_epes(benchmark: str, root: str, split: str | None) -> dict[str, tuple
 @pytest.mark.usefixtures("shared_data")
 def test_dis_on_every_excerpt_matches_a_direct_computation(ray_local, tmp_path, benchmark, folder, split, counts):
     root = str(BENCHMARKS / folder)
-    result = run_score(ScoreJob(benchmark, root, split=split, labeler=LabelerConfig("dis", batch_size=2),
-                                out=str(tmp_path), save_flow=True))
+    result = run_score(
+        ScoreJob(
+            benchmark, root, split=split, labeler=LabelerConfig("dis", batch_size=2), out=str(tmp_path), save_flow=True
+        )
+    )
     direct = direct_epes(benchmark, root, split)
     assert {s["pass"]: s["num_pairs"] for s in result.scores} == counts
     for score in result.scores:
@@ -101,8 +107,22 @@ def test_dis_on_every_excerpt_matches_a_direct_computation(ray_local, tmp_path, 
 @pytest.mark.usefixtures("shared_data")
 def test_cli_score_exit_codes(ray_local, tmp_path, capsys):
     root = str(BENCHMARKS / "FlyingChairs_release")
-    code = main(["score", "chairs", "--root", root, "--split", "all", "--pairs", "4", "--model", "dis",
-                 "--out", str(tmp_path / "ok")])
+    code = main(
+        [
+            "score",
+            "chairs",
+            "--root",
+            root,
+            "--split",
+            "all",
+            "--pairs",
+            "4",
+            "--model",
+            "dis",
+            "--out",
+            str(tmp_path / "ok"),
+        ]
+    )
     assert code == 0
     scores = json.loads((tmp_path / "ok" / "scores.json").read_text())["scores"]
     assert [s["num_pairs"] for s in scores] == [1] and list(scores[0]["per_pair"]) == ["flyingchairs/all/4"]

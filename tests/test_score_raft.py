@@ -20,14 +20,34 @@ REFERENCE = {  # official code, per pair
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args", [
-    ["sintel", "--root", str(BENCHMARKS / "Sintel"), "--pass", "clean", "--pairs", "alley_1/*"],
-    ["middlebury", "--root", str(BENCHMARKS / "middlebury"), "--pairs", "RubberWhale/*"],
-], ids=["sintel-clean-alley_1", "middlebury-RubberWhale"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sintel", "--root", str(BENCHMARKS / "Sintel"), "--pass", "clean", "--pairs", "alley_1/*"],
+        ["middlebury", "--root", str(BENCHMARKS / "middlebury"), "--pairs", "RubberWhale/*"],
+    ],
+    ids=["sintel-clean-alley_1", "middlebury-RubberWhale"],
+)
 @pytest.mark.usefixtures("shared_data")
 def test_raft_small_reproduces_the_official_epe(ray_local, tmp_path, args):
-    code = main(["score", *args, "--model", "raft_small", "--checkpoint", str(RAFT_SMALL),
-                 "--set", "iters=12", "--set", "pad_mode=sintel", "--batch-size", "1", "--out", str(tmp_path)])
+    code = main(
+        [
+            "score",
+            *args,
+            "--model",
+            "raft_small",
+            "--checkpoint",
+            str(RAFT_SMALL),
+            "--set",
+            "iters=12",
+            "--set",
+            "pad_mode=sintel",
+            "--batch-size",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     (score,) = json.loads((tmp_path / "scores.json").read_text())["scores"]
     assert score["checkpoint_sha256"] == "c7d41b9cc88442bb8aa911dbb33086dac55a226394b142937ff22d5578717332"

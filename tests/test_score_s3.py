@@ -29,19 +29,30 @@ def test_score_from_s3_gives_the_local_numbers(ray_local, local_s3):
             fs.put_file(str(local_root / "data" / name), f"{prefix}/FlyingChairs_release/data/{name}")
 
     labeler = LabelerConfig("dis", batch_size=2)
-    remote = run_score(ScoreJob("chairs", f"s3://{prefix}/FlyingChairs_release", split="all", labeler=labeler,
-                                out=f"s3://{prefix}/scores", save_flow=True,
-                                storage_options=local_s3.storage_options))
+    remote = run_score(
+        ScoreJob(
+            "chairs",
+            f"s3://{prefix}/FlyingChairs_release",
+            split="all",
+            labeler=labeler,
+            out=f"s3://{prefix}/scores",
+            save_flow=True,
+            storage_options=local_s3.storage_options,
+        )
+    )
     local = run_score(ScoreJob("chairs", str(local_root), split="all", pairs=PAIRS, labeler=labeler))
 
-    (r,), (l,) = remote.scores, local.scores
-    assert r["num_pairs"] == l["num_pairs"] == 3
+    (r,), (loc,) = remote.scores, local.scores
+    assert r["num_pairs"] == loc["num_pairs"] == 3
     for key in ("epe", "epe_image_mean", "fl_all", "px1", "px3", "px5", "ause", "per_pair"):
-        assert r[key] == l[key], key  # identical, not merely close: same bytes, same order of sums
+        assert r[key] == loc[key], key  # identical, not merely close: same bytes, same order of sums
     assert r["root"].startswith("s3://")
 
     document = json.loads(fs.cat_file(f"{prefix}/scores/scores.json"))
-    assert document["scores"][0]["epe"] == pytest.approx(l["epe"])
+    assert document["scores"][0]["epe"] == pytest.approx(loc["epe"])
     assert local_s3.secret_key not in json.dumps(document)  # credentials never land in outputs
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{prefix}/scores/flow")) == [
-        "00000_flow.flo", "00001_flow.flo", "00002_flow.flo"]
+        "00000_flow.flo",
+        "00001_flow.flo",
+        "00002_flow.flo",
+    ]

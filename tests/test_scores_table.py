@@ -54,14 +54,32 @@ def test_scores_regenerates_the_table_on_a_tiny_config(ray_local, tmp_path):
     config = tmp_path / "scores.yaml"
     config.write_text(TINY)
     output = tmp_path / "SCORES.md"
-    code = main(["scores", "--config", str(config), "--data-root", str(BENCHMARKS),
-                 "--weights-dir", str(WEIGHTS), "--output", str(output)])
+    code = main(
+        [
+            "scores",
+            "--config",
+            str(config),
+            "--data-root",
+            str(BENCHMARKS),
+            "--weights-dir",
+            str(WEIGHTS),
+            "--output",
+            str(output),
+        ]
+    )
     assert code == 0
     text = output.read_text()
 
     # Measured rows carry our numbers: the same as a direct run of the score job on those pairs.
-    direct = run_score(ScoreJob("chairs", str(BENCHMARKS / "FlyingChairs_release"), split="all", pairs=("0", "1"),
-                                labeler=LabelerConfig("dis", batch_size=1))).scores[0]
+    direct = run_score(
+        ScoreJob(
+            "chairs",
+            str(BENCHMARKS / "FlyingChairs_release"),
+            split="all",
+            pairs=("0", "1"),
+            labeler=LabelerConfig("dis", batch_size=1),
+        )
+    ).scores[0]
     dis = table_line(text, "| dis | FlyingChairs all, 0 1 |")
     assert f"| {direct['epe']:.3f} | {direct['fl_all']:.2f} | {direct['px3']:.2f} |" in dis
     assert "2 of 22872 (excerpt)" in dis
@@ -86,8 +104,12 @@ def test_scores_config_lists_every_published_number_of_the_registry():
     config = load_config(str(CONFIG))
     rows = [row for table in config.tables for row in table.rows]
     listed = {(r.model, r.checkpoint, r.reference) for r in rows if r.scope == "full"}
-    published = {(name, ckpt.filename, float(value))
-                 for name, spec in REGISTRY.items() for ckpt in spec.checkpoints for value in ckpt.published.values()}
+    published = {
+        (name, ckpt.filename, float(value))
+        for name, spec in REGISTRY.items()
+        for ckpt in spec.checkpoints
+        for value in ckpt.published.values()
+    }
     assert published - listed == set(), "registry numbers missing from jobs/scores.yaml"
     assert listed - published == set(), "jobs/scores.yaml numbers not in the registry"
     assert all(r.source for r in rows if r.reference is not None)
@@ -96,18 +118,26 @@ def test_scores_config_lists_every_published_number_of_the_registry():
     assert {r.benchmark for r in raft} == {"sintel", "middlebury", "kitti", "chairs"}
     assert all(r.settings == {"iters": 12, "pad_mode": "sintel"} and r.tolerance for r in raft)
     dis = [r for r in rows if r.model == "dis"]
-    assert {(r.benchmark, r.pass_name) for r in dis} == {("sintel", "clean"), ("sintel", "final"), ("kitti", ""),
-                                                         ("middlebury", ""), ("chairs", "")}
+    assert {(r.benchmark, r.pass_name) for r in dis} == {
+        ("sintel", "clean"),
+        ("sintel", "final"),
+        ("kitti", ""),
+        ("middlebury", ""),
+        ("chairs", ""),
+    }
 
 
-@pytest.mark.parametrize("old, new, message", [
-    ("version: 1", "version: 2", "version: 1"),
-    ("defaults: {model: dis}", "defaults: {model: dys}", "expected a registered model, got 'dys'"),
-    ("metric: epe, reference: 1.0", "metric: EPE, reference: 1.0", "metric: expected one of"),
-    ("reference: 1.43, scope: full", "reference: 1.43, scope: all", "scope: expected one of"),
-    ("checkpoint: raft-things.pth, ", "", "raft_large needs checkpoint"),
-    ("split: test, pass: clean", "split: test, pass: clear", "expected pass among"),
-])
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("version: 1", "version: 2", "version: 1"),
+        ("defaults: {model: dis}", "defaults: {model: dys}", "expected a registered model, got 'dys'"),
+        ("metric: epe, reference: 1.0", "metric: EPE, reference: 1.0", "metric: expected one of"),
+        ("reference: 1.43, scope: full", "reference: 1.43, scope: all", "scope: expected one of"),
+        ("checkpoint: raft-things.pth, ", "", "raft_large needs checkpoint"),
+        ("split: test, pass: clean", "split: test, pass: clear", "expected pass among"),
+    ],
+)
 def test_scores_config_errors_name_the_bad_entry(old, new, message):
     import yaml
 

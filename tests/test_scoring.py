@@ -11,10 +11,17 @@ from jobs.score_model import ScoreJob, resolve_settings
 from models import get_spec, load_model
 from pipeline.evaluate import flowio
 from pipeline.evaluate.datasets import PairRecord, load_pair
-from pipeline.label.labeler import LabelerConfig, label_pairs
 from pipeline.evaluate.metrics import endpoint_error
-from pipeline.evaluate.scoring import (benchmark_overrides, list_benchmark, row_to_sample, sample_to_row, score_samples,
-                              select_pairs, submission_path)
+from pipeline.evaluate.scoring import (
+    benchmark_overrides,
+    list_benchmark,
+    row_to_sample,
+    sample_to_row,
+    score_samples,
+    select_pairs,
+    submission_path,
+)
+from pipeline.label.labeler import LabelerConfig, label_pairs
 
 from .conftest import BENCHMARKS, RAFT_SMALL
 
@@ -35,8 +42,9 @@ def test_benchmark_config_applies_under_user_overrides():
 
 @pytest.mark.usefixtures("shared_data")
 def test_resolve_settings_records_where_each_setting_comes_from():
-    job = ScoreJob("kitti", KITTI, labeler=LabelerConfig("raft_small", checkpoint=str(RAFT_SMALL),
-                                                         overrides={"iters": 12}))
+    job = ScoreJob(
+        "kitti", KITTI, labeler=LabelerConfig("raft_small", checkpoint=str(RAFT_SMALL), overrides={"iters": 12})
+    )
     labeler, settings = resolve_settings(job)
     assert labeler.overrides == {"iters": 12, "pad_mode": "kitti"}
     assert settings["benchmark_config"] == {"pad_mode": "kitti"}
@@ -113,16 +121,21 @@ def test_score_samples_equals_a_direct_epe_and_counts_occlusion():
     assert scores[0].stats.n_occ is None
 
 
-@pytest.mark.parametrize("record, expected", [
-    (PairRecord("sintel", "training", "final", "alley_1", 3, "a", "b"), "final/alley_1/frame_0003.flo"),
-    (PairRecord("kitti2015", "training", "", "000012", 10, "a", "b"), "000012_10.png"),
-    (PairRecord("kitti2012", "testing", "", "000001", 10, "a", "b"), "000001_10.png"),
-    (PairRecord("flyingchairs", "val", "", "", 4, "a", "b"), "00004_flow.flo"),
-    (PairRecord("middlebury", "training", "", "Urban3", 10, "a", "b"), "Urban3/flow10.flo"),
-    (PairRecord("hd1k", "training", "", "000003", 7, "a", "b"), "000003_0007.flo"),
-    (PairRecord("flyingthings3d", "test", "clean", "A/0001", 6, "a", "b", direction="backward"),
-     "clean/A/0001/into_past/0006.flo"),
-])
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        (PairRecord("sintel", "training", "final", "alley_1", 3, "a", "b"), "final/alley_1/frame_0003.flo"),
+        (PairRecord("kitti2015", "training", "", "000012", 10, "a", "b"), "000012_10.png"),
+        (PairRecord("kitti2012", "testing", "", "000001", 10, "a", "b"), "000001_10.png"),
+        (PairRecord("flyingchairs", "val", "", "", 4, "a", "b"), "00004_flow.flo"),
+        (PairRecord("middlebury", "training", "", "Urban3", 10, "a", "b"), "Urban3/flow10.flo"),
+        (PairRecord("hd1k", "training", "", "000003", 7, "a", "b"), "000003_0007.flo"),
+        (
+            PairRecord("flyingthings3d", "test", "clean", "A/0001", 6, "a", "b", direction="backward"),
+            "clean/A/0001/into_past/0006.flo",
+        ),
+    ],
+)
 def test_submission_paths_follow_each_benchmarks_layout(record, expected):
     assert submission_path(record) == expected
 

@@ -43,8 +43,10 @@ def test_matches_official_code(case, reference):
     assert model.iters == iters  # the registry's default is the official eval setting
     image0, image1 = image_pair(reference, (h, w))
     sub = (slice(None), slice(None), slice(None, None, step), slice(None, None, step))
-    expected = {key: torch.from_numpy(reference[f"{case}_{key}"])[None]
-                for key in ("forward", "backward", "forward_info", "backward_info")}
+    expected = {
+        key: torch.from_numpy(reference[f"{case}_{key}"])[None]
+        for key in ("forward", "backward", "forward_info", "backward_info")
+    }
     assert expected["forward"].norm(dim=1).mean() > 1.0  # a non-trivial flow to compare
     with torch.no_grad():  # both directions in one call, as predict_pairs makes it
         flow, info = model.estimate(torch.cat([image0, image1]), torch.tensor([0, 1]), torch.tensor([1, 0]))
@@ -64,8 +66,10 @@ def test_half_resolution_runs_the_network_on_the_halved_frames(reference):
     half, full = _seeded("searaft_m", scale=-1), _seeded("searaft_m", scale=0)
     assert (half.pad_multiple, full.pad_multiple) == (2, 1)
     image0, image1 = image_pair(reference, (250, 268))
-    down = [torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
-            for x in (image0, image1)]
+    down = [
+        torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
+        for x in (image0, image1)
+    ]
     with torch.no_grad():
         flow = half(image0, image1)
         small = full(*down)
@@ -82,13 +86,18 @@ def test_confidence_is_the_mixtures_one_pixel_probability_relative_to_the_sharpe
     # Pixels: all weight on the ordinary component; an even mixture with b = 4 px; the same with
     # b = e^10 (the clamp); raw log-scales beyond the clamps on both components.
     # Rows: pixels; columns: the weight logits of the wide and the ordinary component, their raw log-scales.
-    pixels = torch.tensor([[-30.0, 30.0, 5.0, -5.0], [0.0, 0.0, math.log(4.0), 0.0], [0.0, 0.0, 20.0, 0.0],
-                           [0.0, 0.0, -2.0, -3.0]])
+    pixels = torch.tensor(
+        [[-30.0, 30.0, 5.0, -5.0], [0.0, 0.0, math.log(4.0), 0.0], [0.0, 0.0, 20.0, 0.0], [0.0, 0.0, -2.0, -3.0]]
+    )
     info = pixels.T[None, :, None, :]  # 1×4×1×4
     confidence = mixture_confidence(info, var_min=0.0, var_max=10.0)[0, 0]
     ordinary = 1 - math.exp(-1)
-    expected = [1.0, 0.5 * (1 - math.exp(-1 / 4)) / ordinary + 0.5, 0.5 * -math.expm1(-math.exp(-10)) / ordinary + 0.5,
-                1.0]
+    expected = [
+        1.0,
+        0.5 * (1 - math.exp(-1 / 4)) / ordinary + 0.5,
+        0.5 * -math.expm1(-math.exp(-10)) / ordinary + 0.5,
+        1.0,
+    ]
     torch.testing.assert_close(confidence, torch.tensor(expected), rtol=1e-6, atol=0)
 
 
@@ -104,8 +113,9 @@ def test_confidence_falls_with_the_predicted_scale_and_stays_in_range():
 
 def test_pairs_encode_each_frame_once_and_equal_pair_by_pair(reference):
     model = _seeded("searaft_s", iters=2)
-    frames = torch.stack([torch.from_numpy(reference[k][:125, :134]).permute(2, 0, 1).float()
-                          for k in ("image0", "image1", "image0")])
+    frames = torch.stack(
+        [torch.from_numpy(reference[k][:125, :134]).permute(2, 0, 1).float() for k in ("image0", "image1", "image0")]
+    )
     frames[2] = frames[2].flip(-1)
     calls = []
     model.fnet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
@@ -181,8 +191,16 @@ def test_huggingface_directory_loads_strictly(tmp_path):
 
 
 def test_huggingface_directory_of_another_size_is_named(tmp_path):
-    official_m = {"pretrain": "resnet34", "initial_dim": TINY["initial_dim"], "block_dims": list(TINY["block_dims"]),
-                  "dim": TINY["dim"], "radius": 4, "num_blocks": 2, "iters": 4, "scale": -1}
+    official_m = {
+        "pretrain": "resnet34",
+        "initial_dim": TINY["initial_dim"],
+        "block_dims": list(TINY["block_dims"]),
+        "dim": TINY["dim"],
+        "radius": 4,
+        "num_blocks": 2,
+        "iters": 4,
+        "scale": -1,
+    }
     folder = _hub_directory(tmp_path / "hub", _official_state("searaft_s"), config={"args": official_m})
     assert json.loads((folder / "config.json").read_text())["args"]["pretrain"] == "resnet34"
     with pytest.raises(CheckpointError, match="pretrain='resnet34' \\(expected 'resnet18'\\)"):
@@ -193,8 +211,11 @@ def test_converter_restores_aliases_and_strips_the_prefix():
     bn = torch.ones(3)
     state = {"module.fnet.layer2.0.bn3.weight": bn, "module.fnet.layer2.0.downsample.0.weight": torch.zeros(1)}
     converted = convert_searaft_state(state)
-    assert converted.keys() == {"fnet.layer2.0.bn3.weight", "fnet.layer2.0.downsample.0.weight",
-                                "fnet.layer2.0.downsample.1.weight"}
+    assert converted.keys() == {
+        "fnet.layer2.0.bn3.weight",
+        "fnet.layer2.0.downsample.0.weight",
+        "fnet.layer2.0.downsample.1.weight",
+    }
     assert converted["fnet.layer2.0.downsample.1.weight"] is bn
 
 
@@ -203,10 +224,19 @@ def test_converter_restores_aliases_and_strips_the_prefix():
 
 def test_registry_records():
     files = {
-        "s": ["Tartan-C-T-TSKH432x960-S.pth", "Tartan-C-T-TSKH-kitti432x960-S.pth",
-              "Tartan-C-T-TSKH-spring540x960-S.pth", "Tartan-C-T-TSKH-spring540x960-S"],
-        "m": ["Tartan-C-T-TSKH432x960-M.pth", "Tartan-C-T-TSKH-kitti432x960-M.pth", "Tartan-C-T-TSKH-kitti432x960-M",
-              "Tartan-C-T-TSKH-spring540x960-M.pth", "Tartan-C-T-TSKH-spring540x960-M"],
+        "s": [
+            "Tartan-C-T-TSKH432x960-S.pth",
+            "Tartan-C-T-TSKH-kitti432x960-S.pth",
+            "Tartan-C-T-TSKH-spring540x960-S.pth",
+            "Tartan-C-T-TSKH-spring540x960-S",
+        ],
+        "m": [
+            "Tartan-C-T-TSKH432x960-M.pth",
+            "Tartan-C-T-TSKH-kitti432x960-M.pth",
+            "Tartan-C-T-TSKH-kitti432x960-M",
+            "Tartan-C-T-TSKH-spring540x960-M.pth",
+            "Tartan-C-T-TSKH-spring540x960-M",
+        ],
     }
     for name, size, iters in (("searaft_s", "s", 4), ("searaft_m", "m", 4), ("searaft_l", "m", 12)):
         spec = get_spec(name)
@@ -220,22 +250,30 @@ def test_registry_records():
     tskh_m = get_spec("searaft_m").find_checkpoint("x/Tartan-C-T-TSKH432x960-M.pth")
     assert tskh_m.published == {"sintel_test_clean_epe": 1.44, "sintel_test_final_epe": 2.86}
     assert get_spec("searaft_l").find_checkpoint("x/Tartan-C-T-TSKH-kitti432x960-M.pth").published == {
-        "kitti_test_fl_all": 4.30}
+        "kitti_test_fl_all": 4.30
+    }
     assert get_spec("searaft_m").find_checkpoint("Tartan-C-T-TSKH-kitti432x960-M").published == {}  # listed once
     assert all(not c.published for c in get_spec("searaft_s").checkpoints)
     spring_m = SPRING_PUBLISHED[("searaft_m", "Tartan-C-T-TSKH-spring540x960-M.pth")]
-    assert spring_m == {"spring_test_1px": 3.686, "spring_test_epe": 0.363, "spring_test_fl": 1.347,
-                        "spring_test_wauc": 94.534}
+    assert spring_m == {
+        "spring_test_1px": 3.686,
+        "spring_test_epe": 0.363,
+        "spring_test_fl": 1.347,
+        "spring_test_wauc": 94.534,
+    }
     for name, filename in SPRING_PUBLISHED:
         assert get_spec(name).find_checkpoint(filename) is not None
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"scale": 1}, "scale: expected one of"),
-    ({"iters": 0}, "iters: expected an integer"),
-    ({"var_min": 1.0}, "expected var_min ≤ 0 ≤ var_max"),
-    ({"corr": "sparse"}, "corr: expected one of"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"scale": 1}, "scale: expected one of"),
+        ({"iters": 0}, "iters: expected an integer"),
+        ({"var_min": 1.0}, "expected var_min ≤ 0 ≤ var_max"),
+        ({"corr": "sparse"}, "corr: expected one of"),
+    ],
+)
 def test_bad_config_is_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):
         load_model("searaft_s", random_init=True, **{**TINY, **overrides})

@@ -61,5 +61,8 @@ def test_partition_values_cannot_escape(value, expected):
 
 
 def test_natural_key():
-    assert sorted(["frame10.png", "frame2.png", "frame1.png"], key=natural_key) == \
-        ["frame1.png", "frame2.png", "frame10.png"]
+    assert sorted(["frame10.png", "frame2.png", "frame1.png"], key=natural_key) == [
+        "frame1.png",
+        "frame2.png",
+        "frame10.png",
+    ]

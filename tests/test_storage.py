@@ -31,16 +31,27 @@ def test_s3_endpoint_from_environment(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     fs, path = filesystem("s3://bucket/key", {"key": "k", "secret": "s"})
     assert path == "bucket/key"
-    assert fs.client_kwargs.get("endpoint_url") == "http://127.0.0.1:9" or \
-        fs.storage_options.get("endpoint_url") == "http://127.0.0.1:9"
+    assert (
+        fs.client_kwargs.get("endpoint_url") == "http://127.0.0.1:9"
+        or fs.storage_options.get("endpoint_url") == "http://127.0.0.1:9"
+    )
     fs2, _ = filesystem("s3://bucket/key", {"endpoint_url": "http://127.0.0.1:10", "key": "k", "secret": "s"})
     assert fs2.storage_options["endpoint_url"] == "http://127.0.0.1:10"
 
 
 def test_redact_and_scrub(monkeypatch):
-    options = {"key": "AKIAXXXX", "secret": "s3cr3tvalue", "endpoint_url": "http://h", "client_kwargs": {"token": "t0k3n"}}
-    assert redact(options) == {"key": "***", "secret": "***", "endpoint_url": "http://h",
-                               "client_kwargs": {"token": "***"}}
+    options = {
+        "key": "AKIAXXXX",
+        "secret": "s3cr3tvalue",
+        "endpoint_url": "http://h",
+        "client_kwargs": {"token": "t0k3n"},
+    }
+    assert redact(options) == {
+        "key": "***",
+        "secret": "***",
+        "endpoint_url": "http://h",
+        "client_kwargs": {"token": "***"},
+    }
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecret123")
     text = "failed with secret s3cr3tvalue and envsecret123 at http://h"
     assert scrub(text, options) == "failed with secret *** and *** at http://h"

@@ -8,9 +8,17 @@ import torch
 from models import CheckpointError, get_spec, load_model
 from models.unimatch import local_correlation_with_flow
 from tests.gmflow_reference import seeded_state_dict
-from tests.parity import assert_matches_official, assert_missing_or_extra_key_is_rejected
-from tests.parity import assert_odd_size_shape_and_finite, assert_official_checkpoint_loads_strictly
-from tests.parity import image_pair, keys_and_shapes, reference_fixture, rel_l2, seeded_model
+from tests.parity import (
+    assert_matches_official,
+    assert_missing_or_extra_key_is_rejected,
+    assert_odd_size_shape_and_finite,
+    assert_official_checkpoint_loads_strictly,
+    image_pair,
+    keys_and_shapes,
+    reference_fixture,
+    rel_l2,
+    seeded_model,
+)
 from tests.unimatch_reference import CONFIGS, FIXTURE
 
 # Small widths for tests that only need the plumbing (the backbone's and the refinement's widths are fixed).
@@ -49,8 +57,12 @@ def test_bidirectional_and_pairs_equal_separate_passes(name, reference):
         expected_forward = model(frames[index0], frames[index1])
         expected_backward = model(frames[index1], frames[index0])
     assert model.native_bidirectional
-    for got, expected in ((forward, expected_forward), (backward, expected_backward),
-                          (pairs.forward, expected_forward), (pairs.backward, expected_backward)):
+    for got, expected in (
+        (forward, expected_forward),
+        (backward, expected_backward),
+        (pairs.forward, expected_forward),
+        (pairs.backward, expected_backward),
+    ):
         assert got.shape == (2, 2, 60, 108)
         assert rel_l2(got, expected) < 1e-5
     assert pairs.confidence is None
@@ -95,7 +107,8 @@ def test_official_checkpoint_loads_strictly(name, tmp_path):
 
 def test_checkpoint_with_missing_extra_or_other_model_keys_is_rejected(tmp_path):
     missing = assert_missing_or_extra_key_is_rejected(
-        "unimatch_scale2_regrefine6", tmp_path, "refine.gru.convq2.bias", "upsampler.0.weight", **TINY)
+        "unimatch_scale2_regrefine6", tmp_path, "refine.gru.convq2.bias", "upsampler.0.weight", **TINY
+    )
 
     # a refinement checkpoint into the plain scale-2 model: no upsampler, refine.* unexpected
     with pytest.raises(CheckpointError, match=r"missing keys: upsampler\..*unexpected keys: refine"):
@@ -109,12 +122,17 @@ def test_checkpoint_with_missing_extra_or_other_model_keys_is_rejected(tmp_path)
 
 EXPECTED_FILES = {
     "unimatch_scale1": ["gmflow-scale1-things-e9887eda.pth", "gmflow-scale1-mixdata-train320x576-4c3a6e9a.pth"],
-    "unimatch_scale2": ["gmflow-scale2-things-36579974.pth", "gmflow-scale2-sintel-3ed1cf48.pth",
-                        "gmflow-scale2-mixdata-train320x576-9ff1c094.pth"],
-    "unimatch_scale2_regrefine6": ["gmflow-scale2-regrefine6-things-776ed612.pth",
-                                   "gmflow-scale2-regrefine6-sintelft-6e39e2b9.pth",
-                                   "gmflow-scale2-regrefine6-kitti15-25b554d7.pth",
-                                   "gmflow-scale2-regrefine6-mixdata-train320x576-4e7b215d.pth"],
+    "unimatch_scale2": [
+        "gmflow-scale2-things-36579974.pth",
+        "gmflow-scale2-sintel-3ed1cf48.pth",
+        "gmflow-scale2-mixdata-train320x576-9ff1c094.pth",
+    ],
+    "unimatch_scale2_regrefine6": [
+        "gmflow-scale2-regrefine6-things-776ed612.pth",
+        "gmflow-scale2-regrefine6-sintelft-6e39e2b9.pth",
+        "gmflow-scale2-regrefine6-kitti15-25b554d7.pth",
+        "gmflow-scale2-regrefine6-mixdata-train320x576-4e7b215d.pth",
+    ],
 }
 
 

@@ -11,8 +11,8 @@ import pytest
 from jobs.cli import main
 from jobs.visualize import find_label_files, read_label_file, viz_flow_file, viz_labels, viz_pair
 from pipeline.evaluate import flowio, pictures
-from pipeline.read.decode import DecodeReport, iter_video_frames
 from pipeline.label.labeler import LabelerConfig
+from pipeline.read.decode import DecodeReport, iter_video_frames
 from pipeline.storage import filesystem
 
 from .conftest import BENCHMARKS, VIDEOS
@@ -28,7 +28,7 @@ def find_tile(panel: np.ndarray, tile: np.ndarray, x: int = 0, max_y: int = 80) 
     """Row where ``tile`` sits in ``panel`` at column ``x`` (below a caption); fails when it is not there."""
     h, w = tile.shape[:2]
     for y in range(max_y):
-        if np.array_equal(panel[y:y + h, x:x + w], tile):
+        if np.array_equal(panel[y : y + h, x : x + w], tile):
             return y
     raise AssertionError("tile not found in the panel")
 
@@ -54,7 +54,8 @@ def test_viz_labels_of_a_label_run_png_and_mp4(ray_local, tmp_path):
     panel = read_png(pngs[1])
     # 2×2 grid of tiles doubled to 322×242 (readable), 4 px apart, each under a caption strip.
     assert panel.shape[1] == 2 * 322 + 4 and panel.dtype == np.uint8
-    frames = {f.index: f.image for f in iter_video_frames(open(BEAR, "rb"), DecodeReport()) if f.index < 5}
+    with open(BEAR, "rb") as video:
+        frames = {f.index: f.image for f in iter_video_frames(video, DecodeReport()) if f.index < 5}
     frame3 = np.repeat(np.repeat(frames[3], 2, axis=0), 2, axis=1)
     top = find_tile(panel, frame3)
     # The occlusion tile (bottom left) is the labels' mask, white where occluded.
@@ -67,7 +68,7 @@ def test_viz_labels_of_a_label_run_png_and_mp4(ray_local, tmp_path):
     assert len(video) == 4
     assert video[0].shape[1] == 648 and video[0].shape[0] in (panel.shape[0], panel.shape[0] + 1)
     # H.264 is lossy: the picture is close to the PNG panel, not equal.
-    assert np.abs(video[3][:panel.shape[0]].astype(int) - panel.astype(int)).mean() < 8
+    assert np.abs(video[3][: panel.shape[0]].astype(int) - panel.astype(int)).mean() < 8
 
 
 @pytest.mark.usefixtures("shared_data")
@@ -98,7 +99,7 @@ def test_viz_flow_file_blackens_invalid_pixels(tmp_path):
     # The flow tile is the Middlebury colouring (with its key) at the 99th-percentile scale.
     expected = pictures.with_colour_key(pictures.flow_to_rgb(flow, valid, pictures.robust_max_radius(flow, valid)))
     top = find_tile(panel, expected, x=w + 4)
-    body = panel[top:top + h, w + 4: w + 4 + w - w // 3]  # left of the colour key in the top-right corner
+    body = panel[top : top + h, w + 4 : w + 4 + w - w // 3]  # left of the colour key in the top-right corner
     assert (body[~valid[:, : w - w // 3]] == 0).all()  # 84 % of pixels have no ground truth: black
     assert (body[valid[:, : w - w // 3]].max(axis=1) > 0).all()
 

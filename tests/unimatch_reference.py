@@ -23,11 +23,25 @@ from tests.gmflow_reference import SCALE_LISTS, Official, official_models, write
 FIXTURE = Path(__file__).parent / "data" / "unimatch_reference.npz"
 
 # registry name → official command-line settings (scripts/gmflow_evaluate.sh)
-SCALE2 = {"num_scales": 2, "upsample_factor": 4, "padding_factor": 32,
-          "attn_splits_list": [2, 8], "corr_radius_list": [-1, 4], "prop_radius_list": [-1, 1]}
+SCALE2 = {
+    "num_scales": 2,
+    "upsample_factor": 4,
+    "padding_factor": 32,
+    "attn_splits_list": [2, 8],
+    "corr_radius_list": [-1, 4],
+    "prop_radius_list": [-1, 1],
+}
 CONFIGS = {
-    "unimatch_scale1": {"num_scales": 1, "upsample_factor": 8, "padding_factor": 16, "attn_splits_list": [2],
-                        "corr_radius_list": [-1], "prop_radius_list": [-1], "reg_refine": False, "num_reg_refine": 1},
+    "unimatch_scale1": {
+        "num_scales": 1,
+        "upsample_factor": 8,
+        "padding_factor": 16,
+        "attn_splits_list": [2],
+        "corr_radius_list": [-1],
+        "prop_radius_list": [-1],
+        "reg_refine": False,
+        "num_reg_refine": 1,
+    },
     "unimatch_scale2": {**SCALE2, "reg_refine": False, "num_reg_refine": 1},
     "unimatch_scale2_regrefine6": {**SCALE2, "reg_refine": True, "num_reg_refine": 6},
 }
@@ -40,8 +54,12 @@ def official_unimatch(official_root: str) -> dict[str, Official]:
     from utils.utils import InputPadder  # noqa: PLC0415
 
     def build(cfg: dict) -> nn.Module:
-        return UniMatch(num_scales=cfg["num_scales"], upsample_factor=cfg["upsample_factor"],
-                        reg_refine=cfg["reg_refine"], task="flow")
+        return UniMatch(
+            num_scales=cfg["num_scales"],
+            upsample_factor=cfg["upsample_factor"],
+            reg_refine=cfg["reg_refine"],
+            task="flow",
+        )
 
     def settings(cfg: dict) -> dict:
         return {"attn_type": "swin", "task": "flow", **{k: cfg[k] for k in (*SCALE_LISTS, "num_reg_refine")}}

@@ -125,10 +125,10 @@ class _Tree:
         for path in self.fs.find(prefix.rstrip("/")):
             if not path.startswith(prefix):
                 continue
-            m = regex.fullmatch(path[len(prefix):])
+            m = regex.fullmatch(path[len(prefix) :])
             if m:
                 key = tuple(int(v) if k == "n" else v for k, v in m.groupdict().items())
-                found[key] = f"{folder}/{path[len(prefix):]}"
+                found[key] = f"{folder}/{path[len(prefix) :]}"
         return found
 
 
@@ -183,9 +183,16 @@ def list_sintel(
         key = (scene, n)
         records.append(
             PairRecord(
-                benchmark="sintel", split=split, pass_name=pass_name, sequence=scene, frame=n,
-                image0=tree.uri(images[key]), image1=tree.uri(images[(scene, n + 1)]),
-                flow=_gt(tree, flows, key), occlusion=_gt(tree, occlusions, key), invalid=_gt(tree, invalids, key),
+                benchmark="sintel",
+                split=split,
+                pass_name=pass_name,
+                sequence=scene,
+                frame=n,
+                image0=tree.uri(images[key]),
+                image1=tree.uri(images[(scene, n + 1)]),
+                flow=_gt(tree, flows, key),
+                occlusion=_gt(tree, occlusions, key),
+                invalid=_gt(tree, invalids, key),
             )
         )
     if require_gt and not records:
@@ -216,9 +223,15 @@ def _list_kitti(
             continue
         records.append(
             PairRecord(
-                benchmark=benchmark, split=split, pass_name="", sequence=scene, frame=10,
-                image0=tree.uri(images[(scene, 10)]), image1=tree.uri(images[(scene, 11)]),
-                flow=_gt(tree, occ, (scene, 10)), flow_noc=_gt(tree, noc, (scene, 10)),
+                benchmark=benchmark,
+                split=split,
+                pass_name="",
+                sequence=scene,
+                frame=10,
+                image0=tree.uri(images[(scene, 10)]),
+                image1=tree.uri(images[(scene, 11)]),
+                flow=_gt(tree, occ, (scene, 10)),
+                flow_noc=_gt(tree, noc, (scene, 10)),
             )
         )
     if require_gt and not records:
@@ -272,9 +285,11 @@ def list_flyingchairs(
         try:
             codes = np.array(read_bytes(uri, storage_options).split(), dtype=np.int64)
         except FileNotFoundError:
-            raise LayoutError(f"{root}: split {split!r} needs the official split file at {uri}; it is missing") from None
+            raise LayoutError(
+                f"{root}: split {split!r} needs the official split file at {uri}; it is missing"
+            ) from None
     records = []
-    for (n, i) in sorted(images):
+    for n, i in sorted(images):
         if i != "1" or (n, "2") not in images or (require_gt and (n,) not in flows):
             continue
         if codes is not None:
@@ -284,8 +299,14 @@ def list_flyingchairs(
                 continue
         records.append(
             PairRecord(
-                benchmark="flyingchairs", split=split, pass_name="", sequence="", frame=n,
-                image0=tree.uri(images[(n, "1")]), image1=tree.uri(images[(n, "2")]), flow=_gt(tree, flows, (n,)),
+                benchmark="flyingchairs",
+                split=split,
+                pass_name="",
+                sequence="",
+                frame=n,
+                image0=tree.uri(images[(n, "1")]),
+                image1=tree.uri(images[(n, "2")]),
+                flow=_gt(tree, flows, (n,)),
             )
         )
     if require_gt and not flows:
@@ -327,7 +348,9 @@ def list_flyingthings3d(
     )
 
 
-def _things_full(tree: _Tree, root: str, split: str, pass_name: str, direction: str, require_gt: bool) -> list[PairRecord]:
+def _things_full(
+    tree: _Tree, root: str, split: str, pass_name: str, direction: str, require_gt: bool
+) -> list[PairRecord]:
     _choice("split", split, ("train", "test"))
     folder = split.upper()
     images = tree.match(f"frames_{pass_name}pass/{folder}", r"(?P<seq>[^/]+/[^/]+)/left/(?P<n>\d{4})\.png")
@@ -347,8 +370,14 @@ def _things_full(tree: _Tree, root: str, split: str, pass_name: str, direction: 
                 continue
             records.append(
                 PairRecord(
-                    benchmark="flyingthings3d", split=split, pass_name=pass_name, sequence=seq, frame=n,
-                    image0=tree.uri(images[(seq, n)]), image1=tree.uri(images[(seq, n + step)]), flow=flow,
+                    benchmark="flyingthings3d",
+                    split=split,
+                    pass_name=pass_name,
+                    sequence=seq,
+                    frame=n,
+                    image0=tree.uri(images[(seq, n)]),
+                    image1=tree.uri(images[(seq, n + step)]),
+                    flow=flow,
                     direction="forward" if way == "future" else "backward",
                 )
             )
@@ -358,7 +387,9 @@ def _things_full(tree: _Tree, root: str, split: str, pass_name: str, direction: 
     return records
 
 
-def _things_subset(tree: _Tree, root: str, split: str, pass_name: str, direction: str, require_gt: bool) -> list[PairRecord]:
+def _things_subset(
+    tree: _Tree, root: str, split: str, pass_name: str, direction: str, require_gt: bool
+) -> list[PairRecord]:
     _choice("split", split, ("train", "val"))
     images = tree.match(f"{split}/image_{pass_name}/left", r"(?P<n>\d{7})\.png")
     flows = tree.match(f"{split}/flow/left", r"into_(?P<dir>future|past)/(?P<n>\d{7})\.flo")
@@ -374,9 +405,15 @@ def _things_subset(tree: _Tree, root: str, split: str, pass_name: str, direction
                 continue
             records.append(
                 PairRecord(
-                    benchmark="flyingthings3d", split=split, pass_name=pass_name, sequence="", frame=n,
-                    image0=tree.uri(images[(n,)]), image1=tree.uri(images[(n + step,)]),
-                    flow=tree.uri(flows[(way, n)]), occlusion=_gt(tree, occlusions, (way, n)),
+                    benchmark="flyingthings3d",
+                    split=split,
+                    pass_name=pass_name,
+                    sequence="",
+                    frame=n,
+                    image0=tree.uri(images[(n,)]),
+                    image1=tree.uri(images[(n + step,)]),
+                    flow=tree.uri(flows[(way, n)]),
+                    occlusion=_gt(tree, occlusions, (way, n)),
                     direction="forward" if way == "future" else "backward",
                 )
             )
@@ -419,8 +456,14 @@ def list_middlebury(
             continue
         records.append(
             PairRecord(
-                benchmark="middlebury", split=split, pass_name="", sequence=seq, frame=10,
-                image0=tree.uri(images[(seq, 10)]), image1=tree.uri(images[(seq, 11)]), flow=_gt(tree, flows, (seq, 10)),
+                benchmark="middlebury",
+                split=split,
+                pass_name="",
+                sequence=seq,
+                frame=10,
+                image0=tree.uri(images[(seq, 10)]),
+                image1=tree.uri(images[(seq, 11)]),
+                flow=_gt(tree, flows, (seq, 10)),
             )
         )
     if require_gt and not records:
@@ -448,8 +491,14 @@ def list_hd1k(
             continue
         records.append(
             PairRecord(
-                benchmark="hd1k", split=split, pass_name="", sequence=seq, frame=n,
-                image0=tree.uri(images[(seq, n)]), image1=tree.uri(images[(seq, n + 1)]), flow=_gt(tree, flows, (seq, n)),
+                benchmark="hd1k",
+                split=split,
+                pass_name="",
+                sequence=seq,
+                frame=n,
+                image0=tree.uri(images[(seq, n)]),
+                image1=tree.uri(images[(seq, n + 1)]),
+                flow=_gt(tree, flows, (seq, n)),
             )
         )
     if require_gt and not records:
@@ -491,7 +540,9 @@ def load_pair(record: PairRecord, storage_options: Mapping[str, Any] | None = No
     elif record.flow_noc is not None and valid is not None:
         _, valid_noc = read_flow(record.flow_noc, storage_options)
         if valid_noc.shape != valid.shape:
-            raise ValueError(f"{record.flow_noc}: expected size {valid.shape} like {record.flow}, got {valid_noc.shape}")
+            raise ValueError(
+                f"{record.flow_noc}: expected size {valid.shape} like {record.flow}, got {valid_noc.shape}"
+            )
         occlusion = valid & ~valid_noc
     if record.invalid is not None:
         invalid = read_mask(record.invalid, storage_options)
@@ -503,4 +554,6 @@ def load_pair(record: PairRecord, storage_options: Mapping[str, Any] | None = No
             raise ValueError(
                 f"{record.pair_id}: expected {name} of size {shape} like image0 ({record.image0}), got {array.shape[:2]}"
             )
-    return Sample(record=record, image0=image0, image1=image1, flow=flow, valid=valid, occlusion=occlusion, invalid=invalid)
+    return Sample(
+        record=record, image0=image0, image1=image1, flow=flow, valid=valid, occlusion=occlusion, invalid=invalid
+    )

@@ -84,7 +84,9 @@ def sparsification_curves(
     return curve, oracle
 
 
-def ause(curve: Sequence[float], oracle: Sequence[float], fractions: Sequence[float] = SPARSIFICATION_FRACTIONS) -> float:
+def ause(
+    curve: Sequence[float], oracle: Sequence[float], fractions: Sequence[float] = SPARSIFICATION_FRACTIONS
+) -> float:
     """Area under the sparsification error: ∫ (curve − oracle) d(fraction), trapezoidal on the grid."""
     diff = np.asarray(curve, dtype=np.float64) - np.asarray(oracle, dtype=np.float64)
     x = np.asarray(fractions, dtype=np.float64)

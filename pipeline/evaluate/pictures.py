@@ -26,8 +26,12 @@ def colour_wheel() -> np.ndarray:
     """The 55×3 Middlebury colour wheel, RGB values 0–255 (float64), starting at red."""
     # Each segment ramps one channel while another is held at 255: (held, ramped, rising?).
     ramps = {
-        "RY": (0, 1, True), "YG": (1, 0, False), "GC": (1, 2, True),
-        "CB": (2, 1, False), "BM": (2, 0, True), "MR": (0, 2, False),
+        "RY": (0, 1, True),
+        "YG": (1, 0, False),
+        "GC": (1, 2, True),
+        "CB": (2, 1, False),
+        "BM": (2, 0, True),
+        "MR": (0, 2, False),
     }
     rows = []
     for name, length in WHEEL_SEGMENTS:
@@ -44,7 +48,9 @@ _WHEEL = colour_wheel()
 _WHEEL.flags.writeable = False
 
 
-def robust_max_radius(flow: np.ndarray, valid: np.ndarray | None = None, percentile: float = ROBUST_PERCENTILE) -> float:
+def robust_max_radius(
+    flow: np.ndarray, valid: np.ndarray | None = None, percentile: float = ROBUST_PERCENTILE
+) -> float:
     """The ``percentile`` of ‖flow‖ over valid pixels (pixels): a maximum that a few outliers cannot set."""
     radius = np.hypot(flow[..., 0], flow[..., 1])
     known = np.isfinite(radius) if valid is None else (valid & np.isfinite(radius))
@@ -171,7 +177,7 @@ def with_colour_key(tile: np.ndarray, fraction: float = 0.22) -> np.ndarray:
     out = tile.copy()
     if size >= 9:
         key = colour_key(size)
-        corner = out[2:2 + size, -size - 2:-2]
+        corner = out[2 : 2 + size, -size - 2 : -2]
         inside = key.any(axis=2, keepdims=True)
         corner[...] = np.where(inside, key, corner)
     return out
@@ -207,7 +213,7 @@ def tile_grid(tiles: list[np.ndarray], columns: int, gap: int = 4) -> np.ndarray
     out = np.zeros((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, 3), np.uint8)
     for i, tile in enumerate(tiles):
         y, x = (i // columns) * (h + gap), (i % columns) * (w + gap)
-        out[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
+        out[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
     return out
 
 

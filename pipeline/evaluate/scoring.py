@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 
 from models import Checkpoint, FlowModel
-
 from pipeline.evaluate.datasets import PairRecord, Sample, list_pairs, load_pair
-from pipeline.label.consistency import ConsistencyParams
 from pipeline.evaluate.flowio import encode_flo, encode_kitti_flow
-from pipeline.label.labeler import LabelerConfig, assigned_device, label_pairs
 from pipeline.evaluate.metrics import PairStats, ScoreAccumulator, pair_stats
+from pipeline.label.consistency import ConsistencyParams
+from pipeline.label.labeler import LabelerConfig, assigned_device, label_pairs
 
 
 @dataclass(frozen=True)
@@ -47,20 +46,25 @@ class BenchmarkInfo:
     server_splits: tuple[str, ...] = ()
 
 
-BENCHMARK_INFO: Mapping[str, BenchmarkInfo] = MappingProxyType({
-    info.name: info for info in (
-        BenchmarkInfo("sintel", "sintel", ("sintel",), ("clean", "final"), "training", "MPI-Sintel", ("test",)),
-        BenchmarkInfo("kitti", "kitti2015", ("kitti",), ("",), "training", "KITTI-2015", ("testing",)),
-        # The official evaluations treat KITTI-2012 like 2015 (same padding); a record may still name it.
-        BenchmarkInfo("kitti2012", "kitti2012", ("kitti2012", "kitti"), ("",), "training", "KITTI-2012", ("testing",)),
-        # "val" is the official validation split (FlyingChairs_train_val.txt); "all" needs no split file.
-        BenchmarkInfo("chairs", "flyingchairs", ("chairs",), ("",), "val", "FlyingChairs"),
-        # RAFT's and GMFlow's validate_things read the full dataset's TEST split; the subset calls it "val".
-        BenchmarkInfo("things", "flyingthings3d", ("things",), ("clean", "final"), "test", "FlyingThings3D"),
-        BenchmarkInfo("middlebury", "middlebury", ("middlebury",), ("",), "training", "Middlebury", ("test",)),
-        BenchmarkInfo("hd1k", "hd1k", ("hd1k",), ("",), "training", "HD1K"),
-    )
-})
+BENCHMARK_INFO: Mapping[str, BenchmarkInfo] = MappingProxyType(
+    {
+        info.name: info
+        for info in (
+            BenchmarkInfo("sintel", "sintel", ("sintel",), ("clean", "final"), "training", "MPI-Sintel", ("test",)),
+            BenchmarkInfo("kitti", "kitti2015", ("kitti",), ("",), "training", "KITTI-2015", ("testing",)),
+            # The official evaluations treat KITTI-2012 like 2015 (same padding); a record may still name it.
+            BenchmarkInfo(
+                "kitti2012", "kitti2012", ("kitti2012", "kitti"), ("",), "training", "KITTI-2012", ("testing",)
+            ),
+            # "val" is the official validation split (FlyingChairs_train_val.txt); "all" needs no split file.
+            BenchmarkInfo("chairs", "flyingchairs", ("chairs",), ("",), "val", "FlyingChairs"),
+            # RAFT's and GMFlow's validate_things read the full dataset's TEST split; the subset calls it "val".
+            BenchmarkInfo("things", "flyingthings3d", ("things",), ("clean", "final"), "test", "FlyingThings3D"),
+            BenchmarkInfo("middlebury", "middlebury", ("middlebury",), ("",), "training", "Middlebury", ("test",)),
+            BenchmarkInfo("hd1k", "hd1k", ("hd1k",), ("",), "training", "HD1K"),
+        )
+    }
+)
 
 
 def benchmark_info(name: str) -> BenchmarkInfo:
@@ -81,8 +85,11 @@ def select_pairs(records: Sequence[PairRecord], patterns: Sequence[str]) -> list
     """Records whose :func:`pair_key` or full ``pair_id`` matches any fnmatch pattern (all without patterns)."""
     if not patterns:
         return list(records)
-    return [r for r in records
-            if any(fnmatch.fnmatchcase(pair_key(r), p) or fnmatch.fnmatchcase(r.pair_id, p) for p in patterns)]
+    return [
+        r
+        for r in records
+        if any(fnmatch.fnmatchcase(pair_key(r), p) or fnmatch.fnmatchcase(r.pair_id, p) for p in patterns)
+    ]
 
 
 def list_benchmark(
@@ -114,8 +121,10 @@ def list_benchmark(
         records = select_pairs(list_pairs(info.lister, root, **options), patterns)
         if not records:
             where = f"{benchmark} {split}" + (f" {name}" if name else "")
-            raise ValueError(f"no pair of {where} under {root} matches {list(patterns)}; "
-                             "expected patterns like 'alley_1/*' (sequence/frame) or a full pair id")
+            raise ValueError(
+                f"no pair of {where} under {root} matches {list(patterns)}; "
+                "expected patterns like 'alley_1/*' (sequence/frame) or a full pair id"
+            )
         out[name] = records
     return out
 
@@ -210,12 +219,21 @@ def score_samples(
     """
     scores: list[PairScore] = []
     for group in _same_size_runs(samples):
-        labels = label_pairs(model, np.stack([s.image0 for s in group]), np.stack([s.image1 for s in group]),
-                             batch_size, params, out_dtype=np.float32, confidence=confidence)
+        labels = label_pairs(
+            model,
+            np.stack([s.image0 for s in group]),
+            np.stack([s.image1 for s in group]),
+            batch_size,
+            params,
+            out_dtype=np.float32,
+            confidence=confidence,
+        )
         for i, sample in enumerate(group):
             flow = labels["flow"][i]
             stats = pair_stats(
-                flow, sample.flow, sample.valid,
+                flow,
+                sample.flow,
+                sample.valid,
                 occluded=sample.occlusion,
                 predicted_occlusion=labels["occlusion"][i].astype(bool) if sample.occlusion is not None else None,
                 confidence=labels["confidence"][i],
@@ -242,8 +260,9 @@ class Scorer:
     pair id, its record, its statistics as JSON, and its flow only when ``keep_flow``.
     """
 
-    def __init__(self, config: LabelerConfig, keep_flow: bool = False,
-                 storage_options: Mapping[str, Any] | None = None):
+    def __init__(
+        self, config: LabelerConfig, keep_flow: bool = False, storage_options: Mapping[str, Any] | None = None
+    ):
         self.config = config
         self.keep_flow = keep_flow
         self.model = config.load(assigned_device(), storage_options)
@@ -251,12 +270,19 @@ class Scorer:
     def __call__(self, batch: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         n = len(batch["pair_id"])
         samples = [row_to_sample({k: v[i] for k, v in batch.items()}) for i in range(n)]
-        for score in score_samples(self.model, samples, batch_size=self.config.batch_size,
-                                   params=self.config.consistency, keep_flow=self.keep_flow,
-                                   confidence=self.config.confidence):
-            row = {"pair_id": np.array([score.record.pair_id], object),
-                   "record": np.array([record_to_json(score.record)], object),
-                   "stats": np.array([json.dumps(score.stats.to_dict())], object)}
+        for score in score_samples(
+            self.model,
+            samples,
+            batch_size=self.config.batch_size,
+            params=self.config.consistency,
+            keep_flow=self.keep_flow,
+            confidence=self.config.confidence,
+        ):
+            row = {
+                "pair_id": np.array([score.record.pair_id], object),
+                "record": np.array([record_to_json(score.record)], object),
+                "stats": np.array([json.dumps(score.stats.to_dict())], object),
+            }
             if self.keep_flow:
                 row["flow"] = score.flow[None]
             yield row
@@ -273,8 +299,13 @@ def summarize(accumulator: ScoreAccumulator) -> dict[str, Any]:
     px1 / px3 / px5: % of valid pixels with EPE below 1 / 3 / 5 px.
     """
     summary = accumulator.summary()
-    renamed = {"pairs": "num_pairs", "fl_all_pct": "fl_all", "acc1px_pct": "px1", "acc3px_pct": "px3",
-               "acc5px_pct": "px5"}
+    renamed = {
+        "pairs": "num_pairs",
+        "fl_all_pct": "fl_all",
+        "acc1px_pct": "px1",
+        "acc3px_pct": "px3",
+        "acc5px_pct": "px5",
+    }
     out = {renamed.get(k, k): v for k, v in summary.items()}
     out["per_pair"] = accumulator.per_pair()
     return out

@@ -26,14 +26,13 @@ import pyarrow.parquet as pq
 import torch
 
 from models.perceiver_labels import AUDIO_RATE, clip_frame, get_labeler
-
 from pipeline.chunks import chunk_id, iter_chunks
-from pipeline.read.decode import DecodeReport, iter_video_frames, resample
 from pipeline.label.labeler import assigned_device
-from pipeline.schema import clip_table
-from pipeline.write.sinks import SinkOptions, write_files
+from pipeline.read.decode import DecodeReport, iter_video_frames, resample
 from pipeline.read.sources import Source
+from pipeline.schema import clip_table
 from pipeline.storage import filesystem, join
+from pipeline.write.sinks import SinkOptions, write_files
 
 CLIPS_DIR = "_clips"
 CLIP_SUMMARY_KEYS = ("video_id", "source", "corpus", "chunk", "clips", "bytes_written")
@@ -67,8 +66,14 @@ class ClipLabelOptions:
     def load(self, device: str | torch.device = "cpu", storage_options: Mapping[str, Any] | None = None):
         """(the model's :class:`ClipClassifier`, sha256 of its weights)."""
         spec = get_labeler(self.labeler, "clip")
-        return spec.load(self.checkpoint, sha256=self.checkpoint_sha256, k=self.top_k,
-                         output_chunks=self.output_chunks, device=device, storage_options=storage_options)
+        return spec.load(
+            self.checkpoint,
+            sha256=self.checkpoint_sha256,
+            k=self.top_k,
+            output_chunks=self.output_chunks,
+            device=device,
+            storage_options=storage_options,
+        )
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,9 @@ class ClipShape:
 
     @classmethod
     def of(cls, classifier: Any) -> ClipShape:
-        return cls(classifier.frames, tuple(classifier.image_size), classifier.fps, classifier.audio_samples, AUDIO_RATE)
+        return cls(
+            classifier.frames, tuple(classifier.image_size), classifier.fps, classifier.audio_samples, AUDIO_RATE
+        )
 
 
 class AudioTrack:
@@ -142,7 +149,7 @@ class AudioTrack:
         first = int(round((start - self._start) * self.rate))
         lo, hi = max(first, 0), min(first + n, len(self._buffer))
         if hi > lo:
-            out[lo - first:hi - first] = self._buffer[lo:hi]
+            out[lo - first : hi - first] = self._buffer[lo:hi]
         if first > 0:  # later reads start later: drop what is behind
             self._buffer = self._buffer[first:]
             self._start += first / self.rate
@@ -167,14 +174,16 @@ class Clip:
     audio: np.ndarray
 
 
-def iter_clips(video: IO[bytes], audio: IO[bytes], shape: ClipShape,
-               max_clips: int | None = None) -> Iterator[tuple[Clip, bool]]:
+def iter_clips(
+    video: IO[bytes], audio: IO[bytes], shape: ClipShape, max_clips: int | None = None
+) -> Iterator[tuple[Clip, bool]]:
     """Consecutive clips of a video → (clip, has_audio). ``video`` and ``audio`` are two file
     objects of the same file (decoded side by side)."""
     track = AudioTrack(audio, shape.audio_rate)
     try:
-        frames = resample(iter_video_frames(video, DecodeReport(), fit=lambda image: clip_frame(image, shape.size)),
-                          shape.fps)
+        frames = resample(
+            iter_video_frames(video, DecodeReport(), fit=lambda image: clip_frame(image, shape.size)), shape.fps
+        )
         window = []
         index = 0
         for frame in frames:
@@ -183,8 +192,16 @@ def iter_clips(video: IO[bytes], audio: IO[bytes], shape: ClipShape,
                 continue
             start = window[0].time or 0.0
             sound = track.read(start, shape.audio_samples)
-            yield Clip(index, tuple(f.index for f in window), tuple(f.time for f in window),
-                       np.stack([f.image for f in window]), sound), track.has_audio
+            yield (
+                Clip(
+                    index,
+                    tuple(f.index for f in window),
+                    tuple(f.time for f in window),
+                    np.stack([f.image for f in window]),
+                    sound,
+                ),
+                track.has_audio,
+            )
             window, index = [], index + 1
             if max_clips is not None and index >= max_clips:
                 return
@@ -210,9 +227,13 @@ def clip_batch(clips: list[Clip], has_audio: bool, source: Source) -> dict[str, 
     }
 
 
-def iter_clip_chunks(source: Source, shape: ClipShape, options: ClipLabelOptions,
-                     done: frozenset[str] = frozenset(),
-                     storage_options: Mapping[str, Any] | None = None) -> Iterator[dict[str, np.ndarray]]:
+def iter_clip_chunks(
+    source: Source,
+    shape: ClipShape,
+    options: ClipLabelOptions,
+    done: frozenset[str] = frozenset(),
+    storage_options: Mapping[str, Any] | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """The clips of one video as batches of ``options.clips_per_chunk``, chunks in ``done`` left out."""
     fs, path = filesystem(source.uri, storage_options)
     with fs.open(path, "rb") as video, fs.open(path, "rb") as audio:
@@ -247,14 +268,23 @@ def label_clips(classifier: Any, rows: Mapping[str, np.ndarray], model: str, che
     labels = classifier(np.asarray(rows["frames"]), np.asarray(rows["audio"]))
     out = {name: column for name, column in rows.items() if name not in INPUT_COLUMNS}
     n = len(out["clip"])
-    out.update({"classes": labels.classes.ids, "class_names": labels.classes.names,
-                "class_probs": labels.classes.probs, "video_mse": labels.video_mse, "audio_mse": labels.audio_mse,
-                "model": np.full(n, model, object), "checkpoint": np.full(n, checkpoint, object)})
+    out.update(
+        {
+            "classes": labels.classes.ids,
+            "class_names": labels.classes.names,
+            "class_probs": labels.classes.probs,
+            "video_mse": labels.video_mse,
+            "audio_mse": labels.audio_mse,
+            "model": np.full(n, model, object),
+            "checkpoint": np.full(n, checkpoint, object),
+        }
+    )
     return out
 
 
-def write_clip_chunk(rows: Mapping[str, np.ndarray], sink: SinkOptions,
-                     storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def write_clip_chunk(
+    rows: Mapping[str, np.ndarray], sink: SinkOptions, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """One chunk of labeled clips → ``<partitions>/<chunk>.parquet`` below ``sink.out`` (the clip
     sink, :func:`clip_sink_of`); a summary row."""
 
@@ -264,8 +294,14 @@ def write_clip_chunk(rows: Mapping[str, np.ndarray], sink: SinkOptions,
         return buffer.getvalue()
 
     written = write_files(rows, sink, {"parquet": parquet}, storage_options)
-    return {"video_id": str(rows["video_id"][0]), "source": str(rows["source"][0]), "corpus": str(rows["corpus"][0]),
-            "chunk": str(rows["chunk"][0]), "clips": len(rows["clip"]), "bytes_written": written}
+    return {
+        "video_id": str(rows["video_id"][0]),
+        "source": str(rows["source"][0]),
+        "corpus": str(rows["corpus"][0]),
+        "chunk": str(rows["chunk"][0]),
+        "clips": len(rows["clip"]),
+        "bytes_written": written,
+    }
 
 
 def clip_sink_of(sink: SinkOptions) -> SinkOptions:

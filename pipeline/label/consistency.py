@@ -40,15 +40,18 @@ def warp(field: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return warped, inside
 
 
-def consistency(forward: torch.Tensor, backward: torch.Tensor,
-                params: ConsistencyParams = ConsistencyParams()) -> tuple[torch.Tensor, torch.Tensor]:
+def consistency(
+    forward: torch.Tensor, backward: torch.Tensor, params: ConsistencyParams = ConsistencyParams()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward flow (B×2×H×W float, pixels) → (occlusion B×H×W bool, confidence B×H×W float).
 
     Computed in float32 whatever the input dtype.
     """
     if forward.shape != backward.shape or forward.ndim != 4 or forward.shape[1] != 2:
-        raise ValueError(f"expected forward and backward flow of one shape B×2×H×W, got "
-                         f"{tuple(forward.shape)} and {tuple(backward.shape)}")
+        raise ValueError(
+            f"expected forward and backward flow of one shape B×2×H×W, got "
+            f"{tuple(forward.shape)} and {tuple(backward.shape)}"
+        )
     fwd, bwd = forward.float(), backward.float()
     bwd_warped, inside = warp(bwd, fwd)
     # In place where a temporary is not reused: a fifth less time on CPU at 960×540.

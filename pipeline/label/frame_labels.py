@@ -41,11 +41,18 @@ class FrameLabelOptions:
         if self.batch_size < 1:
             raise ValueError(f"frame labels batch_size: expected ≥ 1, got {self.batch_size}")
 
-    def load(self, device: str | torch.device = "cpu",
-             storage_options: Mapping[str, Any] | None = None) -> FrameLabeler:
+    def load(
+        self, device: str | torch.device = "cpu", storage_options: Mapping[str, Any] | None = None
+    ) -> FrameLabeler:
         spec = get_labeler(self.labeler, "frame")
-        classifier, sha256 = spec.load(self.checkpoint, sha256=self.checkpoint_sha256, k=self.top_k,
-                                       batch_size=self.batch_size, device=device, storage_options=storage_options)
+        classifier, sha256 = spec.load(
+            self.checkpoint,
+            sha256=self.checkpoint_sha256,
+            k=self.top_k,
+            batch_size=self.batch_size,
+            device=device,
+            storage_options=storage_options,
+        )
         return FrameLabeler(classifier, self.every, sha256)
 
 
@@ -57,15 +64,17 @@ class FrameLabeler:
 
     def __call__(self, rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         n, k = len(rows["ordinal"]), self.classifier.k
-        out = {"frame_classes": np.full((n, k), -1, np.int32),
-               "frame_class_names": np.full((n, k), "", object),
-               "frame_class_probs": np.full((n, k), np.nan, np.float32)}
+        out = {
+            "frame_classes": np.full((n, k), -1, np.int32),
+            "frame_class_names": np.full((n, k), "", object),
+            "frame_class_probs": np.full((n, k), np.nan, np.float32),
+        }
         chosen = np.flatnonzero(np.asarray(rows["ordinal"]) % self.every == 0)
         if len(chosen):
             top = self.classifier(np.asarray(rows["image0"])[chosen])
-            out["frame_classes"][chosen, :top.ids.shape[1]] = top.ids
-            out["frame_class_names"][chosen, :top.ids.shape[1]] = top.names
-            out["frame_class_probs"][chosen, :top.ids.shape[1]] = top.probs
+            out["frame_classes"][chosen, : top.ids.shape[1]] = top.ids
+            out["frame_class_names"][chosen, : top.ids.shape[1]] = top.names
+            out["frame_class_probs"][chosen, : top.ids.shape[1]] = top.probs
         # Fixed-width strings travel through Ray Data as a tensor column; object arrays of str would not.
         out["frame_class_names"] = out["frame_class_names"].astype(str)
         return out

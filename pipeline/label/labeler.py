@@ -29,10 +29,9 @@ import numpy as np
 import torch
 
 from models import FlowModel, load_model
-
 from pipeline.chunks import iter_chunks, pair_rows
-from pipeline.label.consistency import ConsistencyParams, consistency
 from pipeline.encoding import DEFAULT_FLOW_ENCODING, check_device_encoding, check_encoding, encode_on_device
+from pipeline.label.consistency import ConsistencyParams, consistency
 from pipeline.label.frame_labels import FrameLabelOptions
 from pipeline.label.motion import SUMMARY_COLUMNS, pair_motion
 from pipeline.schema import check_store
@@ -65,13 +64,21 @@ class LabelerConfig:
         if self.confidence not in CONFIDENCE_SOURCES:
             raise ValueError(f"confidence: expected one of {CONFIDENCE_SOURCES}, got {self.confidence!r}")
 
-    def load(self, device: str | torch.device = "cpu",
-             storage_options: Mapping[str, Any] | None = None) -> FlowModel:
-        model = load_model(self.model, self.checkpoint, device, checkpoint_sha256=self.checkpoint_sha256,
-                           precision=self.precision, storage_options=storage_options, **self.overrides)
+    def load(self, device: str | torch.device = "cpu", storage_options: Mapping[str, Any] | None = None) -> FlowModel:
+        model = load_model(
+            self.model,
+            self.checkpoint,
+            device,
+            checkpoint_sha256=self.checkpoint_sha256,
+            precision=self.precision,
+            storage_options=storage_options,
+            **self.overrides,
+        )
         if self.confidence == "model" and not getattr(model, "predicts_confidence", False):
-            raise ValueError(f"--confidence model: {self.model} predicts no uncertainty; "
-                             "use --confidence consistency, or a model that predicts one (e.g. searaft_*)")
+            raise ValueError(
+                f"--confidence model: {self.model} predicts no uncertainty; "
+                "use --confidence consistency, or a model that predicts one (e.g. searaft_*)"
+            )
         return model
 
 
@@ -106,8 +113,14 @@ def placement(device: torch.device) -> str:
     if not ray.is_initialized():
         return json.dumps({"actor": "local", "node": "", "gpu_ids": [], "device": str(device)})
     context = ray.get_runtime_context()
-    return json.dumps({"actor": context.get_actor_id() or "driver", "node": ray.util.get_node_ip_address(),
-                       "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": str(device)})
+    return json.dumps(
+        {
+            "actor": context.get_actor_id() or "driver",
+            "node": ray.util.get_node_ip_address(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "device": str(device),
+        }
+    )
 
 
 @dataclass
@@ -182,8 +195,14 @@ class DeviceQueue:
         return Transfer(out, done)
 
 
-def _device_labels(model: FlowModel, frames: torch.Tensor, index0: torch.Tensor, index1: torch.Tensor,
-                   params: ConsistencyParams, confidence_source: str) -> tuple[torch.Tensor, ...]:
+def _device_labels(
+    model: FlowModel,
+    frames: torch.Tensor,
+    index0: torch.Tensor,
+    index1: torch.Tensor,
+    params: ConsistencyParams,
+    confidence_source: str,
+) -> tuple[torch.Tensor, ...]:
     """Frames N×3×H×W on the device and P pairs → (flow P×2×H×W, occlusion P×H×W bool,
     confidence P×H×W), all on the device."""
     flows = model.pairs(frames, index0, index1)
@@ -201,15 +220,19 @@ class DeviceLabeler:
     ``batch_size`` pairs per forward pass; halved for the rest of the run when CUDA runs out of memory.
     """
 
-    def __init__(self, model: FlowModel, batch_size: int, params: ConsistencyParams = ConsistencyParams(),
-                 confidence: str = "consistency"):
+    def __init__(
+        self,
+        model: FlowModel,
+        batch_size: int,
+        params: ConsistencyParams = ConsistencyParams(),
+        confidence: str = "consistency",
+    ):
         self.model, self.batch_size, self.params, self.confidence = model, batch_size, params, confidence
         self.queue = DeviceQueue(model_device(model))
         self.lock = threading.Lock()  # one chunk on the device at a time; the other thread does host work
 
     @torch.inference_mode()
-    def run(self, images: np.ndarray, index0: np.ndarray, index1: np.ndarray,
-            finish: Any) -> Transfer:
+    def run(self, images: np.ndarray, index0: np.ndarray, index1: np.ndarray, finish: Any) -> Transfer:
         """M×H×W×3 uint8 frames and P pairs (rows of frame0 and frame1) → ``finish(flow, occlusion,
         confidence)`` of every pair on the device, concatenated, on its way to the host."""
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
@@ -220,34 +243,48 @@ class DeviceLabeler:
             merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
             return self.queue.to_host(merged)
 
-    def _forward_passes(self, frames: torch.Tensor, index0: np.ndarray,
-                        index1: np.ndarray) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _forward_passes(
+        self, frames: torch.Tensor, index0: np.ndarray, index1: np.ndarray
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
         """Labels of ``batch_size`` pairs at a time, each pass given only the run of frames it uses."""
         start = 0
         while start < len(index0):
             size = self.batch_size
-            i0, i1 = index0[start:start + size], index1[start:start + size]
+            i0, i1 = index0[start : start + size], index1[start : start + size]
             first, last = int(min(i0.min(), i1.min())), int(max(i0.max(), i1.max()))
             try:
-                labels = _device_labels(self.model, frames[first:last + 1],
-                                        torch.as_tensor(i0 - first, device=frames.device),
-                                        torch.as_tensor(i1 - first, device=frames.device),
-                                        self.params, self.confidence)
+                labels = _device_labels(
+                    self.model,
+                    frames[first : last + 1],
+                    torch.as_tensor(i0 - first, device=frames.device),
+                    torch.as_tensor(i1 - first, device=frames.device),
+                    self.params,
+                    self.confidence,
+                )
             except torch.OutOfMemoryError:
                 if size == 1:
                     raise
                 torch.cuda.empty_cache()
                 self.batch_size = size // 2
-                warnings.warn(f"out of device memory at {size} pairs per pass: continuing with {self.batch_size}")
+                warnings.warn(
+                    f"out of device memory at {size} pairs per pass: continuing with {self.batch_size}", stacklevel=2
+                )
                 continue
             yield labels
             start += len(i0)
 
 
-def label_frames(model: FlowModel, images: np.ndarray, index0: np.ndarray, index1: np.ndarray,
-                 batch_size: int = 4, params: ConsistencyParams = ConsistencyParams(),
-                 flow_encoding: str = DEFAULT_FLOW_ENCODING, confidence: str = "consistency",
-                 motion: bool = False) -> dict[str, np.ndarray]:
+def label_frames(
+    model: FlowModel,
+    images: np.ndarray,
+    index0: np.ndarray,
+    index1: np.ndarray,
+    batch_size: int = 4,
+    params: ConsistencyParams = ConsistencyParams(),
+    flow_encoding: str = DEFAULT_FLOW_ENCODING,
+    confidence: str = "consistency",
+    motion: bool = False,
+) -> dict[str, np.ndarray]:
     """A run of M frames (M×H×W×3 uint8 RGB) and P pairs (frame rows ``index0[i]`` → ``index1[i]``)
     → the stored arrays of ``flow_encoding`` (see :func:`pipeline.encoding.encode_labels`):
     'flow' P×H×W×2, 'occlusion' P×H×W uint8 (1 = occluded or leaves the frame), 'confidence' P×H×W
@@ -260,6 +297,7 @@ def label_frames(model: FlowModel, images: np.ndarray, index0: np.ndarray, index
 def _finisher(encoding: str | None, motion: bool):
     """What the device keeps of each pass's (flow, occlusion, confidence): the stored arrays of
     ``encoding`` (None: none) and, with ``motion``, the summary columns stacked P×17."""
+
     def finish(flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.Tensor) -> dict[str, torch.Tensor]:
         out = encode_on_device(flow, occlusion, confidence, encoding) if encoding else {}
         if motion:
@@ -277,8 +315,14 @@ def _host_columns(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return check_device_encoding(arrays) if "flow" in arrays else arrays
 
 
-def _labels(labeler: DeviceLabeler, images: np.ndarray, index0: np.ndarray, index1: np.ndarray,
-            encoding: str | None, motion: bool) -> dict[str, np.ndarray]:
+def _labels(
+    labeler: DeviceLabeler,
+    images: np.ndarray,
+    index0: np.ndarray,
+    index1: np.ndarray,
+    encoding: str | None,
+    motion: bool,
+) -> dict[str, np.ndarray]:
     """The stored arrays of ``encoding`` (None: none, nothing dense crosses to the host) and, with
     ``motion``, the summary columns of a run of frames' pairs."""
     transfer = labeler.run(images, np.asarray(index0), np.asarray(index1), _finisher(encoding, motion))
@@ -286,9 +330,16 @@ def _labels(labeler: DeviceLabeler, images: np.ndarray, index0: np.ndarray, inde
 
 
 @torch.inference_mode()
-def label_pairs(model: FlowModel, image0: np.ndarray, image1: np.ndarray, batch_size: int = 4,
-                params: ConsistencyParams = ConsistencyParams(), out_dtype: np.dtype | type = np.float16,
-                confidence: str = "consistency", motion: bool = False) -> dict[str, np.ndarray]:
+def label_pairs(
+    model: FlowModel,
+    image0: np.ndarray,
+    image1: np.ndarray,
+    batch_size: int = 4,
+    params: ConsistencyParams = ConsistencyParams(),
+    out_dtype: np.dtype | type = np.float16,
+    confidence: str = "consistency",
+    motion: bool = False,
+) -> dict[str, np.ndarray]:
     """N×H×W×3 uint8 RGB pairs → {'flow': N×H×W×2 (pixels, frame0 → frame1),
     'occlusion': N×H×W uint8 (1 = occluded or leaves the frame), 'confidence': N×H×W in (0, 1]},
     flow and confidence in ``out_dtype`` (scoring and viz take float32, not the stored encoding);
@@ -298,8 +349,10 @@ def label_pairs(model: FlowModel, image0: np.ndarray, image1: np.ndarray, batch_
     if out_dtype not in _TORCH_DTYPES:
         raise ValueError(f"out_dtype: expected float16 or float32, got {out_dtype}")
     if image0.shape != image1.shape or image0.ndim != 4 or image0.shape[-1] != 3 or image0.dtype != np.uint8:
-        raise ValueError(f"expected two uint8 arrays N×H×W×3 of one shape, got {image0.shape} {image0.dtype} "
-                         f"and {image1.shape} {image1.dtype}")
+        raise ValueError(
+            f"expected two uint8 arrays N×H×W×3 of one shape, got {image0.shape} {image0.dtype} "
+            f"and {image1.shape} {image1.dtype}"
+        )
     n, dtype = len(image0), _TORCH_DTYPES[out_dtype]
     if n == 0:
         raise ValueError("expected at least one pair, got 0")
@@ -308,13 +361,17 @@ def label_pairs(model: FlowModel, image0: np.ndarray, image1: np.ndarray, batch_
     summaries = _finisher(None, motion)
 
     def finish(flow, occlusion, confidence):
-        return {"flow": flow.permute(0, 2, 3, 1).to(dtype), "occlusion": occlusion.to(torch.uint8),
-                "confidence": confidence.to(dtype), **summaries(flow, occlusion, confidence)}
+        return {
+            "flow": flow.permute(0, 2, 3, 1).to(dtype),
+            "occlusion": occlusion.to(torch.uint8),
+            "confidence": confidence.to(dtype),
+            **summaries(flow, occlusion, confidence),
+        }
 
     # Pair i is (frame i, frame k + i) of each pass's 2k frames: every frame crosses once.
     out: dict[str, list[np.ndarray]] = {}
     for start in range(0, n, batch_size):
-        a, b = image0[start:start + batch_size], image1[start:start + batch_size]
+        a, b = image0[start : start + batch_size], image1[start : start + batch_size]
         k = len(a)
         transfer = labeler.run(np.concatenate([a, b]), np.arange(k), np.arange(k) + k, finish)
         for name, value in _host_columns(transfer.numpy()).items():
@@ -332,9 +389,14 @@ class Labeler:
     call from two threads at once.
     """
 
-    def __init__(self, config: LabelerConfig, storage_options: Mapping[str, Any] | None = None,
-                 frame_labels: FrameLabelOptions | None = None, flow_encoding: str = DEFAULT_FLOW_ENCODING,
-                 store: str = "dense"):
+    def __init__(
+        self,
+        config: LabelerConfig,
+        storage_options: Mapping[str, Any] | None = None,
+        frame_labels: FrameLabelOptions | None = None,
+        flow_encoding: str = DEFAULT_FLOW_ENCODING,
+        store: str = "dense",
+    ):
         self.config = config
         self.flow_encoding = check_encoding(flow_encoding)
         self.store = check_store(store)

@@ -47,10 +47,14 @@ class MotionParams:
     ridge: float = 1e-6
 
     def __post_init__(self) -> None:
-        for name, ok, expected in (("min_confidence", 0 <= self.min_confidence <= 1, "within [0, 1]"),
-                                   ("max_samples", self.max_samples >= 1, "≥ 1"),
-                                   ("iterations", self.iterations >= 0, "≥ 0"), ("tukey_c", self.tukey_c > 0, "> 0"),
-                                   ("min_sigma_px", self.min_sigma_px > 0, "> 0"), ("ridge", self.ridge >= 0, "≥ 0")):
+        for name, ok, expected in (
+            ("min_confidence", 0 <= self.min_confidence <= 1, "within [0, 1]"),
+            ("max_samples", self.max_samples >= 1, "≥ 1"),
+            ("iterations", self.iterations >= 0, "≥ 0"),
+            ("tukey_c", self.tukey_c > 0, "> 0"),
+            ("min_sigma_px", self.min_sigma_px > 0, "> 0"),
+            ("ridge", self.ridge >= 0, "≥ 0"),
+        ):
             if not ok:
                 raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)}")
 
@@ -66,8 +70,9 @@ def sample_stride(height: int, width: int, max_samples: int) -> int:
     return stride
 
 
-def pair_motion(flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.Tensor,
-                params: MotionParams = MotionParams()) -> dict[str, torch.Tensor]:
+def pair_motion(
+    flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.Tensor, params: MotionParams = MotionParams()
+) -> dict[str, torch.Tensor]:
     """Per-pair motion summaries (see the module docstring for every definition).
 
     flow: P×2×H×W forward flow (pixels, u right, v down; any float dtype, computed in float32);
@@ -84,13 +89,14 @@ def pair_motion(flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.T
     stride = sample_stride(h, w, params.max_samples)
     on_grid = slice(stride // 2, None, stride)
     grid_flow = flow[:, :, on_grid, on_grid].flatten(2)
-    valid = (~occluded[:, on_grid, on_grid] & (confidence[:, on_grid, on_grid] >= params.min_confidence))
+    valid = ~occluded[:, on_grid, on_grid] & (confidence[:, on_grid, on_grid] >= params.min_confidence)
     valid = valid.flatten(1) & torch.isfinite(grid_flow).all(1)
     design = _design(h, w, stride, flow.device)
     stats = {
         "flow_mean": _length(flow).mean((1, 2)),
         **_rank_quantiles(_length(grid_flow), {"flow_median": 0.5, "flow_p95": 0.95}),
-        "occluded_fraction": occluded_count / (h * w), "confidence_mean": confidence.mean((1, 2)),
+        "occluded_fraction": occluded_count / (h * w),
+        "confidence_mean": confidence.mean((1, 2)),
         **_camera_stats(grid_flow, valid, design, params),
     }
     return {name: stats[name].float() for name in SUMMARY_COLUMNS}
@@ -98,8 +104,7 @@ def pair_motion(flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.T
 
 def _check_inputs(flow: torch.Tensor, occlusion: torch.Tensor, confidence: torch.Tensor) -> None:
     if flow.ndim != 4 or flow.shape[1] != 2 or not flow.is_floating_point() or min(flow.shape[2:]) < 1:
-        raise ValueError(f"flow: expected a float tensor P×2×H×W with H, W ≥ 1, "
-                         f"got {flow.dtype} {tuple(flow.shape)}")
+        raise ValueError(f"flow: expected a float tensor P×2×H×W with H, W ≥ 1, got {flow.dtype} {tuple(flow.shape)}")
     expected = (flow.shape[0], *flow.shape[2:])
     for name, value in (("occlusion", occlusion), ("confidence", confidence)):
         if tuple(value.shape) != expected:
@@ -146,15 +151,16 @@ class _Design(NamedTuple):
 
 def _design(height: int, width: int, stride: int, device: torch.device) -> _Design:
     half_side = max(height, width) / 2
-    ys = (torch.arange(stride // 2, height, stride, device=device, dtype=torch.float32) - (height - 1) / 2)
-    xs = (torch.arange(stride // 2, width, stride, device=device, dtype=torch.float32) - (width - 1) / 2)
+    ys = torch.arange(stride // 2, height, stride, device=device, dtype=torch.float32) - (height - 1) / 2
+    xs = torch.arange(stride // 2, width, stride, device=device, dtype=torch.float32) - (width - 1) / 2
     gy, gx = torch.meshgrid(ys / half_side, xs / half_side, indexing="ij")
     x, y = gx.reshape(-1), gy.reshape(-1)
     return _Design(x, y, torch.stack([torch.ones_like(x), x, y, x * x, x * y, y * y], 1), half_side)
 
 
-def _camera_stats(grid_flow: torch.Tensor, valid: torch.Tensor, design: _Design,
-                  params: MotionParams) -> dict[str, torch.Tensor]:
+def _camera_stats(
+    grid_flow: torch.Tensor, valid: torch.Tensor, design: _Design, params: MotionParams
+) -> dict[str, torch.Tensor]:
     """The camera_* and residual_* columns from the grid flow (P×2×n) and its valid pixels (P×n)."""
     flow = torch.where(valid[:, None], grid_flow, 0)  # finite everywhere: masked products stay finite
     coeffs, squared = _fit_camera(flow, valid, design, params)
@@ -165,9 +171,14 @@ def _camera_stats(grid_flow: torch.Tensor, valid: torch.Tensor, design: _Design,
     a11, a12, a21, a22 = 1 + linear[:, 0, 0], linear[:, 0, 1], linear[:, 1, 0], 1 + linear[:, 1, 1]
     a, b = (a11 + a22) / 2, (a21 - a12) / 2  # the closest similarity [[a, −b], [b, a]]
     columns = {
-        "camera_tx": coeffs[:, 0, 0], "camera_ty": coeffs[:, 1, 0],
-        "camera_a11": a11, "camera_a12": a12, "camera_a21": a21, "camera_a22": a22,
-        "camera_scale": torch.hypot(a, b), "camera_rotation": torch.atan2(b, a),
+        "camera_tx": coeffs[:, 0, 0],
+        "camera_ty": coeffs[:, 1, 0],
+        "camera_a11": a11,
+        "camera_a12": a12,
+        "camera_a21": a21,
+        "camera_a22": a22,
+        "camera_scale": torch.hypot(a, b),
+        "camera_rotation": torch.atan2(b, a),
         "camera_flow_mean": _length(_camera_flow(coeffs, design)).mean(1),
         "camera_inlier_fraction": (valid & (residual < cutoff[:, None])).sum(1) / count,
         "residual_mean": (residual * valid).sum(1) / count,
@@ -176,8 +187,9 @@ def _camera_stats(grid_flow: torch.Tensor, valid: torch.Tensor, design: _Design,
     return {name: torch.where(count > 0, value, math.nan) for name, value in columns.items()}
 
 
-def _fit_camera(flow: torch.Tensor, valid: torch.Tensor, design: _Design,
-                params: MotionParams) -> tuple[torch.Tensor, torch.Tensor]:
+def _fit_camera(
+    flow: torch.Tensor, valid: torch.Tensor, design: _Design, params: MotionParams
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Robust affine fit of the grid flow (P×2×n, finite) over its valid pixels (P×n bool).
 
     Returns (coefficients P×2×3: rows u and v over [1, x, y]; squared residuals |flow − camera flow|², P×n).
@@ -227,8 +239,14 @@ def _weighted_solve(flow: torch.Tensor, weights: torch.Tensor, design: _Design, 
     normal = torch.stack([m0 + 1e-12, m1, m2, m1, m3 + lam, m4, m2, m4, m5 + lam], 1).view(p, 3, 3)
     rows = normal.unbind(1)
     # M is symmetric: its adjugate's rows are cross products of its rows, its determinant a triple product.
-    adjugate = torch.stack([torch.linalg.cross(rows[1], rows[2]), torch.linalg.cross(rows[2], rows[0]),
-                            torch.linalg.cross(rows[0], rows[1])], 1)
+    adjugate = torch.stack(
+        [
+            torch.linalg.cross(rows[1], rows[2]),
+            torch.linalg.cross(rows[2], rows[0]),
+            torch.linalg.cross(rows[0], rows[1]),
+        ],
+        1,
+    )
     determinant = (rows[0] * adjugate[:, 0]).sum(1)
     rhs = ((flow * weights[:, None]).flatten(0, 1) @ design.basis[:, :3]).double().view(p, 2, 3)
     # M⁻¹ is symmetric too, so each row of rhs times it gives that component's coefficients.

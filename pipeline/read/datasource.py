@@ -11,9 +11,9 @@ every Ray task and actor call costs milliseconds, which a six-frame clip cannot 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 import json
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +22,27 @@ from fsspec.core import strip_protocol
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pipeline.read.decode import (DecodeOptions, DecodeReport, NoFramesError, Pair, iter_sequence_frames, iter_video_frames,
-                     make_pairs, resample)
 from pipeline.chunks import chunk_id
+from pipeline.read.decode import (
+    DecodeOptions,
+    DecodeReport,
+    NoFramesError,
+    Pair,
+    iter_sequence_frames,
+    iter_video_frames,
+    make_pairs,
+    resample,
+)
 from pipeline.read.plan import ReadUnit
-from pipeline.write.records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, record_exception, write_record, write_unit_marker
 from pipeline.storage import filesystem, is_transient, with_http_status
+from pipeline.write.records import (
+    ERRORS_DIR,
+    SKIPPED_DIR,
+    UnitRecord,
+    record_exception,
+    write_record,
+    write_unit_marker,
+)
 
 
 @dataclass(frozen=True)
@@ -60,19 +75,26 @@ class ReadOptions:
         return int(max(1, min(self.max_chunk_pairs, self.chunk_bytes // (2 * height * width * 3))))
 
 
-def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport,
-                    storage_options: Mapping[str, Any] | None = None, decode_threads: int = 1) -> Iterator[Pair]:
+def iter_unit_pairs(
+    unit: ReadUnit,
+    options: DecodeOptions,
+    report: DecodeReport,
+    storage_options: Mapping[str, Any] | None = None,
+    decode_threads: int = 1,
+) -> Iterator[Pair]:
     """The pairs of ``unit`` in order: frame0 index in [start, stop), at most ``max_pairs`` per video."""
     source = unit.source
     if source.kind == "sequence":
         fs, _ = filesystem(source.uri, storage_options)
         last = len(source.frames) if unit.stop is None else min(len(source.frames), unit.stop + options.stride)
-        frames = iter_sequence_frames(fs.cat_file, _strip(source.frames[unit.start:last]),
-                                      first_index=unit.start, fit=options.fit)
+        frames = iter_sequence_frames(
+            fs.cat_file, _strip(source.frames[unit.start : last]), first_index=unit.start, fit=options.fit
+        )
         if options.fps is not None:
             raise ValueError("--fps needs timestamps; image sequences have none")
-        yield from _limit(make_pairs(frames, options.stride, unit.first_ordinal, report, contiguous=True),
-                          unit, options)
+        yield from _limit(
+            make_pairs(frames, options.stride, unit.first_ordinal, report, contiguous=True), unit, options
+        )
         return
     if source.size == 0:
         raise NoFramesError("empty file (0 bytes)")
@@ -85,9 +107,16 @@ def iter_unit_pairs(unit: ReadUnit, options: DecodeOptions, report: DecodeReport
     # a whole-span unit to the span's start.
     start_time = unit.seek_time if unit.seek_time is not None else source.start
     with fs.open(path, "rb") as f:
-        frames = iter_video_frames(f, report, start_time=start_time, end_time=source.end,
-                                   time_to_index=time_to_index, fit=options.fit, deinterlace=options.deinterlace,
-                                   threads=decode_threads)
+        frames = iter_video_frames(
+            f,
+            report,
+            start_time=start_time,
+            end_time=source.end,
+            time_to_index=time_to_index,
+            fit=options.fit,
+            deinterlace=options.deinterlace,
+            threads=decode_threads,
+        )
         sampled = resample(frames, options.fps, unit.origin, unit.previous_time)
         pairs = make_pairs(sampled, options.stride, unit.first_ordinal, report, contiguous=options.fps is None)
         yield from _limit(pairs, unit, options)
@@ -172,15 +201,17 @@ def chunk_name(pairs: list[Pair]) -> str:
     return chunk_id(pairs[0].frame0.index, pairs[-1].frame0.index)
 
 
-def iter_unit_chunks(unit: ReadUnit, options: ReadOptions, report: DecodeReport,
-                     storage_options: Mapping[str, Any] | None = None) -> Iterator[list[Pair]]:
+def iter_unit_chunks(
+    unit: ReadUnit, options: ReadOptions, report: DecodeReport, storage_options: Mapping[str, Any] | None = None
+) -> Iterator[list[Pair]]:
     """The unit's pairs cut into chunks: a new chunk every ``chunk_pairs`` ordinals counted
     from the unit's first ordinal, and at a change of frame size."""
     chunk: list[Pair] = []
     limit = 1
     for pair in iter_unit_pairs(unit, options.decode, report, storage_options, options.decode_threads):
-        if chunk and (chunk[-1].frame0.image.shape != pair.frame0.image.shape
-                      or (pair.ordinal - unit.first_ordinal) % limit == 0):
+        if chunk and (
+            chunk[-1].frame0.image.shape != pair.frame0.image.shape or (pair.ordinal - unit.first_ordinal) % limit == 0
+        ):
             yield chunk
             chunk = []
         if not chunk:
@@ -190,8 +221,12 @@ def iter_unit_chunks(unit: ReadUnit, options: ReadOptions, report: DecodeReport,
         yield chunk
 
 
-def read_unit(unit: ReadUnit, options: ReadOptions, storage_options: Mapping[str, Any] | None = None,
-              outcome: UnitOutcome | None = None) -> Iterator[dict[str, np.ndarray]]:
+def read_unit(
+    unit: ReadUnit,
+    options: ReadOptions,
+    storage_options: Mapping[str, Any] | None = None,
+    outcome: UnitOutcome | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """Decode ``unit`` and yield one batch per chunk not in ``unit.done_chunks``.
 
     The last chunk is held back one step so that it can carry the unit's full chunk list
@@ -223,8 +258,14 @@ def read_unit(unit: ReadUnit, options: ReadOptions, storage_options: Mapping[str
                 time.sleep(options.io_first_delay_s * 2**attempt)
                 continue
             stage = "open" if report.frames == 0 and report.decode_errors == 0 else "decode"
-            outcome.records.append((ERRORS_DIR, record_exception(source.uri, source.video_id, unit.key, stage,
-                                                                 with_http_status(exc), storage_options)))
+            outcome.records.append(
+                (
+                    ERRORS_DIR,
+                    record_exception(
+                        source.uri, source.video_id, unit.key, stage, with_http_status(exc), storage_options
+                    ),
+                )
+            )
             outcome.retryable = is_transient(exc)
             return
         # The last chunk carries the unit's chunk list, so it is sent even when already committed
@@ -236,8 +277,9 @@ def read_unit(unit: ReadUnit, options: ReadOptions, storage_options: Mapping[str
         return
 
 
-def _emit(pairs: list[Pair], unit: ReadUnit, outcome: UnitOutcome, sent: set[str],
-          unit_chunks: str = "") -> dict[str, np.ndarray]:
+def _emit(
+    pairs: list[Pair], unit: ReadUnit, outcome: UnitOutcome, sent: set[str], unit_chunks: str = ""
+) -> dict[str, np.ndarray]:
     batch = chunk_batch(pairs, unit)
     batch["unit_chunks"][:] = unit_chunks
     outcome.yielded += 1
@@ -245,8 +287,9 @@ def _emit(pairs: list[Pair], unit: ReadUnit, outcome: UnitOutcome, sent: set[str
     return batch
 
 
-def _report_records(unit: ReadUnit, options: ReadOptions, report: DecodeReport,
-                    pairs: int) -> list[tuple[str, UnitRecord]]:
+def _report_records(
+    unit: ReadUnit, options: ReadOptions, report: DecodeReport, pairs: int
+) -> list[tuple[str, UnitRecord]]:
     source = unit.source
 
     def record(folder: str, stage: str, error_type: str, message: str) -> tuple[str, UnitRecord]:
@@ -265,14 +308,26 @@ def _report_records(unit: ReadUnit, options: ReadOptions, report: DecodeReport,
         announced = f" (the container announces {report.announced_frames})" if report.announced_frames else ""
         return [record(ERRORS_DIR, "decode", NoFramesError.__name__, f"no decodable frame in the source{announced}")]
     if report.truncated:
-        return [record(ERRORS_DIR, "decode", "TruncatedError",
-                       f"the container announces {report.announced_frames} frames, {report.decoded_frames} decoded: "
-                       "the file ends early (truncated upload?)")]
+        return [
+            record(
+                ERRORS_DIR,
+                "decode",
+                "TruncatedError",
+                f"the container announces {report.announced_frames} frames, {report.decoded_frames} decoded: "
+                "the file ends early (truncated upload?)",
+            )
+        ]
     if report.size_changes:
         return [record(ERRORS_DIR, "pair", "FrameSizeChanged", "; ".join(report.size_changes))]
     if pairs == 0 and unit.first:
-        return [record(SKIPPED_DIR, "pair", "NoPairs",
-                       f"{report.frames} frame(s) decoded, a pair needs {options.decode.stride + 1}")]
+        return [
+            record(
+                SKIPPED_DIR,
+                "pair",
+                "NoPairs",
+                f"{report.frames} frame(s) decoded, a pair needs {options.decode.stride + 1}",
+            )
+        ]
     return []
 
 
@@ -281,8 +336,13 @@ class FramePairDatasource(Datasource):
     writes the unit's error/skip records under ``records_out`` itself (so they survive even
     when the unit yields no rows)."""
 
-    def __init__(self, units: list[ReadUnit], options: ReadOptions, records_out: str,
-                 storage_options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        units: list[ReadUnit],
+        options: ReadOptions,
+        records_out: str,
+        storage_options: Mapping[str, Any] | None = None,
+    ):
         super().__init__()
         self._units = units
         self._options = options
@@ -292,8 +352,9 @@ class FramePairDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context: Any = None) -> list[ReadTask]:
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+    ) -> list[ReadTask]:
         tasks = []
         for group in task_groups(self._units, self._options, parallelism):
             uris = tuple(dict.fromkeys(unit.source.uri for unit in group))
@@ -311,8 +372,9 @@ class FramePairDatasource(Datasource):
         return read
 
 
-def _read_units(units: list[ReadUnit], options: ReadOptions, records_out: str,
-                storage_options: Mapping[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+def _read_units(
+    units: list[ReadUnit], options: ReadOptions, records_out: str, storage_options: Mapping[str, Any]
+) -> Iterator[dict[str, np.ndarray]]:
     """The chunks of ``units`` in order; each unit's records (and its marker, when it sends
     nothing to the writers) are written as soon as the unit is read."""
     for unit in units:

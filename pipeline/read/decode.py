@@ -63,8 +63,10 @@ class DecodeOptions:
         if self.max_pixels is None or h * w <= self.max_pixels:
             return image
         if self.oversize == "reject":
-            raise FrameTooLargeError(f"frame of {w}×{h} = {w * h} pixels, expected at most {self.max_pixels} "
-                                     "(--max-pixels; use --oversize downscale to resize instead)")
+            raise FrameTooLargeError(
+                f"frame of {w}×{h} = {w * h} pixels, expected at most {self.max_pixels} "
+                "(--max-pixels; use --oversize downscale to resize instead)"
+            )
         scale = (self.max_pixels / (h * w)) ** 0.5
         return resize_to_max_side(image, max(8, int(max(h, w) * scale)))
 
@@ -109,8 +111,11 @@ class DecodeReport:
 
         One frame of slack: containers often count a frame that never displays (dolbyVision-hdr.MOV
         in the shared corpus announces 5 and decodes 4)."""
-        return (self.reached_end and self.announced_frames > 0
-                and self.decoded_frames + self.decode_errors < self.announced_frames - 1)
+        return (
+            self.reached_end
+            and self.announced_frames > 0
+            and self.decoded_frames + self.decode_errors < self.announced_frames - 1
+        )
 
     def add_error(self, exc: Exception) -> None:
         self.decode_errors += 1
@@ -149,8 +154,7 @@ def display_orientation(image: np.ndarray, rotation: int) -> np.ndarray:
 # ---------------------------------------------------------------- video (PyAV)
 
 
-def open_video(fileobj: IO[bytes], threads: int = 0) -> tuple[av.container.InputContainer,
-                                                                av.video.stream.VideoStream]:
+def open_video(fileobj: IO[bytes], threads: int = 0) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     """Open a container from a (possibly remote, seekable) file object; pick the best video stream.
 
     ``streams.best('video')`` is what ffmpeg itself would choose: it can differ from stream 0
@@ -186,8 +190,10 @@ def video_frame_times(fileobj: IO[bytes]) -> tuple[list[float], list[int]]:
     finally:
         container.close()
     entries.sort()
-    return ([pts_seconds(pts, stream.time_base) for pts, _ in entries],
-            [i for i, (_, key) in enumerate(entries) if key])
+    return (
+        [pts_seconds(pts, stream.time_base) for pts, _ in entries],
+        [i for i, (_, key) in enumerate(entries) if key],
+    )
 
 
 def pts_seconds(pts: int, time_base) -> float:
@@ -227,12 +233,15 @@ def iter_video_frames(
             report.announced_frames = stream.frames
         count = 0
         frames = _decode_tolerant(packets, report)
-        for frame, pts, rotation in (_deinterlaced(frames, stream) if deinterlace else _as_is(frames)):
+        for frame, pts, rotation in _deinterlaced(frames, stream) if deinterlace else _as_is(frames):
             if keyframe_pts is not None and pts is not None and pts < keyframe_pts:
                 continue  # a leading frame of an open GOP: it belongs before the keyframe
             time = pts_seconds(pts, tb) if pts is not None else None
-            index = time_to_index(time) if time_to_index and time is not None else \
-                first_index + count + report.decode_errors
+            index = (
+                time_to_index(time)
+                if time_to_index and time is not None
+                else first_index + count + report.decode_errors
+            )
             count += 1
             report.decoded_frames = count
             if end_time is not None and time is not None and time >= end_time - 1e-6:
@@ -249,8 +258,9 @@ def iter_video_frames(
         container.close()
 
 
-def _start(container, stream, start_time: float | None,
-           count_frames: bool) -> tuple[int, int | None, Iterator[av.Packet]]:
+def _start(
+    container, stream, start_time: float | None, count_frames: bool
+) -> tuple[int, int | None, Iterator[av.Packet]]:
     """(index of the first frame, pts of the keyframe decoding starts at, the packets from there):
     the whole stream without ``start_time``; else from the keyframe at or before it, its index
     counted (:func:`seek_keyframe`) when ``count_frames``, else left to the caller's time lookup."""
@@ -306,8 +316,12 @@ def _gop_at(packets: Iterator[av.Packet], start_time: float, tb) -> tuple[int, i
             before += sum(1 for p in gop if _counted(p))
             gop = []
         gop.append(packet)
-        if (_counted(packet) and gop[0].is_keyframe and packet.pts >= gop[0].pts
-                and pts_seconds(packet.pts, tb) >= start_time - 1e-6):
+        if (
+            _counted(packet)
+            and gop[0].is_keyframe
+            and packet.pts >= gop[0].pts
+            and pts_seconds(packet.pts, tb) >= start_time - 1e-6
+        ):
             break
     rest = itertools.chain(pending, packets)
     if not gop or not gop[0].is_keyframe:
@@ -424,7 +438,10 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 def iter_sequence_frames(
-    read: Callable[[str], bytes], paths: Iterable[str], *, first_index: int = 0,
+    read: Callable[[str], bytes],
+    paths: Iterable[str],
+    *,
+    first_index: int = 0,
     fit: Callable[[np.ndarray], np.ndarray] = lambda image: image,
 ) -> Iterator[Frame]:
     """Decode image files in the given (already sorted) order; index = position in the sequence."""
@@ -445,8 +462,9 @@ def on_tick(time: float, previous_time: float | None, origin: float, fps: float)
     return math.floor((time - origin) * fps + 1e-9) > math.floor((previous_time - origin) * fps + 1e-9)
 
 
-def resample(frames: Iterable[Frame], fps: float | None, origin: float | None = None,
-             previous_time: float | None = None) -> Iterator[Frame]:
+def resample(
+    frames: Iterable[Frame], fps: float | None, origin: float | None = None, previous_time: float | None = None
+) -> Iterator[Frame]:
     """Keep the first frame at or after each tick origin + n / fps (all frames when fps is None).
 
     ``origin`` is the time of the video's first frame (default: the first frame seen);
@@ -466,8 +484,13 @@ def resample(frames: Iterable[Frame], fps: float | None, origin: float | None = 
             yield frame
 
 
-def make_pairs(frames: Iterable[Frame], stride: int, first_ordinal: int = 0,
-               report: DecodeReport | None = None, contiguous: bool = False) -> Iterator[Pair]:
+def make_pairs(
+    frames: Iterable[Frame],
+    stride: int,
+    first_ordinal: int = 0,
+    report: DecodeReport | None = None,
+    contiguous: bool = False,
+) -> Iterator[Pair]:
     """Pairs (k, k + stride) over the sampled frames, each frame decoded once.
 
     A change of frame size ends the window: no pair spans two sizes (recorded in ``report``).
@@ -481,7 +504,8 @@ def make_pairs(frames: Iterable[Frame], stride: int, first_ordinal: int = 0,
         report.frames += 1
         if window and window[-1].image.shape != frame.image.shape:
             report.size_changes.append(
-                f"frame size changed at frame {frame.index}: {window[-1].image.shape[:2]} → {frame.image.shape[:2]}")
+                f"frame size changed at frame {frame.index}: {window[-1].image.shape[:2]} → {frame.image.shape[:2]}"
+            )
             window.clear()
         elif contiguous and window and frame.index != window[-1].index + 1:
             report.gaps.append(f"frames {window[-1].index + 1}–{frame.index - 1} missing")

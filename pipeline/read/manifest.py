@@ -29,8 +29,22 @@ from pipeline.storage import filesystem
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 # Names a carried column may not take: output columns, the columns a chunk carries on its way
 # to the sink, and "video", the partition key a dataset reader turns into a column.
-RESERVED_COLUMNS = frozenset({*SCALAR_COLUMNS, *ARRAY_COLUMNS, *MOTION_COLUMNS, *FRAME_LABEL_COLUMNS, SCALE_COLUMN,
-                              *FRAME_COLUMNS, "chunk", "unit", "unit_chunks", "ordinal", "labeled_on", "video"})
+RESERVED_COLUMNS = frozenset(
+    {
+        *SCALAR_COLUMNS,
+        *ARRAY_COLUMNS,
+        *MOTION_COLUMNS,
+        *FRAME_LABEL_COLUMNS,
+        SCALE_COLUMN,
+        *FRAME_COLUMNS,
+        "chunk",
+        "unit",
+        "unit_chunks",
+        "ordinal",
+        "labeled_on",
+        "video",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -83,15 +97,17 @@ def manifest_format(uri: str) -> str:
     return FORMATS.get(posixpath.splitext(uri.split("?")[0])[1].lower(), "text")
 
 
-def read_manifest_rows(options: ManifestOptions, storage_options: Mapping[str, Any] | None = None
-                       ) -> Iterator[ManifestRow | ManifestRowError]:
+def read_manifest_rows(
+    options: ManifestOptions, storage_options: Mapping[str, Any] | None = None
+) -> Iterator[ManifestRow | ManifestRowError]:
     """The rows of the manifest, in order. Raises ValueError (before any row) when the URI column or
     a carried column is missing, FileNotFoundError when the manifest is."""
     fs, path = filesystem(options.uri, storage_options)
     fmt = manifest_format(options.uri)
     with fs.open(path, "rb") as f:
-        records = {"parquet": _parquet_records, "csv": _csv_records, "jsonl": _jsonl_records,
-                   "text": _text_records}[fmt](f, options)
+        records = {"parquet": _parquet_records, "csv": _csv_records, "jsonl": _jsonl_records, "text": _text_records}[
+            fmt
+        ](f, options)
         for number, record in records:
             yield record if isinstance(record, ManifestRowError) else manifest_row(number, record, options)
 
@@ -100,8 +116,9 @@ def manifest_row(number: int, record: Mapping[str, Any], options: ManifestOption
     """One record (column → value) as a row, or the reason it is not one."""
     uri = record.get(options.column)
     if not isinstance(uri, str) or not uri.strip():
-        return ManifestRowError(number, "" if uri is None else str(uri),
-                                f"expected a URI in column {options.column!r}, got {uri!r}")
+        return ManifestRowError(
+            number, "" if uri is None else str(uri), f"expected a URI in column {options.column!r}, got {uri!r}"
+        )
     uri = uri.strip()
     try:
         start = _seconds(record.get(options.start_column), options.start_column)
@@ -111,8 +128,9 @@ def manifest_row(number: int, record: Mapping[str, Any], options: ManifestOption
     if start is not None and start < 0:
         return ManifestRowError(number, uri, f"{options.start_column}: expected ≥ 0 seconds, got {start}")
     if start is not None and end is not None and end <= start:
-        return ManifestRowError(number, uri, f"{options.end_column}: expected more than {options.start_column} "
-                                             f"({start}), got {end}")
+        return ManifestRowError(
+            number, uri, f"{options.end_column}: expected more than {options.start_column} ({start}), got {end}"
+        )
     carry = tuple((name, carried_text(record.get(name))) for name in options.carry)
     return ManifestRow(number, uri, start, end, carry)
 
@@ -149,8 +167,10 @@ def carried_text(value: Any) -> str | None:
 def _check_columns(found: list[str], options: ManifestOptions) -> None:
     missing = [name for name in (options.column, *options.carry) if name not in found]
     if missing:
-        raise ValueError(f"manifest {options.uri}: no column {missing[0]!r} (columns found: {', '.join(found)}); "
-                         "name the URI column with --manifest-column")
+        raise ValueError(
+            f"manifest {options.uri}: no column {missing[0]!r} (columns found: {', '.join(found)}); "
+            "name the URI column with --manifest-column"
+        )
 
 
 def _parquet_records(f: IO[bytes], options: ManifestOptions) -> Iterator[tuple[int, Any]]:
@@ -158,8 +178,11 @@ def _parquet_records(f: IO[bytes], options: ManifestOptions) -> Iterator[tuple[i
     parquet = pq.ParquetFile(f)
     found = parquet.schema_arrow.names
     _check_columns(found, options)
-    wanted = [c for c in dict.fromkeys((options.column, options.start_column, options.end_column, *options.carry))
-              if c in found]
+    wanted = [
+        c
+        for c in dict.fromkeys((options.column, options.start_column, options.end_column, *options.carry))
+        if c in found
+    ]
     number = 0
     for batch in parquet.iter_batches(batch_size=8192, columns=wanted):
         for record in batch.to_pylist():
@@ -198,8 +221,10 @@ def _jsonl_records(f: IO[bytes], options: ManifestOptions) -> Iterator[tuple[int
 
 def _text_records(f: IO[bytes], options: ManifestOptions) -> Iterator[tuple[int, Any]]:
     if options.carry:
-        raise ValueError(f"manifest {options.uri}: a plain-text manifest (one URI per line) has no columns to "
-                         f"carry, got --carry {','.join(options.carry)}; use Parquet, CSV or JSONL")
+        raise ValueError(
+            f"manifest {options.uri}: a plain-text manifest (one URI per line) has no columns to "
+            f"carry, got --carry {','.join(options.carry)}; use Parquet, CSV or JSONL"
+        )
     for number, line in enumerate(io.TextIOWrapper(f, encoding="utf-8"), start=1):
         text = line.strip()
         if text and not text.startswith("#"):

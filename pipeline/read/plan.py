@@ -71,6 +71,7 @@ def plan_units(
     storage_options: Mapping[str, Any] | None = None,
 ) -> list[ReadUnit]:
     """One or more read units per source, in source order."""
+
     def units_of(source: Source) -> list[ReadUnit]:
         if source.kind == "sequence":
             return _sequence_units(source, plan.segment_frames)
@@ -88,12 +89,15 @@ def plan_units(
 def _sequence_units(source: Source, segment_frames: int) -> list[ReadUnit]:
     n = len(source.frames)
     starts = list(range(0, max(n - 1, 1), segment_frames))
-    return [ReadUnit(source, start, starts[i + 1] if i + 1 < len(starts) else None, first_ordinal=start,
-                     first=i == 0) for i, start in enumerate(starts)]
+    return [
+        ReadUnit(source, start, starts[i + 1] if i + 1 < len(starts) else None, first_ordinal=start, first=i == 0)
+        for i, start in enumerate(starts)
+    ]
 
 
-def _video_units(source: Source, decode: DecodeOptions, segment_frames: int,
-                 storage_options: Mapping[str, Any] | None) -> list[ReadUnit]:
+def _video_units(
+    source: Source, decode: DecodeOptions, segment_frames: int, storage_options: Mapping[str, Any] | None
+) -> list[ReadUnit]:
     fs, path = filesystem(source.uri, storage_options)
     try:
         with fs.open(path, "rb") as f:
@@ -115,15 +119,19 @@ def _video_units(source: Source, decode: DecodeOptions, segment_frames: int,
         # Frames past ``stop`` are needed for the pairs that end after it: hand over the times
         # up to the end of the next segment, far more than any stride needs.
         end = starts[i + 2] if i + 2 < len(starts) else hi
-        units.append(ReadUnit(
-            source, start, stop,
-            seek_time=times[start] if start else None,
-            times=tuple(times[start:end]),
-            origin=times[lo],
-            previous_time=times[start - 1] if start > lo else None,
-            first_ordinal=selected_before[start - lo],
-            first=i == 0,
-        ))
+        units.append(
+            ReadUnit(
+                source,
+                start,
+                stop,
+                seek_time=times[start] if start else None,
+                times=tuple(times[start:end]),
+                origin=times[lo],
+                previous_time=times[start - 1] if start > lo else None,
+                first_ordinal=selected_before[start - lo],
+                first=i == 0,
+            )
+        )
     return units
 
 

@@ -19,8 +19,27 @@ from pipeline.read.manifest import ManifestOptions, ManifestRow, read_manifest_r
 from pipeline.storage import filesystem, full_uri
 
 VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .ts .mts .m2ts .mpg .mpeg .flv .wmv .ogv .3gp .gif .mxf".split())
-IMAGE_EXTENSIONS = frozenset(".png .jpg .jpeg .ppm .pgm .bmp .tif .tiff .webp".split())
+    [
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".mpg",
+        ".mpeg",
+        ".flv",
+        ".wmv",
+        ".ogv",
+        ".3gp",
+        ".gif",
+        ".mxf",
+    ]
+)
+IMAGE_EXTENSIONS = frozenset([".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp"])
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -87,7 +106,9 @@ def _root_name(path: str) -> str:
 
 
 def list_sources(
-    inputs: Iterable[str], storage_options: Mapping[str, Any] | None = None, corpus: str | None = None,
+    inputs: Iterable[str],
+    storage_options: Mapping[str, Any] | None = None,
+    corpus: str | None = None,
     manifest: ManifestOptions | None = None,
 ) -> tuple[list[Source], list[ListingError]]:
     """Expand URIs, globs and folders into sources, sorted by URI, then the rows of ``manifest`` in
@@ -107,23 +128,39 @@ def list_sources(
     return [s for s in listed if s.video_id not in first] + list(first.values()), errors + manifest_errors
 
 
-def manifest_sources(manifest: ManifestOptions, storage_options: Mapping[str, Any] | None = None,
-                     corpus: str | None = None) -> tuple[list[Source], list[ListingError]]:
+def manifest_sources(
+    manifest: ManifestOptions, storage_options: Mapping[str, Any] | None = None, corpus: str | None = None
+) -> tuple[list[Source], list[ListingError]]:
     """One video source per good manifest row (in order, duplicates kept); one error per bad row."""
     name = sanitize_partition_value(corpus or posixpath.splitext(posixpath.basename(manifest.uri.split("?")[0]))[0])
     sources, errors = [], []
     for row in read_manifest_rows(manifest, storage_options):
         if isinstance(row, ManifestRow):
-            sources.append(Source(row.uri, "video", video_id_for(row.uri, row.start, row.end), name,
-                                  start=row.start, end=row.end, carry=row.carry))
+            sources.append(
+                Source(
+                    row.uri,
+                    "video",
+                    video_id_for(row.uri, row.start, row.end),
+                    name,
+                    start=row.start,
+                    end=row.end,
+                    carry=row.carry,
+                )
+            )
         else:
-            errors.append(ListingError(f"{manifest.uri}#row={row.number}", "ManifestRowError",
-                                       f"row {row.number} ({row.uri or 'no URI'}): {row.message}"))
+            errors.append(
+                ListingError(
+                    f"{manifest.uri}#row={row.number}",
+                    "ManifestRowError",
+                    f"row {row.number} ({row.uri or 'no URI'}): {row.message}",
+                )
+            )
     return sources, errors
 
 
-def _list_inputs(inputs: Iterable[str], storage_options: Mapping[str, Any] | None,
-                 corpus: str | None) -> tuple[list[Source], list[ListingError]]:
+def _list_inputs(
+    inputs: Iterable[str], storage_options: Mapping[str, Any] | None, corpus: str | None
+) -> tuple[list[Source], list[ListingError]]:
     sources: dict[str, Source] = {}
     errors: list[ListingError] = []
     for uri in inputs:

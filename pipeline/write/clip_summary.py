@@ -31,22 +31,56 @@ ROWS_PER_FILE = 100_000
 _PART = re.compile(r"part-\d{5}\.parquet")
 
 # The aggregates of one clip's pairs (:func:`aggregate`).
-CLIP_SUMMARY_COLUMNS = {"pairs": pa.int32(), **{name: pa.float32() for name in (
-    "flow_mean", "flow_median", "flow_p95", "flow_mean_per_s", "occluded_fraction", "confidence_mean",
-    "camera_tx_mean", "camera_ty_mean", "camera_translation_mean", "camera_flow_mean", "camera_flow_max",
-    "camera_scale_mean", "camera_rotation_mean", "camera_inlier_fraction", "residual_mean", "residual_p95")}}
+CLIP_SUMMARY_COLUMNS = {
+    "pairs": pa.int32(),
+    **{
+        name: pa.float32()
+        for name in (
+            "flow_mean",
+            "flow_median",
+            "flow_p95",
+            "flow_mean_per_s",
+            "occluded_fraction",
+            "confidence_mean",
+            "camera_tx_mean",
+            "camera_ty_mean",
+            "camera_translation_mean",
+            "camera_flow_mean",
+            "camera_flow_max",
+            "camera_scale_mean",
+            "camera_rotation_mean",
+            "camera_inlier_fraction",
+            "residual_mean",
+            "residual_p95",
+        )
+    },
+}
 
 # A row of the table: the source, its pairs, the seconds they span (first t0 to last t1), the aggregates.
-CLIP_TABLE_COLUMNS = {"video_id": pa.string(), "source": pa.string(), "corpus": pa.string(), "pairs": pa.int32(),
-                      "duration": pa.float64(), **{n: t for n, t in CLIP_SUMMARY_COLUMNS.items() if n != "pairs"}}
+CLIP_TABLE_COLUMNS = {
+    "video_id": pa.string(),
+    "source": pa.string(),
+    "corpus": pa.string(),
+    "pairs": pa.int32(),
+    "duration": pa.float64(),
+    **{n: t for n, t in CLIP_SUMMARY_COLUMNS.items() if n != "pairs"},
+}
 
 # What the table is made of: per pair, the identity, times and motion columns.
-PAIR_COLUMNS = {"video_id": pa.string(), "source": pa.string(), "corpus": pa.string(), "frame0": pa.int32(),
-                "t0": pa.float64(), "t1": pa.float64(), **MOTION_COLUMNS}
+PAIR_COLUMNS = {
+    "video_id": pa.string(),
+    "source": pa.string(),
+    "corpus": pa.string(),
+    "frame0": pa.int32(),
+    "t0": pa.float64(),
+    "t1": pa.float64(),
+    **MOTION_COLUMNS,
+}
 
 
-def write_clip_summary(sink: Any, storage_options: Mapping[str, Any] | None = None,
-                       rows_per_file: int = ROWS_PER_FILE) -> int:
+def write_clip_summary(
+    sink: Any, storage_options: Mapping[str, Any] | None = None, rows_per_file: int = ROWS_PER_FILE
+) -> int:
     """Write the clip table of every committed pair under ``sink.out`` (a :class:`pipeline.write.sinks.SinkOptions`)
     to ``<out>/_clips_summary/part-NNNNN.parquet``, each file atomically; returns its number of rows."""
     if rows_per_file < 1:
@@ -101,8 +135,14 @@ def read_pair_columns(sink: Any, storage_options: Mapping[str, Any] | None = Non
         return pa.concat_tables([_npz_columns(fs, path, schema) for path in paths])
     # The corpus partition is in the path, not in the file: raw values, as the sink writes them.
     partitioning = pads.HivePartitioning(pa.schema([("corpus", pa.string())]), segment_encoding="none")
-    dataset = pads.dataset(paths, schema=schema, filesystem=fs, format="parquet", partition_base_dir=root,
-                           partitioning=partitioning if "corpus" in sink.excluded_columns else None)
+    dataset = pads.dataset(
+        paths,
+        schema=schema,
+        filesystem=fs,
+        format="parquet",
+        partition_base_dir=root,
+        partitioning=partitioning if "corpus" in sink.excluded_columns else None,
+    )
     return dataset.to_table(columns=list(PAIR_COLUMNS))
 
 
@@ -114,9 +154,13 @@ def _data_files(fs, root: str, sink: Any, fmt: str) -> list[str]:
         return []
     out = []
     for path in fs.find(base):
-        relative = path[len(base) + 1:]
-        if (path.endswith(f".{fmt}") and not posixpath.basename(path).startswith(".")
-                and not relative.startswith("_") and sink.parse_stem(relative) is not None):
+        relative = path[len(base) + 1 :]
+        if (
+            path.endswith(f".{fmt}")
+            and not posixpath.basename(path).startswith(".")
+            and not relative.startswith("_")
+            and sink.parse_stem(relative) is not None
+        ):
             out.append(path)
     return sorted(out)
 
@@ -124,8 +168,15 @@ def _data_files(fs, root: str, sink: Any, fmt: str) -> list[str]:
 def _npz_columns(fs, path: str, schema: pa.Schema) -> pa.Table:
     with fs.open(path, "rb") as f, np.load(io.BytesIO(f.read())) as data:  # NpzFile reads only the keys asked
         n = len(data["frame0"])
-        return pa.table({field.name: pa.array(data[field.name], field.type) if field.name in data.files
-                         else pa.nulls(n, field.type) for field in schema}, schema=schema)
+        return pa.table(
+            {
+                field.name: pa.array(data[field.name], field.type)
+                if field.name in data.files
+                else pa.nulls(n, field.type)
+                for field in schema
+            },
+            schema=schema,
+        )
 
 
 def clip_table(pairs: pa.Table) -> pa.Table:
@@ -138,8 +189,11 @@ def clip_table(pairs: pa.Table) -> pa.Table:
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], len(ids)].astype(np.int64)
     rows = [_clip_row({n: c[s:e] for n, c in columns.items()}) for s, e in zip(starts, ends)]
-    table = {"video_id": pa.array(ids[starts], pa.string()),
-             "source": pairs["source"].take(pa.array(starts)), "corpus": pairs["corpus"].take(pa.array(starts))}
+    table = {
+        "video_id": pa.array(ids[starts], pa.string()),
+        "source": pairs["source"].take(pa.array(starts)),
+        "corpus": pairs["corpus"].take(pa.array(starts)),
+    }
     table.update({n: pa.array([r[n] for r in rows], t) for n, t in CLIP_TABLE_COLUMNS.items() if n not in table})
     result = pa.table(table, schema=pa.schema(list(CLIP_TABLE_COLUMNS.items())))
     return result.sort_by([("source", "ascending"), ("video_id", "ascending")])
@@ -156,8 +210,9 @@ def _clip_row(pair: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {**row, "duration": float(t1.max() - t0.min()) if t0.size and t1.size else math.nan}
 
 
-def aggregate(stats: Mapping[str, np.ndarray], weights: np.ndarray | None = None,
-              dt: np.ndarray | None = None) -> dict[str, np.generic]:
+def aggregate(
+    stats: Mapping[str, np.ndarray], weights: np.ndarray | None = None, dt: np.ndarray | None = None
+) -> dict[str, np.generic]:
     """One clip's row of :data:`CLIP_SUMMARY_COLUMNS` from the per-pair columns of its P pairs.
 
     stats: {name: P array} with every :data:`pipeline.schema.MOTION_COLUMNS` name; weights: P non-negative
@@ -183,15 +238,23 @@ def aggregate(stats: Mapping[str, np.ndarray], weights: np.ndarray | None = None
         return _weighted_nanmean(values, weights)
 
     row = {
-        "pairs": pairs, "flow_mean": mean(c["flow_mean"]), "flow_median": _nan_reduce(np.median, c["flow_median"]),
-        "flow_p95": _nan_reduce(np.max, c["flow_p95"]), "flow_mean_per_s": mean(speed),
-        "occluded_fraction": mean(c["occluded_fraction"]), "confidence_mean": mean(c["confidence_mean"]),
-        "camera_tx_mean": mean(c["camera_tx"]), "camera_ty_mean": mean(c["camera_ty"]),
+        "pairs": pairs,
+        "flow_mean": mean(c["flow_mean"]),
+        "flow_median": _nan_reduce(np.median, c["flow_median"]),
+        "flow_p95": _nan_reduce(np.max, c["flow_p95"]),
+        "flow_mean_per_s": mean(speed),
+        "occluded_fraction": mean(c["occluded_fraction"]),
+        "confidence_mean": mean(c["confidence_mean"]),
+        "camera_tx_mean": mean(c["camera_tx"]),
+        "camera_ty_mean": mean(c["camera_ty"]),
         "camera_translation_mean": mean(np.hypot(c["camera_tx"], c["camera_ty"])),
-        "camera_flow_mean": mean(c["camera_flow_mean"]), "camera_flow_max": _nan_reduce(np.max, c["camera_flow_mean"]),
-        "camera_scale_mean": mean(c["camera_scale"]), "camera_rotation_mean": mean(c["camera_rotation"]),
+        "camera_flow_mean": mean(c["camera_flow_mean"]),
+        "camera_flow_max": _nan_reduce(np.max, c["camera_flow_mean"]),
+        "camera_scale_mean": mean(c["camera_scale"]),
+        "camera_rotation_mean": mean(c["camera_rotation"]),
         "camera_inlier_fraction": mean(c["camera_inlier_fraction"]),
-        "residual_mean": mean(c["residual_mean"]), "residual_p95": _nan_reduce(np.max, c["residual_p95"]),
+        "residual_mean": mean(c["residual_mean"]),
+        "residual_p95": _nan_reduce(np.max, c["residual_p95"]),
     }
     return {name: np.int32(row[name]) if name == "pairs" else np.float32(row[name]) for name in CLIP_SUMMARY_COLUMNS}
 

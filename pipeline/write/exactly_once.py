@@ -30,15 +30,22 @@ def fingerprint(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """The settings that decide what a row contains: they must match across runs on one ``out``."""
     options = manifest["options"]
     # The checkpoint counts by its digest, not by where it was read from; batch size changes no row.
-    labeler = {k: v for k, v in options["labeler"].items() if k not in ("batch_size", "checkpoint", "checkpoint_sha256")}
+    labeler = {
+        k: v for k, v in options["labeler"].items() if k not in ("batch_size", "checkpoint", "checkpoint_sha256")
+    }
     read = {k: options["read"][k] for k in ("decode", "chunk_bytes", "max_chunk_pairs")}
-    return {"model": manifest["model"], "checkpoint_sha256": manifest["checkpoint_sha256"], "labeler": labeler,
-            "read": read, "plan": options["plan"],
-            # No carried columns reads as a run from before --carry existed (no such key): they resume.
-            "sink": {k: v for k, v in options["sink"].items() if k != "out" and (k != "carried" or v)},
-            "corpus": options["corpus"],
-            "frame_labels": _label_settings(options.get("frame_labels")),
-            "clip_labels": _label_settings(options.get("clip_labels"))}
+    return {
+        "model": manifest["model"],
+        "checkpoint_sha256": manifest["checkpoint_sha256"],
+        "labeler": labeler,
+        "read": read,
+        "plan": options["plan"],
+        # No carried columns reads as a run from before --carry existed (no such key): they resume.
+        "sink": {k: v for k, v in options["sink"].items() if k != "out" and (k != "carried" or v)},
+        "corpus": options["corpus"],
+        "frame_labels": _label_settings(options.get("frame_labels")),
+        "clip_labels": _label_settings(options.get("clip_labels")),
+    }
 
 
 def _label_settings(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -48,8 +55,9 @@ def _label_settings(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in options.items() if k not in ("checkpoint", "checkpoint_sha256", "batch_size")}
 
 
-def check_same_settings(out: str, manifest: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None
-                        ) -> None:
+def check_same_settings(
+    out: str, manifest: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None
+) -> None:
     """Raise :class:`OutputConflictError` naming each setting in which ``manifest`` differs from the run
     that wrote ``out`` (nothing to compare on a new ``out``)."""
     previous = read_manifest(out, storage_options)
@@ -58,8 +66,10 @@ def check_same_settings(out: str, manifest: Mapping[str, Any], storage_options: 
     # The new manifest as the old one was stored (JSON), so tuples and lists compare equal.
     changed = setting_differences(fingerprint(previous), fingerprint(json.loads(json.dumps(manifest, default=str))))
     if changed:
-        raise OutputConflictError(f"{out} holds labels made with other settings ({'; '.join(changed)}); "
-                                  "use a new --out, or the same settings to resume")
+        raise OutputConflictError(
+            f"{out} holds labels made with other settings ({'; '.join(changed)}); "
+            "use a new --out, or the same settings to resume"
+        )
 
 
 def setting_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -94,17 +104,21 @@ class Books:
 
     def tracker(self, storage_options: Mapping[str, Any] | None = None) -> UnitTracker:
         """A tracker that settles units in ``out`` as their chunks are committed during this run."""
-        return UnitTracker(self.committed,
-                           lambda unit, chunks: write_unit_marker(self.out, unit, "done", chunks, storage_options))
+        return UnitTracker(
+            self.committed, lambda unit, chunks: write_unit_marker(self.out, unit, "done", chunks, storage_options)
+        )
 
 
-def unit_outcomes(out: str, keys: Collection[str], storage_options: Mapping[str, Any] | None = None
-                  ) -> tuple[list[UnitRecord], list[UnitRecord]]:
+def unit_outcomes(
+    out: str, keys: Collection[str], storage_options: Mapping[str, Any] | None = None
+) -> tuple[list[UnitRecord], list[UnitRecord]]:
     """(errors, skipped): the records in ``out`` of the units in ``keys`` (this run's plan; records of
     other inputs labeled into the same ``out`` are not this run's)."""
     keys = set(keys)
-    return ([r for r in read_records(out, ERRORS_DIR, storage_options) if r.unit in keys],
-            [r for r in read_records(out, SKIPPED_DIR, storage_options) if r.unit in keys])
+    return (
+        [r for r in read_records(out, ERRORS_DIR, storage_options) if r.unit in keys],
+        [r for r in read_records(out, SKIPPED_DIR, storage_options) if r.unit in keys],
+    )
 
 
 class UnitTracker:

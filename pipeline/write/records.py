@@ -33,8 +33,14 @@ class UnitRecord:
     message: str
 
 
-def record_exception(source: str, video_id: str, unit: str, stage: str, exc: BaseException,
-                     storage_options: Mapping[str, Any] | None = None) -> UnitRecord:
+def record_exception(
+    source: str,
+    video_id: str,
+    unit: str,
+    stage: str,
+    exc: BaseException,
+    storage_options: Mapping[str, Any] | None = None,
+) -> UnitRecord:
     message = scrub(str(exc) or repr(exc), storage_options)
     return UnitRecord(source, video_id, unit, stage, type(exc).__name__, message)
 
@@ -66,8 +72,9 @@ def read_records(out: str, folder: str, storage_options: Mapping[str, Any] | Non
 UNIT_STATUSES = ("done", "failed", "skipped")
 
 
-def write_unit_marker(out: str, unit: str, status: str, chunks: list[str],
-                      storage_options: Mapping[str, Any] | None = None) -> None:
+def write_unit_marker(
+    out: str, unit: str, status: str, chunks: list[str], storage_options: Mapping[str, Any] | None = None
+) -> None:
     """Mark ``unit`` settled (status done | failed | skipped) with the chunk files it consists of.
 
     The status is in the marker's name, ``_units/<unit>.<status>.json``, so that one listing tells a

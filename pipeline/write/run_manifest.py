@@ -23,9 +23,15 @@ def versions() -> dict[str, str]:
     import ray
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-            "pyarrow": pyarrow.__version__, "av": av.__version__, "opencv": cv2.__version__,
-            "numpy": numpy.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "pyarrow": pyarrow.__version__,
+        "av": av.__version__,
+        "opencv": cv2.__version__,
+        "numpy": numpy.__version__,
+    }
 
 
 def write_manifest(out: str, manifest: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None) -> None:
@@ -52,18 +58,30 @@ class RunProgress:
     """``_flowlabel.json`` kept current during a run (atomic replace, at most every ``every_s``):
     status, units settled and pairs labeled so far, then the final counts."""
 
-    def __init__(self, out: str, manifest: dict[str, Any], storage_options: Mapping[str, Any],
-                 total: int, settled_before: int, every_s: float = 10.0):
+    def __init__(
+        self,
+        out: str,
+        manifest: dict[str, Any],
+        storage_options: Mapping[str, Any],
+        total: int,
+        settled_before: int,
+        every_s: float = 10.0,
+    ):
         self._out, self._manifest, self._so = out, manifest, storage_options
         self._total, self._before, self._every = total, settled_before, every_s
         self._pairs, self._last = 0, 0.0
 
     def write(self, status: str, counts: Mapping[str, Any] | None = None, **fields: Any) -> None:
         now = time.time()
-        body = {**self._manifest, "status": status, "updated_at": utc_now(),
-                "seconds": round(now - datetime.fromisoformat(self._manifest["started_at"]).timestamp(), 3)}
-        body["counts"] = dict(counts) if counts else {"units_total": self._total, "pairs": self._pairs,
-                                                      "units_done": self._before}
+        body = {
+            **self._manifest,
+            "status": status,
+            "updated_at": utc_now(),
+            "seconds": round(now - datetime.fromisoformat(self._manifest["started_at"]).timestamp(), 3),
+        }
+        body["counts"] = (
+            dict(counts) if counts else {"units_total": self._total, "pairs": self._pairs, "units_done": self._before}
+        )
         body.update(fields)
         write_manifest(self._out, body, self._so)
         self._last = now
@@ -71,5 +89,7 @@ class RunProgress:
     def update(self, pairs: int, settled_this_run: int) -> None:
         self._pairs += pairs
         if time.time() - self._last >= self._every:
-            self.write("running", {"units_total": self._total, "units_done": self._before + settled_this_run,
-                                   "pairs": self._pairs})
+            self.write(
+                "running",
+                {"units_total": self._total, "units_done": self._before + settled_this_run, "pairs": self._pairs},
+            )

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import io
 import json
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +21,15 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.chunks import iter_chunks
-from pipeline.encoding import DEFAULT_FLOW_ENCODING, SCALE_COLUMN, check_encoding, check_stored, encode_labels, flow_magnitude_sum, \
-    parquet_options
+from pipeline.encoding import (
+    DEFAULT_FLOW_ENCODING,
+    SCALE_COLUMN,
+    check_encoding,
+    check_stored,
+    encode_labels,
+    flow_magnitude_sum,
+    parquet_options,
+)
 from pipeline.schema import ARRAY_COLUMNS, SCALAR_COLUMNS, carried_column, check_store, optional_columns, to_table
 from pipeline.storage import filesystem, join, write_atomic
 from pipeline.write.records import write_unit_marker
@@ -30,8 +37,21 @@ from pipeline.write.records import write_unit_marker
 FORMATS = ("parquet", "npz")
 NPZ_DIR = "_npz"
 PARTITION_KEYS = {"corpus": "corpus", "video": "video_id"}  # path key → column
-SUMMARY_KEYS = ("video_id", "source", "corpus", "chunk", "unit", "unit_chunks", "settled", "pairs", "pixels",
-                "bytes_written", "flow_magnitude_sum", "occluded_sum", "labeled_on")
+SUMMARY_KEYS = (
+    "video_id",
+    "source",
+    "corpus",
+    "chunk",
+    "unit",
+    "unit_chunks",
+    "settled",
+    "pairs",
+    "pixels",
+    "bytes_written",
+    "flow_magnitude_sum",
+    "occluded_sum",
+    "labeled_on",
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +75,10 @@ class SinkOptions:
         if not self.formats or set(self.formats) - set(FORMATS):
             raise ValueError(f"formats: expected a non-empty subset of {FORMATS}, got {self.formats}")
         if check_store(self.store) == "summary" and self.formats != ("parquet",):
-            raise ValueError(f"store='summary' (--store summary) writes no label arrays, so no npz: expected "
-                             f"formats ('parquet',) (--format parquet), got {self.formats}")
+            raise ValueError(
+                f"store='summary' (--store summary) writes no label arrays, so no npz: expected "
+                f"formats ('parquet',) (--format parquet), got {self.formats}"
+            )
         if set(self.partition) - set(PARTITION_KEYS):
             raise ValueError(f"partition: expected keys among {sorted(PARTITION_KEYS)}, got {self.partition}")
 
@@ -93,29 +115,43 @@ def encode_parquet(rows: Mapping[str, np.ndarray], options: SinkOptions) -> byte
     """One chunk's rows (arrays stored in ``options.flow_encoding``) → the bytes of its Parquet file."""
     table = to_table(rows, options.excluded_columns, options.flow_encoding, options.store, options.carried)
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression=options.compression,
-                   **parquet_options(table.schema, options.flow_encoding))
+    pq.write_table(
+        table, buffer, compression=options.compression, **parquet_options(table.schema, options.flow_encoding)
+    )
     return buffer.getvalue()
 
 
-def encode_npz(rows: Mapping[str, np.ndarray], flow_encoding: str = DEFAULT_FLOW_ENCODING,
-               carried: tuple[str, ...] = ()) -> bytes:
+def encode_npz(
+    rows: Mapping[str, np.ndarray], flow_encoding: str = DEFAULT_FLOW_ENCODING, carried: tuple[str, ...] = ()
+) -> bytes:
     """The same arrays (N×H×W[×2], stored in ``flow_encoding``) and columns as the Parquet file,
     in one compressed npz (carried columns as text, a null as "": npz has no nulls)."""
     check_stored(rows, flow_encoding)
     arrays = {name: rows[name] for name in (*ARRAY_COLUMNS, SCALE_COLUMN) if name in rows}
-    arrays.update({name: np.asarray(rows[name]).astype(str) if rows[name].dtype == object else np.asarray(rows[name])
-                   for name in SCALAR_COLUMNS})
+    arrays.update(
+        {
+            name: np.asarray(rows[name]).astype(str) if rows[name].dtype == object else np.asarray(rows[name])
+            for name in SCALAR_COLUMNS
+        }
+    )
     arrays.update({name: np.asarray(rows[name]) for name in optional_columns(rows)})  # N×k, --frame-labels
-    arrays.update({name: np.array(["" if v is None else v for v in carried_column(rows, name).to_pylist()], str)
-                   for name in carried})
+    arrays.update(
+        {
+            name: np.array(["" if v is None else v for v in carried_column(rows, name).to_pylist()], str)
+            for name in carried
+        }
+    )
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
 
 
-def write_files(rows: Mapping[str, np.ndarray], options: SinkOptions, encoders: Mapping[str, Callable[[], bytes]],
-                storage_options: Mapping[str, Any] | None = None) -> int:
+def write_files(
+    rows: Mapping[str, np.ndarray],
+    options: SinkOptions,
+    encoders: Mapping[str, Callable[[], bytes]],
+    storage_options: Mapping[str, Any] | None = None,
+) -> int:
     """Write one chunk's file in each format of ``encoders`` (format → bytes) at its path below
     ``options.out``, atomically; returns the bytes written. A retried task writes the same paths."""
     fs, root = filesystem(options.out, storage_options)
@@ -128,15 +164,18 @@ def write_files(rows: Mapping[str, np.ndarray], options: SinkOptions, encoders: 
     return written
 
 
-def write_chunk(rows: Mapping[str, np.ndarray], options: SinkOptions,
-                storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def write_chunk(
+    rows: Mapping[str, np.ndarray], options: SinkOptions, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Write one chunk of pair rows in every requested format; returns a summary row."""
     if options.store == "dense":
         # The labeler's rows are stored already and pass through; float labels (Python API) are encoded
         # here, once for every format and the summary.
         rows = {**rows, **encode_labels(rows, options.flow_encoding)}
-    encoders = {"parquet": lambda: encode_parquet(rows, options),
-                "npz": lambda: encode_npz(rows, options.flow_encoding, options.carried)}
+    encoders = {
+        "parquet": lambda: encode_parquet(rows, options),
+        "npz": lambda: encode_npz(rows, options.flow_encoding, options.carried),
+    }
     written = write_files(rows, options, {fmt: encoders[fmt] for fmt in options.formats}, storage_options)
     return {
         "video_id": str(rows["video_id"][0]),
@@ -157,18 +196,29 @@ def _label_sums(rows: Mapping[str, np.ndarray], store: str) -> dict[str, Any]:
     """pixels, Σ |flow| (px) and occluded pixels of a chunk: from its arrays, or without them (summary store)
     from the per-pair means flow_mean and occluded_fraction over each pair's H×W pixels."""
     if store == "dense":
-        return {"pixels": int(np.prod(np.shape(rows["flow"])[:3])), "flow_magnitude_sum": flow_magnitude_sum(rows),
-                "occluded_sum": int(np.asarray(rows["occlusion"]).sum())}
+        return {
+            "pixels": int(np.prod(np.shape(rows["flow"])[:3])),
+            "flow_magnitude_sum": flow_magnitude_sum(rows),
+            "occluded_sum": int(np.asarray(rows["occlusion"]).sum()),
+        }
     pixels = np.asarray(rows["height"], np.int64) * np.asarray(rows["width"], np.int64)
     flow = np.asarray(rows["flow_mean"], np.float64) * pixels
-    return {"pixels": int(pixels.sum()), "flow_magnitude_sum": float(np.nansum(flow)),
-            "occluded_sum": int(np.rint(np.asarray(rows["occluded_fraction"], np.float64) * pixels).sum())}
+    return {
+        "pixels": int(pixels.sum()),
+        "flow_magnitude_sum": float(np.nansum(flow)),
+        "occluded_sum": int(np.rint(np.asarray(rows["occluded_fraction"], np.float64) * pixels).sum()),
+    }
 
 
-def write_batch(batch: Mapping[str, np.ndarray], options: SinkOptions,
-                storage_options: Mapping[str, Any] | None = None, *,
-                write: Callable[..., dict[str, Any]] = write_chunk, keys: tuple[str, ...] = SUMMARY_KEYS,
-                threads: int = 8) -> dict[str, np.ndarray]:
+def write_batch(
+    batch: Mapping[str, np.ndarray],
+    options: SinkOptions,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    write: Callable[..., dict[str, Any]] = write_chunk,
+    keys: tuple[str, ...] = SUMMARY_KEYS,
+    threads: int = 8,
+) -> dict[str, np.ndarray]:
     """The write stage of a Ray Data pipeline: every chunk in ``batch`` through ``write`` (pair
     chunks by default; the clip labels pass theirs), ``threads`` at a time (object-store PUTs
     wait on the network); returns the summary rows, columns ``keys``. Pair units whose chunks are
@@ -192,8 +242,9 @@ def _settle_whole_units(summaries: list[dict[str, Any]], out: str, storage_optio
                 s["settled"] = True
 
 
-def committed_chunks(options: SinkOptions, storage_options: Mapping[str, Any] | None = None
-                     ) -> dict[str, frozenset[str]]:
+def committed_chunks(
+    options: SinkOptions, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, frozenset[str]]:
     """video_id → chunks committed in every requested format under ``options.out``.
 
     Data files become visible only when complete (see ``write_atomic``), so a listed file is a
@@ -204,14 +255,14 @@ def committed_chunks(options: SinkOptions, storage_options: Mapping[str, Any] | 
         return {}
     found: dict[tuple[str, str], set[str]] = {}
     for path in fs.find(root):
-        relative = path[len(root.rstrip("/")) + 1:]
+        relative = path[len(root.rstrip("/")) + 1 :]
         fmt = relative.rsplit(".", 1)[-1]
         if fmt not in options.formats or relative.rsplit("/", 1)[-1].startswith("."):
             continue
         if fmt == "npz":
             if not relative.startswith(NPZ_DIR + "/"):
                 continue
-            relative = relative[len(NPZ_DIR) + 1:]
+            relative = relative[len(NPZ_DIR) + 1 :]
         elif relative.startswith("_"):
             continue
         key = options.parse_stem(relative)
