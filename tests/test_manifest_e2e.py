@@ -104,6 +104,24 @@ def test_manifest_spans_and_carried_columns(ray_local, local_s3, s3_manifest):
     assert t0[ids["early"], 15] == pytest.approx(0.5) and t0[ids["late"], 30] == pytest.approx(1.0)
     assert set(table["corpus"].to_pylist()) == {"clips", "videos"}  # the manifest's name; the file's folder
 
+    # The clip table: one row per manifest row (and input), with that row's carried values.
+    clips = pads.dataset(f"{out.removeprefix('s3://')}/_clips_summary", filesystem=fs, format="parquet").to_table()
+    assert sorted(
+        zip(
+            clips["video_id"].to_pylist(),
+            clips["clip_id"].to_pylist(),
+            clips["caption"].to_pylist(),
+            clips["pairs"].to_pylist(),
+        )
+    ) == sorted(
+        [
+            (ids["early"], "101", "early", 8),
+            (ids["late"], "102", "late", 9),
+            (ids["whole"], None, "whole", 5),
+            (ids["extra"], None, None, 4),
+        ]
+    )
+
     npz_rows = []
     for path in sorted(p for p in fs.find(f"{out}/_npz") if p.endswith(".npz")):
         with fs.open(path, "rb") as f:

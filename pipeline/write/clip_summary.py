@@ -118,15 +118,17 @@ def clip_summary_rows(sink: Any, storage_options: Mapping[str, Any] | None = Non
 
 
 def summarize_clips(sink: Any, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
-    """The clip table (:data:`CLIP_TABLE_COLUMNS`) of every committed pair under ``sink.out``."""
-    return clip_table(read_pair_columns(sink, storage_options))
+    """The clip table (:data:`CLIP_TABLE_COLUMNS`, then the carried manifest columns ``sink.carried``) of
+    every committed pair under ``sink.out``."""
+    return clip_table(read_pair_columns(sink, storage_options), tuple(sink.carried))
 
 
 def read_pair_columns(sink: Any, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
     """:data:`PAIR_COLUMNS` of every committed pair row under ``sink.out``, from its Parquet files (npz when
-    the run writes no Parquet); a column a file lacks (written before it existed) is null."""
+    the run writes no Parquet), and the carried manifest columns (text); a column a file lacks (written
+    before it existed) is null."""
     fs, root = filesystem(sink.out, storage_options)
-    schema = pa.schema(list(PAIR_COLUMNS.items()))
+    schema = pa.schema([*PAIR_COLUMNS.items(), *((name, pa.string()) for name in sink.carried)])
     fmt = "parquet" if "parquet" in sink.formats else "npz"
     paths = _data_files(fs, root, sink, fmt)
     if not paths:
@@ -143,7 +145,7 @@ def read_pair_columns(sink: Any, storage_options: Mapping[str, Any] | None = Non
         partition_base_dir=root,
         partitioning=partitioning if "corpus" in sink.excluded_columns else None,
     )
-    return dataset.to_table(columns=list(PAIR_COLUMNS))
+    return dataset.to_table(columns=schema.names)
 
 
 def _data_files(fs, root: str, sink: Any, fmt: str) -> list[str]:
@@ -179,10 +181,11 @@ def _npz_columns(fs, path: str, schema: pa.Schema) -> pa.Table:
         )
 
 
-def clip_table(pairs: pa.Table) -> pa.Table:
+def clip_table(pairs: pa.Table, carried: tuple[str, ...] = ()) -> pa.Table:
     """Pair rows (:data:`PAIR_COLUMNS`) → one row per video_id (:data:`CLIP_TABLE_COLUMNS`), sorted by source
     and video_id. A video's pairs are ordered by frame0 first, so its sums do not depend on the read order.
-    flow_mean_per_s uses each pair's t1 − t0 when every pair of the clip has one > 0 (else NaN)."""
+    flow_mean_per_s uses each pair's t1 − t0 when every pair of the clip has one > 0 (else NaN). ``carried``
+    columns (one manifest row's values, the same on every pair of a clip) follow, from the clip's first pair."""
     pairs = pairs.sort_by([("video_id", "ascending"), ("frame0", "ascending")])
     ids = pairs["video_id"].to_numpy(zero_copy_only=False)
     columns = {n: _floats(pairs[n]) for n in ("t0", "t1", *MOTION_COLUMNS)}
@@ -195,7 +198,9 @@ def clip_table(pairs: pa.Table) -> pa.Table:
         "corpus": pairs["corpus"].take(pa.array(starts)),
     }
     table.update({n: pa.array([r[n] for r in rows], t) for n, t in CLIP_TABLE_COLUMNS.items() if n not in table})
-    result = pa.table(table, schema=pa.schema(list(CLIP_TABLE_COLUMNS.items())))
+    table.update({n: pairs[n].take(pa.array(starts)) for n in carried})
+    schema = pa.schema([*CLIP_TABLE_COLUMNS.items(), *((n, pa.string()) for n in carried)])
+    result = pa.table(table, schema=schema)
     return result.sort_by([("source", "ascending"), ("video_id", "ascending")])
 
 
