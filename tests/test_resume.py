@@ -142,3 +142,24 @@ def test_sigkill_of_the_driver_then_resume(ray_local, corpus, baseline, tmp_path
     assert sorted(again) == sorted(keys) and len(again) == len(set(again))
     # Committed chunks are not labeled twice (but for each unfinished unit's last chunk, ≤ 3 pairs).
     assert len(keys) - committed_before <= result.pairs <= len(keys) - committed_before + 3 * 3
+
+
+def test_unit_tracker_settles_each_unit_once_and_leaves_writer_settled_units_alone():
+    """The driver writes a marker for a unit once all its chunks are committed, in any order of arrival,
+    and none for a unit the writer settled (all its chunks in one block), even when that unit's last
+    summary arrives before its other chunks."""
+    from pipeline.write.exactly_once import UnitTracker
+
+    settled = []
+    tracker = UnitTracker({"v1": frozenset({"c0"})}, lambda unit, chunks: settled.append((unit, chunks)))
+
+    def summary(video, chunk, unit, chunks="", by_writer=False):
+        return {"video_id": video, "chunk": chunk, "unit": unit, "unit_chunks": chunks, "settled": by_writer}
+
+    tracker.add(summary("v1", "c2", "u1", '["c0", "c1", "c2"]'))  # last chunk first; c0 committed earlier
+    assert settled == [] and tracker.waiting == ["u1"]
+    tracker.add(summary("v1", "c1", "u1"))
+    assert settled == [("u1", ["c0", "c1", "c2"])]
+    tracker.add(summary("v2", "d1", "u2", '["d0", "d1"]', by_writer=True))  # the writer's, out of order
+    tracker.add(summary("v2", "d0", "u2"))
+    assert settled == [("u1", ["c0", "c1", "c2"])] and tracker.settled == ["u1", "u2"] and tracker.waiting == []

@@ -134,6 +134,7 @@ class UnitTracker:
         self._committed = {video: set(chunks) for video, chunks in committed.items()}
         self._waiting: dict[str, tuple[str, list[str]]] = {}
         self._settle = settle
+        self._settled_by_writer: set[str] = set()
         self.settled: list[str] = []
 
     def add(self, summary: Mapping[str, Any]) -> None:
@@ -141,11 +142,13 @@ class UnitTracker:
         self._committed.setdefault(video, set()).add(summary["chunk"])
         if summary.get("unit_chunks"):
             self._waiting[summary["unit"]] = (video, json.loads(summary["unit_chunks"]))
+            if summary.get("settled"):
+                self._settled_by_writer.add(summary["unit"])
         # Summaries of one unit may arrive in any order: re-check the waiting units of this video.
         for unit, (unit_video, chunks) in list(self._waiting.items()):
             if unit_video == video and self._committed[video].issuperset(chunks):
                 del self._waiting[unit]
-                if not (unit == summary["unit"] and summary.get("settled")):
+                if unit not in self._settled_by_writer:
                     self._settle(unit, chunks)
                 self.settled.append(unit)
 

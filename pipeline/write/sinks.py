@@ -228,7 +228,7 @@ def write_batch(
         summaries = list(pool.map(lambda rows: write(rows, options, storage_options), chunks))
     if "unit_chunks" in keys:
         _settle_whole_units(summaries, options.out, storage_options)
-    return {key: np.array([s.get(key, False) for s in summaries]) for key in keys}
+    return {key: np.array([s[key] for s in summaries]) for key in keys}
 
 
 def _settle_whole_units(summaries: list[dict[str, Any]], out: str, storage_options: Mapping[str, Any] | None) -> None:
