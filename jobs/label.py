@@ -86,6 +86,7 @@ class LabelResult:
     per_video: list[dict[str, Any]]
     errors: list[UnitRecord]
     skipped: list[UnitRecord]
+    files: int = 0  # data files written: a chunk's per format, or a pack's (short clips)
     clips: int = 0  # rows written to <out>/_clips/ (--clip-labels)
     clip_summaries: int = 0  # rows of <out>/_clips_summary/: one per source labeled on out, this run or before
     settled_before: int = 0  # units already done by an earlier run on the same out (a resume)
@@ -149,6 +150,7 @@ def prepare(job: LabelJob, started: float) -> RunPlan:
     sources, listing_errors = list_sources(job.inputs, so, job.corpus, job.manifest)
     units = plan_units(sources, job.read.decode, job.plan, so)
     books = Books.read(job.sink, so)
+    books.clear_unsettled_packs(so)
     pending = [
         replace(u, done_chunks=books.committed.get(u.source.video_id, frozenset()))
         for u in units
@@ -194,6 +196,7 @@ def finish(
         pairs=int(sum(s["pairs"] for s in summaries)),
         chunks=len(summaries),
         bytes_written=int(sum(s["bytes_written"] for s in summaries)),
+        files=int(sum(s["files"] for s in summaries)),
         seconds=time.time() - started,
         per_video=_per_video(summaries),
         errors=errors,
@@ -279,10 +282,13 @@ def _stream(job: LabelJob, units: list[ReadUnit], execution: dict[str, Any]) -> 
 
     connect(job.cluster)
     so = dict(job.storage_options)
-    source = FramePairDatasource(units, job.read, job.sink.out, so)
     stages = plan_stages(job.cluster, job.read.chunk_bytes, len(units))  # resources and limits: jobs/cluster.py
+    # Short clips share read tasks, spread over the concurrent readers; then the stages are sized again
+    # for the tasks there are.
+    source = FramePairDatasource(units, job.read, job.sink.out, so, readers=stages.read["concurrency"])
+    stages = plan_stages(job.cluster, job.read.chunk_bytes, source.num_tasks)
     execution["plan"] = stages.describe()
-    ds = ray.data.read_datasource(source, override_num_blocks=len(units), **stages.read)
+    ds = ray.data.read_datasource(source, override_num_blocks=source.num_tasks, **stages.read)
     # Ray Data restarts a killed labeler actor and redoes its batch (max_restarts=-1 by default).
     ds = map_whole_blocks(ds, Labeler, fn_constructor_kwargs=_labeler_kwargs(job, so), **stages.label)
     ds = ds.map_batches(
@@ -526,10 +532,9 @@ def format_label_summary(result: LabelResult, sink: SinkOptions) -> str:
             f"in {out} by an earlier run with the same settings"
         ]
     else:
-        files = result.chunks * len(sink.formats)
         lines = [
             f"labeled {result.pairs} pairs from {result.sources} sources in {result.seconds:.1f} s "
-            f"({result.pairs_per_second:.2f} pairs/s): {result.chunks} chunks in {files} files "
+            f"({result.pairs_per_second:.2f} pairs/s): {result.chunks} chunks in {result.files} files "
             f"({' + '.join(sink.formats)}), {result.bytes_written / 2**20:.1f} MiB, in {out}"
         ]
         if result.settled_before:

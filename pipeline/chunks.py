@@ -13,6 +13,9 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 CHUNK_KEYS = ("video_id", "chunk")
+# The pack a chunk travels in (short clips of one read task) and the pack's number of chunks: stamped by
+# the reader, carried by the labeler, used by the writer to write a whole pack as one file.
+PACK_COLUMNS = ("pack", "pack_chunks")
 
 
 def chunk_id(first: int, last: int) -> str:

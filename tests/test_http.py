@@ -281,7 +281,7 @@ def test_http_manifest_end_to_end(ray_local, local_s3, http_server, videos):
     ]
     fs = s3fs.S3FileSystem(**local_s3.storage_options)
     table = pads.dataset(out.removeprefix("s3://"), filesystem=fs, format="parquet", partitioning="hive").to_table()
-    got = sorted(zip(table["video"].to_pylist(), table["frame0"].to_pylist(), table["clip"].to_pylist()))
+    got = sorted(zip(table["video_id"].to_pylist(), table["frame0"].to_pylist(), table["clip"].to_pylist()))
     ids = {name: video_id_for(f"{base}/e2e/{name}.mp4") for name in ("good", "flaky")}
     expected = sorted(
         [(ids["good"], k, "g") for k in range(7)]

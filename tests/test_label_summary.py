@@ -13,6 +13,7 @@ def result(**fields) -> LabelResult:
         units=3,
         pairs=10,
         chunks=2,
+        files=4,
         bytes_written=3 * 2**20,
         seconds=4.0,
         per_video=[],
@@ -22,7 +23,7 @@ def result(**fields) -> LabelResult:
     return LabelResult(**{**values, **fields})
 
 
-def test_summary_counts_a_file_per_format_and_names_the_output():
+def test_summary_counts_the_files_written_and_names_the_output():
     text = format_label_summary(result(), SinkOptions("s3://b/labels", formats=("parquet", "npz")))
     assert text.splitlines()[0] == (
         "labeled 10 pairs from 2 sources in 4.0 s (2.50 pairs/s): 2 chunks in 4 files "

@@ -77,18 +77,31 @@ def test_pair_rows_turns_frame_rows_into_pairs(frames):
     assert "image" not in rows and "pair_with" not in rows
 
 
-def test_labeler_udf_yields_one_batch_of_pairs_per_chunk(frames):
+def test_labeler_udf_labels_the_chunks_of_a_block_together(frames):
+    """A block's chunks of one frame size are labeled in one call (rows in chunk order, each pair from its
+    own chunk's frames); a chunk of another size comes in a batch of its own."""
     labeler = Labeler(LabelerConfig(model="dis", batch_size=2))
-    a, b = chunk(frames, [0, 1, 2, 3], {0: 1, 1: 2, 2: 3}, "a"), chunk(frames, [0, 1], {0: 1}, "b")
+    a, b = chunk(frames, [0, 1, 2, 3], {0: 1, 1: 2, 2: 3}, "a"), chunk(frames[3:], [0, 1], {0: 1}, "b")
+    small = {**chunk(frames, [0, 1], {0: 1}, "c"), "image": frames[:2, :48, :64]}
     batch = {k: np.concatenate([a[k], b[k]]) for k in a}
     outs = list(labeler(batch))
-    assert [o["chunk"].tolist() for o in outs] == [["a"] * 3, ["b"]]
-    assert outs[0]["frame0"].tolist() == [0, 1, 2] and outs[0]["frame1"].tolist() == [1, 2, 3]
-    assert all("image" not in o and o["flow"].shape[1:] == (96, 128, 2) and o["flow"].dtype == np.int16 for o in outs)
-    assert outs[0]["model"].tolist() == ["dis"] * 3 and outs[0]["checkpoint"].tolist() == [""] * 3
-    expected = encode_labels(label_pairs(labeler.model, frames[:3], frames[1:4], out_dtype=np.float32), "int16")
+    assert [o["chunk"].tolist() for o in outs] == [["a", "a", "a", "b"]]
+    assert outs[0]["frame0"].tolist() == [0, 1, 2, 0] and outs[0]["frame1"].tolist() == [1, 2, 3, 1]
+    assert "image" not in outs[0] and outs[0]["flow"].shape == (4, 96, 128, 2) and outs[0]["flow"].dtype == np.int16
+    assert outs[0]["model"].tolist() == ["dis"] * 4 and outs[0]["checkpoint"].tolist() == [""] * 4
+    image0, image1 = frames[[0, 1, 2, 3]], frames[[1, 2, 3, 4]]  # b's pair is frames 3 → 4
+    expected = encode_labels(label_pairs(labeler.model, image0, image1, out_dtype=np.float32), "int16")
     assert np.array_equal(outs[0]["flow"], expected["flow"])
     assert np.array_equal(outs[0]["confidence"], expected["confidence"])
+    mixed = list(
+        labeler(
+            {
+                k: np.array([*a[k], *small[k]], dtype=object) if k == "image" else np.concatenate([a[k], small[k]])
+                for k in a
+            }
+        )
+    )
+    assert [o["chunk"].tolist() for o in mixed] == [["a"] * 3, ["c"]] and mixed[1]["flow"].shape == (1, 48, 64, 2)
 
 
 def test_labeler_gives_the_same_rows_from_two_threads(frames):

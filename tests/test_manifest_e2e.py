@@ -82,7 +82,7 @@ def test_manifest_spans_and_carried_columns(ray_local, local_s3, s3_manifest):
     table = pads.dataset(out.removeprefix("s3://"), filesystem=fs, format="parquet", partitioning="hive").to_table()
     rows = sorted(
         zip(
-            table["video"].to_pylist(),
+            table["video_id"].to_pylist(),
             table["frame0"].to_pylist(),
             table["frame1"].to_pylist(),
             table["clip_id"].to_pylist(),
@@ -100,7 +100,7 @@ def test_manifest_spans_and_carried_columns(ray_local, local_s3, s3_manifest):
     assert result.pairs == len(expected) == 26
     assert table.schema.field("clip_id").type == pa.string() and table.schema.field("caption").type == pa.string()
     # Output times stay the video's own: frame 15 of the long video is at 0.5 s.
-    t0 = dict(zip(zip(table["video"].to_pylist(), table["frame0"].to_pylist()), table["t0"].to_pylist()))
+    t0 = dict(zip(zip(table["video_id"].to_pylist(), table["frame0"].to_pylist()), table["t0"].to_pylist()))
     assert t0[ids["early"], 15] == pytest.approx(0.5) and t0[ids["late"], 30] == pytest.approx(1.0)
     assert set(table["corpus"].to_pylist()) == {"clips", "videos"}  # the manifest's name; the file's folder
 

@@ -412,13 +412,25 @@ class Labeler:
         self.placement = placement(self.device.queue.device)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for frames in iter_chunks(batch):
-            yield self.label_chunk(frames)
+        # The chunks of a block (short clips share one) go to the device together, one size at a time:
+        # a call per six-frame clip would pay the device round trip and the per-pass overheads per clip.
+        chunks = list(iter_chunks(batch))
+        for _, run in itertools.groupby(chunks, key=lambda frames: np.shape(frames["image"])[1:]):
+            yield self.label_chunks(list(run))
 
     def label_chunk(self, frames: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Frame rows of one chunk → its pair rows with labels."""
-        out, index0, index1 = pair_rows(frames)
-        images = np.asarray(frames["image"])
+        return self.label_chunks([frames])
+
+    def label_chunks(self, chunks: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Frame rows of chunks of one frame size → their pair rows with labels, in order."""
+        parts = [pair_rows(frames) for frames in chunks]
+        offsets = np.cumsum([0] + [len(frames["frame"]) for frames in chunks[:-1]])
+        out = {name: np.concatenate([rows[name] for rows, _, _ in parts]) for name in parts[0][0]}
+        index0 = np.concatenate([i0 + offset for (_, i0, _), offset in zip(parts, offsets)])
+        index1 = np.concatenate([i1 + offset for (_, _, i1), offset in zip(parts, offsets)])
+        images = np.concatenate([np.asarray(f["image"]) for f in chunks]) if len(chunks) > 1 else chunks[0]["image"]
+        images = np.asarray(images)
         encoding = self.flow_encoding if self.store == "dense" else None  # summary: no arrays leave the device
         stored = _labels(self.device, images, index0, index1, encoding, motion=True)
         n = len(index0)

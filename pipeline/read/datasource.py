@@ -6,11 +6,14 @@ turns the planned units into Ray read tasks: a large unit is a task of its own, 
 most ``chunk_bytes`` of frames; a chunk is the unit of labeling and of output files, so its
 boundaries are deterministic (they depend only on the source and the options). The chunks
 of a task's small units travel together in blocks of up to ``chunk_bytes``, :func:`coalesce`:
-every Ray task and actor call costs milliseconds, which a six-frame clip cannot amortise.
+every Ray task and actor call costs milliseconds, which a six-frame clip cannot amortise. Each
+such block is a pack (:func:`pack_name`), which the writer stores as one file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import time
 from collections.abc import Iterator, Mapping
@@ -22,7 +25,7 @@ from fsspec.core import strip_protocol
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pipeline.chunks import chunk_id
+from pipeline.chunks import PACK_COLUMNS, chunk_id
 from pipeline.read.decode import (
     DecodeOptions,
     DecodeReport,
@@ -81,8 +84,10 @@ def iter_unit_pairs(
     report: DecodeReport,
     storage_options: Mapping[str, Any] | None = None,
     decode_threads: int = 1,
+    whole_bytes: int = 0,
 ) -> Iterator[Pair]:
-    """The pairs of ``unit`` in order: frame0 index in [start, stop), at most ``max_pairs`` per video."""
+    """The pairs of ``unit`` in order: frame0 index in [start, stop), at most ``max_pairs`` per video.
+    A whole video of at most ``whole_bytes`` is fetched with one request (see :func:`open_video`)."""
     source = unit.source
     if source.kind == "sequence":
         fs, _ = filesystem(source.uri, storage_options)
@@ -106,7 +111,7 @@ def iter_unit_pairs(
     # A span (manifest start/end) narrows the video: a planned segment seeks to its own start,
     # a whole-span unit to the span's start.
     start_time = unit.seek_time if unit.seek_time is not None else source.start
-    with fs.open(path, "rb") as f:
+    with open_video(fs, path, unit, whole_bytes) as f:
         frames = iter_video_frames(
             f,
             report,
@@ -120,6 +125,24 @@ def iter_unit_pairs(
         sampled = resample(frames, options.fps, unit.origin, unit.previous_time)
         pairs = make_pairs(sampled, options.stride, unit.first_ordinal, report, contiguous=options.fps is None)
         yield from _limit(pairs, unit, options)
+
+
+def open_video(fs: Any, path: str, unit: ReadUnit, whole_bytes: int) -> Any:
+    """A binary file object of the video at ``path``. A short clip read whole (no span, and a size of at
+    most ``whole_bytes`` or unknown, as for manifest rows) comes in one GET of its first ``whole_bytes``,
+    instead of a HEAD for its size and then ranged reads: two round trips per clip become one. A file
+    that turns out longer is opened for ranged reads after all (its first bytes are fetched twice).
+    http(s) inputs are always opened: fsspec's whole-file fetch reports a 404 without its status, which
+    the error records keep."""
+    source = unit.source
+    whole = unit.first and unit.stop is None and source.start is None and source.end is None
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    http = bool({"http", "https"} & set(protocols))
+    if whole and not http and whole_bytes > 0 and (source.size is None or source.size <= whole_bytes):
+        data = fs.cat_file(path, start=0, end=whole_bytes)
+        if len(data) < whole_bytes or (source.size is not None and len(data) == source.size):
+            return io.BytesIO(data)
+    return fs.open(path, "rb")
 
 
 def _strip(uris: tuple[str, ...]) -> list[str]:
@@ -208,7 +231,10 @@ def iter_unit_chunks(
     from the unit's first ordinal, and at a change of frame size."""
     chunk: list[Pair] = []
     limit = 1
-    for pair in iter_unit_pairs(unit, options.decode, report, storage_options, options.decode_threads):
+    pairs = iter_unit_pairs(
+        unit, options.decode, report, storage_options, options.decode_threads, options.small_unit_bytes
+    )
+    for pair in pairs:
         if chunk and (
             chunk[-1].frame0.image.shape != pair.frame0.image.shape or (pair.ordinal - unit.first_ordinal) % limit == 0
         ):
@@ -332,9 +358,13 @@ def _report_records(
 
 
 class FramePairDatasource(Datasource):
-    """One Ray read task per planned unit; each task yields one block per chunk of pairs and
-    writes the unit's error/skip records under ``records_out`` itself (so they survive even
-    when the unit yields no rows)."""
+    """One Ray read task per group of units (:func:`task_groups`, spread over ``readers`` concurrent
+    tasks); each task yields blocks of whole chunks and writes its units' error/skip records under
+    ``records_out`` itself (so they survive even when a unit yields no rows).
+
+    The groups are fixed here, not from the ``parallelism`` Ray Data passes: a run asks Ray for
+    exactly :attr:`num_tasks` blocks (``override_num_blocks``), since Ray splits the blocks of a
+    datasource that returns fewer tasks than asked for, which would cut chunks."""
 
     def __init__(
         self,
@@ -342,12 +372,17 @@ class FramePairDatasource(Datasource):
         options: ReadOptions,
         records_out: str,
         storage_options: Mapping[str, Any] | None = None,
+        readers: int = 1,
     ):
         super().__init__()
-        self._units = units
+        self._groups = task_groups(units, options, readers)
         self._options = options
         self._records_out = records_out
         self._storage_options = dict(storage_options or {})
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self._groups)
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -356,7 +391,7 @@ class FramePairDatasource(Datasource):
         self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
     ) -> list[ReadTask]:
         tasks = []
-        for group in task_groups(self._units, self._options, parallelism):
+        for group in self._groups:
             uris = tuple(dict.fromkeys(unit.source.uri for unit in group))
             metadata = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=uris)
             tasks.append(ReadTask(self._read_fn(group), metadata))
@@ -364,12 +399,30 @@ class FramePairDatasource(Datasource):
 
     def _read_fn(self, units: list[ReadUnit]):
         options, records_out, storage_options = self._options, self._records_out, self._storage_options
+        packed = all(_is_small(unit, options) for unit in units)
 
         def read() -> Iterator[Any]:
-            for batch in coalesce(_read_units(units, options, records_out, storage_options), options.chunk_bytes):
-                yield BlockAccessor.batch_to_block(batch)
+            blocks = coalesce(_read_units(units, options, records_out, storage_options), options.chunk_bytes)
+            for number, batch in enumerate(blocks):
+                yield BlockAccessor.batch_to_block(stamp_pack(batch, pack_name(units, number) if packed else ""))
 
         return read
+
+
+def pack_name(units: list[ReadUnit], block: int) -> str:
+    """The name of the pack that block ``block`` of a read task of small ``units`` becomes: a digest of the
+    units' keys and the block's number. A retried task makes the same blocks, so it rewrites the same packs;
+    another run's task of other units cannot name the same pack."""
+    digest = hashlib.sha256("\n".join(unit.key for unit in units).encode()).hexdigest()[:16]
+    return f"{digest}-{block:04d}"
+
+
+def stamp_pack(batch: dict[str, np.ndarray], pack: str) -> dict[str, np.ndarray]:
+    """Columns ``pack`` (the name, "" for none) and ``pack_chunks`` (how many chunks the pack holds) on every
+    row: the writer writes a pack as one file only when it holds all of them (see pipeline.write.sinks)."""
+    m = len(batch["frame"])
+    chunks = len(set(zip(batch["video_id"].tolist(), batch["chunk"].tolist())))
+    return {**batch, PACK_COLUMNS[0]: np.full(m, pack, object), PACK_COLUMNS[1]: np.full(m, chunks, np.int32)}
 
 
 def _read_units(
@@ -389,9 +442,9 @@ def _read_units(
 
 
 def task_groups(units: list[ReadUnit], options: ReadOptions, parallelism: int = 1) -> list[list[ReadUnit]]:
-    """Read tasks: a large unit alone; consecutive small ones together, at most ``units_per_task``,
-    and no more per task than spreads them over ``parallelism`` tasks (so short runs keep every
-    reader busy)."""
+    """Read tasks: a large unit alone; consecutive small ones of one corpus together, at most
+    ``units_per_task``, and no more per task than spreads them over ``parallelism`` tasks (so short
+    runs keep every reader busy)."""
     small = [u for u in units if _is_small(u, options)]
     per_task = max(1, min(options.units_per_task, -(-len(small) // max(1, parallelism))))
     groups: list[list[ReadUnit]] = []
@@ -401,6 +454,9 @@ def task_groups(units: list[ReadUnit], options: ReadOptions, parallelism: int = 
             groups += [current, [unit]] if current else [[unit]]
             current = []
             continue
+        if current and current[-1].source.corpus != unit.source.corpus:  # a pack file is in one corpus= folder
+            groups.append(current)
+            current = []
         current.append(unit)
         if len(current) == per_task:
             groups.append(current)

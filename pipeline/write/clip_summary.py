@@ -161,7 +161,7 @@ def _data_files(fs, root: str, sink: Any, fmt: str) -> list[str]:
             path.endswith(f".{fmt}")
             and not posixpath.basename(path).startswith(".")
             and not relative.startswith("_")
-            and sink.parse_stem(relative) is not None
+            and (sink.parse_stem(relative) is not None or sink.parse_pack(relative) is not None)
         ):
             out.append(path)
     return sorted(out)

@@ -2,7 +2,8 @@
 which chunks are committed, which records belong to this run. The pair labels and the clip labels
 both keep their books here.
 
-A unit is settled when a marker ``_units/<unit>.json`` exists. Read tasks write it for units
+A unit is settled when a marker ``_units/<unit>.<status>.json`` exists, or a pack marker
+``_packs/<pack>.json`` lists it (short clips written as one file by the writer). Read tasks write unit markers for units
 that reach no writer (bad input, nothing to label, everything already committed); the
 driver writes it for the others, once the unit's last chunk has announced the unit's chunk
 list and every chunk in it is committed. Re-runs skip settled units at planning time and
@@ -17,9 +18,18 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.write.records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, read_records, settled_units, write_unit_marker
+from pipeline.storage import filesystem
+from pipeline.write.records import (
+    ERRORS_DIR,
+    SKIPPED_DIR,
+    UnitRecord,
+    marked_units,
+    pack_markers,
+    read_records,
+    write_unit_marker,
+)
 from pipeline.write.run_manifest import read_manifest
-from pipeline.write.sinks import SinkOptions, committed_chunks
+from pipeline.write.sinks import SinkOptions, output_files
 
 
 class OutputConflictError(ValueError):
@@ -87,16 +97,30 @@ def setting_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: 
 
 @dataclass(frozen=True)
 class Books:
-    """What earlier runs left in ``out``: settled units (key → status) and committed chunks
-    (video_id → chunk names), read once when a run starts from two listings."""
+    """What earlier runs left in ``out``: settled units (key → status), committed chunks (video_id → chunk
+    names) and the files of packs that no marker settled (a run stopped between a pack's files and its
+    marker), read once when a run starts from three listings and one request per pack marker."""
 
     out: str
     settled: Mapping[str, str]
     committed: Mapping[str, frozenset[str]]
+    unsettled_pack_files: tuple[str, ...] = ()
 
     @classmethod
     def read(cls, sink: SinkOptions, storage_options: Mapping[str, Any] | None = None) -> Books:
-        return cls(sink.out, settled_units(sink.out, storage_options), committed_chunks(sink, storage_options))
+        settled = marked_units(sink.out, storage_options)
+        packs = pack_markers(sink.out, storage_options)
+        settled.update({unit: "done" for units in packs.values() for unit in units})
+        files = output_files(sink, storage_options)
+        unsettled = tuple(path for pack, paths in files.packs.items() if pack not in packs for path in paths)
+        return cls(sink.out, settled, files.committed, unsettled)
+
+    def clear_unsettled_packs(self, storage_options: Mapping[str, Any] | None = None) -> None:
+        """Delete the files of unsettled packs before a run: their units run again, so their rows would be
+        there twice."""
+        if self.unsettled_pack_files:
+            fs, _ = filesystem(self.out, storage_options)
+            fs.rm(list(self.unsettled_pack_files))
 
     def pending(self, keys: Iterable[str]) -> list[str]:
         """The keys of ``keys`` not settled yet, in order."""

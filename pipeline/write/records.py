@@ -19,6 +19,7 @@ from pipeline.storage import filesystem, join, scrub, write_atomic
 ERRORS_DIR = "_errors"
 SKIPPED_DIR = "_skipped"
 UNITS_DIR = "_units"  # one marker per settled unit: re-runs skip it at planning time
+PACKS_DIR = "_packs"  # one marker per pack of short clips written as one file: it settles all of them
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,15 @@ def write_unit_marker(
 
 
 def settled_units(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """unit key → status, for every unit settled under ``out``: one listing of ``_units/``."""
+    """unit key → status, for every unit settled under ``out``: one listing of ``_units/``, and the units
+    of every pack marker (done; one listing of ``_packs/`` and one request per pack, not per unit)."""
+    settled = marked_units(out, storage_options)
+    settled.update({unit: "done" for units in pack_markers(out, storage_options).values() for unit in units})
+    return settled
+
+
+def marked_units(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """unit key → status of the units with a marker of their own: one listing of ``_units/``."""
     fs, root = filesystem(out, storage_options)
     base = join(root, UNITS_DIR)
     if not fs.exists(base):
@@ -98,6 +107,36 @@ def settled_units(out: str, storage_options: Mapping[str, Any] | None = None) ->
         if rest in UNIT_STATUSES and unit:
             settled[unit] = rest
     return settled
+
+
+def write_pack_marker(
+    out: str,
+    pack: str,
+    units: Mapping[str, list[str]],
+    files: list[str],
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Settle every unit of ``pack`` (unit key → its chunks) at once, after the pack's ``files`` (paths
+    relative to ``out``) are committed: ``_packs/<pack>.json``."""
+    fs, root = filesystem(out, storage_options)
+    data = json.dumps({"pack": pack, "units": dict(units), "files": files}).encode()
+    write_atomic(fs, join(root, PACKS_DIR, f"{pack}.json"), data)
+
+
+def pack_markers(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, dict[str, list[str]]]:
+    """pack → its units (unit key → chunks), for every pack settled under ``out``: the markers are
+    listed once and fetched together (concurrently on object stores)."""
+    fs, root = filesystem(out, storage_options)
+    base = join(root, PACKS_DIR)
+    if not fs.exists(base):
+        return {}
+    paths = [p for p in fs.find(base) if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")]
+    bodies = fs.cat(paths) if paths else {}
+    markers = {}
+    for path in paths:
+        body = json.loads(bodies[path])
+        markers[body["pack"]] = body["units"]
+    return markers
 
 
 def clear_records(out: str, units: Iterable[str], storage_options: Mapping[str, Any] | None = None) -> None:

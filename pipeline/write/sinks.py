@@ -6,6 +6,10 @@ pyarrow/pandas restore it from the path when the folder is read as a dataset. np
 take the same relative paths below ``out/_npz/``: pyarrow skips folders whose names start
 with '_', so ``pq.read_table(out)`` still reads the Parquet dataset alone. With ``store="summary"``
 (``--store summary``) the files hold the per-row scalar and motion columns only, no label arrays.
+
+Short clips are packed: the chunks of one read task's clips (a pack, stamped by the reader) are written
+as one file per format, ``corpus=<corpus>/pack-<name>.parquet``, and settled by one marker
+(``_packs/<name>.json``) instead of a file and a marker per clip.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.chunks import iter_chunks
+from pipeline.chunks import PACK_COLUMNS, iter_chunks
 from pipeline.encoding import (
     DEFAULT_FLOW_ENCODING,
     SCALE_COLUMN,
@@ -32,10 +36,11 @@ from pipeline.encoding import (
 )
 from pipeline.schema import ARRAY_COLUMNS, SCALAR_COLUMNS, carried_column, check_store, optional_columns, to_table
 from pipeline.storage import filesystem, join, write_atomic
-from pipeline.write.records import write_unit_marker
+from pipeline.write.records import write_pack_marker, write_unit_marker
 
 FORMATS = ("parquet", "npz")
 NPZ_DIR = "_npz"
+PACK_PREFIX = "pack-"  # video ids are hex digests: no chunk file name starts with it
 PARTITION_KEYS = {"corpus": "corpus", "video": "video_id"}  # path key → column
 SUMMARY_KEYS = (
     "video_id",
@@ -48,6 +53,7 @@ SUMMARY_KEYS = (
     "pairs",
     "pixels",
     "bytes_written",
+    "files",
     "flow_magnitude_sum",
     "occluded_sum",
     "labeled_on",
@@ -92,9 +98,9 @@ class SinkOptions:
         return tuple(f".{fmt}" for fmt in self.formats)
 
     def parse_stem(self, relative: str) -> tuple[str, str] | None:
-        """(video_id, chunk) of a data file path relative to ``out`` (npz paths without ``_npz/``)."""
+        """(video_id, chunk) of a chunk file path relative to ``out`` (npz paths without ``_npz/``)."""
         parts = relative.split("/")
-        if len(parts) != len(self.partition) + 1:
+        if len(parts) != len(self.partition) + 1 or parts[-1].startswith(PACK_PREFIX):
             return None
         stem = parts[-1].rsplit(".", 1)[0]
         if "video" not in self.partition:
@@ -109,6 +115,19 @@ class SinkOptions:
         values = {"corpus": corpus, "video": video_id}
         parts = [f"{key}={values[key]}" for key in self.partition]
         return "/".join([*parts, chunk if "video" in self.partition else f"{video_id}-{chunk}"])
+
+    def pack_stem(self, corpus: str, pack: str) -> str:
+        """Path of a pack below ``out``, without extension: in its corpus's folder (a pack holds many
+        videos, so no ``video=`` folder; its rows name theirs in the ``video_id`` column)."""
+        return "/".join([*([f"corpus={corpus}"] if "corpus" in self.partition else []), PACK_PREFIX + pack])
+
+    def parse_pack(self, relative: str) -> str | None:
+        """The pack name of a pack file path relative to ``out`` (npz paths without ``_npz/``), else None."""
+        parts = relative.split("/")
+        depth = 2 if "corpus" in self.partition else 1
+        if len(parts) != depth or not parts[-1].startswith(PACK_PREFIX):
+            return None
+        return parts[-1][len(PACK_PREFIX) :].rsplit(".", 1)[0]
 
 
 def encode_parquet(rows: Mapping[str, np.ndarray], options: SinkOptions) -> bytes:
@@ -151,11 +170,13 @@ def write_files(
     options: SinkOptions,
     encoders: Mapping[str, Callable[[], bytes]],
     storage_options: Mapping[str, Any] | None = None,
+    stem: str | None = None,
 ) -> int:
-    """Write one chunk's file in each format of ``encoders`` (format → bytes) at its path below
-    ``options.out``, atomically; returns the bytes written. A retried task writes the same paths."""
+    """Write one chunk's file (or a pack's, at ``stem``) in each format of ``encoders`` (format → bytes) at
+    its path below ``options.out``, atomically; returns the bytes written. A retried task writes the same paths."""
     fs, root = filesystem(options.out, storage_options)
-    stem = options.chunk_stem(str(rows["corpus"][0]), str(rows["video_id"][0]), str(rows["chunk"][0]))
+    if stem is None:
+        stem = options.chunk_stem(str(rows["corpus"][0]), str(rows["video_id"][0]), str(rows["chunk"][0]))
     written = 0
     for fmt, encode in encoders.items():
         data = encode()
@@ -164,19 +185,67 @@ def write_files(
     return written
 
 
-def write_chunk(
-    rows: Mapping[str, np.ndarray], options: SinkOptions, storage_options: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """Write one chunk of pair rows in every requested format; returns a summary row."""
-    if options.store == "dense":
-        # The labeler's rows are stored already and pass through; float labels (Python API) are encoded
-        # here, once for every format and the summary.
-        rows = {**rows, **encode_labels(rows, options.flow_encoding)}
+def data_file(options: SinkOptions, stem: str, fmt: str) -> str:
+    """Path of a data file below ``out``: npz files are below ``_npz/``."""
+    return "/".join([*([NPZ_DIR] if fmt == "npz" else []), f"{stem}.{fmt}"])
+
+
+def _stored(rows: Mapping[str, np.ndarray], options: SinkOptions) -> Mapping[str, np.ndarray]:
+    """The labeler's rows are stored already and pass through; float labels (Python API) are encoded here,
+    once for every format and the summary."""
+    return {**rows, **encode_labels(rows, options.flow_encoding)} if options.store == "dense" else rows
+
+
+def _encoders(rows: Mapping[str, np.ndarray], options: SinkOptions) -> dict[str, Callable[[], bytes]]:
     encoders = {
         "parquet": lambda: encode_parquet(rows, options),
         "npz": lambda: encode_npz(rows, options.flow_encoding, options.carried),
     }
-    written = write_files(rows, options, {fmt: encoders[fmt] for fmt in options.formats}, storage_options)
+    return {fmt: encoders[fmt] for fmt in options.formats}
+
+
+def write_chunk(
+    rows: Mapping[str, np.ndarray], options: SinkOptions, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write one chunk of pair rows in every requested format; returns a summary row."""
+    rows = _stored(rows, options)
+    written = write_files(rows, options, _encoders(rows, options), storage_options)
+    return chunk_summary(rows, options.store, written, len(options.formats))
+
+
+def write_pack(
+    pack: str,
+    chunks: list[Mapping[str, np.ndarray]],
+    options: SinkOptions,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Write the chunks of a whole pack (short clips of one corpus, every chunk of each) as one file per
+    format, then its marker, which settles all of its units; returns a summary row per chunk (settled, the
+    pack's bytes on its first)."""
+    rows = _stored(_concatenate(chunks), options)
+    stem = options.pack_stem(str(rows["corpus"][0]), pack)
+    written = write_files(rows, options, _encoders(rows, options), storage_options, stem=stem)
+    files = len(options.formats)
+    summaries = [
+        chunk_summary(chunk, options.store, *((written, files) if i == 0 else (0, 0))) for i, chunk in enumerate(chunks)
+    ]
+    units = {s["unit"]: json.loads(s["unit_chunks"]) for s in summaries if s["unit_chunks"]}
+    paths = [data_file(options, stem, fmt) for fmt in options.formats]
+    write_pack_marker(options.out, pack, units, paths, storage_options)
+    for s in summaries:
+        s["settled"] = True
+    return summaries
+
+
+def _concatenate(chunks: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(chunks) == 1:
+        return dict(chunks[0])
+    return {name: np.concatenate([np.asarray(c[name]) for c in chunks]) for name in chunks[0]}
+
+
+def chunk_summary(rows: Mapping[str, np.ndarray], store: str, written: int, files: int) -> dict[str, Any]:
+    """The write summary of one chunk of pair rows (:data:`SUMMARY_KEYS` but ``settled``): ``written`` bytes
+    in ``files`` files (a pack's are counted on its first chunk)."""
     return {
         "video_id": str(rows["video_id"][0]),
         "source": str(rows["source"][0]),
@@ -186,7 +255,8 @@ def write_chunk(
         "unit_chunks": str(rows["unit_chunks"][-1]),
         "pairs": len(rows["frame0"]),
         "bytes_written": written,
-        **_label_sums(rows, options.store),
+        "files": files,
+        **_label_sums(rows, store),
         # Which labeler actor (node, GPU ids) made the chunk, as the labeler stamped it.
         "labeled_on": str(rows["labeled_on"][0]) if "labeled_on" in rows else "",
     }
@@ -224,11 +294,47 @@ def write_batch(
     wait on the network); returns the summary rows, columns ``keys``. Pair units whose chunks are
     all in this batch (short clips) are settled here, after their files: the summary says so."""
     chunks = list(iter_chunks(batch))
-    with ThreadPoolExecutor(max(1, min(threads, len(chunks)))) as pool:
-        summaries = list(pool.map(lambda rows: write(rows, options, storage_options), chunks))
+    packs = whole_packs(chunks) if write is write_chunk else {}
+    in_packs = {id(chunk) for members in packs.values() for chunk in members}
+    single = [chunk for chunk in chunks if id(chunk) not in in_packs]
+    jobs = [lambda rows=rows: [write(rows, options, storage_options)] for rows in single]
+    jobs += [
+        lambda p=p, members=members: write_pack(p, members, options, storage_options) for p, members in packs.items()
+    ]
+    with ThreadPoolExecutor(max(1, min(threads, len(jobs)))) as pool:
+        written = list(pool.map(lambda job: job(), jobs))
+    summaries = [s for part in written[: len(single)] for s in part]
     if "unit_chunks" in keys:
         _settle_whole_units(summaries, options.out, storage_options)
+    summaries += [s for part in written[len(single) :] for s in part]
     return {key: np.array([s[key] for s in summaries]) for key in keys}
+
+
+def whole_packs(chunks: list[Mapping[str, np.ndarray]]) -> dict[str, list[Mapping[str, np.ndarray]]]:
+    """pack → its chunks, for the packs (:data:`pipeline.chunks.PACK_COLUMNS`) of which ``chunks`` holds every
+    chunk, and every chunk of each of their units. A pack that Ray split across batches, or that holds a
+    resumed unit's last chunks only, is written chunk by chunk instead."""
+    by_pack: dict[str, list[Mapping[str, np.ndarray]]] = {}
+    for rows in chunks:
+        name = str(rows[PACK_COLUMNS[0]][0]) if PACK_COLUMNS[0] in rows else ""
+        if name:
+            by_pack.setdefault(name, []).append(rows)
+    return {name: members for name, members in by_pack.items() if _is_whole(members)}
+
+
+def _is_whole(members: list[Mapping[str, np.ndarray]]) -> bool:
+    present = {(str(rows["video_id"][0]), str(rows["chunk"][0])) for rows in members}
+    if len(present) != int(members[0][PACK_COLUMNS[1]][0]):
+        return False
+    units = {str(rows["unit"][0]) for rows in members}
+    announced = {  # a unit's chunk list rides on its last chunk
+        str(rows["unit"][0]): (str(rows["video_id"][0]), json.loads(str(rows["unit_chunks"][-1])))
+        for rows in members
+        if rows["unit_chunks"][-1]
+    }
+    return announced.keys() == units and all(
+        (video, chunk) in present for video, chunks in announced.values() for chunk in chunks
+    )
 
 
 def _settle_whole_units(summaries: list[dict[str, Any]], out: str, storage_options: Mapping[str, Any] | None) -> None:
@@ -242,34 +348,54 @@ def _settle_whole_units(summaries: list[dict[str, Any]], out: str, storage_optio
                 s["settled"] = True
 
 
-def committed_chunks(
-    options: SinkOptions, storage_options: Mapping[str, Any] | None = None
-) -> dict[str, frozenset[str]]:
-    """video_id → chunks committed in every requested format under ``options.out``.
+@dataclass(frozen=True)
+class OutputFiles:
+    """The data files under ``out`` from one listing: chunks committed in every requested format
+    (video_id → chunk names), and pack files (pack → paths of whichever formats exist)."""
 
-    Data files become visible only when complete (see ``write_atomic``), so a listed file is a
-    committed chunk. Requires the ``video`` partition or no partitioning (ids in file names).
+    committed: dict[str, frozenset[str]]
+    packs: dict[str, list[str]]
+
+
+def output_files(options: SinkOptions, storage_options: Mapping[str, Any] | None = None) -> OutputFiles:
+    """List the data files under ``options.out`` once (see :class:`OutputFiles`).
+
+    Data files become visible only when complete (see ``write_atomic``), so a listed chunk file is a
+    committed chunk. Chunk files are found with the ``video`` partition or with none (ids in file names).
     """
     fs, root = filesystem(options.out, storage_options)
     if not fs.exists(root):
-        return {}
+        return OutputFiles({}, {})
     found: dict[tuple[str, str], set[str]] = {}
+    packs: dict[str, list[str]] = {}
     for path in fs.find(root):
-        relative = path[len(root.rstrip("/")) + 1 :]
-        fmt = relative.rsplit(".", 1)[-1]
-        if fmt not in options.formats or relative.rsplit("/", 1)[-1].startswith("."):
+        relative = _data_relative(path[len(root.rstrip("/")) + 1 :], options)
+        if relative is None:
             continue
-        if fmt == "npz":
-            if not relative.startswith(NPZ_DIR + "/"):
-                continue
-            relative = relative[len(NPZ_DIR) + 1 :]
-        elif relative.startswith("_"):
-            continue
-        key = options.parse_stem(relative)
+        key, pack = options.parse_stem(relative), options.parse_pack(relative)
         if key is not None:
-            found.setdefault(key, set()).add(fmt)
+            found.setdefault(key, set()).add(relative.rsplit(".", 1)[-1])
+        elif pack is not None:
+            packs.setdefault(pack, []).append(path)
     done: dict[str, set[str]] = {}
     for (video_id, chunk), formats in found.items():
         if formats == set(options.formats):
             done.setdefault(video_id, set()).add(chunk)
-    return {video_id: frozenset(chunks) for video_id, chunks in done.items()}
+    return OutputFiles({video_id: frozenset(chunks) for video_id, chunks in done.items()}, packs)
+
+
+def _data_relative(relative: str, options: SinkOptions) -> str | None:
+    """A data file's path relative to ``out``, npz files without ``_npz/``; None for anything else."""
+    fmt = relative.rsplit(".", 1)[-1]
+    if fmt not in options.formats or relative.rsplit("/", 1)[-1].startswith("."):
+        return None
+    if fmt == "npz":
+        return relative[len(NPZ_DIR) + 1 :] if relative.startswith(NPZ_DIR + "/") else None
+    return None if relative.startswith("_") else relative
+
+
+def committed_chunks(
+    options: SinkOptions, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, frozenset[str]]:
+    """video_id → chunks committed in every requested format under ``options.out`` (see :func:`output_files`)."""
+    return output_files(options, storage_options).committed

@@ -1,0 +1,162 @@
+"""Packs: the short clips of one read task written as one file per format, settled by one marker."""
+
+import json
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from jobs.label import LabelJob, run_label
+from jobs.synthetic import Motion, write_translating_video
+from pipeline.label.labeler import LabelerConfig
+from pipeline.read.datasource import ReadOptions, pack_name, stamp_pack, task_groups
+from pipeline.read.plan import ReadUnit
+from pipeline.read.sources import Source
+from pipeline.write.exactly_once import Books
+from pipeline.write.records import PACKS_DIR, UNITS_DIR, pack_markers, settled_units
+from pipeline.write.sinks import SinkOptions, committed_chunks, write_batch
+from tests.test_schema import chunk_rows
+
+ARRAYS = ("flow", "occlusion", "confidence")
+
+
+def clip(video, n=3, seed=0, chunk=None, last=True, unit=None):
+    """One chunk of pair rows of a one-chunk clip (its chunk list on its last chunk when ``last``)."""
+    chunk = chunk or f"00000000-{n - 1:08d}"
+    rows = chunk_rows(n=n, seed=seed, video=video, chunk=chunk, unit_chunks=json.dumps([chunk]) if last else "")
+    rows["unit"] = np.full(n, unit or f"{video}-00000000", object)
+    return rows
+
+
+def pack(chunks, name="p0", count=None):
+    """``chunks`` joined into one batch and stamped as pack ``name`` of ``count`` chunks (default: all)."""
+    batch = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    batch["frame"] = batch["frame0"]  # stamp_pack counts rows by the reader's frame column
+    stamped = stamp_pack(batch, name)
+    del stamped["frame"]
+    if count is not None:
+        stamped["pack_chunks"][:] = count
+    return stamped
+
+
+def files(root, suffix):
+    """Data files below ``root`` (the bookkeeping folders, such as _clips_summary/, left out)."""
+    paths = (p.relative_to(root) for p in root.rglob(f"*{suffix}"))
+    return sorted(p.as_posix() for p in paths if not p.parts[0].startswith("_") or p.parts[0] == "_npz")
+
+
+def test_a_whole_pack_is_one_file_per_format_and_one_marker(tmp_path):
+    options = SinkOptions(str(tmp_path), formats=("parquet", "npz"), flow_encoding="float16")
+    chunks = [clip("a1", 3, 0), clip("b2", 2, 1), clip("c3", 4, 2)]
+    summary = write_batch(pack(chunks, "p0"), options)
+
+    assert files(tmp_path, ".parquet") == ["corpus=corp/pack-p0.parquet"]
+    assert files(tmp_path, ".npz") == ["_npz/corpus=corp/pack-p0.npz"]
+    assert not (tmp_path / UNITS_DIR).exists()  # no marker per clip: the pack's settles all three
+    markers = pack_markers(str(tmp_path))
+    assert markers == {"p0": {f"{c['unit'][0]}": [c["chunk"][0]] for c in chunks}}
+    assert settled_units(str(tmp_path)) == dict.fromkeys((c["unit"][0] for c in chunks), "done")
+    assert summary["settled"].tolist() == [True] * 3 and summary["pairs"].tolist() == [3, 2, 4]
+    assert summary["bytes_written"][0] > 0 and summary["bytes_written"][1:].tolist() == [0, 0]
+    assert committed_chunks(options) == {}  # a pack is no chunk file: its units are settled instead
+
+    table = pads.dataset(str(tmp_path), format="parquet", partitioning="hive").to_table().sort_by("video_id")
+    assert table["video_id"].to_pylist() == ["a1"] * 3 + ["b2"] * 2 + ["c3"] * 4
+    assert table["corpus"].to_pylist() == ["corp"] * 9
+    flows = np.stack([np.asarray(f, np.float16) for f in table["flow"].to_pylist()])
+    np.testing.assert_array_equal(flows.reshape(9, 5, 7, 2), np.concatenate([c["flow"] for c in chunks]))
+
+
+@pytest.mark.parametrize(
+    "chunks, count, settled",
+    [
+        ([clip("a1"), clip("b2", seed=1)], 3, ["a1", "b2"]),  # Ray split the pack: a chunk is in another batch
+        ([clip("a1"), clip("b2", seed=1, last=False)], None, ["a1"]),  # b2's chunk list is not in the pack
+        (  # a resumed unit: its first chunk was committed by an earlier run
+            [clip("a1"), clip("b2", 2, 1, chunk="00000002-00000003", unit="b2-00000000")],
+            None,
+            ["a1"],
+        ),
+    ],
+    ids=["split", "unannounced", "partial-unit"],
+)
+def test_an_incomplete_pack_is_written_chunk_by_chunk(tmp_path, chunks, count, settled):
+    if chunks[1]["chunk"][0] == "00000002-00000003":
+        chunks[1]["unit_chunks"][:] = json.dumps(["00000000-00000001", "00000002-00000003"])
+    options = SinkOptions(str(tmp_path))
+    write_batch(pack(chunks, "p0", count), options)
+
+    assert not (tmp_path / PACKS_DIR).exists() and not list(tmp_path.rglob("pack-*"))
+    assert files(tmp_path, ".parquet") == sorted(
+        f"corpus=corp/video={c['video_id'][0]}/{c['chunk'][0]}.parquet" for c in chunks
+    )
+    # Units whole in the batch are settled by the writer, one marker each; the others are left to the driver.
+    assert settled_units(str(tmp_path)) == {f"{video}-00000000": "done" for video in settled}
+
+
+def test_an_unsettled_pack_is_found_and_cleared_before_a_run(tmp_path):
+    options = SinkOptions(str(tmp_path), formats=("parquet", "npz"), flow_encoding="float16")
+    write_batch(pack([clip("a1"), clip("b2", seed=1)], "kept"), options)
+    write_batch(pack([clip("c3", seed=2), clip("d4", seed=3)], "lost"), options)
+    (tmp_path / PACKS_DIR / "lost.json").unlink()  # as if the run stopped between the files and the marker
+
+    books = Books.read(options)
+    assert set(books.settled) == {"a1-00000000", "b2-00000000"}
+    assert sorted(p.rsplit("/", 1)[-1] for p in books.unsettled_pack_files) == ["pack-lost.npz", "pack-lost.parquet"]
+    books.clear_unsettled_packs()
+    assert files(tmp_path, ".parquet") == ["corpus=corp/pack-kept.parquet"]
+    assert files(tmp_path, ".npz") == ["_npz/corpus=corp/pack-kept.npz"]
+    assert Books.read(options).unsettled_pack_files == ()
+
+
+def test_pack_names_are_stable_and_differ_between_unit_sets():
+    units = [ReadUnit(Source(f"s3://b/{i}.mp4", "video", f"{i:016x}", "c", size=1000)) for i in range(4)]
+    assert pack_name(units[:2], 0) == pack_name(list(units[:2]), 0)
+    assert len({pack_name(units[:2], 0), pack_name(units[:2], 1), pack_name(units[1:3], 0)}) == 3
+
+
+def test_a_read_task_holds_one_corpus():
+    sources = [Source(f"s3://b/{i}.mp4", "video", f"{i:016x}", "c1" if i < 3 else "c2", size=1000) for i in range(5)]
+    groups = task_groups([ReadUnit(s) for s in sources], ReadOptions(units_per_task=4))
+    assert [[u.source.corpus for u in g] for g in groups] == [["c1"] * 3, ["c2"] * 2]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("short-clips")
+    for i in range(12):
+        write_translating_video(folder / f"c{i:02d}.mp4", 48, 64, 4, Motion(1.0 + i % 3, -0.5), seed=i)
+    return folder
+
+
+def label(clips, out):
+    job = LabelJob(inputs=(str(clips),), sink=SinkOptions(str(out), store="summary"), labeler=LabelerConfig("dis"))
+    return run_label(job)
+
+
+def rows(out):
+    table = pads.dataset(str(out), format="parquet", partitioning="hive").to_table()
+    return sorted(zip(table["source"].to_pylist(), table["frame0"].to_pylist(), table["flow_mean"].to_pylist()))
+
+
+def test_short_clips_are_packed_and_a_lost_marker_relabels_only_its_pack(ray_local, clips, tmp_path):
+    """Through Ray: 12 clips → a few packs. A pack whose marker is lost (the run stopped before it) is
+    deleted and labeled again by the next run, which leaves the other packs' files untouched."""
+    out = tmp_path / "out"
+    first = label(clips, out)
+    expected = rows(out)
+    assert first.pairs == 36 and len(expected) == 36 and len(set(expected)) == 36
+    packs = files(out, ".parquet")
+    assert 1 < len(packs) < 12 and all(p.startswith("corpus=") and "/pack-" in p for p in packs)
+    markers = pack_markers(str(out))
+    assert sorted(f"pack-{name}.parquet" for name in markers) == sorted(p.rsplit("/", 1)[-1] for p in packs)
+
+    lost = sorted(markers)[0]
+    (out / PACKS_DIR / f"{lost}.json").unlink()
+    kept = {p: (out / p).stat().st_mtime_ns for p in packs if lost not in p}
+    again = label(clips, out)
+
+    assert again.pairs == 3 * len(markers[lost]) and again.settled_before == 12 - len(markers[lost])
+    assert rows(out) == expected
+    assert {p: (out / p).stat().st_mtime_ns for p in kept} == kept
+    assert set(pack_markers(str(out))) >= set(markers) - {lost}
