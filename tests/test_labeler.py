@@ -203,3 +203,15 @@ def test_bad_inputs_raise_with_the_shapes():
         label_frames(model, np.zeros((2, 8, 8), np.uint8), np.array([0]), np.array([1]))
     with pytest.raises(ValueError, match="batch_size"):
         LabelerConfig(batch_size=0)
+
+
+def test_passes_are_joined_up_to_a_pixel_budget():
+    """Small pairs finish (consistency, summaries, encoding) together; large ones pass by pass."""
+    from models.contract import PairFlows
+    from pipeline.label.labeler import _joined
+
+    passes = [PairFlows(torch.full((2, 2, 4, 5), float(i)), torch.zeros(2, 2, 4, 5)) for i in range(5)]
+    joined = list(_joined(iter(passes), pixels=100))  # 40 px per pass: the third reaches 120 ≥ 100
+    assert [len(j.forward) for j in joined] == [6, 4]
+    assert joined[0].forward[:, 0, 0, 0].tolist() == [0, 0, 1, 1, 2, 2] and joined[1].confidence is None
+    assert [len(j.forward) for j in _joined(iter(passes), pixels=1)] == [2] * 5

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from models import FlowModel, load_model
+from models.contract import PairFlows
 from pipeline.chunks import iter_chunks, pair_rows
 from pipeline.encoding import DEFAULT_FLOW_ENCODING, check_device_encoding, check_encoding, encode_on_device
 from pipeline.label.consistency import ConsistencyParams, consistency
@@ -39,6 +40,7 @@ from pipeline.schema import check_store
 CONFIDENCE_SOURCES = ("consistency", "model")
 _TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
 _MOTION_KEY = "_motion"  # the summary columns stacked P×17 on the device, so they cross in one copy
+FINISH_PIXELS = 2**22  # pixels of pairs whose labels are encoded and summarised together (64 MiB of flow)
 
 
 @dataclass(frozen=True)
@@ -196,16 +198,10 @@ class DeviceQueue:
 
 
 def _device_labels(
-    model: FlowModel,
-    frames: torch.Tensor,
-    index0: torch.Tensor,
-    index1: torch.Tensor,
-    params: ConsistencyParams,
-    confidence_source: str,
+    flows: PairFlows, params: ConsistencyParams, confidence_source: str, model: FlowModel
 ) -> tuple[torch.Tensor, ...]:
-    """Frames N×3×H×W on the device and P pairs → (flow P×2×H×W, occlusion P×H×W bool,
-    confidence P×H×W), all on the device."""
-    flows = model.pairs(frames, index0, index1)
+    """``model``'s flows of P pairs on the device → (flow P×2×H×W, occlusion P×H×W bool, confidence P×H×W),
+    on the device."""
     occlusion, confidence = consistency(flows.forward, flows.backward, params)
     if confidence_source == "model":
         if flows.confidence is None:
@@ -239,27 +235,23 @@ class DeviceLabeler:
             raise ValueError(f"frames: expected uint8 M×H×W×3, got {images.shape} {images.dtype}")
         frames = self.queue.to_device(images)
         with self.lock, self.queue.stream():
-            parts = [finish(*labels) for labels in self._forward_passes(frames, index0, index1)]
+            passes = _joined(self._forward_passes(frames, index0, index1))
+            parts = [finish(*_device_labels(flows, self.params, self.confidence, self.model)) for flows in passes]
             merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
             return self.queue.to_host(merged)
 
-    def _forward_passes(
-        self, frames: torch.Tensor, index0: np.ndarray, index1: np.ndarray
-    ) -> Iterator[tuple[torch.Tensor, ...]]:
-        """Labels of ``batch_size`` pairs at a time, each pass given only the run of frames it uses."""
+    def _forward_passes(self, frames: torch.Tensor, index0: np.ndarray, index1: np.ndarray) -> Iterator[PairFlows]:
+        """Flows of ``batch_size`` pairs at a time, each pass given only the run of frames it uses."""
         start = 0
         while start < len(index0):
             size = self.batch_size
             i0, i1 = index0[start : start + size], index1[start : start + size]
             first, last = int(min(i0.min(), i1.min())), int(max(i0.max(), i1.max()))
             try:
-                labels = _device_labels(
-                    self.model,
+                flows = self.model.pairs(
                     frames[first : last + 1],
                     torch.as_tensor(i0 - first, device=frames.device),
                     torch.as_tensor(i1 - first, device=frames.device),
-                    self.params,
-                    self.confidence,
                 )
             except torch.OutOfMemoryError:
                 if size == 1:
@@ -270,8 +262,30 @@ class DeviceLabeler:
                     f"out of device memory at {size} pairs per pass: continuing with {self.batch_size}", stacklevel=2
                 )
                 continue
-            yield labels
+            yield flows
             start += len(i0)
+
+
+def _joined(passes: Iterator[PairFlows], pixels: int = FINISH_PIXELS) -> Iterator[PairFlows]:
+    """The flows of consecutive forward passes joined up to ``pixels`` pixels of pairs: consistency, the
+    motion summaries and the encoding then run once over many small pairs (short clips), not once per
+    few of them, while large frames still finish pass by pass."""
+    held: list[PairFlows] = []
+    count = 0
+    for flows in passes:
+        held.append(flows)
+        count += flows.forward.shape[0] * flows.forward.shape[-2] * flows.forward.shape[-1]
+        if count >= pixels:
+            yield _cat(held)
+            held, count = [], 0
+    if held:
+        yield _cat(held)
+
+
+def _cat(parts: list[PairFlows]) -> PairFlows:
+    if len(parts) == 1:
+        return parts[0]
+    return PairFlows(*(None if part[0] is None else torch.cat(part) for part in zip(*parts)))
 
 
 def label_frames(
