@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ import pyarrow.dataset as pads
 import pytest
 import s3fs
 
-from jobs.label import LabelJob, add_label_arguments, label_job, run_label
+from infra.local_s3 import LocalS3
+from jobs.label import LabelJob, LabelResult, add_label_arguments, label_job, run_label
 from jobs.synthetic import Motion, write_translating_video
 from pipeline.write.records import ERRORS_DIR, SKIPPED_DIR, read_records
 
@@ -41,31 +43,40 @@ WAIT_S = 300  # generous: the machine is shared, and a Ray start or a store rest
 
 @dataclass(frozen=True)
 class Corpus:
-    fs: s3fs.S3FileSystem
+    """The same clips and manifest, at the same URIs, in two stores: the session's (the uninterrupted
+    reference runs) and this module's own (the faulted runs, restarted mid-run), so that both runs can go
+    on at once and the restart touches the faulted run only. Same URIs: same video ids and rows."""
+
     base: str  # s3://bucket/prefix
     manifest: str
-    storage_options: dict
+    reference: dict  # storage options of the session's store
+    faulted: dict  # storage options of this module's store
+    store: LocalS3  # this module's store
+
+
+def put_corpus(folder: Path, names: list[str], root: str, storage_options: dict) -> None:
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **storage_options)
+    fs.put([str(folder / n) for n in names], [f"{root}/clips/{n}" for n in names])
+    rows = [{"uri": f"s3://{root}/clips/{n}", "clip_id": f"c{i:04d}"} for i, n in enumerate(names)]
+    fs.pipe_file(f"{root}/clips.jsonl", "".join(json.dumps(row) + "\n" for row in rows).encode())
 
 
 @pytest.fixture(scope="module")
 def corpus(local_s3, tmp_path_factory) -> Corpus:
-    """CLIPS distinct clips (own texture seed and motion each) in SeaweedFS, and a JSONL manifest of them
-    with a carried clip_id."""
+    """CLIPS distinct clips (own texture seed and motion each) and a JSONL manifest of them with a carried
+    clip_id, in both stores."""
     local = tmp_path_factory.mktemp("corpus-faults")
     names = [f"clip-{i:04d}.mp4" for i in range(CLIPS)]
     for i, name in enumerate(names):
         write_translating_video(local / name, *SIZE, FRAMES, Motion(0.5 + i % 7 * 0.5, -1.0 + i % 5 * 0.5), seed=i)
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, **local_s3.storage_options)
     root = f"{local_s3.bucket}/corpus-faults"
-    fs.put([str(local / n) for n in names], [f"{root}/clips/{n}" for n in names])
-    lines = "".join(
-        json.dumps({"uri": f"s3://{root}/clips/{n}", "clip_id": f"c{i:04d}"}) + "\n" for i, n in enumerate(names)
-    )
-    fs.pipe_file(f"{root}/clips.jsonl", lines.encode())
-    return Corpus(fs, f"s3://{root}", f"s3://{root}/clips.jsonl", dict(local_s3.storage_options))
+    with LocalS3(bucket=local_s3.bucket) as store:
+        for so in (local_s3.storage_options, store.storage_options):
+            put_corpus(local, names, root, so)
+        yield Corpus(f"s3://{root}", f"s3://{root}/clips.jsonl", local_s3.storage_options, store.storage_options, store)
 
 
-def cli_args(corpus: Corpus, out: str, store: str) -> list[str]:
+def cli_args(corpus: Corpus, out: str, store: str, storage_options: dict) -> list[str]:
     """One set of arguments for the driver process and the in-process runs: the same settings exactly."""
     return [
         "--manifest",
@@ -79,7 +90,7 @@ def cli_args(corpus: Corpus, out: str, store: str) -> list[str]:
         "--out",
         out,
         "--storage-options",
-        json.dumps(corpus.storage_options),
+        json.dumps(storage_options),
     ]
 
 
@@ -89,36 +100,35 @@ def job_of(args: list[str]) -> LabelJob:
     return label_job(parser.parse_args(args))
 
 
-def fresh_fs(corpus: Corpus) -> s3fs.S3FileSystem:
+def fresh_fs(storage_options: dict) -> s3fs.S3FileSystem:
     # A new client each time: no listing cache, no connection from before a store restart.
-    return s3fs.S3FileSystem(skip_instance_cache=True, **corpus.storage_options)
+    return s3fs.S3FileSystem(skip_instance_cache=True, **storage_options)
 
 
-def read_dataset(corpus: Corpus, path: str) -> pa.Table:
+def read_dataset(storage_options: dict, path: str) -> pa.Table:
     """Every row of the Parquet dataset at ``path`` (hive partitions restored; '_' folders left out)."""
     dataset = pads.dataset(
-        path.removeprefix("s3://"), filesystem=fresh_fs(corpus), format="parquet", partitioning="hive"
+        path.removeprefix("s3://"), filesystem=fresh_fs(storage_options), format="parquet", partitioning="hive"
     )
     return dataset.to_table()
 
 
-def data_objects(corpus: Corpus, out: str) -> int:
+def data_objects(storage_options: dict, out: str) -> int:
     """How many data files ``out`` holds (objects outside '_' and '.' folders), or -1 while the store is away."""
     root = out.removeprefix("s3://").rstrip("/")
     try:
-        paths = fresh_fs(corpus).find(root)
+        paths = fresh_fs(storage_options).find(root)
     except Exception:  # the store restarting
         return -1
     hidden = (".", "_")
     return sum(not any(part.startswith(hidden) for part in p[len(root) + 1 :].split("/")) for p in paths)
 
 
-def outputs(corpus: Corpus, out: str) -> dict[str, object]:
+def outputs(so: dict, out: str) -> dict[str, object]:
     """What a run leaves in ``out``: its rows sorted by pair, its clip table sorted by clip, its records."""
-    so = corpus.storage_options
     return {
-        "rows": read_dataset(corpus, out).sort_by([(k, "ascending") for k in KEYS]),
-        "clips": read_dataset(corpus, f"{out}/_clips_summary").sort_by([("video_id", "ascending")]),
+        "rows": read_dataset(so, out).sort_by([(k, "ascending") for k in KEYS]),
+        "clips": read_dataset(so, f"{out}/_clips_summary").sort_by([("video_id", "ascending")]),
         "errors": read_records(out, ERRORS_DIR, so),
         "skipped": read_records(out, SKIPPED_DIR, so),
     }
@@ -195,14 +205,23 @@ class Driver:
         raise AssertionError(f"no {what} within {timeout} s:\n{self.tail()}")
 
     def kill(self) -> None:
-        """SIGKILL the driver's process group, then any of its processes that left the group."""
+        """SIGKILL the driver's process group, then its processes that left the group (Ray's workers make
+        groups of their own but stay in the driver's session, and in the tree seen before)."""
         self.descendants()
         if self.alive():
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(60)
-        for p in self._tree.values():
+        for p in [*self._tree.values(), *self.session()]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
+
+    def session(self) -> list[psutil.Process]:
+        out = []
+        for p in psutil.process_iter():
+            with contextlib.suppress(OSError, psutil.Error):
+                if os.getsid(p.pid) == self.process.pid:
+                    out.append(p)
+        return out
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -215,44 +234,71 @@ def gone(pid: int) -> bool:
         return True
 
 
-def interrupted_run(corpus: Corpus, local_s3, args: list[str], out: str, log: Path) -> None:
-    """The driver loses a labeler actor, sees the store restarted, makes progress after each, is SIGKILLed."""
+def interrupted_run(corpus: Corpus, args: list[str], out: str, log: Path) -> None:
+    """The driver loses a labeler actor, sees its store restarted, makes progress after each, is SIGKILLed."""
+    so = corpus.faulted
     driver = Driver(args, log)
     try:
-        driver.wait_for(lambda: data_objects(corpus, out) >= 2 and len(driver.labelers()) > 0, "first output")
+        driver.wait_for(lambda: data_objects(so, out) >= 2 and len(driver.labelers()) > 0, "first output")
         killed = driver.labelers()[0]
         os.kill(killed, signal.SIGKILL)
         driver.wait_for(lambda: gone(killed), f"labeler {killed} gone")
         driver.wait_for(lambda: set(driver.labelers()) - {killed}, "a labeler replacing the killed one")
-        before = data_objects(corpus, out)
-        driver.wait_for(lambda: data_objects(corpus, out) > before, "output after the actor kill")
+        before = data_objects(so, out)
+        driver.wait_for(lambda: data_objects(so, out) > before, "output after the actor kill")
 
         assert driver.alive(), f"the driver ended before the store restart:\n{driver.tail()}"
-        local_s3.restart()
+        corpus.store.restart()
         assert driver.alive(), f"the driver ended during the store restart:\n{driver.tail()}"
-        before = data_objects(corpus, out)
+        before = data_objects(so, out)
         assert before >= 0, "the restarted store does not answer"
-        driver.wait_for(lambda: data_objects(corpus, out) > before, "output after the store restart")
+        driver.wait_for(lambda: data_objects(so, out) > before, "output after the store restart")
         assert driver.alive(), "the run finished before the driver could be killed"
     finally:
         driver.kill()
     assert driver.process.returncode == -signal.SIGKILL, driver.tail()
 
 
+def in_thread(job: LabelJob) -> Callable[[], LabelResult]:
+    """Start ``run_label(job)`` in a thread; returns a function that waits for its result."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = run_label(job)
+        except BaseException as exc:  # re-raised in the test's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def result() -> LabelResult:
+        thread.join(WAIT_S * 2)
+        assert not thread.is_alive(), "the reference run did not finish"
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    return result
+
+
 @pytest.mark.parametrize("store", ["dense", "summary"])
-def test_faults_at_corpus_scale_end_with_the_rows_of_an_uninterrupted_run(ray_local, local_s3, corpus, store, tmp_path):
+def test_faults_at_corpus_scale_end_with_the_rows_of_an_uninterrupted_run(ray_local, corpus, store, tmp_path):
+    # The reference run (this process's Ray, the session's store) goes on while the driver process is
+    # faulted (its own Ray, this module's store): the two share no process and no store.
     reference = f"{corpus.base}/{store}/reference"
-    result = run_label(job_of(cli_args(corpus, reference, store)))
+    reference_result = in_thread(job_of(cli_args(corpus, reference, store, corpus.reference)))
+    out = f"{corpus.base}/{store}/faulted"
+    args = cli_args(corpus, out, store, corpus.faulted)
+    interrupted_run(corpus, args, out, tmp_path / "driver.log")
+    committed = read_dataset(corpus.faulted, out).num_rows
+    assert 0 < committed < PAIRS, f"{committed} pairs committed by the killed driver, expected some but not all"
+
+    result = reference_result()
     assert result.exit_code == 0 and result.pairs == PAIRS and result.errors == []
-    want = outputs(corpus, reference)
+    want = outputs(corpus.reference, reference)
     assert want["rows"].num_rows == PAIRS and want["clips"].num_rows == CLIPS
     assert set(want["rows"]["clip_id"].to_pylist()) == {f"c{i:04d}" for i in range(CLIPS)}
-
-    out = f"{corpus.base}/{store}/faulted"
-    args = cli_args(corpus, out, store)
-    interrupted_run(corpus, local_s3, args, out, tmp_path / "driver.log")
-    committed = read_dataset(corpus, out).num_rows
-    assert 0 < committed < PAIRS, f"{committed} pairs committed by the killed driver, expected some but not all"
 
     again = run_label(job_of(args))
     assert again.exit_code == 0 and again.errors == []
@@ -260,7 +306,7 @@ def test_faults_at_corpus_scale_end_with_the_rows_of_an_uninterrupted_run(ray_lo
     # Committed pairs are not labeled twice (but for those of clips whose marker the kill prevented).
     assert PAIRS - committed <= again.pairs < PAIRS
 
-    got = outputs(corpus, out)
+    got = outputs(corpus.faulted, out)
     keys = list(zip(*(got["rows"][k].to_pylist() for k in KEYS)))
     assert len(keys) == len(set(keys)), "duplicate pairs"
     assert_same_table(got["rows"], want["rows"], "rows")
