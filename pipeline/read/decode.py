@@ -17,6 +17,7 @@ from typing import IO
 import av
 import cv2
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,9 @@ def iter_video_frames(
     frame (see :meth:`DecodeOptions.fit`); ``threads`` as in :func:`open_video`.
     """
     container, stream = open_video(fileobj, threads)
+    # One converter for the whole video: it keeps its swscale context from frame to frame, where
+    # VideoFrame.to_ndarray(format=…) sets one up for every frame (most of a small frame's decode cost).
+    to_rgb = VideoReformatter()
     try:
         tb = stream.time_base
         first_index, keyframe_pts, packets = _start(container, stream, start_time, time_to_index is None)
@@ -250,7 +254,7 @@ def iter_video_frames(
                 continue
             if index is None:
                 continue
-            image = display_orientation(frame.to_ndarray(format="rgb24"), rotation)
+            image = display_orientation(to_rgb.reformat(frame, format="rgb24").to_ndarray(), rotation)
             source_size = image.shape[:2]
             yield Frame(index, time, fit(image), source_size)
         report.reached_end = True
