@@ -133,6 +133,7 @@ SECRET_OPTION_NAMES = frozenset(
 )
 
 
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "az"})  # fsspec protocols with a listings cache
 HTTP_OPTIONS_KEY = "http"
 # Range size of HTTP reads: PyAV seeks within a file, so a short span of a long video reads a few ranges.
 HTTP_BLOCK_BYTES = 2**20
@@ -145,7 +146,8 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> tu
     name no endpoint, so a local S3 server works with the plain AWS variables.
     ``http(s)://`` URIs get only the options under the key ``"http"`` (the others are for the
     object store: HTTPFileSystem would pass them to each request), and reads of
-    :data:`HTTP_BLOCK_BYTES` ranges unless those options set ``block_size``.
+    :data:`HTTP_BLOCK_BYTES` ranges unless those options set ``block_size``. Object stores list
+    afresh every time (no listings cache) unless the options say otherwise.
     """
     options = dict(storage_options or {})
     protocol = fsspec.utils.get_protocol(uri)
@@ -154,6 +156,10 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> tu
         options = {"block_size": HTTP_BLOCK_BYTES, **http_options}
     if protocol in ("s3", "s3a") and "endpoint_url" not in options and os.environ.get("AWS_ENDPOINT_URL"):
         options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+    if protocol in OBJECT_STORES:
+        # Other processes (read tasks, writers, another run) write under the prefixes a driver lists; a
+        # cached listing would hide their files, and fsspec hands every caller the same instance.
+        options.setdefault("use_listings_cache", False)
     fs, path = fsspec.core.url_to_fs(uri, **options)
     return fs, path
 

@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import s3fs
 
 from pipeline.storage import filesystem, redact, scrub, write_atomic
 
@@ -79,3 +80,19 @@ def test_transient_errors_are_transport_failures_only():
     assert retry_io(flaky, first_delay_s=0.01) == "ok" and len(calls) == 3
     with pytest.raises(ValueError):
         retry_io(lambda: (_ for _ in ()).throw(ValueError("not retried")), first_delay_s=0.01)
+
+
+def test_a_listing_sees_files_another_process_wrote(local_s3):
+    """The driver lists prefixes that read tasks and writers (other processes, other clients) write to:
+    a listings cache on fsspec's shared instance would hide their files (a pack written after the
+    driver listed its folder was then 'not found' when the clip table was read)."""
+    base = f"s3://{local_s3.bucket}/listing-cache"
+    fs, root = filesystem(base, local_s3.storage_options)
+    fs.pipe_file(f"{root}/corpus=c/first.parquet", b"1")
+    assert fs.ls(f"{root}/corpus=c", detail=False) == [f"{root}/corpus=c/first.parquet"]
+    other = s3fs.S3FileSystem(skip_instance_cache=True, **local_s3.storage_options)  # another process
+    other.pipe_file(f"{root}/corpus=c/second.parquet", b"2")
+
+    again, _ = filesystem(base, local_s3.storage_options)
+    assert again.isfile(f"{root}/corpus=c/second.parquet")
+    assert again.ls(f"{root}/corpus=c", detail=False) == [f"{root}/corpus=c/{n}.parquet" for n in ("first", "second")]
