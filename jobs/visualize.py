@@ -18,7 +18,7 @@ import io
 import posixpath
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,6 +204,15 @@ def read_label_file(fs, path: str) -> dict[str, np.ndarray]:
     return columns
 
 
+def by_video(columns: Mapping[str, np.ndarray]) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """(video_id, its rows) for each video of a label file's columns: a chunk file holds one video, a
+    pack (short clips) many."""
+    ids = np.asarray(columns["video_id"]).astype(str)
+    for vid in dict.fromkeys(ids.tolist()):
+        rows = ids == vid
+        yield vid, {name: np.asarray(value)[rows] for name, value in columns.items()}
+
+
 def load_labels(
     uri: str, storage_options: Mapping[str, Any] | None = None, video: str | None = None
 ) -> list[VideoLabels]:
@@ -211,10 +220,9 @@ def load_labels(
     fs, _ = filesystem(uri, storage_options)
     parts: dict[str, list[dict[str, np.ndarray]]] = {}
     for path in find_label_files(uri, storage_options):
-        columns = read_label_file(fs, path)
-        vid = str(columns["video_id"][0])
-        if video is None or vid == video:
-            parts.setdefault(vid, []).append(columns)
+        for vid, columns in by_video(read_label_file(fs, path)):
+            if video is None or vid == video:
+                parts.setdefault(vid, []).append(columns)
     if not parts:
         raise ValueError(f"no labels of video {video!r} under {uri}" if video else f"no labels under {uri}")
     videos = []

@@ -160,3 +160,14 @@ def test_short_clips_are_packed_and_a_lost_marker_relabels_only_its_pack(ray_loc
     assert rows(out) == expected
     assert {p: (out / p).stat().st_mtime_ns for p in kept} == kept
     assert set(pack_markers(str(out))) >= set(markers) - {lost}
+
+
+def test_visualize_splits_a_pack_into_its_videos(tmp_path):
+    from jobs.visualize import load_labels
+
+    chunks = [clip("a1", 3, 0), clip("b2", 2, 1)]
+    write_batch(pack(chunks, "p0"), SinkOptions(str(tmp_path), flow_encoding="float16"))
+    videos = load_labels(str(tmp_path))
+    assert [(v.video_id, v.frame0.tolist()) for v in videos] == [("a1", [0, 1, 2]), ("b2", [0, 1])]
+    for v, c in zip(videos, chunks):
+        np.testing.assert_array_equal(v.flow, c["flow"].astype(np.float32))
