@@ -15,12 +15,12 @@ import math
 import posixpath
 import re
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipeline.schema import MOTION_COLUMNS
@@ -28,6 +28,7 @@ from pipeline.storage import filesystem, join, write_atomic
 
 CLIP_SUMMARY_DIR = "_clips_summary"
 ROWS_PER_FILE = 100_000
+READ_THREADS = 16  # data files read at once when the table is built (object-store GETs wait on the network)
 _PART = re.compile(r"part-\d{5}\.parquet")
 
 # The aggregates of one clip's pairs (:func:`aggregate`).
@@ -126,36 +127,31 @@ def summarize_clips(sink: Any, storage_options: Mapping[str, Any] | None = None)
 def read_pair_columns(sink: Any, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
     """:data:`PAIR_COLUMNS` of every committed pair row under ``sink.out``, from its Parquet files (npz when
     the run writes no Parquet), and the carried manifest columns (text); a column a file lacks (written
-    before it existed) is null."""
+    before it existed) is null. The files come from one listing with their sizes and are read concurrently,
+    each without a request for its size (object stores are listed afresh, never from a cache)."""
     fs, root = filesystem(sink.out, storage_options)
     schema = pa.schema([*PAIR_COLUMNS.items(), *((name, pa.string()) for name in sink.carried)])
     fmt = "parquet" if "parquet" in sink.formats else "npz"
-    paths = _data_files(fs, root, sink, fmt)
-    if not paths:
+    files = _data_files(fs, root, sink, fmt)
+    if not files:
         return schema.empty_table()
-    if fmt == "npz":
-        return pa.concat_tables([_npz_columns(fs, path, schema) for path in paths])
+    read = _npz_columns if fmt == "npz" else _parquet_columns
     # The corpus partition is in the path, not in the file: raw values, as the sink writes them.
-    partitioning = pads.HivePartitioning(pa.schema([("corpus", pa.string())]), segment_encoding="none")
-    dataset = pads.dataset(
-        paths,
-        schema=schema,
-        filesystem=fs,
-        format="parquet",
-        partition_base_dir=root,
-        partitioning=partitioning if "corpus" in sink.excluded_columns else None,
-    )
-    return dataset.to_table(columns=schema.names)
+    corpus_in_path = fmt == "parquet" and "corpus" in sink.excluded_columns
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        tables = pool.map(lambda item: read(fs, *item, schema, corpus_in_path), files.items())
+        return pa.concat_tables(list(tables))
 
 
-def _data_files(fs, root: str, sink: Any, fmt: str) -> list[str]:
-    """Committed data files of one format under ``root``, sorted (hidden temporaries and ``_`` folders left out)."""
+def _data_files(fs, root: str, sink: Any, fmt: str) -> dict[str, int]:
+    """Committed data files of one format under ``root`` (path → size), sorted (hidden temporaries and ``_``
+    folders left out)."""
     root = root.rstrip("/")
     base = join(root, "_npz") if fmt == "npz" else root
     if not fs.exists(base):
-        return []
-    out = []
-    for path in fs.find(base):
+        return {}
+    out = {}
+    for path, info in fs.find(base, detail=True).items():
         relative = path[len(base) + 1 :]
         if (
             path.endswith(f".{fmt}")
@@ -163,12 +159,39 @@ def _data_files(fs, root: str, sink: Any, fmt: str) -> list[str]:
             and not relative.startswith("_")
             and (sink.parse_stem(relative) is not None or sink.parse_pack(relative) is not None)
         ):
-            out.append(path)
-    return sorted(out)
+            out[path] = info["size"]
+    return dict(sorted(out.items()))
 
 
-def _npz_columns(fs, path: str, schema: pa.Schema) -> pa.Table:
-    with fs.open(path, "rb") as f, np.load(io.BytesIO(f.read())) as data:  # NpzFile reads only the keys asked
+def _parquet_columns(fs, path: str, size: int, schema: pa.Schema, corpus_in_path: bool) -> pa.Table:
+    """The columns of ``schema`` from one Parquet file (only those column chunks are read)."""
+    with fs.open(path, "rb", size=size) as f:
+        parquet = pq.ParquetFile(f)
+        present = [name for name in schema.names if name in parquet.schema_arrow.names]
+        table = parquet.read(columns=present)
+    n = table.num_rows
+    corpus = _path_value(path, "corpus") if corpus_in_path else None
+    columns = {}
+    for field in schema:
+        if field.name in present:
+            columns[field.name] = table[field.name].cast(field.type)
+        elif field.name == "corpus" and corpus is not None:
+            columns[field.name] = pa.array([corpus] * n, field.type)
+        else:
+            columns[field.name] = pa.nulls(n, field.type)
+    return pa.table(columns, schema=schema)
+
+
+def _path_value(path: str, key: str) -> str | None:
+    """The value of a hive partition ``key=value`` in ``path``, as written (no URL decoding)."""
+    for part in path.split("/"):
+        if part.startswith(f"{key}="):
+            return part[len(key) + 1 :]
+    return None
+
+
+def _npz_columns(fs, path: str, size: int, schema: pa.Schema, corpus_in_path: bool = False) -> pa.Table:
+    with fs.open(path, "rb", size=size) as f, np.load(io.BytesIO(f.read())) as data:  # only the keys asked
         n = len(data["frame0"])
         return pa.table(
             {
