@@ -291,8 +291,10 @@ def write_batch(
 ) -> dict[str, np.ndarray]:
     """The write stage of a Ray Data pipeline: every chunk in ``batch`` through ``write`` (pair
     chunks by default; the clip labels pass theirs), ``threads`` at a time (object-store PUTs
-    wait on the network); returns the summary rows, columns ``keys``. Pair units whose chunks are
-    all in this batch (short clips) are settled here, after their files: the summary says so."""
+    wait on the network); returns the summary rows, columns ``keys``. A whole pack (the short clips of
+    one read task, :func:`whole_packs`) becomes one file per format and one marker (:func:`write_pack`);
+    other pair units whose chunks are all in this batch are settled here too, after their files. The
+    summary says which units are settled (``settled``)."""
     chunks = list(iter_chunks(batch))
     packs = whole_packs(chunks) if write is write_chunk else {}
     in_packs = {id(chunk) for members in packs.values() for chunk in members}
