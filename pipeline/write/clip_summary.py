@@ -152,13 +152,8 @@ def _data_files(fs, root: str, sink: Any, fmt: str) -> dict[str, int]:
         return {}
     out = {}
     for path, info in fs.find(base, detail=True).items():
-        relative = path[len(base) + 1 :]
-        if (
-            path.endswith(f".{fmt}")
-            and not posixpath.basename(path).startswith(".")
-            and not relative.startswith("_")
-            and (sink.parse_stem(relative) is not None or sink.parse_pack(relative) is not None)
-        ):
+        relative = sink.data_relative(path[len(root) + 1 :])
+        if path.endswith(f".{fmt}") and relative is not None and sink.is_data_file(relative):
             out[path] = info["size"]
     return dict(sorted(out.items()))
 

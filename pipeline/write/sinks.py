@@ -121,6 +121,21 @@ class SinkOptions:
         videos, so no ``video=`` folder; its rows name theirs in the ``video_id`` column)."""
         return "/".join([*([f"corpus={corpus}"] if "corpus" in self.partition else []), PACK_PREFIX + pack])
 
+    def data_relative(self, relative: str) -> str | None:
+        """A file's path relative to ``out`` as :meth:`parse_stem` and :meth:`parse_pack` take it (npz files
+        without ``_npz/``), when it is a file of one of our formats outside the ``_`` folders; None for
+        anything else (records, markers, hidden temporaries)."""
+        fmt = relative.rsplit(".", 1)[-1]
+        if fmt not in self.formats or relative.rsplit("/", 1)[-1].startswith("."):
+            return None
+        if fmt == "npz":
+            return relative[len(NPZ_DIR) + 1 :] if relative.startswith(NPZ_DIR + "/") else None
+        return None if relative.startswith("_") else relative
+
+    def is_data_file(self, relative: str) -> bool:
+        """Whether a path from :meth:`data_relative` names a chunk file or a pack file."""
+        return self.parse_stem(relative) is not None or self.parse_pack(relative) is not None
+
     def parse_pack(self, relative: str) -> str | None:
         """The pack name of a pack file path relative to ``out`` (npz paths without ``_npz/``), else None."""
         parts = relative.split("/")
@@ -371,7 +386,7 @@ def output_files(options: SinkOptions, storage_options: Mapping[str, Any] | None
     found: dict[tuple[str, str], set[str]] = {}
     packs: dict[str, list[str]] = {}
     for path in fs.find(root):
-        relative = _data_relative(path[len(root.rstrip("/")) + 1 :], options)
+        relative = options.data_relative(path[len(root.rstrip("/")) + 1 :])
         if relative is None:
             continue
         key, pack = options.parse_stem(relative), options.parse_pack(relative)
@@ -384,16 +399,6 @@ def output_files(options: SinkOptions, storage_options: Mapping[str, Any] | None
         if formats == set(options.formats):
             done.setdefault(video_id, set()).add(chunk)
     return OutputFiles({video_id: frozenset(chunks) for video_id, chunks in done.items()}, packs)
-
-
-def _data_relative(relative: str, options: SinkOptions) -> str | None:
-    """A data file's path relative to ``out``, npz files without ``_npz/``; None for anything else."""
-    fmt = relative.rsplit(".", 1)[-1]
-    if fmt not in options.formats or relative.rsplit("/", 1)[-1].startswith("."):
-        return None
-    if fmt == "npz":
-        return relative[len(NPZ_DIR) + 1 :] if relative.startswith(NPZ_DIR + "/") else None
-    return None if relative.startswith("_") else relative
 
 
 def committed_chunks(
