@@ -169,7 +169,9 @@ def _camera_stats(
     count = valid.sum(1)
     linear = coeffs[..., 1:] / design.half_side  # A − I
     a11, a12, a21, a22 = 1 + linear[:, 0, 0], linear[:, 0, 1], linear[:, 1, 0], 1 + linear[:, 1, 1]
-    a, b = (a11 + a22) / 2, (a21 - a12) / 2  # the closest similarity [[a, −b], [b, a]]
+    # The closest similarity [[a, −b], [b, a]]. Its hypot and atan2 run in float64: CPU kernels take a
+    # vector path for most elements and a scalar one for the rest, which can differ in the last float32 bit.
+    a, b = ((a11 + a22) / 2).double(), ((a21 - a12) / 2).double()
     columns = {
         "camera_tx": coeffs[:, 0, 0],
         "camera_ty": coeffs[:, 1, 0],
@@ -233,7 +235,10 @@ def _weighted_solve(flow: torch.Tensor, weights: torch.Tensor, design: _Design, 
     system (no valid pixel) solvable too.
     """
     p = flow.shape[0]
-    m0, m1, m2, m3, m4, m5 = (weights @ design.basis).double().unbind(1)  # Σw·[1, x, y, x², xy, y²]
+    # The sums are taken in float64: BLAS picks its float32 kernel by the batch's shape, so float32 moments
+    # (and every label fitted from them) would change in the 7th digit with how the pairs were batched.
+    basis = design.basis.double()
+    m0, m1, m2, m3, m4, m5 = (weights.double() @ basis).unbind(1)  # Σw·[1, x, y, x², xy, y²]
     lam = ridge * m0 + 1e-12
     # Stacked, not indexed by a constant tensor: building one on a GPU would be a host-to-device copy.
     normal = torch.stack([m0 + 1e-12, m1, m2, m1, m3 + lam, m4, m2, m4, m5 + lam], 1).view(p, 3, 3)
@@ -248,7 +253,7 @@ def _weighted_solve(flow: torch.Tensor, weights: torch.Tensor, design: _Design, 
         1,
     )
     determinant = (rows[0] * adjugate[:, 0]).sum(1)
-    rhs = ((flow * weights[:, None]).flatten(0, 1) @ design.basis[:, :3]).double().view(p, 2, 3)
+    rhs = ((flow * weights[:, None]).flatten(0, 1).double() @ basis[:, :3]).view(p, 2, 3)
     # M⁻¹ is symmetric too, so each row of rhs times it gives that component's coefficients.
     return (rhs @ adjugate / determinant[:, None, None]).float()
 
