@@ -33,6 +33,7 @@ RAY_DATA_PROGRESS_LOGGERS = ("ray.data._internal.progress", "ray.data._internal.
 # Ray's own). Without it the request was 8 × the chunk alone, under what Ray Data measured, and it said so.
 READ_TASK_BASE_BYTES = 384 * 2**20
 MIN_ACTORS_WAIT_S = 600  # GPU nodes of an autoscaling cluster take minutes to come up
+MIN_BLOCK_BYTES = 128 * 2**20  # Ray Data's default target_max_block_size
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,20 @@ def local_system_config(cpus: int) -> dict[str, int]:
     return {"num_workers_soft_limit": 2 * cpus + 2}
 
 
+def block_bytes(chunk_bytes: int) -> int:
+    """Ray Data's ``target_max_block_size`` for a run with chunks of ``chunk_bytes``: at least 4 chunks.
+
+    Each read and map task joins the blocks it yields until they pass this size, then cuts the joined
+    block into pieces of this size by rows if it reached 1.5 times it, and a cut would split a chunk (a
+    chunk's file would be written from half its rows). The joined block is at most this size plus one
+    yield, and every stage yields at most a chunk's worth of frames or labels at a time (the labeler one
+    chunk per yield, see pipeline/label/labeler.py), so 4 chunks keep it below 1.5 times: never cut.
+    (One pair of frames above ``chunk_bytes`` / 2 each is a chunk larger than ``chunk_bytes``; should
+    such a chunk be cut, the writer refuses it, :func:`pipeline.write.sinks.check_whole`.)
+    """
+    return max(MIN_BLOCK_BYTES, 4 * chunk_bytes)
+
+
 def plan_stages(
     options: ClusterOptions,
     chunk_bytes: int,
@@ -316,9 +331,11 @@ def plan_stages(
     # With min_actors > 1 the data starts only when those actors are up, so the first chunks
     # do not all queue on the actor that happened to start first.
     ctx.wait_for_min_actors_s = MIN_ACTORS_WAIT_S if min_size > 1 else DEFAULT_WAIT_FOR_MIN_ACTORS_S
+    ctx.target_max_block_size = block_bytes(chunk_bytes)
     limits = {
         "object_store_bytes": options.object_store_bytes,
         "wait_for_min_actors_s": MIN_ACTORS_WAIT_S if min_size > 1 else None,
+        "block_bytes": ctx.target_max_block_size,
     }
     # A read task holds a chunk of frames plus the decoder's buffers: telling Ray its memory
     # keeps many 4K decodes off one node, and the differing resources keep Ray from fusing the

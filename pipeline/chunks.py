@@ -16,6 +16,9 @@ CHUNK_KEYS = ("video_id", "chunk")
 # The pack a chunk travels in (short clips of one read task) and the pack's number of chunks: stamped by
 # the reader, carried by the labeler, used by the writer to write a whole pack as one file.
 PACK_COLUMNS = ("pack", "pack_chunks")
+# The number of pairs in the chunk, stamped by the reader on every row: the writer refuses a chunk that
+# arrives with fewer (cut by Ray, see jobs.cluster.block_bytes) rather than write part of it.
+CHUNK_PAIRS = "chunk_pairs"
 
 
 def chunk_id(first: int, last: int) -> str:

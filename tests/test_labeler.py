@@ -78,21 +78,23 @@ def test_pair_rows_turns_frame_rows_into_pairs(frames):
 
 
 def test_labeler_udf_labels_the_chunks_of_a_block_together(frames):
-    """A block's chunks of one frame size are labeled in one call (rows in chunk order, each pair from its
-    own chunk's frames); a chunk of another size comes in a batch of its own."""
+    """A block's chunks of one frame size are labeled together (each pair from its own chunk's frames) and
+    yielded chunk by chunk, in order (Ray Data may cut a yield by rows, never between yields); a chunk of
+    another size is labeled apart."""
     labeler = Labeler(LabelerConfig(model="dis", batch_size=2))
     a, b = chunk(frames, [0, 1, 2, 3], {0: 1, 1: 2, 2: 3}, "a"), chunk(frames[3:], [0, 1], {0: 1}, "b")
     small = {**chunk(frames, [0, 1], {0: 1}, "c"), "image": frames[:2, :48, :64]}
     batch = {k: np.concatenate([a[k], b[k]]) for k in a}
     outs = list(labeler(batch))
-    assert [o["chunk"].tolist() for o in outs] == [["a", "a", "a", "b"]]
-    assert outs[0]["frame0"].tolist() == [0, 1, 2, 0] and outs[0]["frame1"].tolist() == [1, 2, 3, 1]
-    assert "image" not in outs[0] and outs[0]["flow"].shape == (4, 96, 128, 2) and outs[0]["flow"].dtype == np.int16
-    assert outs[0]["model"].tolist() == ["dis"] * 4 and outs[0]["checkpoint"].tolist() == [""] * 4
+    assert [o["chunk"].tolist() for o in outs] == [["a", "a", "a"], ["b"]]
+    both = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    assert both["frame0"].tolist() == [0, 1, 2, 0] and both["frame1"].tolist() == [1, 2, 3, 1]
+    assert "image" not in both and both["flow"].shape == (4, 96, 128, 2) and both["flow"].dtype == np.int16
+    assert both["model"].tolist() == ["dis"] * 4 and both["checkpoint"].tolist() == [""] * 4
     image0, image1 = frames[[0, 1, 2, 3]], frames[[1, 2, 3, 4]]  # b's pair is frames 3 → 4
     expected = encode_labels(label_pairs(labeler.model, image0, image1, out_dtype=np.float32), "int16")
-    assert np.array_equal(outs[0]["flow"], expected["flow"])
-    assert np.array_equal(outs[0]["confidence"], expected["confidence"])
+    assert np.array_equal(both["flow"], expected["flow"])
+    assert np.array_equal(both["confidence"], expected["confidence"])
     mixed = list(
         labeler(
             {

@@ -430,7 +430,13 @@ class Labeler:
         # a call per six-frame clip would pay the device round trip and the per-pass overheads per clip.
         chunks = list(iter_chunks(batch))
         for _, run in itertools.groupby(chunks, key=lambda frames: np.shape(frames["image"])[1:]):
-            yield self.label_chunks(list(run))
+            run = list(run)
+            labeled = self.label_chunks(run)
+            # One chunk per yield: Ray Data joins a task's yields into blocks and cuts a joined block that
+            # outgrows its target by rows, which must never split a chunk (jobs.cluster.block_bytes).
+            ends = np.cumsum([np.count_nonzero(np.asarray(frames["pair_with"]) >= 0) for frames in run])
+            for start, end in zip([0, *ends[:-1]], ends):
+                yield {name: column[start:end] for name, column in labeled.items()}
 
     def label_chunk(self, frames: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Frame rows of one chunk → its pair rows with labels."""

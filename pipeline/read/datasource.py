@@ -25,7 +25,7 @@ from fsspec.core import strip_protocol
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pipeline.chunks import PACK_COLUMNS, chunk_id
+from pipeline.chunks import CHUNK_PAIRS, PACK_COLUMNS, chunk_id
 from pipeline.read.decode import (
     DecodeOptions,
     DecodeReport,
@@ -193,6 +193,7 @@ def chunk_batch(pairs: list[Pair], unit: ReadUnit) -> dict[str, np.ndarray]:
         "source_width": np.full(m, frames[0].source_size[1], np.int32),
         "unit": np.full(m, unit.key, object),
         "unit_chunks": np.full(m, "", object),  # the unit's chunk list (JSON), on its last chunk only
+        CHUNK_PAIRS: np.full(m, len(pairs), np.int32),
         "image": np.stack([f.image for f in frames]),
         # Carried manifest columns (text or None) ride along to the sink like the other chunk columns.
         **{name: np.full(m, value, object) for name, value in source.carry},

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import pyarrow.parquet as pq
 
-from pipeline.chunks import FRAME_COLUMNS
+from pipeline.chunks import CHUNK_PAIRS, FRAME_COLUMNS, PACK_COLUMNS
 from pipeline.encoding import SCALE_COLUMN
 from pipeline.schema import ARRAY_COLUMNS, FRAME_LABEL_COLUMNS, MOTION_COLUMNS, SCALAR_COLUMNS
 from pipeline.storage import filesystem
@@ -40,6 +40,8 @@ RESERVED_COLUMNS = frozenset(
         "chunk",
         "unit",
         "unit_chunks",
+        *PACK_COLUMNS,
+        CHUNK_PAIRS,
         "ordinal",
         "labeled_on",
         "video",

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.chunks import PACK_COLUMNS, iter_chunks
+from pipeline.chunks import CHUNK_PAIRS, PACK_COLUMNS, iter_chunks
 from pipeline.encoding import (
     DEFAULT_FLOW_ENCODING,
     SCALE_COLUMN,
@@ -311,6 +311,8 @@ def write_batch(
     other pair units whose chunks are all in this batch are settled here too, after their files. The
     summary says which units are settled (``settled``)."""
     chunks = list(iter_chunks(batch))
+    for rows in chunks:
+        check_whole(rows)
     packs = whole_packs(chunks) if write is write_chunk else {}
     in_packs = {id(chunk) for members in packs.values() for chunk in members}
     single = [chunk for chunk in chunks if id(chunk) not in in_packs]
@@ -325,6 +327,17 @@ def write_batch(
         _settle_whole_units(summaries, options.out, storage_options)
     summaries += [s for part in written[len(single) :] for s in part]
     return {key: np.array([s[key] for s in summaries]) for key in keys}
+
+
+def check_whole(rows: Mapping[str, np.ndarray]) -> None:
+    """Raise ValueError when the pair rows of a chunk are fewer than the reader made (:data:`CHUNK_PAIRS`):
+    written, they would replace the chunk's file with part of it."""
+    if CHUNK_PAIRS in rows and len(rows[CHUNK_PAIRS]) != int(rows[CHUNK_PAIRS][0]):
+        raise ValueError(
+            f"chunk {rows['chunk'][0]} of video {rows['video_id'][0]}: {len(rows[CHUNK_PAIRS])} pair rows "
+            f"arrived together, expected all {int(rows[CHUNK_PAIRS][0])}; Ray Data cut a block "
+            "(see jobs.cluster.block_bytes)"
+        )
 
 
 def whole_packs(chunks: list[Mapping[str, np.ndarray]]) -> dict[str, list[Mapping[str, np.ndarray]]]:
