@@ -269,8 +269,9 @@ def block_bytes(chunk_bytes: int) -> int:
     Each read and map task joins the blocks it yields until they pass this size, then cuts the joined
     block into pieces of this size by rows if it reached 1.5 times it, and a cut would split a chunk (a
     chunk's file would be written from half its rows). The joined block is at most this size plus one
-    yield, and every stage yields at most a chunk's worth of frames or labels at a time (the labeler one
-    chunk per yield, see pipeline/label/labeler.py), so 4 chunks keep it below 1.5 times: never cut.
+    yield, and every stage yields at most about a chunk's worth of frames or labels at a time (the labeler
+    whole chunks of at most ``chunk_bytes`` of labels, or one chunk: pipeline.label.labeler.split_at_chunks;
+    a dense chunk's labels are 1 to 1.2 times its frames), so 4 chunks keep it below 1.5 times: never cut.
     (One pair of frames above ``chunk_bytes`` / 2 each is a chunk larger than ``chunk_bytes``; should
     such a chunk be cut, the writer refuses it, :func:`pipeline.write.sinks.check_whole`.)
     """

@@ -268,6 +268,7 @@ def _labeler_kwargs(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[s
         "frame_labels": job.frame_labels,
         "flow_encoding": job.sink.flow_encoding,
         "store": job.sink.store,
+        "yield_bytes": job.read.chunk_bytes,
     }
 
 

@@ -11,7 +11,7 @@ from jobs.synthetic import Motion, translating_frames
 from models import FlowModel, PairFlows, load_model
 from pipeline.chunks import pair_rows
 from pipeline.encoding import encode_labels
-from pipeline.label.labeler import Labeler, LabelerConfig, label_frames, label_pairs
+from pipeline.label.labeler import Labeler, LabelerConfig, label_frames, label_pairs, split_at_chunks
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +79,14 @@ def test_pair_rows_turns_frame_rows_into_pairs(frames):
 
 def test_labeler_udf_labels_the_chunks_of_a_block_together(frames):
     """A block's chunks of one frame size are labeled together (each pair from its own chunk's frames) and
-    yielded chunk by chunk, in order (Ray Data may cut a yield by rows, never between yields); a chunk of
-    another size is labeled apart."""
+    yielded in parts of whole chunks, in order: Ray Data may cut a yield by rows, never between yields. A
+    chunk of another size is labeled apart."""
     labeler = Labeler(LabelerConfig(model="dis", batch_size=2))
     a, b = chunk(frames, [0, 1, 2, 3], {0: 1, 1: 2, 2: 3}, "a"), chunk(frames[3:], [0, 1], {0: 1}, "b")
     small = {**chunk(frames, [0, 1], {0: 1}, "c"), "image": frames[:2, :48, :64]}
     batch = {k: np.concatenate([a[k], b[k]]) for k in a}
+    assert [o["chunk"].tolist() for o in labeler(batch)] == [["a", "a", "a", "b"]]  # within yield_bytes
+    labeler.yield_bytes = 3 * 96 * 128 * 6  # the labels of 3 pairs: a, then b
     outs = list(labeler(batch))
     assert [o["chunk"].tolist() for o in outs] == [["a", "a", "a"], ["b"]]
     both = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
@@ -104,6 +106,14 @@ def test_labeler_udf_labels_the_chunks_of_a_block_together(frames):
         )
     )
     assert [o["chunk"].tolist() for o in mixed] == [["a"] * 3, ["c"]] and mixed[1]["flow"].shape == (1, 48, 64, 2)
+
+
+def test_split_at_chunks_yields_whole_chunks_within_the_bytes():
+    rows = {"x": np.arange(10, dtype=np.int64)}  # 8 bytes a row; chunks end at rows 2, 5, 6 and 10
+    parts = [part["x"].tolist() for part in split_at_chunks(rows, [2, 5, 6, 10], max_bytes=48)]
+    assert parts == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9]]  # 6 rows fit in 48 bytes; the last chunk alone
+    parts = [part["x"].tolist() for part in split_at_chunks(rows, [2, 5, 6, 10], max_bytes=8)]
+    assert parts == [[0, 1], [2, 3, 4], [5], [6, 7, 8, 9]]  # a chunk over the bytes is still whole
 
 
 def test_labeler_gives_the_same_rows_from_two_threads(frames):

@@ -393,11 +393,24 @@ def label_pairs(
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
+def split_at_chunks(rows: dict[str, np.ndarray], ends: list[int], max_bytes: int) -> Iterator[dict[str, np.ndarray]]:
+    """Pair rows of consecutive chunks (chunk i ends before row ``ends[i]``) in parts of whole chunks, each of
+    at most ``max_bytes`` or one chunk. Ray Data joins a task's yields into blocks and cuts a joined block
+    that outgrows its target by rows, which must never split a chunk (jobs.cluster.block_bytes); a yield per
+    chunk would pay Ray's block conversion per short clip."""
+    row_bytes = sum(np.asarray(column).nbytes for column in rows.values()) / max(1, ends[-1] if ends else 1)
+    start = 0
+    for i, end in enumerate(ends):
+        if i + 1 == len(ends) or (ends[i + 1] - start) * row_bytes > max_bytes:
+            yield {name: column[start:end] for name, column in rows.items()}
+            start = end
+
+
 class Labeler:
     """Ray Data UDF (``map_batches(Labeler, fn_constructor_kwargs=…, batch_size=None)``).
 
-    Takes chunks of frame rows (:func:`pipeline.read.datasource.chunk_batch`) and yields one batch per
-    chunk, one row per pair: the chunk's columns, frame0/frame1/t0/t1/ordinal, the motion summary
+    Takes chunks of frame rows (:func:`pipeline.read.datasource.chunk_batch`) and yields their pair rows
+    in parts of whole chunks of at most ``yield_bytes`` (:func:`split_at_chunks`), one row per pair: the chunk's columns, frame0/frame1/t0/t1/ordinal, the motion summary
     columns, the stored flow, occlusion and confidence (already in the sink's ``flow_encoding``; none
     with ``store="summary"``), model, checkpoint and ``labeled_on`` (see :func:`placement`). Safe to
     call from two threads at once.
@@ -410,8 +423,10 @@ class Labeler:
         frame_labels: FrameLabelOptions | None = None,
         flow_encoding: str = DEFAULT_FLOW_ENCODING,
         store: str = "dense",
+        yield_bytes: int = 48 * 2**20,
     ):
         self.config = config
+        self.yield_bytes = yield_bytes
         self.flow_encoding = check_encoding(flow_encoding)
         self.store = check_store(store)
         device = assigned_device()
@@ -431,12 +446,8 @@ class Labeler:
         chunks = list(iter_chunks(batch))
         for _, run in itertools.groupby(chunks, key=lambda frames: np.shape(frames["image"])[1:]):
             run = list(run)
-            labeled = self.label_chunks(run)
-            # One chunk per yield: Ray Data joins a task's yields into blocks and cuts a joined block that
-            # outgrows its target by rows, which must never split a chunk (jobs.cluster.block_bytes).
             ends = np.cumsum([np.count_nonzero(np.asarray(frames["pair_with"]) >= 0) for frames in run])
-            for start, end in zip([0, *ends[:-1]], ends):
-                yield {name: column[start:end] for name, column in labeled.items()}
+            yield from split_at_chunks(self.label_chunks(run), ends.tolist(), self.yield_bytes)
 
     def label_chunk(self, frames: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Frame rows of one chunk → its pair rows with labels."""
