@@ -25,6 +25,7 @@ from pipeline.read.plan import PlanOptions, ReadUnit, plan_units
 from pipeline.read.sources import ListingError, Source, list_sources
 from pipeline.storage import join, redact
 from pipeline.write.clip_summary import CLIP_SUMMARY_DIR, clip_summary_rows, write_clip_summary
+from pipeline.write.compact import compact_packs
 from pipeline.write.exactly_once import Books, OutputConflictError, check_same_settings, unit_outcomes
 from pipeline.write.records import ERRORS_DIR, UnitRecord, clear_records, settled_units, write_record
 from pipeline.write.run_manifest import RunProgress, versions
@@ -213,6 +214,8 @@ def finish(
         bytes_written=result.bytes_written,
         source_bytes=sum({u.source.uri: u.source.size or 0 for u in plan.pending}.values()),
     )
+    if summaries:  # summary packs are small: join them into files of tens of MB
+        compact_packs(job.sink, so)
     # The clip table covers all of out: rewrite it when this run committed something (or it is missing).
     existing = None if summaries else clip_summary_rows(job.sink, so)
     result.clip_summaries = write_clip_summary(job.sink, so) if existing is None else existing

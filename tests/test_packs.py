@@ -12,6 +12,8 @@ from pipeline.label.labeler import LabelerConfig
 from pipeline.read.datasource import ReadOptions, pack_name, stamp_pack, task_groups
 from pipeline.read.plan import ReadUnit
 from pipeline.read.sources import Source
+from pipeline.schema import MOTION_COLUMNS
+from pipeline.write.compact import compact_packs
 from pipeline.write.exactly_once import Books
 from pipeline.write.records import PACKS_DIR, UNITS_DIR, pack_markers, settled_units
 from pipeline.write.sinks import SinkOptions, committed_chunks, write_batch
@@ -26,6 +28,13 @@ def clip(video, n=3, seed=0, chunk=None, last=True, unit=None):
     rows = chunk_rows(n=n, seed=seed, video=video, chunk=chunk, unit_chunks=json.dumps([chunk]) if last else "")
     rows["unit"] = np.full(n, unit or f"{video}-00000000", object)
     return rows
+
+
+def summary_pack(chunks, name):
+    """A pack of ``chunks`` as the labeler sends it in summary mode: motion columns, no label arrays."""
+    rows = {k: v for k, v in pack(chunks, name).items() if k not in ARRAYS}
+    rng = np.random.default_rng(len(rows["frame0"]))
+    return {**rows, **{c: rng.random(len(rows["frame0"])).astype(np.float32) for c in MOTION_COLUMNS}}
 
 
 def pack(chunks, name="p0", count=None):
@@ -129,8 +138,8 @@ def clips(tmp_path_factory):
     return folder
 
 
-def label(clips, out):
-    job = LabelJob(inputs=(str(clips),), sink=SinkOptions(str(out), store="summary"), labeler=LabelerConfig("dis"))
+def label(clips, out, store="dense"):
+    job = LabelJob(inputs=(str(clips),), sink=SinkOptions(str(out), store=store), labeler=LabelerConfig("dis"))
     return run_label(job)
 
 
@@ -160,6 +169,43 @@ def test_short_clips_are_packed_and_a_lost_marker_relabels_only_its_pack(ray_loc
     assert rows(out) == expected
     assert {p: (out / p).stat().st_mtime_ns for p in kept} == kept
     assert set(pack_markers(str(out))) >= set(markers) - {lost}
+
+
+def test_a_summary_run_joins_its_packs_into_one_file(ray_local, clips, tmp_path):
+    """--store summary: the packs of the 12 clips end as one joined file, settled by one marker, with the
+    rows (and the motion summaries, to the bit) of the dense run's packs."""
+    dense, summary = tmp_path / "dense", tmp_path / "summary"
+    label(clips, dense)
+    result = label(clips, summary, store="summary")
+    [joined] = files(summary, ".parquet")
+    assert joined.startswith("corpus=") and joined.endswith("-joined.parquet") and result.pairs == 36
+    [(name, units)] = pack_markers(str(summary)).items()
+    assert joined.endswith(f"pack-{name}.parquet") and len(units) == 12
+    assert rows(summary) == rows(dense)
+    again = label(clips, summary, store="summary")  # a no-op resume leaves the joined file alone
+    assert again.pairs == 0 and again.settled_before == 12 and files(summary, ".parquet") == [joined]
+
+
+def test_a_compaction_stopped_before_its_deletions_is_finished_by_the_next_run(tmp_path):
+    options = SinkOptions(str(tmp_path), store="summary")
+    for i in range(3):
+        write_batch(summary_pack([clip(f"v{i}", seed=i)], f"p{i}"), options)
+    members = {p: p.read_bytes() for p in [*tmp_path.rglob("pack-*.parquet"), *(tmp_path / PACKS_DIR).iterdir()]}
+    expected = pads.dataset(str(tmp_path), format="parquet", partitioning="hive").to_table().sort_by("video_id")
+
+    assert compact_packs(options) == 3
+    [joined] = files(tmp_path, ".parquet")
+    [marker] = pack_markers(str(tmp_path)).values()
+    assert set(marker) == {"v0-00000000", "v1-00000000", "v2-00000000"}
+    for path, data in members.items():  # as if the run stopped before deleting the members
+        path.write_bytes(data)
+    books = Books.read(options)
+    assert set(books.settled) == set(marker)
+    books.clear_unsettled_packs()
+    assert files(tmp_path, ".parquet") == [joined] and list(pack_markers(str(tmp_path)).values()) == [marker]
+    table = pads.dataset(str(tmp_path), format="parquet", partitioning="hive").to_table().sort_by("video_id")
+    assert table.equals(expected)
+    assert compact_packs(options) == 0  # one file: nothing left to join
 
 
 def test_visualize_splits_a_pack_into_its_videos(tmp_path):

@@ -18,13 +18,14 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.storage import filesystem
+from pipeline.storage import filesystem, join
 from pipeline.write.records import (
     ERRORS_DIR,
+    PACKS_DIR,
     SKIPPED_DIR,
     UnitRecord,
     marked_units,
-    pack_markers,
+    pack_marker_bodies,
     read_records,
     write_unit_marker,
 )
@@ -98,29 +99,38 @@ def setting_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: 
 @dataclass(frozen=True)
 class Books:
     """What earlier runs left in ``out``: settled units (key → status), committed chunks (video_id → chunk
-    names) and the files of packs that no marker settled (a run stopped between a pack's files and its
-    marker), read once when a run starts from three listings and one request per pack marker."""
+    names) and the pack files to delete before a run: packs that no marker settled (a run stopped between a
+    pack's files and its marker) and packs a joined pack replaces (a run stopped while compacting, see
+    pipeline.write.compact), with the latter's markers. Read once when a run starts, from three listings
+    and one request per pack marker."""
 
     out: str
     settled: Mapping[str, str]
     committed: Mapping[str, frozenset[str]]
     unsettled_pack_files: tuple[str, ...] = ()
+    replaced_pack_markers: tuple[str, ...] = ()
 
     @classmethod
     def read(cls, sink: SinkOptions, storage_options: Mapping[str, Any] | None = None) -> Books:
         settled = marked_units(sink.out, storage_options)
-        packs = pack_markers(sink.out, storage_options)
-        settled.update({unit: "done" for units in packs.values() for unit in units})
+        packs = pack_marker_bodies(sink.out, storage_options)
+        settled.update({unit: "done" for body in packs.values() for unit in body["units"]})
+        replaced = {old for body in packs.values() for old in body.get("replaces", ()) if old in packs}
         files = output_files(sink, storage_options)
-        unsettled = tuple(path for pack, paths in files.packs.items() if pack not in packs for path in paths)
-        return cls(sink.out, settled, files.committed, unsettled)
+        stale = tuple(
+            path for pack, paths in files.packs.items() if pack not in packs or pack in replaced for path in paths
+        )
+        _, root = filesystem(sink.out, storage_options)
+        markers = tuple(join(root, PACKS_DIR, f"{pack}.json") for pack in sorted(replaced))
+        return cls(sink.out, settled, files.committed, stale, markers)
 
     def clear_unsettled_packs(self, storage_options: Mapping[str, Any] | None = None) -> None:
-        """Delete the files of unsettled packs before a run: their units run again, so their rows would be
-        there twice."""
-        if self.unsettled_pack_files:
-            fs, _ = filesystem(self.out, storage_options)
-            fs.rm(list(self.unsettled_pack_files))
+        """Delete the files of unsettled packs before a run (their units run again, so their rows would be
+        there twice), and the files and markers of packs a joined pack replaced."""
+        fs, _ = filesystem(self.out, storage_options)
+        for paths in (self.unsettled_pack_files, self.replaced_pack_markers):  # files first, then markers
+            if paths:
+                fs.rm(list(paths))
 
     def pending(self, keys: Iterable[str]) -> list[str]:
         """The keys of ``keys`` not settled yet, in order."""

@@ -115,28 +115,38 @@ def write_pack_marker(
     units: Mapping[str, list[str]],
     files: list[str],
     storage_options: Mapping[str, Any] | None = None,
+    replaces: Iterable[str] = (),
 ) -> None:
     """Settle every unit of ``pack`` (unit key → its chunks) at once, after the pack's ``files`` (paths
-    relative to ``out``) are committed: ``_packs/<pack>.json``."""
+    relative to ``out``) are committed: ``_packs/<pack>.json``. ``replaces``: the packs whose rows it holds
+    now (joined by :mod:`pipeline.write.compact`), to be deleted."""
     fs, root = filesystem(out, storage_options)
-    data = json.dumps({"pack": pack, "units": dict(units), "files": files}).encode()
-    write_atomic(fs, join(root, PACKS_DIR, f"{pack}.json"), data)
+    body = {"pack": pack, "units": dict(units), "files": files}
+    if replaces:
+        body["replaces"] = list(replaces)
+    write_atomic(fs, join(root, PACKS_DIR, f"{pack}.json"), json.dumps(body).encode())
 
 
 def pack_markers(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, dict[str, list[str]]]:
-    """pack → its units (unit key → chunks), for every pack settled under ``out``: the markers are
-    listed once and fetched together (concurrently on object stores)."""
+    """pack → its units (unit key → chunks), for every pack settled under ``out``."""
+    return {pack: body["units"] for pack, body in pack_marker_bodies(out, storage_options).items()}
+
+
+def pack_marker_bodies(
+    out: str, storage_options: Mapping[str, Any] | None = None, packs: Iterable[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """pack → its marker (pack, units, files, and replaces for a joined pack), for ``packs`` or every pack
+    settled under ``out``: the markers are listed once and fetched together (concurrently on object stores)."""
     fs, root = filesystem(out, storage_options)
     base = join(root, PACKS_DIR)
-    if not fs.exists(base):
-        return {}
-    paths = [p for p in fs.find(base) if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")]
+    if packs is not None:
+        paths = [join(base, f"{pack}.json") for pack in packs]
+    elif fs.exists(base):
+        paths = [p for p in fs.find(base) if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")]
+    else:
+        paths = []
     bodies = fs.cat(paths) if paths else {}
-    markers = {}
-    for path in paths:
-        body = json.loads(bodies[path])
-        markers[body["pack"]] = body["units"]
-    return markers
+    return {body["pack"]: body for body in (json.loads(data) for data in bodies.values())}
 
 
 def clear_records(out: str, units: Iterable[str], storage_options: Mapping[str, Any] | None = None) -> None:
