@@ -36,8 +36,9 @@ def corpus_suite(cache: Path, quick: bool = False) -> dict[str, Any]:
         fs.put([str(p) for p in clips], [f"flowlabel-bench/clips/{p.name}" for p in clips])
         manifests = {n: _manifest(fs, [f"s3://flowlabel-bench/clips/{p.name}" for p in clips[:n]], n) for n in sizes}
         _label(manifests[sizes[0]], "s3://flowlabel-bench/warm-up", "summary", so)  # Ray and the actors start here
-        runs = [_run(fs, manifests, sizes, store, so) for store in ("dense", "summary")]
-        resume = _noop_resume(manifests[sizes[-1]], f"s3://flowlabel-bench/summary-{sizes[-1]}", so)
+        repeats = 1 if quick else 3
+        runs = [_run(fs, manifests, sizes, store, so, repeats) for store in ("dense", "summary")]
+        resume = _noop_resume(manifests[sizes[-1]], f"s3://flowlabel-bench/summary-{sizes[-1]}-r0", so)
     return {
         "clip": {"height": CLIP_SIZE[0], "width": CLIP_SIZE[1], "frames": CLIP_FRAMES},
         "sizes": list(sizes),
@@ -83,20 +84,30 @@ def _label(manifest: str, out: str, store: str, storage_options: dict[str, Any])
 
 
 def _run(
-    fs: Any, manifests: dict[int, str], sizes: tuple[int, int], store: str, storage_options: dict[str, Any]
+    fs: Any,
+    manifests: dict[int, str],
+    sizes: tuple[int, int],
+    store: str,
+    storage_options: dict[str, Any],
+    repeats: int,
 ) -> dict[str, Any]:
-    seconds, stages = {}, {}
-    for n in sizes:
-        start = time.perf_counter()
-        result = _label(manifests[n], f"s3://flowlabel-bench/{store}-{n}", store, storage_options)
-        seconds[n] = time.perf_counter() - start
-        stages[n] = {s["stage"]: s.get("cpu_seconds", 0.0) / n for s in result.stats.get("stages", [])}
+    """Both sizes ``repeats`` times, in turn, each into a new output; the median seconds of each size."""
+    seconds: dict[int, list[float]] = {n: [] for n in sizes}
+    stages = {}
+    for repeat in range(repeats):
+        for n in sizes:
+            start = time.perf_counter()
+            result = _label(manifests[n], f"s3://flowlabel-bench/{store}-{n}-r{repeat}", store, storage_options)
+            seconds[n].append(time.perf_counter() - start)
+            stages[n] = {s["stage"]: s.get("cpu_seconds", 0.0) / n for s in result.stats.get("stages", [])}
+    median = {n: statistics.median(times) for n, times in seconds.items()}
     small, large = sizes
-    objects = len(fs.find(f"flowlabel-bench/{store}-{large}"))
+    objects = len(fs.find(f"flowlabel-bench/{store}-{large}-r0"))
     return {
         "store": store,
-        "seconds": {str(n): round(s, 2) for n, s in seconds.items()},
-        "marginal_ms_per_clip": round(1000 * (seconds[large] - seconds[small]) / (large - small), 1),
+        "repeats": repeats,
+        "seconds": {str(n): round(s, 2) for n, s in median.items()},
+        "marginal_ms_per_clip": round(1000 * (median[large] - median[small]) / (large - small), 1),
         "objects_per_clip": round(objects / large, 3),
         "cpu_s_per_clip": {k: round(v, 4) for k, v in stages[large].items()},
     }
@@ -153,8 +164,9 @@ def corpus_table(report: dict[str, Any]) -> list[str]:
         "",
         f"Short clips ({clip['width']}×{clip['height']}, {clip['frames']} frames, H.264) listed in a JSONL "
         f"manifest in SeaweedFS on loopback, labeled with DIS on a local Ray, one run of {small} and one of "
-        f"{large} clips per store: the marginal wall time per clip is the difference of the two runs over "
-        f"{large - small} clips, so start-up and fixed costs cancel. CPU-s per clip: Ray Data's task CPU time "
+        f"{large} clips per store, each run {report['runs'][0].get('repeats', 1)} times in turn: the marginal wall "
+        f"time per clip is the difference of the two sizes' median seconds over {large - small} clips, so "
+        "start-up and fixed costs cancel. CPU-s per clip: Ray Data's task CPU time "
         "of each stage in the larger run.",
         "",
         "| store | seconds (small / large) | marginal ms per clip | objects written per clip | "
