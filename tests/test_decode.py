@@ -278,3 +278,24 @@ def test_coalesced_blocks_keep_every_chunk_whole_and_in_order(generated):
         assert got.keys() == expected.keys()
         for key in expected:
             np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_units_stream_with_a_bounded_lookahead():
+    """iter_units plans as the sources come: the first unit leaves after a few sources are taken, not all
+    (a manifest of millions of rows is never held whole), and a listing error passes through in place."""
+    import itertools
+
+    from pipeline.read.plan import PlanOptions, iter_units
+    from pipeline.read.sources import ListingError, Source
+
+    taken = []
+
+    def sources():
+        for i in itertools.count():
+            taken.append(i)
+            yield ListingError("bad", "E", "m") if i == 1 else Source(f"s3://b/{i}.mp4", "video", f"{i:016x}", "c")
+
+    items = iter_units(sources(), DecodeOptions(), PlanOptions(probe_threads=2))
+    first = list(itertools.islice(items, 3))
+    assert [type(x).__name__ for x in first] == ["ReadUnit", "ListingError", "ReadUnit"]
+    assert first[2].source.uri == "s3://b/2.mp4" and len(taken) <= 3 + 2 * 2

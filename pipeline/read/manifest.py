@@ -73,7 +73,7 @@ class ManifestOptions:
             raise ValueError(f"carry: expected distinct column names, got {list(self.carry)}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestRow:
     """One input: ``number`` is its row (Parquet, CSV: 1-based data row) or line (JSONL, text);
     ``start`` / ``end`` in seconds or None; ``carry`` the (column, text or None) pairs."""
@@ -85,7 +85,7 @@ class ManifestRow:
     carry: tuple[tuple[str, str | None], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestRowError:
     """A row that names no usable input: ``uri`` as given (may be empty), ``message`` says why."""
 

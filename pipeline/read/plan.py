@@ -9,14 +9,17 @@ seeks straight to its keyframe: every frame is still decoded exactly once.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.read.decode import DecodeOptions, on_tick, video_frame_times
 from pipeline.read.sources import Source
 from pipeline.storage import filesystem
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class PlanOptions:
             raise ValueError(f"segment_frames: expected ≥ 2, got {self.segment_frames}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReadUnit:
     """Pairs of ``source`` whose frame0 index lies in [start, stop).
 
@@ -65,25 +68,46 @@ class ReadUnit:
 
 
 def plan_units(
-    sources: Sequence[Source],
+    sources: Iterable[Source],
     decode: DecodeOptions,
     plan: PlanOptions = PlanOptions(),
     storage_options: Mapping[str, Any] | None = None,
 ) -> list[ReadUnit]:
-    """One or more read units per source, in source order."""
+    """One or more read units per source, in source order (:func:`iter_units` collected)."""
+    return [unit for unit in iter_units(sources, decode, plan, storage_options) if isinstance(unit, ReadUnit)]
 
-    def units_of(source: Source) -> list[ReadUnit]:
-        if source.kind == "sequence":
-            return _sequence_units(source, plan.segment_frames)
-        if source.size is None or source.size <= plan.split_bytes:
-            return [ReadUnit(source)]
-        return _video_units(source, decode, plan.segment_frames, storage_options)
 
-    def wanted(unit: ReadUnit) -> bool:  # segments past --max-pairs-per-video are never read
-        return decode.max_pairs is None or unit.first_ordinal < decode.max_pairs or unit.first
+def iter_units(
+    items: Iterable[T],
+    decode: DecodeOptions,
+    plan: PlanOptions = PlanOptions(),
+    storage_options: Mapping[str, Any] | None = None,
+) -> Iterator[ReadUnit | T]:
+    """The read units of each source of ``items`` in order, as the items come; anything that is not a
+    :class:`Source` (a listing error) passes through in its place. Long videos are probed on
+    ``plan.probe_threads`` threads, at most twice that many sources ahead of the one being yielded."""
 
-    with ThreadPoolExecutor(max(1, plan.probe_threads)) as pool:
-        return [unit for units in pool.map(units_of, sources) for unit in units if wanted(unit)]
+    def units_of(item: T) -> list[ReadUnit | T]:
+        if not isinstance(item, Source):
+            return [item]
+        if item.kind == "sequence":
+            units = _sequence_units(item, plan.segment_frames)
+        elif item.size is None or item.size <= plan.split_bytes:
+            return [ReadUnit(item)]
+        else:
+            units = _video_units(item, decode, plan.segment_frames, storage_options)
+        # Segments past --max-pairs-per-video are never read.
+        return [u for u in units if decode.max_pairs is None or u.first_ordinal < decode.max_pairs or u.first]
+
+    threads = max(1, plan.probe_threads)
+    with ThreadPoolExecutor(threads) as pool:
+        ahead: deque[Future] = deque()
+        for item in items:
+            ahead.append(pool.submit(units_of, item))
+            while len(ahead) > 2 * threads or (ahead and ahead[0].done()):
+                yield from ahead.popleft().result()
+        while ahead:
+            yield from ahead.popleft().result()
 
 
 def _sequence_units(source: Source, segment_frames: int) -> list[ReadUnit]:

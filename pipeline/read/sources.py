@@ -43,7 +43,7 @@ IMAGE_EXTENSIONS = frozenset([".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", "
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Source:
     """One input: ``kind`` is "video" (``uri`` is the file) or "sequence" (``frames`` are image URIs).
 
@@ -62,7 +62,7 @@ class Source:
     carry: tuple[tuple[str, str | None], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ListingError:
     """An input that could not be listed (missing object, access denied, no bucket)."""
 
