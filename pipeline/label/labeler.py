@@ -35,6 +35,7 @@ from pipeline.encoding import DEFAULT_FLOW_ENCODING, check_device_encoding, chec
 from pipeline.label.consistency import ConsistencyParams, consistency
 from pipeline.label.frame_labels import FrameLabelOptions
 from pipeline.label.motion import SUMMARY_COLUMNS, pair_motion
+from pipeline.read.datasource import ReadOptions
 from pipeline.schema import check_store
 
 CONFIDENCE_SOURCES = ("consistency", "model")
@@ -398,7 +399,7 @@ def split_at_chunks(rows: dict[str, np.ndarray], ends: list[int], max_bytes: int
     at most ``max_bytes`` or one chunk. Ray Data joins a task's yields into blocks and cuts a joined block
     that outgrows its target by rows, which must never split a chunk (jobs.cluster.block_bytes); a yield per
     chunk would pay Ray's block conversion per short clip."""
-    row_bytes = sum(np.asarray(column).nbytes for column in rows.values()) / max(1, ends[-1] if ends else 1)
+    row_bytes = sum(np.asarray(column).nbytes for column in rows.values()) / max(1, ends[-1])
     start = 0
     for i, end in enumerate(ends):
         if i + 1 == len(ends) or (ends[i + 1] - start) * row_bytes > max_bytes:
@@ -410,10 +411,10 @@ class Labeler:
     """Ray Data UDF (``map_batches(Labeler, fn_constructor_kwargs=…, batch_size=None)``).
 
     Takes chunks of frame rows (:func:`pipeline.read.datasource.chunk_batch`) and yields their pair rows
-    in parts of whole chunks of at most ``yield_bytes`` (:func:`split_at_chunks`), one row per pair: the chunk's columns, frame0/frame1/t0/t1/ordinal, the motion summary
-    columns, the stored flow, occlusion and confidence (already in the sink's ``flow_encoding``; none
-    with ``store="summary"``), model, checkpoint and ``labeled_on`` (see :func:`placement`). Safe to
-    call from two threads at once.
+    in parts of whole chunks of at most ``yield_bytes`` (:func:`split_at_chunks`), one row per pair: the
+    chunk's columns, frame0/frame1/t0/t1/ordinal, the motion summary columns, the stored flow, occlusion
+    and confidence (already in the sink's ``flow_encoding``; none with ``store="summary"``), model,
+    checkpoint and ``labeled_on`` (see :func:`placement`). Safe to call from two threads at once.
     """
 
     def __init__(
@@ -423,7 +424,7 @@ class Labeler:
         frame_labels: FrameLabelOptions | None = None,
         flow_encoding: str = DEFAULT_FLOW_ENCODING,
         store: str = "dense",
-        yield_bytes: int = 48 * 2**20,
+        yield_bytes: int = ReadOptions.chunk_bytes,
     ):
         self.config = config
         self.yield_bytes = yield_bytes

@@ -38,17 +38,19 @@ def compact_packs(
     if options.store != "summary":
         return 0
     so = dict(storage_options or {})
-    groups = _groups(_small_packs(options, so, target_bytes // 2), target_bytes)
+    settled = pack_marker_bodies(options.out, so)
+    groups = _groups(_small_packs(options, so, settled, target_bytes // 2), target_bytes)
     with ThreadPoolExecutor(8) as pool:
-        return sum(pool.map(lambda group: _join(options, group, so), groups))
+        return sum(pool.map(lambda group: _join(options, group, settled, so), groups))
 
 
-def _small_packs(options: SinkOptions, storage_options: Mapping[str, Any], below: int) -> list[tuple[str, str, int]]:
-    """(pack, path relative to out, bytes) of each settled pack file smaller than ``below``, by path."""
+def _small_packs(
+    options: SinkOptions, storage_options: Mapping[str, Any], settled: Mapping[str, Any], below: int
+) -> list[tuple[str, str, int]]:
+    """(pack, path relative to out, bytes) of each pack file in ``settled`` smaller than ``below``, by path."""
     fs, root = filesystem(options.out, storage_options)
     if not fs.exists(root):
         return []
-    settled = pack_marker_bodies(options.out, storage_options)
     found = []
     for path, info in fs.find(root, detail=True).items():
         relative = options.data_relative(path[len(root.rstrip("/")) + 1 :])
@@ -73,12 +75,17 @@ def _groups(packs: list[tuple[str, str, int]], target_bytes: int) -> list[list[t
     return [group for group in groups if len(group) > 1]
 
 
-def _join(options: SinkOptions, group: list[tuple[str, str, int]], storage_options: Mapping[str, Any]) -> int:
-    """Write the group's rows as one pack, its marker (units of all members, ``replaces`` them), then delete
-    the members' files and markers. The joined pack is named by its members, so a retry writes the same."""
+def _join(
+    options: SinkOptions,
+    group: list[tuple[str, str, int]],
+    bodies: Mapping[str, Mapping[str, Any]],
+    storage_options: Mapping[str, Any],
+) -> int:
+    """Write the group's rows as one pack, its marker (units of all members, from their marker ``bodies``;
+    ``replaces`` them), then delete the members' files and markers. The joined pack is named by its
+    members, so a retry writes the same."""
     fs, root = filesystem(options.out, storage_options)
     members = [pack for pack, _, _ in group]
-    bodies = pack_marker_bodies(options.out, storage_options, members)
     tables = []
     for _, relative, _ in group:
         with fs.open(join(root, relative), "rb") as f:
@@ -89,7 +96,7 @@ def _join(options: SinkOptions, group: list[tuple[str, str, int]], storage_optio
     pq.write_table(pa.concat_tables(tables), buffer, compression=options.compression)
     path = data_file(options, stem, "parquet")
     write_atomic(fs, join(root, path), buffer.getvalue())
-    units = {unit: chunks for body in bodies.values() for unit, chunks in body["units"].items()}
+    units = {unit: chunks for pack in members for unit, chunks in bodies[pack]["units"].items()}
     write_pack_marker(options.out, name, units, [path], storage_options, replaces=members)
     fs.rm([join(root, relative) for _, relative, _ in group])
     fs.rm([join(root, PACKS_DIR, f"{pack}.json") for pack in members])

@@ -132,19 +132,14 @@ def pack_markers(out: str, storage_options: Mapping[str, Any] | None = None) -> 
     return {pack: body["units"] for pack, body in pack_marker_bodies(out, storage_options).items()}
 
 
-def pack_marker_bodies(
-    out: str, storage_options: Mapping[str, Any] | None = None, packs: Iterable[str] | None = None
-) -> dict[str, dict[str, Any]]:
-    """pack → its marker (pack, units, files, and replaces for a joined pack), for ``packs`` or every pack
-    settled under ``out``: the markers are listed once and fetched together (concurrently on object stores)."""
+def pack_marker_bodies(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """pack → its marker (pack, units, files, and replaces for a joined pack), for every pack settled under
+    ``out``: the markers are listed once and fetched together (concurrently on object stores)."""
     fs, root = filesystem(out, storage_options)
     base = join(root, PACKS_DIR)
-    if packs is not None:
-        paths = [join(base, f"{pack}.json") for pack in packs]
-    elif fs.exists(base):
-        paths = [p for p in fs.find(base) if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")]
-    else:
-        paths = []
+    if not fs.exists(base):
+        return {}
+    paths = [p for p in fs.find(base) if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")]
     bodies = fs.cat(paths) if paths else {}
     return {body["pack"]: body for body in (json.loads(data) for data in bodies.values())}
 
