@@ -87,27 +87,40 @@ def iter_units(
     :class:`Source` (a listing error) passes through in its place. Long videos are probed on
     ``plan.probe_threads`` threads, at most twice that many sources ahead of the one being yielded."""
 
+    def needs_probe(item: T) -> bool:
+        return isinstance(item, Source) and item.kind == "video" and (item.size or 0) > plan.split_bytes
+
     def units_of(item: T) -> list[ReadUnit | T]:
         if not isinstance(item, Source):
             return [item]
         if item.kind == "sequence":
             units = _sequence_units(item, plan.segment_frames)
-        elif item.size is None or item.size <= plan.split_bytes:
+        elif not needs_probe(item):
             return [ReadUnit(item)]
         else:
             units = _video_units(item, decode, plan.segment_frames, storage_options)
         # Segments past --max-pairs-per-video are never read.
         return [u for u in units if decode.max_pairs is None or u.first_ordinal < decode.max_pairs or u.first]
 
+    # Only long videos are probed on the threads: a future per short clip or manifest row would cost more
+    # than planning it.
     threads = max(1, plan.probe_threads)
     with ThreadPoolExecutor(threads) as pool:
-        ahead: deque[Future] = deque()
+        ahead: deque[Future | list[ReadUnit | T]] = deque()
         for item in items:
-            ahead.append(pool.submit(units_of, item))
-            while len(ahead) > 2 * threads or (ahead and ahead[0].done()):
-                yield from ahead.popleft().result()
+            ahead.append(pool.submit(units_of, item) if needs_probe(item) else units_of(item))
+            while len(ahead) > 2 * threads or (ahead and _ready(ahead[0])):
+                yield from _result(ahead.popleft())
         while ahead:
-            yield from ahead.popleft().result()
+            yield from _result(ahead.popleft())
+
+
+def _ready(planned: Future | list) -> bool:
+    return not isinstance(planned, Future) or planned.done()
+
+
+def _result(planned: Future | list) -> list:
+    return planned.result() if isinstance(planned, Future) else planned
 
 
 def _sequence_units(source: Source, segment_frames: int) -> list[ReadUnit]:
