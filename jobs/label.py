@@ -41,7 +41,7 @@ from .options import (
     labeler_config,
     run_command,
 )
-from .stats import format_stats, placements, run_stats, stage_stats
+from .stats import MAX_VIDEOS, RunTally, format_stats, run_stats, stage_stats
 
 __all__ = ["LabelJob", "LabelResult", "OutputConflictError", "run_label", "prepare", "execute", "finish"]
 
@@ -84,13 +84,14 @@ class LabelResult:
     chunks: int
     bytes_written: int
     seconds: float
-    per_video: list[dict[str, Any]]
+    per_video: list[dict[str, Any]]  # the first stats.MAX_VIDEOS videos of this run, by source
     errors: list[UnitRecord]
     skipped: list[UnitRecord]
     files: int = 0  # data files written: a chunk's per format, or a pack's (short clips)
     clips: int = 0  # rows written to <out>/_clips/ (--clip-labels)
     clip_summaries: int = 0  # rows of <out>/_clips_summary/: one per source labeled on out, this run or before
     settled_before: int = 0  # units already done by an earlier run on the same out (a resume)
+    more_videos: bool = False  # per_video lists only the first stats.MAX_VIDEOS videos of this run
     stats: dict[str, Any] = field(default_factory=dict)  # throughput per stage, actors, bytes (jobs/stats.py)
 
     @property
@@ -136,8 +137,8 @@ def run_label(job: LabelJob) -> LabelResult:
         settled_before=len(plan.units) - len(plan.pending),
     )
     progress.write("running")
-    summaries, execution = execute(job, plan, progress)
-    return finish(job, plan, summaries, execution, progress, started)
+    tally, execution = execute(job, plan, progress)
+    return finish(job, plan, tally, execution, progress, started)
 
 
 def prepare(job: LabelJob, started: float) -> RunPlan:
@@ -152,8 +153,9 @@ def prepare(job: LabelJob, started: float) -> RunPlan:
     units = plan_units(sources, job.read.decode, job.plan, so)
     books = Books.read(job.sink, so)
     books.clear_unsettled_packs(so)
+    # A unit object is copied only when it has committed chunks: a fresh run holds each unit once.
     pending = [
-        replace(u, done_chunks=books.committed.get(u.source.video_id, frozenset()))
+        replace(u, done_chunks=books.committed[u.source.video_id]) if u.source.video_id in books.committed else u
         for u in units
         if u.key not in books.settled
     ]
@@ -164,24 +166,22 @@ def prepare(job: LabelJob, started: float) -> RunPlan:
     return RunPlan(manifest, sources, units, pending, listing_errors, books)
 
 
-def execute(job: LabelJob, plan: RunPlan, progress: RunProgress) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def execute(job: LabelJob, plan: RunPlan, progress: RunProgress) -> tuple[RunTally, dict[str, Any]]:
     """Run the pending units through Ray Data; settle each unit as its last chunk is committed.
-    Returns the write summaries (one per chunk) and the execution's plan and stage statistics."""
-    tracker = plan.books.tracker(job.storage_options)
-    by_chunk: dict[tuple[str, str], dict[str, Any]] = {}
+    Returns the run's totals from the write summaries (one per chunk) and the execution's plan and
+    stage statistics."""
+    tally = RunTally(plan.books.tracker(job.storage_options))
     execution: dict[str, Any] = {}
     for summary in _stream(job, plan.pending, execution) if plan.pending else []:
-        # A retried task re-writes the same chunk under the same name: count it once.
-        by_chunk[summary["video_id"], summary["chunk"]] = summary
-        tracker.add(summary)
-        progress.update(int(summary["pairs"]), len(tracker.settled))
-    return list(by_chunk.values()), execution
+        tally.add(summary)
+        progress.update(int(summary["pairs"]), tally.tracker.settled)
+    return tally, execution
 
 
 def finish(
     job: LabelJob,
     plan: RunPlan,
-    summaries: list[dict[str, Any]],
+    tally: RunTally,
     execution: dict[str, Any],
     progress: RunProgress,
     started: float,
@@ -194,12 +194,13 @@ def finish(
     result = LabelResult(
         sources=len(plan.sources),
         units=len(plan.units),
-        pairs=int(sum(s["pairs"] for s in summaries)),
-        chunks=len(summaries),
-        bytes_written=int(sum(s["bytes_written"] for s in summaries)),
-        files=int(sum(s["files"] for s in summaries)),
+        pairs=tally.pairs,
+        chunks=tally.chunks,
+        bytes_written=tally.bytes_written,
+        files=tally.files,
         seconds=time.time() - started,
-        per_video=_per_video(summaries),
+        per_video=tally.per_video(),
+        more_videos=tally.truncated,
         errors=errors,
         skipped=skipped,
         settled_before=len(plan.units) - len(plan.pending),
@@ -207,17 +208,17 @@ def finish(
     )
     result.stats = run_stats(
         execution.get("stages", []),
-        placements(summaries),
+        tally.placements(),
         pairs=result.pairs,
         seconds=result.seconds,
         errors=len(errors),
         bytes_written=result.bytes_written,
         source_bytes=sum({u.source.uri: u.source.size or 0 for u in plan.pending}.values()),
     )
-    if summaries:  # summary packs are small: join them into files of tens of MB
+    if tally.chunks:  # summary packs are small: join them into files of tens of MB
         compact_packs(job.sink, so)
     # The clip table covers all of out: rewrite it when this run committed something (or it is missing).
-    existing = None if summaries else clip_summary_rows(job.sink, so)
+    existing = None if tally.chunks else clip_summary_rows(job.sink, so)
     result.clip_summaries = write_clip_summary(job.sink, so) if existing is None else existing
     progress.write(
         "finished",
@@ -306,32 +307,6 @@ def _stream(job: LabelJob, units: list[ReadUnit], execution: dict[str, Any]) -> 
 def _rows(batch: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
     n = len(next(iter(batch.values()))) if batch else 0
     return [{k: v[i].item() if hasattr(v[i], "item") else v[i] for k, v in batch.items()} for i in range(n)]
-
-
-def _per_video(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    videos: dict[str, dict[str, Any]] = {}
-    for s in summaries:
-        v = videos.setdefault(
-            s["video_id"],
-            {
-                "video_id": s["video_id"],
-                "source": s["source"],
-                "corpus": s["corpus"],
-                "pairs": 0,
-                "pixels": 0,
-                "flow_magnitude_sum": 0.0,
-                "occluded_sum": 0,
-            },
-        )
-        for key in ("pairs", "pixels", "flow_magnitude_sum", "occluded_sum"):
-            v[key] += s[key]
-    out = []
-    for v in sorted(videos.values(), key=lambda v: v["source"]):
-        pixels = max(v.pop("pixels"), 1)
-        v["mean_flow_magnitude"] = v.pop("flow_magnitude_sum") / pixels
-        v["occluded_fraction"] = v.pop("occluded_sum") / pixels
-        out.append(v)
-    return out
 
 
 def _manifest(job: LabelJob, checkpoint_sha256: str, started: float) -> dict[str, Any]:
@@ -551,6 +526,8 @@ def format_label_summary(result: LabelResult, sink: SinkOptions) -> str:
             lines.append(
                 f"{v['pairs']:>7}  {v['mean_flow_magnitude']:>14.3f}  {v['occluded_fraction']:>7.1%}  {v['source']}"
             )
+    if result.more_videos:
+        lines.append(f"(the first {MAX_VIDEOS} videos of this run; every source is in {join(out, CLIP_SUMMARY_DIR)}/)")
     if result.clips:
         lines.append(f"labeled {result.clips} clips ({join(out, CLIPS_DIR)}/)")
     if result.clip_summaries:

@@ -12,6 +12,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pipeline.write.exactly_once import UnitTracker
+
 # Stage name → how Ray Data names its operator (the read operator is "Read" + datasource name).
 STAGE_OPERATORS = {"read": "Read", "label": "Labeler", "write": "write_batch"}
 
@@ -57,13 +59,74 @@ def placements(summaries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Labeler actors seen in the write summaries: {actor, node, gpu_ids, device, pairs}, by actor id."""
     actors: dict[str, dict[str, Any]] = {}
     for s in summaries:
-        if not s.get("labeled_on"):
-            continue
-        where = json.loads(s["labeled_on"])
-        entry = actors.setdefault(where["actor"], {**where, "pairs": 0, "chunks": 0})
-        entry["pairs"] += int(s["pairs"])
-        entry["chunks"] += 1
+        _place(actors, s)
     return [actors[k] for k in sorted(actors)]
+
+
+def _place(actors: dict[str, dict[str, Any]], summary: Mapping[str, Any]) -> None:
+    if summary.get("labeled_on"):
+        where = json.loads(summary["labeled_on"])
+        entry = actors.setdefault(where["actor"], {**where, "pairs": 0, "chunks": 0})
+        entry["pairs"] += int(summary["pairs"])
+        entry["chunks"] += 1
+
+
+MAX_VIDEOS = 1000  # videos a run's summary lists one by one; <out>/_clips_summary/ has every one
+VIDEO_SUMS = ("pairs", "pixels", "flow_magnitude_sum", "occluded_sum")
+
+
+class RunTally:
+    """A run's write summaries in, totals out: the driver keeps counts, the labeler actors and the first
+    ``max_videos`` videos, not the summaries, so its memory does not grow with the corpus (but for the
+    tracker's key per settled unit). ``tracker`` settles units as their chunks are committed."""
+
+    def __init__(self, tracker: UnitTracker, max_videos: int = MAX_VIDEOS):
+        self.tracker, self.max_videos = tracker, max_videos
+        self.pairs = self.chunks = self.bytes_written = self.files = 0
+        self.videos: dict[str, dict[str, Any]] = {}
+        self.truncated = False  # more videos than max_videos were labeled
+        self.actors: dict[str, dict[str, Any]] = {}
+
+    def add(self, summary: Mapping[str, Any]) -> None:
+        """One chunk's write summary (:data:`pipeline.write.sinks.SUMMARY_KEYS`); a chunk seen twice (a
+        retried task) counts once."""
+        if not self.tracker.add(summary):
+            return
+        self.pairs += int(summary["pairs"])
+        self.chunks += 1
+        self.bytes_written += int(summary["bytes_written"])
+        self.files += int(summary["files"])
+        _place(self.actors, summary)
+        video = self.videos.get(summary["video_id"])
+        if video is None and len(self.videos) >= self.max_videos:
+            self.truncated = True
+            return
+        if video is None:
+            video = self.videos[summary["video_id"]] = {
+                **{k: summary[k] for k in ("video_id", "source", "corpus")},
+                **{k: 0 for k in VIDEO_SUMS},
+            }
+        for key in VIDEO_SUMS:
+            video[key] += summary[key]
+
+    def per_video(self) -> list[dict[str, Any]]:
+        """Per video of this run (the first ``max_videos``), by source: pairs, mean |flow| px and occluded
+        fraction."""
+        out = []
+        for v in sorted(self.videos.values(), key=lambda v: v["source"]):
+            pixels = max(v["pixels"], 1)
+            out.append(
+                {
+                    **{k: v[k] for k in ("video_id", "source", "corpus", "pairs")},
+                    "mean_flow_magnitude": v["flow_magnitude_sum"] / pixels,
+                    "occluded_fraction": v["occluded_sum"] / pixels,
+                }
+            )
+        return out
+
+    def placements(self) -> list[dict[str, Any]]:
+        """Labeler actors seen: {actor, node, gpu_ids, device, pairs, chunks}, by actor id."""
+        return [self.actors[k] for k in sorted(self.actors)]
 
 
 def run_stats(

@@ -58,3 +58,43 @@ def test_setting_differences_name_only_the_changed_settings():
         "sink.formats: ['a'] → ['b']",
     ]
     assert setting_differences(old, old) == []
+
+
+def test_tally_counts_each_chunk_once_and_lists_a_bounded_number_of_videos():
+    """The driver keeps totals, not summaries: a retried task's repeated summary counts once, and only the
+    first ``max_videos`` videos get a line (the summary says so)."""
+    from jobs.stats import RunTally
+    from pipeline.write.exactly_once import UnitTracker
+
+    settled = []
+    tally = RunTally(UnitTracker({}, lambda unit, chunks: settled.append(unit)), max_videos=2)
+
+    def summary(video: str, pairs: int) -> dict:
+        return {
+            "video_id": video,
+            "source": f"s3://b/{video}.mp4",
+            "corpus": "b",
+            "chunk": "00000000-00000001",
+            "unit": f"{video}-00000000",
+            "unit_chunks": '["00000000-00000001"]',
+            "settled": False,
+            "pairs": pairs,
+            "pixels": 100 * pairs,
+            "bytes_written": 10,
+            "files": 1,
+            "flow_magnitude_sum": 50.0 * pairs,
+            "occluded_sum": pairs,
+            "labeled_on": '{"actor": "a", "node": "n", "gpu_ids": [], "device": "cpu"}',
+        }
+
+    for video, pairs in [("v2", 2), ("v1", 3), ("v2", 2), ("v3", 4)]:
+        tally.add(summary(video, pairs))
+    assert (tally.pairs, tally.chunks, tally.files, tally.bytes_written) == (9, 3, 3, 30)
+    assert settled == ["v2-00000000", "v1-00000000", "v3-00000000"] and tally.tracker.settled == 3
+    assert [(v["video_id"], v["pairs"], v["mean_flow_magnitude"]) for v in tally.per_video()] == [
+        ("v1", 3, 0.5),
+        ("v2", 2, 0.5),
+    ]
+    assert tally.truncated and [(a["actor"], a["pairs"], a["chunks"]) for a in tally.placements()] == [("a", 9, 3)]
+    text = format_label_summary(result(more_videos=True, per_video=tally.per_video()), SinkOptions("o"))
+    assert "(the first 1000 videos of this run; every source is in o/_clips_summary/)" in text

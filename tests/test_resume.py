@@ -162,4 +162,8 @@ def test_unit_tracker_settles_each_unit_once_and_leaves_writer_settled_units_alo
     assert settled == [("u1", ["c0", "c1", "c2"])]
     tracker.add(summary("v2", "d1", "u2", '["d0", "d1"]', by_writer=True))  # the writer's, out of order
     tracker.add(summary("v2", "d0", "u2"))
-    assert settled == [("u1", ["c0", "c1", "c2"])] and tracker.settled == ["u1", "u2"] and tracker.waiting == []
+    assert settled == [("u1", ["c0", "c1", "c2"])] and tracker.settled == 2 and tracker.waiting == []
+    # A retried task's repeats count once and settle nothing again.
+    assert not tracker.add(summary("v1", "c1", "u1")) and not tracker.add(summary("v2", "d1", "u2", '["d0", "d1"]'))
+    assert tracker.add(summary("v3", "e0", "u3")) and not tracker.add(summary("v3", "e0", "u3"))
+    assert settled == [("u1", ["c0", "c1", "c2"])] and tracker.settled == 2

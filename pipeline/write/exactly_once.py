@@ -161,30 +161,52 @@ class UnitTracker:
     ``committed``: video_id → chunks already committed when the run started.
     ``settle(unit, chunks)`` is called once per unit whose chunks are all committed, unless the
     writer settled it already (``settled`` true: all its chunks were in one block, see
-    :func:`pipeline.write.sinks.write_batch`).
+    :func:`pipeline.write.sinks.write_batch`). A settled unit leaves only its key behind (its chunk
+    names are dropped), so a run of millions of clips holds one short string per clip.
     """
 
     def __init__(self, committed: Mapping[str, frozenset[str]], settle: Callable[[str, list[str]], None]):
         self._committed = {video: set(chunks) for video, chunks in committed.items()}
+        self._seen: dict[str, set[str]] = {}  # unit → chunks summarised in this run, until it settles
         self._waiting: dict[str, tuple[str, list[str]]] = {}
         self._settle = settle
         self._settled_by_writer: set[str] = set()
-        self.settled: list[str] = []
+        self._settled: set[str] = set()
 
-    def add(self, summary: Mapping[str, Any]) -> None:
-        video = summary["video_id"]
-        self._committed.setdefault(video, set()).add(summary["chunk"])
+    def add(self, summary: Mapping[str, Any]) -> bool:
+        """Take one chunk's summary; False when it was taken before (a retried task's repeat)."""
+        video, unit, chunk = summary["video_id"], summary["unit"], summary["chunk"]
+        if unit in self._settled or chunk in self._seen.get(unit, ()):
+            return False
+        self._seen.setdefault(unit, set()).add(chunk)
+        self._committed.setdefault(video, set()).add(chunk)
         if summary.get("unit_chunks"):
-            self._waiting[summary["unit"]] = (video, json.loads(summary["unit_chunks"]))
+            self._waiting[unit] = (video, json.loads(summary["unit_chunks"]))
             if summary.get("settled"):
-                self._settled_by_writer.add(summary["unit"])
+                self._settled_by_writer.add(unit)
         # Summaries of one unit may arrive in any order: re-check the waiting units of this video.
-        for unit, (unit_video, chunks) in list(self._waiting.items()):
-            if unit_video == video and self._committed[video].issuperset(chunks):
-                del self._waiting[unit]
-                if unit not in self._settled_by_writer:
-                    self._settle(unit, chunks)
-                self.settled.append(unit)
+        for waiting, (unit_video, chunks) in list(self._waiting.items()):
+            if unit_video == video and self._committed.get(video, set()).issuperset(chunks):
+                self._close(waiting, video, chunks)
+        return True
+
+    def _close(self, unit: str, video: str, chunks: list[str]) -> None:
+        del self._waiting[unit]
+        if unit in self._settled_by_writer:
+            self._settled_by_writer.discard(unit)
+        else:
+            self._settle(unit, chunks)
+        self._settled.add(unit)
+        del self._seen[unit]
+        # A unit's chunk names are its own (frame ranges): the video's other units do not need them.
+        self._committed[video].difference_update(chunks)
+        if not self._committed[video]:
+            del self._committed[video]
+
+    @property
+    def settled(self) -> int:
+        """Units settled in this run as their chunks were committed."""
+        return len(self._settled)
 
     @property
     def waiting(self) -> list[str]:
