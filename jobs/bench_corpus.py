@@ -20,7 +20,6 @@ from typing import Any
 CLIP_SIZE = (96, 128)  # H, W
 CLIP_FRAMES = 6
 MANIFEST_ROWS = (1_000, 100_000)
-FIRST_CHUNK_ROWS = (1_000, 1_000_000)  # --quick: the first only
 
 
 def corpus_suite(cache: Path, quick: bool = False) -> dict[str, Any]:
@@ -40,14 +39,11 @@ def corpus_suite(cache: Path, quick: bool = False) -> dict[str, Any]:
         repeats = 1 if quick else 3
         runs = [_run(fs, manifests, sizes, store, so, repeats) for store in ("dense", "summary")]
         resume = _noop_resume(manifests[sizes[-1]], f"s3://flowlabel-bench/summary-{sizes[-1]}-r0", so)
-        uris = [f"s3://flowlabel-bench/clips/{p.name}" for p in clips]
-        first = [_first_chunk(fs, uris, rows, so) for rows in FIRST_CHUNK_ROWS[: 1 if quick else None]]
     return {
         "clip": {"height": CLIP_SIZE[0], "width": CLIP_SIZE[1], "frames": CLIP_FRAMES},
         "sizes": list(sizes),
         "runs": runs,
         "noop_resume": resume,
-        "first_chunk": first,
         "help_s": _cli_seconds(["--help"]),
         "driver_memory": [_driver_memory(rows) for rows in MANIFEST_ROWS],
     }
@@ -71,47 +67,20 @@ def _manifest(fs: Any, uris: list[str], n: int) -> str:
     return f"s3://{path}"
 
 
-def _job(manifest: str, out: str, store: str, storage_options: dict[str, Any]) -> Any:
-    from jobs.label import LabelJob
+def _label(manifest: str, out: str, store: str, storage_options: dict[str, Any]) -> Any:
+    from jobs.label import LabelJob, run_label
     from pipeline.label.labeler import LabelerConfig
     from pipeline.read.manifest import ManifestOptions
     from pipeline.write.sinks import SinkOptions
 
-    return LabelJob(
+    job = LabelJob(
         inputs=(),
         manifest=ManifestOptions(manifest, carry=("clip_id",)),
         sink=SinkOptions(out, store=store),
         labeler=LabelerConfig("dis"),
         storage_options=storage_options,
     )
-
-
-def _label(manifest: str, out: str, store: str, storage_options: dict[str, Any]) -> Any:
-    from jobs.label import run_label
-
-    return run_label(_job(manifest, out, store, storage_options))
-
-
-def _first_chunk(fs: Any, uris: list[str], rows: int, storage_options: dict[str, Any]) -> dict[str, Any]:
-    """Seconds from the start of a dense run (Ray already up) to its first committed chunk, for a manifest of
-    ``rows`` rows: the clips, then files that are never reached (the run stops at its first chunk)."""
-    from jobs.label import _stream, prepare
-
-    path = f"flowlabel-bench/manifests/first-{rows}.jsonl"
-    fs.pipe_file(
-        path,
-        "".join(
-            json.dumps({"uri": uris[i] if i < len(uris) else f"s3://flowlabel-bench/absent/{i:07d}.mp4"}) + "\n"
-            for i in range(rows)
-        ).encode(),
-    )
-    job = _job(f"s3://{path}", f"s3://flowlabel-bench/first-{rows}", "dense", storage_options)
-    start = time.perf_counter()
-    summaries = _stream(job, prepare(job, time.time()), {})
-    next(summaries)
-    seconds = time.perf_counter() - start
-    summaries.close()
-    return {"rows": rows, "seconds": round(seconds, 2)}
+    return run_label(job)
 
 
 def _run(
@@ -163,36 +132,28 @@ def _cli_seconds(args: list[str], repeats: int = 3) -> float:
 
 
 _MEMORY_PROBE = """
-import sys, tempfile, tracemalloc
+import sys, tracemalloc
 from pipeline.read.manifest import ManifestOptions
-from pipeline.read.stream import ManifestStream, has_pending, manifest_coverage, pending_rows
+from pipeline.read.sources import list_sources
+from pipeline.read.plan import plan_units
+from pipeline.read.decode import DecodeOptions
 tracemalloc.start()
-stream = ManifestStream(ManifestOptions(sys.argv[1]), None, tempfile.mkdtemp())
-has_pending(stream)  # the driver before the run: the first row is pending
-coverage = manifest_coverage(stream, frozenset())  # the driver after the run: one pass, counted
-driver = tracemalloc.get_traced_memory()[1]
-tracemalloc.reset_peak()
-rows = sum(len(batch["uri"]) for batch in pending_rows(stream))  # the manifest task
-print(coverage.units, rows, driver / 2**20, tracemalloc.get_traced_memory()[1] / 2**20)
+sources, errors = list_sources((), {}, None, ManifestOptions(sys.argv[1]))
+units = plan_units(sources, DecodeOptions())
+print(len(units), tracemalloc.get_traced_memory()[1] / 2**20)
 """
 
 
 def _driver_memory(rows: int) -> dict[str, Any]:
-    """Peak Python memory (tracemalloc) to stream a manifest of ``rows`` http clips (never opened): the
-    driver's passes before and after the run, and the manifest task's, in a fresh interpreter."""
+    """Peak Python memory (tracemalloc) the driver allocates to list and plan a manifest of ``rows``
+    http clips (never opened on the driver), in a fresh interpreter."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "manifest.txt"
         path.write_text("".join(f"https://127.0.0.1:9/clips/clip-{i:07d}.mp4\n" for i in range(rows)))
         out = subprocess.run(
             [sys.executable, "-c", _MEMORY_PROBE, str(path)], check=True, capture_output=True, text=True
         ).stdout.split()
-    return {
-        "rows": rows,
-        "units": int(out[0]),
-        "task_rows": int(out[1]),
-        "peak_mib": round(float(out[2]), 3),
-        "task_peak_mib": round(float(out[3]), 3),
-    }
+    return {"rows": rows, "units": int(out[0]), "peak_mib": round(float(out[1]), 1)}
 
 
 def corpus_table(report: dict[str, Any]) -> list[str]:
@@ -219,18 +180,13 @@ def corpus_table(report: dict[str, Any]) -> list[str]:
             f"{r['marginal_ms_per_clip']} | {r['objects_per_clip']} | {cpu.get('read', 0):.3f} / "
             f"{cpu.get('label', 0):.3f} / {cpu.get('write', 0):.3f} |"
         )
-    memory = ", ".join(
-        f"{m['rows']:,} rows: {m['peak_mib']} MiB (manifest task {m.get('task_peak_mib', '?')} MiB)"
-        for m in report["driver_memory"]
-    )
-    first = ", ".join(f"{m['rows']:,} rows: {m['seconds']} s" for m in report.get("first_chunk", []))
+    memory = ", ".join(f"{m['rows']:,} rows: {m['peak_mib']} MiB" for m in report["driver_memory"])
     lines += [
         "",
         f"- No-op resume of the {large}-clip summary run, in process after start-up: "
         f"{report['noop_resume']['in_process_s']} s ({report['noop_resume']['pairs']} pairs labeled).",
         f"- `flowlabel --help`: {report['help_s']} s (median of 3, fresh interpreter).",
-        f"- Driver memory to stream a manifest of http clips (passes before and after the run): {memory}.",
-        f"- From a dense run's start (Ray up) to its first committed chunk, by manifest rows: {first}.",
+        f"- Driver memory added by listing and planning a manifest of http clips: {memory}.",
         "",
     ]
     return lines

@@ -22,20 +22,12 @@ from pipeline.read.datasource import FramePairDatasource, ReadOptions
 from pipeline.read.decode import DecodeOptions
 from pipeline.read.manifest import ManifestOptions
 from pipeline.read.plan import PlanOptions, ReadUnit, plan_units
-from pipeline.read.sources import ListingError, Source, list_sources, listing_record
-from pipeline.read.stream import ManifestDatasource, ManifestStream, decode_rows, has_pending, manifest_coverage
+from pipeline.read.sources import ListingError, Source, list_sources
 from pipeline.storage import join, redact
 from pipeline.write.clip_summary import CLIP_SUMMARY_DIR, clip_summary_rows, write_clip_summary
 from pipeline.write.compact import compact_packs
-from pipeline.write.exactly_once import Books, Coverage, OutputConflictError, check_same_settings, unit_outcomes
-from pipeline.write.records import (
-    ERRORS_DIR,
-    UnitRecord,
-    clear_records,
-    record_paths,
-    settled_units,
-    write_record,
-)
+from pipeline.write.exactly_once import Books, OutputConflictError, check_same_settings, unit_outcomes
+from pipeline.write.records import ERRORS_DIR, UnitRecord, clear_records, settled_units, write_record
 from pipeline.write.run_manifest import RunProgress, versions
 from pipeline.write.sinks import SinkOptions, write_batch
 
@@ -113,11 +105,7 @@ class LabelResult:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A run before any data is read: its manifest, what it covers and what is left of it.
-
-    A run of a manifest alone streams it (``stream``; see pipeline.read.stream): its sources and units
-    are never listed on the driver, and ``pending`` says only whether any is left. Other runs list their
-    inputs here."""
+    """A run before any data is read: its manifest, what it covers and what is left of it."""
 
     manifest: dict[str, Any]
     sources: list[Source]
@@ -125,17 +113,11 @@ class RunPlan:
     pending: list[ReadUnit]  # the units not settled by an earlier run, with their committed chunks
     listing_errors: list[ListingError]
     books: Books
-    stream: ManifestStream | None = None
-    stream_pending: bool = False
 
     @property
     def keys(self) -> set[str]:
         """Record keys of everything the run covers (its units and its listing failures)."""
-        return {u.key for u in self.units} | {listing_record(e).unit for e in self.listing_errors}
-
-    @property
-    def has_work(self) -> bool:
-        return self.stream_pending if self.stream else bool(self.pending)
+        return {u.key for u in self.units} | {_listing_key(e.uri) for e in self.listing_errors}
 
 
 def run_label(job: LabelJob) -> LabelResult:
@@ -151,7 +133,7 @@ def run_label(job: LabelJob) -> LabelResult:
         job.sink.out,
         plan.manifest,
         job.storage_options,
-        total=None if plan.stream else len(plan.units),
+        total=len(plan.units),
         settled_before=len(plan.units) - len(plan.pending),
     )
     progress.write("running")
@@ -167,39 +149,21 @@ def prepare(job: LabelJob, started: float) -> RunPlan:
     manifest = _manifest(job, checkpoint_sha256, started)
     manifest["options"].update(_extra_labels(job, so))  # fails fast on their checkpoints too
     check_same_settings(job.sink.out, manifest, so)
-    books = Books.read(job.sink, so)
-    books.clear_unsettled_packs(so)
-    if streams(job):
-        stream = manifest_stream(job, books, so)
-        return RunPlan(manifest, [], [], [], [], books, stream, has_pending(stream))
     sources, listing_errors = list_sources(job.inputs, so, job.corpus, job.manifest)
     units = plan_units(sources, job.read.decode, job.plan, so)
+    books = Books.read(job.sink, so)
+    books.clear_unsettled_packs(so)
     # A unit object is copied only when it has committed chunks: a fresh run holds each unit once.
     pending = [
         replace(u, done_chunks=books.committed[u.source.video_id]) if u.source.video_id in books.committed else u
         for u in units
         if u.key not in books.settled
     ]
-    clear_records(job.sink.out, [u.key for u in pending] + [listing_record(e).unit for e in listing_errors], so)
+    clear_records(job.sink.out, [u.key for u in pending] + [_listing_key(e.uri) for e in listing_errors], so)
     for err in listing_errors:
-        write_record(job.sink.out, ERRORS_DIR, listing_record(err), so)
+        record = UnitRecord(err.uri, "", _listing_key(err.uri), "list", err.error_type, err.message)
+        write_record(job.sink.out, ERRORS_DIR, record, so)
     return RunPlan(manifest, sources, units, pending, listing_errors, books)
-
-
-def streams(job: LabelJob) -> bool:
-    """A run of a manifest alone streams it. Folders and URIs are listed on the driver (one listing per
-    prefix), and --clip-labels needs every source at the end."""
-    return job.manifest is not None and not job.inputs and job.clip_labels is None
-
-
-def manifest_stream(job: LabelJob, books: Books, storage_options: Mapping[str, Any]) -> ManifestStream:
-    """What the manifest task needs of the books: the settled units, the committed chunks of the videos
-    not settled, and the records of the units not settled (deleted before they run again)."""
-    settled = frozenset(books.settled)
-    committed = {v: c for v, c in books.committed.items() if f"{v}-{0:08d}" not in settled}
-    stale = {unit: tuple(paths) for unit, paths in record_paths(job.sink.out, storage_options).items()}
-    stale = {unit: paths for unit, paths in stale.items() if unit not in settled}
-    return ManifestStream(job.manifest, job.corpus, job.sink.out, storage_options, settled, committed, stale)
 
 
 def execute(job: LabelJob, plan: RunPlan, progress: RunProgress) -> tuple[RunTally, dict[str, Any]]:
@@ -208,7 +172,7 @@ def execute(job: LabelJob, plan: RunPlan, progress: RunProgress) -> tuple[RunTal
     stage statistics."""
     tally = RunTally(plan.books.tracker(job.storage_options))
     execution: dict[str, Any] = {}
-    for summary in _stream(job, plan, execution) if plan.has_work else []:
+    for summary in _stream(job, plan.pending, execution) if plan.pending else []:
         tally.add(summary)
         progress.update(int(summary["pairs"]), tally.tracker.settled)
     return tally, execution
@@ -225,10 +189,11 @@ def finish(
     """The clip labels (``--clip-labels``), the run's records and statistics, and the final manifest."""
     so = dict(job.storage_options)
     clips = run_clip_labels(plan.sources, job.clip_labels, job.sink, job.cluster, so) if job.clip_labels else None
-    covered = manifest_coverage(plan.stream, plan.books.settled) if plan.stream else _coverage(plan, bool(clips), so)
+    keys = plan.keys | ({clip_unit(s) for s in plan.sources} if clips else set())
+    errors, skipped = unit_outcomes(job.sink.out, keys, so)
     result = LabelResult(
-        sources=covered.sources,
-        units=covered.units,
+        sources=len(plan.sources),
+        units=len(plan.units),
         pairs=tally.pairs,
         chunks=tally.chunks,
         bytes_written=tally.bytes_written,
@@ -236,9 +201,9 @@ def finish(
         seconds=time.time() - started,
         per_video=tally.per_video(),
         more_videos=tally.truncated,
-        errors=covered.errors,
-        skipped=covered.skipped,
-        settled_before=covered.settled_before,
+        errors=errors,
+        skipped=skipped,
+        settled_before=len(plan.units) - len(plan.pending),
         clips=clips.clips if clips else 0,
     )
     result.stats = run_stats(
@@ -246,37 +211,28 @@ def finish(
         tally.placements(),
         pairs=result.pairs,
         seconds=result.seconds,
-        errors=len(result.errors),
+        errors=len(errors),
         bytes_written=result.bytes_written,
-        source_bytes=covered.source_bytes,
+        source_bytes=sum({u.source.uri: u.source.size or 0 for u in plan.pending}.values()),
     )
     if tally.chunks:  # summary packs are small: join them into files of tens of MB
         compact_packs(job.sink, so)
     # The clip table covers all of out: rewrite it when this run committed something (or it is missing).
     existing = None if tally.chunks else clip_summary_rows(job.sink, so)
     result.clip_summaries = write_clip_summary(job.sink, so) if existing is None else existing
-    progress.write("finished", stats=result.stats, plan=execution.get("plan"), counts=_final_counts(result, covered))
+    progress.write(
+        "finished",
+        stats=result.stats,
+        plan=execution.get("plan"),
+        counts=_final_counts(result, plan, settled_units(job.sink.out, so)),
+    )
     return result
 
 
-def _coverage(plan: RunPlan, clips: bool, storage_options: Mapping[str, Any]) -> Coverage:
-    """What a listed run covered, from its plan, the records and the settled units of ``out``."""
-    out = plan.books.out
-    keys = plan.keys | ({clip_unit(s) for s in plan.sources} if clips else set())
-    errors, skipped = unit_outcomes(out, keys, storage_options)
-    settled = settled_units(out, storage_options)
-    return Coverage(
-        sources=len(plan.sources),
-        units=len(plan.units),
-        settled_before=len(plan.units) - len(plan.pending),
-        done=sum(1 for u in plan.units if settled.get(u.key) in ("done", "skipped")),
-        errors=errors,
-        skipped=skipped,
-        source_bytes=sum({u.source.uri: u.source.size or 0 for u in plan.pending}.values()),
-    )
+def _final_counts(result: LabelResult, plan: RunPlan, settled: Mapping[str, str]) -> dict[str, int]:
+    def status(unit: ReadUnit) -> str | None:
+        return settled.get(unit.key)
 
-
-def _final_counts(result: LabelResult, covered: Coverage) -> dict[str, int]:
     return {
         "sources": result.sources,
         "pairs": result.pairs,
@@ -285,10 +241,10 @@ def _final_counts(result: LabelResult, covered: Coverage) -> dict[str, int]:
         "errors": len(result.errors),
         "skipped": len(result.skipped),
         "clips": result.clips,
-        "units_total": covered.units,
-        "units_skipped_as_done": covered.settled_before,
-        "units_done": covered.done,
-        "units_failed": covered.units - covered.done,
+        "units_total": len(plan.units),
+        "units_skipped_as_done": result.settled_before,
+        "units_done": sum(1 for u in plan.units if status(u) in ("done", "skipped")),
+        "units_failed": sum(1 for u in plan.units if status(u) in (None, "failed")),
     }
 
 
@@ -320,14 +276,24 @@ def _labeler_kwargs(job: LabelJob, storage_options: Mapping[str, Any]) -> dict[s
     }
 
 
-def _stream(job: LabelJob, plan: RunPlan, execution: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _listing_key(uri: str) -> str:
+    return f"list-{_short_hash(uri)}"
+
+
+def _stream(job: LabelJob, units: list[ReadUnit], execution: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Write summaries as the chunks are committed; fills ``execution`` with the stage plan and,
     once the stream is consumed, Ray Data's per-stage stats."""
+    import ray
 
     connect(job.cluster)
-    ds = _streamed_frames(job, plan.stream, execution) if plan.stream else _listed_frames(job, plan.pending, execution)
     so = dict(job.storage_options)
-    stages = plan_stages(job.cluster, job.read.chunk_bytes, execution["read_tasks"])
+    stages = plan_stages(job.cluster, job.read.chunk_bytes, len(units))  # resources and limits: jobs/cluster.py
+    # Short clips share read tasks, spread over the concurrent readers; then the stages are sized again
+    # for the tasks there are.
+    source = FramePairDatasource(units, job.read, job.sink.out, so, readers=stages.read["concurrency"])
+    stages = plan_stages(job.cluster, job.read.chunk_bytes, source.num_tasks)
+    execution["plan"] = stages.describe()
+    ds = ray.data.read_datasource(source, override_num_blocks=source.num_tasks, **stages.read)
     # Ray Data restarts a killed labeler actor and redoes its batch (max_restarts=-1 by default).
     ds = map_whole_blocks(ds, Labeler, fn_constructor_kwargs=_labeler_kwargs(job, so), **stages.label)
     ds = ds.map_batches(
@@ -336,33 +302,6 @@ def _stream(job: LabelJob, plan: RunPlan, execution: dict[str, Any]) -> Iterator
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         yield from _rows(batch)
     execution["stages"] = stage_stats(ds)
-
-
-def _listed_frames(job: LabelJob, units: list[ReadUnit], execution: dict[str, Any]) -> Any:
-    """The frames of listed units: short clips share read tasks, spread over the concurrent readers; the
-    stages are then sized for the tasks there are (resources and limits: jobs/cluster.py)."""
-    import ray
-
-    so = dict(job.storage_options)
-    stages = plan_stages(job.cluster, job.read.chunk_bytes, len(units))
-    source = FramePairDatasource(units, job.read, job.sink.out, so, readers=stages.read["concurrency"])
-    stages = plan_stages(job.cluster, job.read.chunk_bytes, source.num_tasks)
-    execution["plan"], execution["read_tasks"] = stages.describe(), source.num_tasks
-    return ray.data.read_datasource(source, override_num_blocks=source.num_tasks, **stages.read)
-
-
-def _streamed_frames(job: LabelJob, stream: ManifestStream, execution: dict[str, Any]) -> Any:
-    """The frames of a streamed manifest: read tasks read its pending rows, Ray Data cuts them into blocks
-    of ``units_per_task`` rows, and each block is one decode task (pipeline.read.stream)."""
-    import ray
-
-    stages = plan_stages(job.cluster, job.read.chunk_bytes)
-    execution["plan"], execution["read_tasks"] = stages.describe(), None
-    manifest = ManifestDatasource(stream)
-    rows = ray.data.read_datasource(manifest, override_num_blocks=manifest.num_tasks)
-    groups = rows.repartition(target_num_rows_per_block=job.read.units_per_task)
-    kwargs = {"options": job.read, "records_out": job.sink.out, "storage_options": dict(job.storage_options)}
-    return groups.map_batches(decode_rows, fn_kwargs=kwargs, batch_size=None, batch_format="numpy", **stages.read)
 
 
 def _rows(batch: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -392,6 +331,12 @@ def _manifest(job: LabelJob, checkpoint_sha256: str, started: float) -> dict[str
         "storage_options": redact(job.storage_options),
         "versions": versions(),
     }
+
+
+def _short_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -14,17 +14,8 @@ from typing import Any
 
 from pipeline.write.exactly_once import UnitTracker
 
-# (stage, part of Ray Data's operator name), first match wins: a streamed manifest is listed by its
-# ReadManifest task and cut into groups by a repartition, then decoded by decode_rows tasks; other runs'
-# read operator is "Read" + the datasource's name.
-STAGE_OPERATORS = (
-    ("list", "ReadManifest"),
-    ("list", "Repartition"),
-    ("read", "decode_rows"),
-    ("read", "Read"),
-    ("label", "Labeler"),
-    ("write", "write_batch"),
-)
+# Stage name → how Ray Data names its operator (the read operator is "Read" + datasource name).
+STAGE_OPERATORS = {"read": "Read", "label": "Labeler", "write": "write_batch"}
 
 
 def stage_stats(ds: Any) -> list[dict[str, Any]]:
@@ -46,7 +37,7 @@ def stage_stats(ds: Any) -> list[dict[str, Any]]:
     out = []
     for level in reversed(chain):
         for op in level.operators_stats:
-            stage = next((s for s, key in STAGE_OPERATORS if key in op.operator_name), op.operator_name)
+            stage = next((s for s, key in STAGE_OPERATORS.items() if key in op.operator_name), op.operator_name)
             out.append(
                 {
                     "stage": stage,
@@ -157,9 +148,8 @@ def run_stats(
     for s in stages:
         # The writer turns pairs into one summary row per chunk: count the pairs it consumed. The
         # reader's rows are frames (each sent once): it handled the run's pairs.
-        # The list stage's rows are sources: it has no pair rate.
-        handled = {"write": s["rows_in"], "read": pairs, "list": None}.get(s["stage"], s["rows_out"])
-        s["pairs_per_second"] = _round(handled / s["seconds"]) if s["seconds"] > 0 and handled is not None else None
+        handled = {"write": s["rows_in"], "read": pairs}.get(s["stage"], s["rows_out"])
+        s["pairs_per_second"] = _round(handled / s["seconds"]) if s["seconds"] > 0 else None
     label = next((s for s in stages if s["stage"] == "label"), None)
     if label is not None and actors and label["seconds"] > 0:
         label["actors"] = len(actors)

@@ -400,23 +400,14 @@ class FramePairDatasource(Datasource):
 
     def _read_fn(self, units: list[ReadUnit]):
         options, records_out, storage_options = self._options, self._records_out, self._storage_options
+        packed = all(_is_small(unit, options) for unit in units)
 
         def read() -> Iterator[Any]:
-            for batch in read_group(units, options, records_out, storage_options):
-                yield BlockAccessor.batch_to_block(batch)
+            blocks = coalesce(_read_units(units, options, records_out, storage_options), options.chunk_bytes)
+            for number, batch in enumerate(blocks):
+                yield BlockAccessor.batch_to_block(stamp_pack(batch, pack_name(units, number) if packed else ""))
 
         return read
-
-
-def read_group(
-    units: list[ReadUnit], options: ReadOptions, records_out: str, storage_options: Mapping[str, Any] | None = None
-) -> Iterator[dict[str, np.ndarray]]:
-    """One read task's work: the chunks of ``units`` in blocks of up to ``chunk_bytes`` (:func:`coalesce`),
-    each stamped as a pack when every unit is small (:func:`stamp_pack`); records as in :func:`read_unit`."""
-    packed = all(_is_small(unit, options) for unit in units)
-    blocks = coalesce(_read_units(units, options, records_out, dict(storage_options or {})), options.chunk_bytes)
-    for number, batch in enumerate(blocks):
-        yield stamp_pack(batch, pack_name(units, number) if packed else "")
 
 
 def pack_name(units: list[ReadUnit], block: int) -> str:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.read.manifest import ManifestOptions, ManifestRow, read_manifest_rows
 from pipeline.storage import filesystem, full_uri
-from pipeline.write.records import UnitRecord
 
 VIDEO_EXTENSIONS = frozenset(
     [
@@ -133,46 +132,30 @@ def manifest_sources(
     manifest: ManifestOptions, storage_options: Mapping[str, Any] | None = None, corpus: str | None = None
 ) -> tuple[list[Source], list[ListingError]]:
     """One video source per good manifest row (in order, duplicates kept); one error per bad row."""
+    name = sanitize_partition_value(corpus or posixpath.splitext(posixpath.basename(manifest.uri.split("?")[0]))[0])
     sources, errors = [], []
-    for item in iter_manifest_sources(manifest, storage_options, corpus):
-        (sources if isinstance(item, Source) else errors).append(item)
-    return sources, errors
-
-
-def iter_manifest_sources(
-    manifest: ManifestOptions, storage_options: Mapping[str, Any] | None = None, corpus: str | None = None
-) -> Iterator[Source | ListingError]:
-    """The manifest's rows as they are read: a video source per good row (duplicates kept), a listing
-    error (``<manifest>#row=<n>``) per bad one."""
-    name = manifest_corpus(manifest, corpus)
     for row in read_manifest_rows(manifest, storage_options):
         if isinstance(row, ManifestRow):
-            yield Source(
-                row.uri,
-                "video",
-                video_id_for(row.uri, row.start, row.end),
-                name,
-                start=row.start,
-                end=row.end,
-                carry=row.carry,
+            sources.append(
+                Source(
+                    row.uri,
+                    "video",
+                    video_id_for(row.uri, row.start, row.end),
+                    name,
+                    start=row.start,
+                    end=row.end,
+                    carry=row.carry,
+                )
             )
         else:
-            yield ListingError(
-                f"{manifest.uri}#row={row.number}",
-                "ManifestRowError",
-                f"row {row.number} ({row.uri or 'no URI'}): {row.message}",
+            errors.append(
+                ListingError(
+                    f"{manifest.uri}#row={row.number}",
+                    "ManifestRowError",
+                    f"row {row.number} ({row.uri or 'no URI'}): {row.message}",
+                )
             )
-
-
-def manifest_corpus(manifest: ManifestOptions, corpus: str | None = None) -> str:
-    """The corpus of a manifest's rows: ``corpus``, or the manifest's file name without extension."""
-    return sanitize_partition_value(corpus or posixpath.splitext(posixpath.basename(manifest.uri.split("?")[0]))[0])
-
-
-def listing_record(error: ListingError) -> UnitRecord:
-    """The ``_errors/`` record of an input that could not be listed, keyed by a hash of its URI."""
-    key = f"list-{hashlib.sha256(error.uri.encode()).hexdigest()[:16]}"
-    return UnitRecord(error.uri, "", key, "list", error.error_type, error.message)
+    return sources, errors
 
 
 def _list_inputs(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.storage import filesystem, join
@@ -141,20 +141,6 @@ class Books:
         return UnitTracker(
             self.committed, lambda unit, chunks: write_unit_marker(self.out, unit, "done", chunks, storage_options)
         )
-
-
-@dataclass
-class Coverage:
-    """What a run covered: its sources and units, the units an earlier run had settled, the units settled
-    done or skipped when it ended, and the error and skip records of its units and inputs."""
-
-    sources: int = 0
-    units: int = 0
-    settled_before: int = 0
-    done: int = 0
-    errors: list[UnitRecord] = field(default_factory=list)
-    skipped: list[UnitRecord] = field(default_factory=list)
-    source_bytes: int = 0  # bytes of the sources read (when their size is known)
 
 
 def unit_outcomes(

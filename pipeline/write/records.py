@@ -70,19 +70,6 @@ def read_records(out: str, folder: str, storage_options: Mapping[str, Any] | Non
     return records
 
 
-def record_paths(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
-    """unit key → the paths of its error and skip records under ``out`` (two listings, no reads)."""
-    fs, root = filesystem(out, storage_options)
-    paths: dict[str, list[str]] = {}
-    for folder in (ERRORS_DIR, SKIPPED_DIR):
-        base = join(root, folder)
-        for path in fs.find(base) if fs.exists(base) else ():
-            name = path.rsplit("/", 1)[-1]
-            if name.endswith(".parquet") and "-" in name:  # <unit>-<stage>.parquet
-                paths.setdefault(name.rpartition("-")[0], []).append(path)
-    return paths
-
-
 UNIT_STATUSES = ("done", "failed", "skipped")
 
 
