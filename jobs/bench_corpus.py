@@ -153,7 +153,7 @@ def _driver_memory(rows: int) -> dict[str, Any]:
         out = subprocess.run(
             [sys.executable, "-c", _MEMORY_PROBE, str(path)], check=True, capture_output=True, text=True
         ).stdout.split()
-    return {"rows": rows, "units": int(out[0]), "peak_mib": round(float(out[1]), 1)}
+    return {"rows": rows, "units": int(out[0]), "peak_mib": round(float(out[1]), 3)}
 
 
 def corpus_table(report: dict[str, Any]) -> list[str]:
