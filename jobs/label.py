@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.keyset import KeySet
 from pipeline.label.clip_labels import CLIPS_DIR, ClipLabelOptions
 from pipeline.label.frame_labels import FrameLabelOptions
 from pipeline.label.labeler import Labeler, LabelerConfig
 from pipeline.read.datasource import FramePairDatasource, ReadOptions
 from pipeline.read.decode import DecodeOptions
 from pipeline.read.manifest import ManifestOptions
-from pipeline.read.plan import PlanOptions, ReadUnit, plan_units
-from pipeline.read.sources import ListingError, Source, list_sources
+from pipeline.read.plan import PlanOptions, ReadUnit, iter_units
+from pipeline.read.sources import ListingError, Source, iter_sources
 from pipeline.storage import join, redact
 from pipeline.write.clip_summary import CLIP_SUMMARY_DIR, clip_summary_rows, write_clip_summary
 from pipeline.write.compact import compact_packs
@@ -41,9 +42,26 @@ from .options import (
     labeler_config,
     run_command,
 )
-from .stats import MAX_VIDEOS, RunTally, format_stats, run_stats, stage_stats
+from .stats import (
+    MAX_VIDEOS,
+    RunTally,
+    format_stats,
+    merge_stages,
+    run_stats,
+    stage_stats,
+    stamp_actor_seconds,
+)
 
-__all__ = ["LabelJob", "LabelResult", "OutputConflictError", "run_label", "prepare", "execute", "finish"]
+__all__ = [
+    "LabelJob",
+    "LabelResult",
+    "OutputConflictError",
+    "run_label",
+    "prepare",
+    "plan_windows",
+    "execute",
+    "finish",
+]
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 2
 
@@ -104,20 +122,58 @@ class LabelResult:
 
 
 @dataclass(frozen=True)
-class RunPlan:
-    """A run before any data is read: its manifest, what it covers and what is left of it."""
+class RunStart:
+    """A run before any input is listed: its manifest (settings checked against ``out``) and what
+    earlier runs left in ``out``."""
 
     manifest: dict[str, Any]
-    sources: list[Source]
-    units: list[ReadUnit]  # every unit of the inputs
-    pending: list[ReadUnit]  # the units not settled by an earlier run, with their committed chunks
-    listing_errors: list[ListingError]
     books: Books
 
+
+@dataclass
+class Window:
+    """A slice of a run's inputs, planned and then labeled together: the driver holds one at a time, so
+    neither its memory nor the time to the first labeled pair grows with the corpus."""
+
+    pending: list[ReadUnit] = field(default_factory=list)  # not settled by an earlier run
+    sources: list[Source] = field(default_factory=list)  # the sources whose first unit is in this window
+    units: int = 0  # units planned, settled ones included
+    listing_errors: list[ListingError] = field(default_factory=list)
+
     @property
-    def keys(self) -> set[str]:
-        """Record keys of everything the run covers (its units and its listing failures)."""
-        return {u.key for u in self.units} | {_listing_key(e.uri) for e in self.listing_errors}
+    def settled_before(self) -> int:
+        return self.units - len(self.pending)
+
+    @property
+    def keys(self) -> list[str]:
+        """Record keys of what the window covers: its units and listing failures."""
+        return [u.key for u in self.pending] + [_listing_key(e.uri) for e in self.listing_errors]
+
+
+@dataclass
+class RunCounts:
+    """What the driver keeps of every window: counts, and each unit's key in 8 bytes (:class:`KeySet`), so
+    that the run can tell its own records and markers from those of other runs into the same ``out``."""
+
+    sources: int = 0
+    units: int = 0
+    settled_before: int = 0
+    source_bytes: int = 0
+    clips: int = 0
+    windows: int = 0
+    keys: KeySet = field(default_factory=KeySet)  # every unit and listing failure of the run (+ clip passes)
+    stages: list[list[dict[str, Any]]] = field(default_factory=list)  # Ray Data's stage stats, per window
+    plan: dict[str, Any] | None = None  # the stage plan of the largest window
+    plan_units: int = 0  # that window's pending units
+
+    def add(self, window: Window) -> None:
+        self.windows += 1
+        self.sources += len(window.sources)
+        self.units += window.units
+        self.settled_before += window.settled_before
+        self.source_bytes += sum({u.source.uri: u.source.size or 0 for u in window.pending}.values())
+        for key in window.keys:
+            self.keys.add(key)
 
 
 def run_label(job: LabelJob) -> LabelResult:
@@ -128,72 +184,88 @@ def run_label(job: LabelJob) -> LabelResult:
     raises :class:`OutputConflictError`.
     """
     started = time.time()
-    plan = prepare(job, started)
-    progress = RunProgress(
-        job.sink.out,
-        plan.manifest,
-        job.storage_options,
-        total=len(plan.units),
-        settled_before=len(plan.units) - len(plan.pending),
-    )
+    start = prepare(job, started)
+    so = dict(job.storage_options)
+    progress = RunProgress(job.sink.out, start.manifest, so)
     progress.write("running")
-    tally, execution = execute(job, plan, progress)
-    return finish(job, plan, tally, execution, progress, started)
+    tally, counts = RunTally(start.books.tracker(so)), RunCounts()
+    for window in plan_windows(job, start.books):
+        counts.add(window)
+        progress.planned(window.units, window.settled_before)
+        execute(job, window, tally, counts, progress)
+        del window  # not held while the next one is planned
+    return finish(job, tally, counts, progress, started)
 
 
-def prepare(job: LabelJob, started: float) -> RunPlan:
-    """Check the settings against ``out``, list and plan the inputs, and clear the records of the
-    units about to run. Fails fast, before any data is read, on a bad model, checkpoint or setting."""
+def prepare(job: LabelJob, started: float) -> RunStart:
+    """Check the settings against ``out`` and read its books. Fails fast, before any input is listed,
+    on a bad model, checkpoint or setting."""
     so = dict(job.storage_options)
     checkpoint_sha256 = job.labeler.load("cpu", so).checkpoint_sha256
     manifest = _manifest(job, checkpoint_sha256, started)
     manifest["options"].update(_extra_labels(job, so))  # fails fast on their checkpoints too
     check_same_settings(job.sink.out, manifest, so)
-    sources, listing_errors = list_sources(job.inputs, so, job.corpus, job.manifest)
-    units = plan_units(sources, job.read.decode, job.plan, so)
     books = Books.read(job.sink, so)
     books.clear_unsettled_packs(so)
-    # A unit object is copied only when it has committed chunks: a fresh run holds each unit once.
-    pending = [
-        replace(u, done_chunks=books.committed[u.source.video_id]) if u.source.video_id in books.committed else u
-        for u in units
-        if u.key not in books.settled
-    ]
-    clear_records(job.sink.out, [u.key for u in pending] + [_listing_key(e.uri) for e in listing_errors], so)
-    for err in listing_errors:
+    return RunStart(manifest, books)
+
+
+def plan_windows(job: LabelJob, books: Books) -> Iterator[Window]:
+    """The run's inputs listed and planned as they come, cut into windows of at most ``window_units`` pending
+    units: the first is small (its pairs come soon), and each next one four times the last. A unit settled by an
+    earlier run is counted, not kept. Raises ValueError on a manifest without its URI column, before the
+    first window."""
+    so = dict(job.storage_options)
+    items = iter_sources(job.inputs, so, job.corpus, job.manifest)
+    size = min(job.plan.first_window_units, job.plan.window_units)
+    window = Window()
+    for item in iter_units(items, job.read.decode, job.plan, so):
+        if isinstance(item, ListingError):
+            window.listing_errors.append(item)
+            continue
+        window.units += 1
+        if item.first:
+            window.sources.append(item.source)
+        if item.key not in books.settled:
+            # A unit object is copied only when it has committed chunks: a fresh run holds each unit once.
+            done = books.committed.get(item.source.video_id)
+            window.pending.append(replace(item, done_chunks=done) if done else item)
+        if len(window.pending) >= size:
+            yield window
+            window, size = Window(), min(4 * size, job.plan.window_units)
+    if window.units or window.listing_errors:
+        yield window
+
+
+def execute(job: LabelJob, window: Window, tally: RunTally, counts: RunCounts, progress: RunProgress) -> None:
+    """Label one window: clear the records of its units, record its listing failures, run its pending units
+    through Ray Data and settle each unit as its last chunk is committed, then its clip labels."""
+    so = dict(job.storage_options)
+    clear_records(job.sink.out, window.keys, so)
+    for err in window.listing_errors:
         record = UnitRecord(err.uri, "", _listing_key(err.uri), "list", err.error_type, err.message)
         write_record(job.sink.out, ERRORS_DIR, record, so)
-    return RunPlan(manifest, sources, units, pending, listing_errors, books)
-
-
-def execute(job: LabelJob, plan: RunPlan, progress: RunProgress) -> tuple[RunTally, dict[str, Any]]:
-    """Run the pending units through Ray Data; settle each unit as its last chunk is committed.
-    Returns the run's totals from the write summaries (one per chunk) and the execution's plan and
-    stage statistics."""
-    tally = RunTally(plan.books.tracker(job.storage_options))
     execution: dict[str, Any] = {}
-    for summary in _stream(job, plan.pending, execution) if plan.pending else []:
+    actors_before = len(tally.actors)
+    for summary in _stream(job, window.pending, execution) if window.pending else []:
         tally.add(summary)
         progress.update(int(summary["pairs"]), tally.tracker.settled)
-    return tally, execution
+    counts.stages.append(stamp_actor_seconds(execution.get("stages", []), len(tally.actors) - actors_before))
+    if execution.get("plan") and len(window.pending) >= counts.plan_units:
+        counts.plan, counts.plan_units = execution["plan"], len(window.pending)
+    if job.clip_labels and window.sources:
+        counts.clips += run_clip_labels(window.sources, job.clip_labels, job.sink, job.cluster, so).clips
+        for source in window.sources:
+            counts.keys.add(clip_unit(source))
 
 
-def finish(
-    job: LabelJob,
-    plan: RunPlan,
-    tally: RunTally,
-    execution: dict[str, Any],
-    progress: RunProgress,
-    started: float,
-) -> LabelResult:
-    """The clip labels (``--clip-labels``), the run's records and statistics, and the final manifest."""
+def finish(job: LabelJob, tally: RunTally, counts: RunCounts, progress: RunProgress, started: float) -> LabelResult:
+    """The run's records and statistics, the joined summary packs, the clip summary and the final manifest."""
     so = dict(job.storage_options)
-    clips = run_clip_labels(plan.sources, job.clip_labels, job.sink, job.cluster, so) if job.clip_labels else None
-    keys = plan.keys | ({clip_unit(s) for s in plan.sources} if clips else set())
-    errors, skipped = unit_outcomes(job.sink.out, keys, so)
+    errors, skipped = unit_outcomes(job.sink.out, counts.keys, so)
     result = LabelResult(
-        sources=len(plan.sources),
-        units=len(plan.units),
+        sources=counts.sources,
+        units=counts.units,
         pairs=tally.pairs,
         chunks=tally.chunks,
         bytes_written=tally.bytes_written,
@@ -203,18 +275,19 @@ def finish(
         more_videos=tally.truncated,
         errors=errors,
         skipped=skipped,
-        settled_before=len(plan.units) - len(plan.pending),
-        clips=clips.clips if clips else 0,
+        settled_before=counts.settled_before,
+        clips=counts.clips,
     )
     result.stats = run_stats(
-        execution.get("stages", []),
+        merge_stages(counts.stages),
         tally.placements(),
         pairs=result.pairs,
         seconds=result.seconds,
         errors=len(errors),
         bytes_written=result.bytes_written,
-        source_bytes=sum({u.source.uri: u.source.size or 0 for u in plan.pending}.values()),
+        source_bytes=counts.source_bytes,
     )
+    result.stats["windows"] = counts.windows
     if tally.chunks:  # summary packs are small: join them into files of tens of MB
         compact_packs(job.sink, so)
     # The clip table covers all of out: rewrite it when this run committed something (or it is missing).
@@ -223,16 +296,14 @@ def finish(
     progress.write(
         "finished",
         stats=result.stats,
-        plan=execution.get("plan"),
-        counts=_final_counts(result, plan, settled_units(job.sink.out, so)),
+        plan=counts.plan,
+        counts=_final_counts(result, counts, settled_units(job.sink.out, so)),
     )
     return result
 
 
-def _final_counts(result: LabelResult, plan: RunPlan, settled: Mapping[str, str]) -> dict[str, int]:
-    def status(unit: ReadUnit) -> str | None:
-        return settled.get(unit.key)
-
+def _final_counts(result: LabelResult, counts: RunCounts, settled: Mapping[str, str]) -> dict[str, int]:
+    done = sum(1 for unit, status in settled.items() if status in ("done", "skipped") and unit in counts.keys)
     return {
         "sources": result.sources,
         "pairs": result.pairs,
@@ -241,10 +312,10 @@ def _final_counts(result: LabelResult, plan: RunPlan, settled: Mapping[str, str]
         "errors": len(result.errors),
         "skipped": len(result.skipped),
         "clips": result.clips,
-        "units_total": len(plan.units),
+        "units_total": counts.units,
         "units_skipped_as_done": result.settled_before,
-        "units_done": sum(1 for u in plan.units if status(u) in ("done", "skipped")),
-        "units_failed": sum(1 for u in plan.units if status(u) in (None, "failed")),
+        "units_done": done,
+        "units_failed": counts.units - done,
     }
 
 
@@ -413,6 +484,14 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split-mb", type=float, default=256.0, help="videos above this size are split (default 256)")
     parser.add_argument(
+        "--window-units",
+        type=int,
+        default=PlanOptions.window_units,
+        metavar="N",
+        help="plan and label the inputs in windows of at most N pending units (clips or segments); the "
+        "driver holds one window at a time (default 262144)",
+    )
+    parser.add_argument(
         "--frame-labels",
         metavar="NAME",
         choices=("perceiver_image_classifier",),
@@ -466,7 +545,9 @@ def label_job(args: argparse.Namespace) -> LabelJob:
         ),
         labeler=labeler_config(args),
         read=ReadOptions(decode=decode, chunk_bytes=int(args.chunk_mb * 2**20)),
-        plan=PlanOptions(segment_frames=args.segment_frames, split_bytes=int(args.split_mb * 2**20)),
+        plan=PlanOptions(
+            segment_frames=args.segment_frames, split_bytes=int(args.split_mb * 2**20), window_units=args.window_units
+        ),
         cluster=cluster_options(args),
         corpus=args.corpus,
         storage_options=args.storage_options,

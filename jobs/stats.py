@@ -55,6 +55,28 @@ def stage_stats(ds: Any) -> list[dict[str, Any]]:
     return out
 
 
+def stamp_actor_seconds(stages: list[dict[str, Any]], actors: int) -> list[dict[str, Any]]:
+    """One window's stage records with ``actor_seconds`` on the label stage: its span times the ``actors``
+    that labeled in that window (summed over windows by :func:`merge_stages`)."""
+    return [{**s, "actor_seconds": _round(s["seconds"] * actors)} if s["stage"] == "label" else s for s in stages]
+
+
+def merge_stages(windows: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The stage records of a run's windows (one :func:`stage_stats` list each) as one list: per stage, in
+    pipeline order, the sums of every count and of the seconds (the windows ran one after the other)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for stages in windows:
+        for s in stages:
+            entry = merged.get(s["stage"])
+            if entry is None:
+                merged[s["stage"]] = dict(s)
+                continue
+            for key, value in s.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    entry[key] = _round(entry[key] + value) if isinstance(value, float) else entry[key] + value
+    return list(merged.values())
+
+
 def placements(summaries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Labeler actors seen in the write summaries: {actor, node, gpu_ids, device, pairs}, by actor id."""
     actors: dict[str, dict[str, Any]] = {}
@@ -153,7 +175,9 @@ def run_stats(
     label = next((s for s in stages if s["stage"] == "label"), None)
     if label is not None and actors and label["seconds"] > 0:
         label["actors"] = len(actors)
-        label["utilisation"] = _round(min(1.0, label["busy_seconds"] / (label["seconds"] * len(actors))))
+        # Each window has actors of its own: what they could have worked is the sum over the windows.
+        capacity = label.get("actor_seconds") or label["seconds"] * len(actors)
+        label["utilisation"] = _round(min(1.0, label["busy_seconds"] / capacity))
     return {
         "pairs": pairs,
         "seconds": _round(seconds),

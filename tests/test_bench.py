@@ -153,7 +153,7 @@ def test_corpus_table_and_driver_memory_probe():
     from jobs.bench_corpus import _driver_memory, corpus_table
 
     memory = _driver_memory(50)
-    assert memory["rows"] == 50 and memory["units"] == 50 and memory["peak_mib"] > 0
+    assert (memory["rows"], memory["units"], memory["windows"]) == (50, 50, 1) and memory["peak_mib"] > 0
     report = {
         "clip": {"height": 96, "width": 128, "frames": 6},
         "sizes": [40, 200],
@@ -172,4 +172,4 @@ def test_corpus_table_and_driver_memory_probe():
     }
     text = "\n".join(corpus_table(report))
     assert "| summary | 11.07 / 31.19 | 125.8 | 2.01 | 0.014 / 0.031 / 0.009 |" in text
-    assert "0.25 s (0 pairs labeled)" in text and "50 rows: " in text
+    assert "0.25 s (0 pairs labeled)" in text and "50 rows in 1 window(s): " in text

@@ -184,12 +184,12 @@ def test_manifest_rows_win_over_the_same_positional_input_and_keep_their_order(t
     uri = put(f"{memory_root}/m.csv", f"uri,tag\n{video},first\n{video},second\n{video.parent}/z.mp4,z\n".encode())
     sources, errors = list_sources([str(video.parent)], manifest=ManifestOptions(uri, carry=("tag",)))
     assert errors == []
-    # Positional inputs first (by URI), without the one the manifest names; then the manifest's rows
-    # in order, a repeated row once (the first).
+    # The manifest's rows first, as they stream, a repeated row once (the first); then the positional
+    # inputs (by URI), without the one the manifest names.
     assert [(s.uri, s.carry, s.corpus) for s in sources] == [
-        (str(other), (), "v"),
         (str(video), (("tag", "first"),), "m"),
         (f"{video.parent}/z.mp4", (("tag", "z"),), "m"),
+        (str(other), (), "v"),
     ]
 
 

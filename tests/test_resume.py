@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from jobs.synthetic import Motion, write_translating_video
 from pipeline.label.labeler import LabelerConfig
 from pipeline.read.datasource import ReadOptions
 from pipeline.read.decode import DecodeOptions
+from pipeline.read.plan import PlanOptions
 from pipeline.write.records import settled_units
 from pipeline.write.sinks import SinkOptions
 
@@ -98,6 +100,30 @@ def test_partial_output_is_completed_without_duplicates(ray_local, corpus, basel
     for key in keys:
         np.testing.assert_array_equal(again_flows[key], flows[key])
     assert len(settled_units(str(partial))) == 3
+
+
+def test_windows_write_the_rows_of_one_run_and_resume_to_nothing(ray_local, corpus, baseline, tmp_path):
+    """Windows of 1, then 2 units (4 capped at 2): two executions in one run, exactly the rows of the one-window
+    baseline."""
+    import json
+
+    _, (keys, flows) = baseline
+    out = tmp_path / "out"
+    windowed = replace(make_job(corpus, out), plan=PlanOptions(window_units=2, first_window_units=1))
+    result = run_label(windowed)
+    assert (result.stats["windows"], result.units, result.sources, result.pairs) == (2, 3, 3, 32)
+    again, again_flows = rows(out)
+    assert sorted(again) == sorted(keys) and len(again) == len(set(again))
+    for k in keys:
+        np.testing.assert_array_equal(again_flows[k], flows[k])
+    counts = json.loads((out / "_flowlabel.json").read_text())["counts"]
+    assert (counts["units_total"], counts["units_done"], counts["units_failed"]) == (3, 3, 0)
+    # The label stage's statistics add up over both windows: one row in per frame-pair chunk row.
+    label = next(s for s in result.stats["stages"] if s["stage"] == "label")
+    assert label["rows_out"] == 32
+    # A resume with other window sizes is the same settings: it labels nothing.
+    resumed = run_label(make_job(corpus, out))
+    assert (resumed.pairs, resumed.settled_before, resumed.stats["windows"]) == (0, 3, 1)
 
 
 def test_changed_settings_refuse_to_mix(ray_local, corpus, baseline):

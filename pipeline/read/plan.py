@@ -25,15 +25,24 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class PlanOptions:
     """segment_frames: target frames per read task of a long source;
-    split_bytes: videos at most this large are never split (no planning I/O at all)."""
+    split_bytes: videos at most this large are never split (no planning I/O at all);
+    window_units / first_window_units: a run plans and labels its inputs in windows of at most this many
+    pending units, the first one this small and each next one four times the last (jobs.label.plan_windows).
+    Only segment_frames and split_bytes change what a run writes."""
 
     segment_frames: int = 1800
     split_bytes: int = 256 * 2**20
     probe_threads: int = 16
+    window_units: int = 262144
+    first_window_units: int = 1024
 
     def __post_init__(self) -> None:
         if self.segment_frames < 2:
             raise ValueError(f"segment_frames: expected ≥ 2, got {self.segment_frames}")
+        if self.window_units < 1 or self.first_window_units < 1:
+            raise ValueError(
+                f"window_units, first_window_units: expected ≥ 1, got {self.window_units}, {self.first_window_units}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

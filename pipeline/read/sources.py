@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.keyset import KeySet
 from pipeline.read.manifest import ManifestOptions, ManifestRow, read_manifest_rows
 from pipeline.storage import filesystem, full_uri
 
@@ -111,51 +112,62 @@ def list_sources(
     corpus: str | None = None,
     manifest: ManifestOptions | None = None,
 ) -> tuple[list[Source], list[ListingError]]:
-    """Expand URIs, globs and folders into sources, sorted by URI, then the rows of ``manifest`` in
-    its order, without duplicates (same URI and span: the first is kept, manifest rows first).
+    """:func:`iter_sources` collected: (sources, listing errors)."""
+    sources, errors = [], []
+    for item in iter_sources(inputs, storage_options, corpus, manifest):
+        (sources if isinstance(item, Source) else errors).append(item)
+    return sources, errors
+
+
+def iter_sources(
+    inputs: Iterable[str],
+    storage_options: Mapping[str, Any] | None = None,
+    corpus: str | None = None,
+    manifest: ManifestOptions | None = None,
+) -> Iterator[Source | ListingError]:
+    """The rows of ``manifest`` in its order, as they are read, then ``inputs`` expanded into sources
+    sorted by URI, without duplicates (same URI and span: the first is kept, manifest rows first);
+    a listing error in the place of what could not be listed.
 
     Files with a video extension (or any file named explicitly) are videos; every folder
     that directly holds image files is one image sequence (frames in natural sort order).
     ``corpus`` defaults to the last path element of each input's root, and for manifest rows to
     the manifest's file name without extension. A bad manifest row is a listing error whose
-    ``uri`` is ``<manifest>#row=<n>``; a manifest without its URI column raises ValueError.
+    ``uri`` is ``<manifest>#row=<n>``; a manifest without its URI column raises ValueError before
+    any row. A manifest is streamed: the driver holds 8 bytes per row it has seen (:class:`KeySet`).
     """
+    seen = KeySet()
+    if manifest is not None:
+        for item in iter_manifest_sources(manifest, storage_options, corpus):
+            if isinstance(item, ListingError) or seen.add(item.video_id):
+                yield item
     listed, errors = _list_inputs(inputs, storage_options, corpus)
-    from_manifest, manifest_errors = manifest_sources(manifest, storage_options, corpus) if manifest else ([], [])
-    first: dict[str, Source] = {}
-    for source in from_manifest:
-        first.setdefault(source.video_id, source)
-    return [s for s in listed if s.video_id not in first] + list(first.values()), errors + manifest_errors
+    yield from (s for s in listed if s.video_id not in seen)
+    yield from errors
 
 
-def manifest_sources(
+def iter_manifest_sources(
     manifest: ManifestOptions, storage_options: Mapping[str, Any] | None = None, corpus: str | None = None
-) -> tuple[list[Source], list[ListingError]]:
-    """One video source per good manifest row (in order, duplicates kept); one error per bad row."""
+) -> Iterator[Source | ListingError]:
+    """One video source per good manifest row, in order (duplicates kept); one error per bad row."""
     name = sanitize_partition_value(corpus or posixpath.splitext(posixpath.basename(manifest.uri.split("?")[0]))[0])
-    sources, errors = [], []
     for row in read_manifest_rows(manifest, storage_options):
         if isinstance(row, ManifestRow):
-            sources.append(
-                Source(
-                    row.uri,
-                    "video",
-                    video_id_for(row.uri, row.start, row.end),
-                    name,
-                    start=row.start,
-                    end=row.end,
-                    carry=row.carry,
-                )
+            yield Source(
+                row.uri,
+                "video",
+                video_id_for(row.uri, row.start, row.end),
+                name,
+                start=row.start,
+                end=row.end,
+                carry=row.carry,
             )
         else:
-            errors.append(
-                ListingError(
-                    f"{manifest.uri}#row={row.number}",
-                    "ManifestRowError",
-                    f"row {row.number} ({row.uri or 'no URI'}): {row.message}",
-                )
+            yield ListingError(
+                f"{manifest.uri}#row={row.number}",
+                "ManifestRowError",
+                f"row {row.number} ({row.uri or 'no URI'}): {row.message}",
             )
-    return sources, errors
 
 
 def _list_inputs(

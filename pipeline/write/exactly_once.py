@@ -14,10 +14,11 @@ with exactly the rows of an uninterrupted run.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.keyset import KeySet
 from pipeline.storage import filesystem, join
 from pipeline.write.records import (
     ERRORS_DIR,
@@ -50,7 +51,8 @@ def fingerprint(manifest: Mapping[str, Any]) -> dict[str, Any]:
         "checkpoint_sha256": manifest["checkpoint_sha256"],
         "labeler": labeler,
         "read": read,
-        "plan": options["plan"],
+        # How a run windows and probes its inputs changes no row.
+        "plan": {k: v for k, v in options["plan"].items() if k in ("segment_frames", "split_bytes")},
         # No carried columns reads as a run from before --carry existed (no such key): they resume.
         "sink": {k: v for k, v in options["sink"].items() if k != "out" and (k != "carried" or v)},
         "corpus": options["corpus"],
@@ -144,11 +146,10 @@ class Books:
 
 
 def unit_outcomes(
-    out: str, keys: Collection[str], storage_options: Mapping[str, Any] | None = None
+    out: str, keys: Container[str], storage_options: Mapping[str, Any] | None = None
 ) -> tuple[list[UnitRecord], list[UnitRecord]]:
     """(errors, skipped): the records in ``out`` of the units in ``keys`` (this run's plan; records of
     other inputs labeled into the same ``out`` are not this run's)."""
-    keys = set(keys)
     return (
         [r for r in read_records(out, ERRORS_DIR, storage_options) if r.unit in keys],
         [r for r in read_records(out, SKIPPED_DIR, storage_options) if r.unit in keys],
@@ -161,8 +162,8 @@ class UnitTracker:
     ``committed``: video_id → chunks already committed when the run started.
     ``settle(unit, chunks)`` is called once per unit whose chunks are all committed, unless the
     writer settled it already (``settled`` true: all its chunks were in one block, see
-    :func:`pipeline.write.sinks.write_batch`). A settled unit leaves only its key behind (its chunk
-    names are dropped), so a run of millions of clips holds one short string per clip.
+    :func:`pipeline.write.sinks.write_batch`). A settled unit leaves only its key's 8-byte digest behind
+    (its chunk names are dropped), so a run of millions of clips holds 8 bytes per clip.
     """
 
     def __init__(self, committed: Mapping[str, frozenset[str]], settle: Callable[[str, list[str]], None]):
@@ -171,7 +172,7 @@ class UnitTracker:
         self._waiting: dict[str, tuple[str, list[str]]] = {}
         self._settle = settle
         self._settled_by_writer: set[str] = set()
-        self._settled: set[str] = set()
+        self._settled = KeySet()  # 8 bytes per unit settled in this run, to drop a retried task's repeats
 
     def add(self, summary: Mapping[str, Any]) -> bool:
         """Take one chunk's summary; False when it was taken before (a retried task's repeat)."""

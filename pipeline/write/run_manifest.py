@@ -56,20 +56,25 @@ def utc_now() -> str:
 
 class RunProgress:
     """``_flowlabel.json`` kept current during a run (atomic replace, at most every ``every_s``):
-    status, units settled and pairs labeled so far, then the final counts."""
+    status, units planned and settled and pairs labeled so far, then the final counts. A run plans its
+    inputs as it goes: ``units_total`` counts the units planned so far."""
 
     def __init__(
         self,
         out: str,
         manifest: dict[str, Any],
         storage_options: Mapping[str, Any],
-        total: int,
-        settled_before: int,
         every_s: float = 10.0,
     ):
         self._out, self._manifest, self._so = out, manifest, storage_options
-        self._total, self._before, self._every = total, settled_before, every_s
+        self._total = self._before = 0
+        self._every = every_s
         self._pairs, self._last = 0, 0.0
+
+    def planned(self, units: int, settled_before: int) -> None:
+        """``units`` more were planned, ``settled_before`` of them settled by an earlier run."""
+        self._total += units
+        self._before += settled_before
 
     def write(self, status: str, counts: Mapping[str, Any] | None = None, **fields: Any) -> None:
         now = time.time()

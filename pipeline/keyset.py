@@ -1,0 +1,68 @@
+"""A set of strings in 8 bytes each: what the driver remembers of every unit and source of a run.
+
+A run of millions of clips must not hold a Python string per clip on the driver, yet it has to
+know which video ids it has seen (a manifest may name one twice) and which unit keys are its own
+(to pick its records out of ``out``). A 64-bit digest per key does both: two of a million keys
+share a digest with odds of about 3e-8.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import numpy as np
+
+_MERGE_EVERY = 1 << 16  # keys held as Python ints before they join the sorted array
+
+
+def digest(key: str) -> int:
+    """The 64-bit digest of ``key`` (BLAKE2b)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+class KeySet:
+    """Strings kept as 64-bit digests: a sorted uint64 array, plus the latest keys in a small set."""
+
+    def __init__(self, keys: Iterable[str] = ()):
+        self._sorted = np.empty(0, np.uint64)
+        self._recent: set[int] = set()
+        for key in keys:
+            self.add(key)
+
+    def add(self, key: str) -> bool:
+        """Add ``key``; False when it was there already."""
+        d = digest(key)
+        if d in self._recent or self._in_sorted(d):
+            return False
+        self._recent.add(d)
+        if len(self._recent) >= _MERGE_EVERY:
+            self._merge()
+        return True
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        d = digest(key)
+        return d in self._recent or self._in_sorted(d)
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._recent)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the sorted array (the recent set is at most a fixed number of keys)."""
+        return self._sorted.nbytes
+
+    def _in_sorted(self, d: int) -> bool:
+        i = int(np.searchsorted(self._sorted, np.uint64(d)))
+        return i < len(self._sorted) and int(self._sorted[i]) == d
+
+    def _merge(self) -> None:
+        # The recent keys are not in the array (add checks): one new array, sorted in place, is all the
+        # merge allocates.
+        merged = np.empty(len(self._sorted) + len(self._recent), np.uint64)
+        merged[: len(self._sorted)] = self._sorted
+        merged[len(self._sorted) :] = np.fromiter(self._recent, np.uint64, len(self._recent))
+        merged.sort()
+        self._sorted, self._recent = merged, set()

@@ -1,0 +1,129 @@
+"""Windows: a run lists and plans its inputs as it goes, a window of pending units at a time
+(jobs.label.plan_windows), and remembers each unit in 8 bytes (pipeline.keyset.KeySet)."""
+
+import json
+
+import fsspec
+import pytest
+
+from jobs.label import LabelJob, plan_windows
+from pipeline.keyset import KeySet, digest
+from pipeline.label.labeler import LabelerConfig
+from pipeline.read.manifest import ManifestOptions
+from pipeline.read.plan import PlanOptions
+from pipeline.read.sources import video_id_for
+from pipeline.write.exactly_once import Books
+from pipeline.write.sinks import SinkOptions
+
+
+def test_keyset_holds_keys_across_its_merges():
+    keys = [f"{i:016x}-00000000" for i in range(70_000)]  # more than one merge of the recent keys
+    s = KeySet()
+    assert all(s.add(k) for k in keys)
+    assert not any(s.add(k) for k in keys[::997])  # each is there once
+    assert len(s) == len(keys)
+    assert all(k in s for k in keys[::7]) and keys[-1] in s
+    assert "absent" not in s and f"{70_000:016x}-00000000" not in s and 5 not in s
+    assert s.nbytes == 8 * 65_536  # the first 65,536 keys are merged into the sorted array
+    assert digest("a") != digest("b") and digest("a") == digest("a")
+
+
+def uris(n):
+    return [f"https://127.0.0.1:9/clips/c{i:02d}.mp4" for i in range(n)]
+
+
+def windows_of(memory_root, lines, settled=(), committed=None, first=2, cap=3):
+    manifest = f"{memory_root}/clips.txt"
+    with fsspec.open(manifest, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    job = LabelJob(
+        inputs=(),
+        manifest=ManifestOptions(manifest),
+        sink=SinkOptions(f"{memory_root}/out"),
+        labeler=LabelerConfig("dis"),
+        plan=PlanOptions(window_units=cap, first_window_units=first),
+    )
+    books = Books(job.sink.out, {key: "done" for key in settled}, committed or {})
+    return list(plan_windows(job, books))
+
+
+def key(uri):
+    return f"{video_id_for(uri)}-00000000"
+
+
+def test_windows_grow_from_the_first_to_the_cap_and_keep_only_pending_units(memory_root):
+    clips = uris(12)
+    lines = clips[:5] + [clips[1]] + clips[5:]
+    windows = windows_of(memory_root, lines, settled=[key(clips[2]), key(clips[3])])
+    # Pending units per window: 2, then 4·2 capped at 3, then 3, and the rest; settled ones are counted only.
+    assert [[u.source.uri for u in w.pending] for w in windows] == [clips[0:2], clips[4:7], clips[7:10], clips[10:]]
+    assert [w.units for w in windows] == [2, 5, 3, 2]  # the repeated row is no unit
+    assert [w.settled_before for w in windows] == [0, 2, 0, 0]
+    assert [len(w.sources) for w in windows] == [2, 5, 3, 2]
+    assert all(not w.listing_errors for w in windows)
+
+
+def test_windows_carry_listing_errors_and_committed_chunks(memory_root):
+    clips = uris(3)
+    rows = [{"uri": clips[0]}, {"uri": 5}, {"uri": clips[1]}, "not json", {"uri": clips[2]}]
+    path = f"{memory_root}/rows.jsonl"
+    with fsspec.open(path, "w") as f:
+        f.write("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    job = LabelJob(
+        inputs=(),
+        manifest=ManifestOptions(path),
+        sink=SinkOptions(f"{memory_root}/out"),
+        labeler=LabelerConfig("dis"),
+        plan=PlanOptions(window_units=1, first_window_units=1),
+    )
+    committed = {video_id_for(clips[1]): frozenset({"f000000-000002"})}
+    windows = list(plan_windows(job, Books(job.sink.out, {}, committed)))
+    assert [[u.source.uri for u in w.pending] for w in windows] == [[c] for c in clips]
+    # A bad row travels in the window being filled when it is read, before the next unit.
+    assert [[e.uri for e in w.listing_errors] for w in windows] == [[], [f"{path}#row=2"], [f"{path}#row=4"]]
+    assert [w.pending[0].done_chunks for w in windows] == [frozenset(), committed[video_id_for(clips[1])], frozenset()]
+    assert windows[1].keys == [key(clips[1]), windows[1].keys[1]] and windows[1].keys[1].startswith("list-")
+
+
+def test_a_fully_settled_manifest_is_one_window_with_nothing_pending(memory_root):
+    clips = uris(7)
+    windows = windows_of(memory_root, clips, settled=[key(c) for c in clips])
+    assert [(len(w.pending), w.units, w.settled_before) for w in windows] == [(0, 7, 7)]
+
+
+def test_window_sizes_are_checked():
+    with pytest.raises(ValueError, match="expected ≥ 1, got 0, 1024"):
+        PlanOptions(window_units=0)
+
+
+def test_stage_stats_add_up_over_windows_and_utilisation_counts_each_windows_actors():
+    from jobs.stats import merge_stages, run_stats, stamp_actor_seconds
+
+    def stage(name, seconds, busy, rows):
+        return {
+            "stage": name,
+            "operator": name.title(),
+            "seconds": seconds,
+            "busy_seconds": busy,
+            "cpu_seconds": busy,
+            "blocks": 1,
+            "rows_in": rows,
+            "rows_out": rows,
+            "bytes_out": 100 * rows,
+            "failed_tasks": 0,
+        }
+
+    windows = [
+        stamp_actor_seconds([stage("read", 4.0, 4.0, 40), stage("label", 10.0, 15.0, 40)], 2),
+        stamp_actor_seconds([stage("read", 2.0, 2.0, 20), stage("label", 5.0, 8.0, 20)], 2),
+    ]
+    merged = merge_stages(windows)
+    assert merged == [
+        {**stage("read", 6.0, 6.0, 60), "blocks": 2},
+        {**stage("label", 15.0, 23.0, 60), "blocks": 2, "actor_seconds": 30.0},
+    ]
+    actors = [{"actor": str(i), "pairs": 1} for i in range(4)]  # two per window
+    stats = run_stats(merged, actors, pairs=30, seconds=20.0, source_bytes=0, bytes_written=0, errors=0)
+    label = stats["stages"][1]
+    # 23 busy seconds of the 10·2 + 5·2 the windows' actors had, not of 15 s · 4 actors.
+    assert (label["actors"], label["utilisation"]) == (4, 0.767)
