@@ -20,6 +20,8 @@ from typing import Any
 CLIP_SIZE = (96, 128)  # H, W
 CLIP_FRAMES = 6
 MANIFEST_ROWS = (1_000, 100_000, 1_000_000)
+FIRST_CHUNK_ROWS = (1_000, 1_000_000)
+FIRST_CHUNK_CLIPS = 40  # the rows name spans of these clips, each a source of its own
 
 
 def corpus_suite(cache: Path, quick: bool = False) -> dict[str, Any]:
@@ -46,6 +48,7 @@ def corpus_suite(cache: Path, quick: bool = False) -> dict[str, Any]:
         "noop_resume": resume,
         "help_s": _cli_seconds(["--help"]),
         "driver_memory": [_driver_memory(rows) for rows in MANIFEST_ROWS],
+        "first_chunk": [_first_chunk(clips[:FIRST_CHUNK_CLIPS], rows) for rows in FIRST_CHUNK_ROWS],
     }
 
 
@@ -161,6 +164,47 @@ def _driver_memory(rows: int) -> dict[str, Any]:
     return {"rows": rows, "units": int(out[0]), "windows": int(out[1]), "peak_mib": round(float(out[2]), 3)}
 
 
+def _first_chunk(clips: list[Path], rows: int) -> dict[str, Any]:
+    """Seconds from ``flowlabel label --manifest`` starting (a fresh interpreter that starts its own local Ray)
+    to the first data file in ``--out``, for a local JSONL manifest of ``rows`` distinct sources: spans of
+    ``clips`` that start a picosecond apart, so every row is a source of its own with the clip's frames."""
+    import os
+    import signal
+
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest, out = Path(tmp) / "clips.jsonl", Path(tmp) / "out"
+        with manifest.open("w") as f:
+            for i in range(rows):
+                f.write(json.dumps({"uri": str(clips[i % len(clips)]), "start": i * 1e-12}) + "\n")
+        command = [sys.executable, "-m", "jobs.cli", "label", "--manifest", str(manifest), "--out", str(out)]
+        start = time.perf_counter()
+        child = subprocess.Popen(
+            [*command, "--model", "dis", "--store", "summary"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its Ray goes with it
+        )
+        try:
+            seconds = _wait_for_data(out, child, start)
+        finally:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    return {"rows": rows, "seconds": round(seconds, 1)}
+
+
+def _wait_for_data(out: Path, child: subprocess.Popen, start: float, timeout_s: float = 600.0) -> float:
+    """Seconds since ``start`` when a data file (not under a ``_`` folder) is first seen in ``out``, polled
+    every 0.1 s while ``child`` runs; a run that ends first is looked at once more."""
+    while time.perf_counter() - start < timeout_s:
+        running = child.poll() is None
+        if any(not any(part.startswith("_") for part in p.relative_to(out).parts) for p in out.rglob("*.parquet")):
+            return time.perf_counter() - start
+        if not running:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"no data file in {out} after {time.perf_counter() - start:.0f} s (exit code {child.poll()})")
+
+
 def corpus_table(report: dict[str, Any]) -> list[str]:
     """The corpus suite's markdown section."""
     clip, (small, large) = report["clip"], report["sizes"]
@@ -194,6 +238,9 @@ def corpus_table(report: dict[str, Any]) -> list[str]:
         f"{report['noop_resume']['in_process_s']} s ({report['noop_resume']['pairs']} pairs labeled).",
         f"- `flowlabel --help`: {report['help_s']} s (median of 3, fresh interpreter).",
         f"- Driver memory added by listing and planning a manifest of http clips, window by window: {memory}.",
+        "- From `flowlabel label --manifest` starting (its own local Ray) to the first data file, local files: "
+        + ", ".join(f"{m['rows']:,} rows: {m['seconds']} s" for m in report.get("first_chunk", []))
+        + ".",
         "",
     ]
     return lines

@@ -169,7 +169,22 @@ def test_corpus_table_and_driver_memory_probe():
         "noop_resume": {"in_process_s": 0.25, "pairs": 0},
         "help_s": 0.059,
         "driver_memory": [memory],
+        "first_chunk": [{"rows": 1000, "seconds": 14.7}, {"rows": 1000000, "seconds": 15.2}],
     }
     text = "\n".join(corpus_table(report))
+    assert "first data file, local files: 1,000 rows: 14.7 s, 1,000,000 rows: 15.2 s." in text
     assert "| summary | 11.07 / 31.19 | 125.8 | 2.01 | 0.014 / 0.031 / 0.009 |" in text
     assert "0.25 s (0 pairs labeled)" in text and "50 rows in 1 window(s): " in text
+
+
+@pytest.mark.slow
+def test_first_chunk_probe_times_a_real_run_to_its_first_data_file(tmp_path):
+    """The probe starts a real ``flowlabel label`` (its own Ray), sees its first data file and stops it."""
+    from jobs.bench_corpus import _first_chunk
+    from jobs.synthetic import Motion, write_translating_video
+
+    clips = [tmp_path / f"c{i}.mp4" for i in range(2)]
+    for i, clip in enumerate(clips):
+        write_translating_video(clip, 48, 64, 4, Motion(1.0, 0.0), seed=i)
+    first = _first_chunk(clips, 50)
+    assert first["rows"] == 50 and 0 < first["seconds"] < 600
