@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import time
 from collections.abc import Iterator, Mapping
@@ -64,6 +65,7 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 2
+WINDOW_OPTIONS = ("window_units", "first_window_units")  # PlanOptions fields that change no row
 
 
 @dataclass(frozen=True)
@@ -136,18 +138,30 @@ class Window:
     neither its memory nor the time to the first labeled pair grows with the corpus."""
 
     pending: list[ReadUnit] = field(default_factory=list)  # not settled by an earlier run
+    settled: list[str] = field(default_factory=list)  # the keys of the units an earlier run settled
     sources: list[Source] = field(default_factory=list)  # the sources whose first unit is in this window
-    units: int = 0  # units planned, settled ones included
     listing_errors: list[ListingError] = field(default_factory=list)
 
     @property
+    def units(self) -> int:
+        """Units planned, settled ones included."""
+        return len(self.pending) + len(self.settled)
+
+    @property
     def settled_before(self) -> int:
-        return self.units - len(self.pending)
+        return len(self.settled)
+
+    @property
+    def run_keys(self) -> list[str]:
+        """Record keys of what the window runs: its pending units and its listing failures (their records are
+        cleared before it runs)."""
+        return [u.key for u in self.pending] + [_listing_key(e.uri) for e in self.listing_errors]
 
     @property
     def keys(self) -> list[str]:
-        """Record keys of what the window covers: its units and listing failures."""
-        return [u.key for u in self.pending] + [_listing_key(e.uri) for e in self.listing_errors]
+        """Record keys of everything the window covers: settled units too, whose records (a failure an
+        earlier run settled) are this run's outcome as well."""
+        return self.run_keys + self.settled
 
 
 @dataclass
@@ -186,10 +200,11 @@ def run_label(job: LabelJob) -> LabelResult:
     started = time.time()
     start = prepare(job, started)
     so = dict(job.storage_options)
+    windows = plan_windows(job, start.books)  # a bad manifest fails here, before _flowlabel.json is written
     progress = RunProgress(job.sink.out, start.manifest, so)
     progress.write("running")
     tally, counts = RunTally(start.books.tracker(so)), RunCounts()
-    for window in plan_windows(job, start.books):
+    for window in windows:
         counts.add(window)
         progress.planned(window.units, window.settled_before)
         execute(job, window, tally, counts, progress)
@@ -211,26 +226,33 @@ def prepare(job: LabelJob, started: float) -> RunStart:
 
 
 def plan_windows(job: LabelJob, books: Books) -> Iterator[Window]:
-    """The run's inputs listed and planned as they come, cut into windows of at most ``window_units`` pending
-    units: the first is small (its pairs come soon), and each next one four times the last. A unit settled by an
-    earlier run is counted, not kept. Raises ValueError on a manifest without its URI column, before the
-    first window."""
+    """The run's inputs listed and planned as they come, cut into windows of at most ``window_units`` units:
+    the first is small (its pairs come soon), and each next one four times the last. A unit settled by an
+    earlier run counts towards its window but keeps only its key. Raises ValueError on a manifest without its
+    URI column (or a carried one) at once, not at the first window."""
     so = dict(job.storage_options)
     items = iter_sources(job.inputs, so, job.corpus, job.manifest)
+    head = list(itertools.islice(items, 1))  # opens the manifest and checks its columns
+    return _windows(job, books, itertools.chain(head, items))
+
+
+def _windows(job: LabelJob, books: Books, items: Iterator[Source | ListingError]) -> Iterator[Window]:
+    so = dict(job.storage_options)
     size = min(job.plan.first_window_units, job.plan.window_units)
     window = Window()
     for item in iter_units(items, job.read.decode, job.plan, so):
         if isinstance(item, ListingError):
             window.listing_errors.append(item)
             continue
-        window.units += 1
         if item.first:
             window.sources.append(item.source)
-        if item.key not in books.settled:
+        if item.key in books.settled:
+            window.settled.append(item.key)
+        else:
             # A unit object is copied only when it has committed chunks: a fresh run holds each unit once.
             done = books.committed.get(item.source.video_id)
             window.pending.append(replace(item, done_chunks=done) if done else item)
-        if len(window.pending) >= size:
+        if window.units >= size:
             yield window
             window, size = Window(), min(4 * size, job.plan.window_units)
     if window.units or window.listing_errors:
@@ -241,7 +263,7 @@ def execute(job: LabelJob, window: Window, tally: RunTally, counts: RunCounts, p
     """Label one window: clear the records of its units, record its listing failures, run its pending units
     through Ray Data and settle each unit as its last chunk is committed, then its clip labels."""
     so = dict(job.storage_options)
-    clear_records(job.sink.out, window.keys, so)
+    clear_records(job.sink.out, window.run_keys, so)
     for err in window.listing_errors:
         record = UnitRecord(err.uri, "", _listing_key(err.uri), "list", err.error_type, err.message)
         write_record(job.sink.out, ERRORS_DIR, record, so)
@@ -395,7 +417,9 @@ def _manifest(job: LabelJob, checkpoint_sha256: str, started: float) -> dict[str
             "labeler": labeler,
             "decode": asdict(job.read.decode),
             "read": asdict(job.read),
-            "plan": asdict(job.plan),
+            # Windows are recorded apart from the plan: a run's plan is what the previous versions compare.
+            "plan": {k: v for k, v in asdict(job.plan).items() if k not in WINDOW_OPTIONS},
+            "windows": {k: getattr(job.plan, k) for k in WINDOW_OPTIONS},
             "sink": asdict(job.sink),
             "corpus": job.corpus,
         },
@@ -488,7 +512,7 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=PlanOptions.window_units,
         metavar="N",
-        help="plan and label the inputs in windows of at most N pending units (clips or segments); the "
+        help="plan and label the inputs in windows of at most N units (clips or segments); the "
         "driver holds one window at a time (default 262144)",
     )
     parser.add_argument(

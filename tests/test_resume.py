@@ -116,14 +116,20 @@ def test_windows_write_the_rows_of_one_run_and_resume_to_nothing(ray_local, corp
     assert sorted(again) == sorted(keys) and len(again) == len(set(again))
     for k in keys:
         np.testing.assert_array_equal(again_flows[k], flows[k])
-    counts = json.loads((out / "_flowlabel.json").read_text())["counts"]
+    record = json.loads((out / "_flowlabel.json").read_text())
+    counts = record["counts"]
     assert (counts["units_total"], counts["units_done"], counts["units_failed"]) == (3, 3, 0)
+    # The window sizes are kept apart from the plan, which the previous versions compare on resume.
+    assert sorted(record["options"]["plan"]) == ["probe_threads", "segment_frames", "split_bytes"]
+    assert record["options"]["windows"] == {"window_units": 2, "first_window_units": 1}
     # The label stage's statistics add up over both windows: one row in per frame-pair chunk row.
     label = next(s for s in result.stats["stages"] if s["stage"] == "label")
     assert label["rows_out"] == 32
     # A resume with other window sizes is the same settings: it labels nothing.
     resumed = run_label(make_job(corpus, out))
     assert (resumed.pairs, resumed.settled_before, resumed.stats["windows"]) == (0, 3, 1)
+    counts = json.loads((out / "_flowlabel.json").read_text())["counts"]
+    assert (counts["units_total"], counts["units_done"], counts["units_failed"]) == (3, 3, 0)
 
 
 def test_changed_settings_refuse_to_mix(ray_local, corpus, baseline):

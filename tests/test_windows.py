@@ -51,16 +51,45 @@ def key(uri):
     return f"{video_id_for(uri)}-00000000"
 
 
-def test_windows_grow_from_the_first_to_the_cap_and_keep_only_pending_units(memory_root):
+def test_windows_grow_from_the_first_to_the_cap_and_keep_only_keys_of_settled_units(memory_root):
     clips = uris(12)
     lines = clips[:5] + [clips[1]] + clips[5:]
     windows = windows_of(memory_root, lines, settled=[key(clips[2]), key(clips[3])])
-    # Pending units per window: 2, then 4·2 capped at 3, then 3, and the rest; settled ones are counted only.
-    assert [[u.source.uri for u in w.pending] for w in windows] == [clips[0:2], clips[4:7], clips[7:10], clips[10:]]
-    assert [w.units for w in windows] == [2, 5, 3, 2]  # the repeated row is no unit
-    assert [w.settled_before for w in windows] == [0, 2, 0, 0]
-    assert [len(w.sources) for w in windows] == [2, 5, 3, 2]
+    # Units per window, settled ones included: 2, then 4·2 capped at 3, then 3 each; the repeated row is none.
+    assert [[u.source.uri for u in w.pending] for w in windows] == [
+        clips[0:2],
+        [clips[4]],
+        clips[5:8],
+        clips[8:11],
+        [clips[11]],
+    ]
+    assert [w.settled for w in windows] == [[], [key(clips[2]), key(clips[3])], [], [], []]
+    assert [(w.units, w.settled_before, len(w.sources)) for w in windows] == [(2, 0, 2), (3, 2, 3)] + [
+        (3, 0, 3),
+        (3, 0, 3),
+        (1, 0, 1),
+    ]
+    # Records are cleared for the units a window runs; its outcome covers the settled ones too.
+    assert windows[1].run_keys == [key(clips[4])]
+    assert windows[1].keys == [key(clips[4]), key(clips[2]), key(clips[3])]
     assert all(not w.listing_errors for w in windows)
+
+
+def test_a_bad_manifest_fails_before_the_run_writes_anything(memory_root, tmp_path):
+    from jobs.label import run_label
+
+    manifest = f"{memory_root}/clips.csv"
+    with fsspec.open(manifest, "w") as f:
+        f.write("uri,caption\nhttps://127.0.0.1:9/a.mp4,x\n")
+    job = LabelJob(
+        inputs=(),
+        manifest=ManifestOptions(manifest, carry=("clip_id",)),
+        sink=SinkOptions(str(tmp_path / "out")),
+        labeler=LabelerConfig("dis"),
+    )
+    with pytest.raises(ValueError, match="no column 'clip_id'"):
+        run_label(job)
+    assert not (tmp_path / "out").exists()
 
 
 def test_windows_carry_listing_errors_and_committed_chunks(memory_root):
@@ -85,10 +114,10 @@ def test_windows_carry_listing_errors_and_committed_chunks(memory_root):
     assert windows[1].keys == [key(clips[1]), windows[1].keys[1]] and windows[1].keys[1].startswith("list-")
 
 
-def test_a_fully_settled_manifest_is_one_window_with_nothing_pending(memory_root):
+def test_a_settled_manifest_is_windows_with_nothing_pending(memory_root):
     clips = uris(7)
     windows = windows_of(memory_root, clips, settled=[key(c) for c in clips])
-    assert [(len(w.pending), w.units, w.settled_before) for w in windows] == [(0, 7, 7)]
+    assert [(len(w.pending), w.units, w.settled_before) for w in windows] == [(0, 2, 2), (0, 3, 3), (0, 2, 2)]
 
 
 def test_window_sizes_are_checked():

@@ -27,7 +27,7 @@ class PlanOptions:
     """segment_frames: target frames per read task of a long source;
     split_bytes: videos at most this large are never split (no planning I/O at all);
     window_units / first_window_units: a run plans and labels its inputs in windows of at most this many
-    pending units, the first one this small and each next one four times the last (jobs.label.plan_windows).
+    units, the first one this small and each next one four times the last (jobs.label.plan_windows).
     Only segment_frames and split_bytes change what a run writes."""
 
     segment_frames: int = 1800
