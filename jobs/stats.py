@@ -56,9 +56,13 @@ def stage_stats(ds: Any) -> list[dict[str, Any]]:
 
 
 def stamp_actor_seconds(stages: list[dict[str, Any]], actors: int) -> list[dict[str, Any]]:
-    """One window's stage records with ``actor_seconds`` on the label stage: its span times the ``actors``
-    that labeled in that window (summed over windows by :func:`merge_stages`)."""
-    return [{**s, "actor_seconds": _round(s["seconds"] * actors)} if s["stage"] == "label" else s for s in stages]
+    """One window's stage records with, on the label stage, ``actor_seconds``: its span times the ``actors``
+    that labeled in that window (summed over windows by :func:`merge_stages`), and ``window_actors``: those
+    actors (the most of any window, once merged)."""
+    return [
+        {**s, "actor_seconds": _round(s["seconds"] * actors), "window_actors": actors} if s["stage"] == "label" else s
+        for s in stages
+    ]
 
 
 def merge_stages(windows: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -72,7 +76,9 @@ def merge_stages(windows: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
                 merged[s["stage"]] = dict(s)
                 continue
             for key, value in s.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if key == "window_actors":
+                    entry[key] = max(entry[key], value)
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
                     entry[key] = _round(entry[key] + value) if isinstance(value, float) else entry[key] + value
     return list(merged.values())
 
@@ -174,8 +180,9 @@ def run_stats(
         s["pairs_per_second"] = _round(handled / s["seconds"]) if s["seconds"] > 0 else None
     label = next((s for s in stages if s["stage"] == "label"), None)
     if label is not None and actors and label["seconds"] > 0:
-        label["actors"] = len(actors)
-        # Each window has actors of its own: what they could have worked is the sum over the windows.
+        # Each window has actors of its own: the stage had as many at once as the largest window, and what
+        # they could have worked is the sum over the windows.
+        label["actors"] = label.pop("window_actors", None) or len(actors)
         capacity = label.get("actor_seconds") or label["seconds"] * len(actors)
         label["utilisation"] = _round(min(1.0, label["busy_seconds"] / capacity))
     return {
