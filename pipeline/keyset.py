@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-_MERGE_EVERY = 1 << 16  # keys held as Python ints before they join the sorted array
+_MERGE_EVERY = 4096  # keys held as Python ints (about 60 bytes each) before they join the sorted array
 
 
 def digest(key: str) -> int:
@@ -64,5 +64,5 @@ class KeySet:
         merged = np.empty(len(self._sorted) + len(self._recent), np.uint64)
         merged[: len(self._sorted)] = self._sorted
         merged[len(self._sorted) :] = np.fromiter(self._recent, np.uint64, len(self._recent))
-        merged.sort()
+        merged.sort(kind="stable")  # a sorted run and a short one: timsort merges them in linear time
         self._sorted, self._recent = merged, set()
