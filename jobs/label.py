@@ -179,6 +179,7 @@ class RunCounts:
     stages: list[list[dict[str, Any]]] = field(default_factory=list)  # Ray Data's stage stats, per window
     plan: dict[str, Any] | None = None  # the stage plan of the largest window
     plan_units: int = 0  # that window's pending units
+    actors: int = 0  # the most labeler actors any window had
 
     def add(self, window: Window) -> None:
         self.windows += 1
@@ -233,14 +234,15 @@ def plan_windows(job: LabelJob, books: Books) -> Iterator[Window]:
     so = dict(job.storage_options)
     items = iter_sources(job.inputs, so, job.corpus, job.manifest)
     head = list(itertools.islice(items, 1))  # opens the manifest and checks its columns
-    return _windows(job, books, itertools.chain(head, items))
+    return _windows(job, books, itertools.chain(head, items), so)
 
 
-def _windows(job: LabelJob, books: Books, items: Iterator[Source | ListingError]) -> Iterator[Window]:
-    so = dict(job.storage_options)
+def _windows(
+    job: LabelJob, books: Books, items: Iterator[Source | ListingError], storage_options: Mapping[str, Any]
+) -> Iterator[Window]:
     size = min(job.plan.first_window_units, job.plan.window_units)
     window = Window()
-    for item in iter_units(items, job.read.decode, job.plan, so):
+    for item in iter_units(items, job.read.decode, job.plan, storage_options):
         if isinstance(item, ListingError):
             window.listing_errors.append(item)
             continue
@@ -272,7 +274,9 @@ def execute(job: LabelJob, window: Window, tally: RunTally, counts: RunCounts, p
     for summary in _stream(job, window.pending, execution) if window.pending else []:
         tally.add(summary)
         progress.update(int(summary["pairs"]), tally.tracker.settled)
-    counts.stages.append(stamp_actor_seconds(execution.get("stages", []), len(tally.actors) - actors_before))
+    actors = len(tally.actors) - actors_before  # each window starts labeler actors of its own
+    counts.actors = max(counts.actors, actors)
+    counts.stages.append(stamp_actor_seconds(execution.get("stages", []), actors))
     if execution.get("plan") and len(window.pending) >= counts.plan_units:
         counts.plan, counts.plan_units = execution["plan"], len(window.pending)
     if job.clip_labels and window.sources:
@@ -308,6 +312,7 @@ def finish(job: LabelJob, tally: RunTally, counts: RunCounts, progress: RunProgr
         errors=len(errors),
         bytes_written=result.bytes_written,
         source_bytes=counts.source_bytes,
+        actors_at_once=counts.actors,
     )
     result.stats["windows"] = counts.windows
     if tally.chunks:  # summary packs are small: join them into files of tens of MB

@@ -56,13 +56,9 @@ def stage_stats(ds: Any) -> list[dict[str, Any]]:
 
 
 def stamp_actor_seconds(stages: list[dict[str, Any]], actors: int) -> list[dict[str, Any]]:
-    """One window's stage records with, on the label stage, ``actor_seconds``: its span times the ``actors``
-    that labeled in that window (summed over windows by :func:`merge_stages`), and ``window_actors``: those
-    actors (the most of any window, once merged)."""
-    return [
-        {**s, "actor_seconds": _round(s["seconds"] * actors), "window_actors": actors} if s["stage"] == "label" else s
-        for s in stages
-    ]
+    """One window's stage records with ``actor_seconds`` on the label stage: its span times the ``actors``
+    that labeled in that window (summed over windows by :func:`merge_stages`)."""
+    return [{**s, "actor_seconds": _round(s["seconds"] * actors)} if s["stage"] == "label" else s for s in stages]
 
 
 def merge_stages(windows: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -76,9 +72,7 @@ def merge_stages(windows: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
                 merged[s["stage"]] = dict(s)
                 continue
             for key, value in s.items():
-                if key == "window_actors":
-                    entry[key] = max(entry[key], value)
-                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
                     entry[key] = _round(entry[key] + value) if isinstance(value, float) else entry[key] + value
     return list(merged.values())
 
@@ -166,8 +160,10 @@ def run_stats(
     source_bytes: int,
     bytes_written: int,
     errors: int,
+    actors_at_once: int | None = None,
 ) -> dict[str, Any]:
     """The summary stored in ``_flowlabel.json`` under ``stats`` and printed by the CLI.
+    ``actors_at_once``: the most labeler actors any window had (default: all of ``actors``).
 
     A stage's ``pairs_per_second`` is the pairs it handled over its own span; the label
     stage's ``utilisation`` is its busy time over (span × actors): 1.0 means no actor idled.
@@ -180,9 +176,9 @@ def run_stats(
         s["pairs_per_second"] = _round(handled / s["seconds"]) if s["seconds"] > 0 else None
     label = next((s for s in stages if s["stage"] == "label"), None)
     if label is not None and actors and label["seconds"] > 0:
-        # Each window has actors of its own: the stage had as many at once as the largest window, and what
-        # they could have worked is the sum over the windows.
-        label["actors"] = label.pop("window_actors", None) or len(actors)
+        # Each window has actors of its own: the stage had at most ``actors_at_once`` at a time, and what they
+        # could have worked is the sum over the windows.
+        label["actors"] = actors_at_once or len(actors)
         capacity = label.get("actor_seconds") or label["seconds"] * len(actors)
         label["utilisation"] = _round(min(1.0, label["busy_seconds"] / capacity))
     return {
