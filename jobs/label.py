@@ -28,8 +28,14 @@ from pipeline.read.sources import ListingError, Source, iter_sources
 from pipeline.storage import join, redact
 from pipeline.write.clip_summary import CLIP_SUMMARY_DIR, clip_summary_rows, write_clip_summary
 from pipeline.write.compact import compact_packs
-from pipeline.write.exactly_once import Books, OutputConflictError, check_same_settings, unit_outcomes
-from pipeline.write.records import ERRORS_DIR, UnitRecord, clear_records, settled_units, write_record
+from pipeline.write.exactly_once import (
+    Books,
+    OutputConflictError,
+    check_same_settings,
+    count_settled,
+    unit_outcomes,
+)
+from pipeline.write.records import ERRORS_DIR, UnitRecord, clear_records, write_record
 from pipeline.write.run_manifest import RunProgress, versions
 from pipeline.write.sinks import SinkOptions, write_batch
 
@@ -187,8 +193,7 @@ class RunCounts:
         self.units += window.units
         self.settled_before += window.settled_before
         self.source_bytes += sum({u.source.uri: u.source.size or 0 for u in window.pending}.values())
-        for key in window.keys:
-            self.keys.add(key)
+        self.keys.update(window.keys)
 
 
 def run_label(job: LabelJob) -> LabelResult:
@@ -324,13 +329,12 @@ def finish(job: LabelJob, tally: RunTally, counts: RunCounts, progress: RunProgr
         "finished",
         stats=result.stats,
         plan=counts.plan,
-        counts=_final_counts(result, counts, settled_units(job.sink.out, so)),
+        counts=_final_counts(result, counts, count_settled(job.sink.out, counts.keys, ("done", "skipped"), so)),
     )
     return result
 
 
-def _final_counts(result: LabelResult, counts: RunCounts, settled: Mapping[str, str]) -> dict[str, int]:
-    done = sum(1 for unit, status in settled.items() if status in ("done", "skipped") and unit in counts.keys)
+def _final_counts(result: LabelResult, counts: RunCounts, done: int) -> dict[str, int]:
     return {
         "sources": result.sources,
         "pairs": result.pairs,

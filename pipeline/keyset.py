@@ -9,7 +9,7 @@ share a digest with odds of about 3e-8.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -40,6 +40,24 @@ class KeySet:
             self._merge()
         return True
 
+    def update(self, keys: Iterable[str]) -> int:
+        """Add many keys at once (a lookup per batch, not per key); returns how many were new."""
+        before = len(self._recent)
+        new = np.unique(_digests(keys))
+        self._recent.update(new[~self._in_sorted_many(new)].tolist())
+        added = len(self._recent) - before
+        if len(self._recent) >= _MERGE_EVERY:
+            self._merge()
+        return added
+
+    def mask(self, keys: Sequence[str]) -> np.ndarray:
+        """Whether each of ``keys`` is in the set (bool array, in order)."""
+        ds = _digests(keys)
+        found = self._in_sorted_many(ds)
+        if self._recent:
+            found |= np.fromiter((d in self._recent for d in ds.tolist()), bool, len(ds))
+        return found
+
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, str):
             return False
@@ -58,6 +76,12 @@ class KeySet:
         i = int(np.searchsorted(self._sorted, np.uint64(d)))
         return i < len(self._sorted) and int(self._sorted[i]) == d
 
+    def _in_sorted_many(self, ds: np.ndarray) -> np.ndarray:
+        if not len(self._sorted):
+            return np.zeros(len(ds), bool)
+        i = np.minimum(np.searchsorted(self._sorted, ds), len(self._sorted) - 1)
+        return self._sorted[i] == ds
+
     def _merge(self) -> None:
         # The recent keys are not in the array (add checks): one new array, sorted in place, is all the
         # merge allocates.
@@ -66,3 +90,7 @@ class KeySet:
         merged[len(self._sorted) :] = np.fromiter(self._recent, np.uint64, len(self._recent))
         merged.sort(kind="stable")  # a sorted run and a short one: timsort merges them in linear time
         self._sorted, self._recent = merged, set()
+
+
+def _digests(keys: Iterable[str]) -> np.ndarray:
+    return np.fromiter((digest(key) for key in keys), np.uint64)

@@ -8,14 +8,23 @@ import pytest
 
 from jobs.label import LabelJob, run_label
 from jobs.synthetic import Motion, write_translating_video
+from pipeline.keyset import KeySet
 from pipeline.label.labeler import LabelerConfig
 from pipeline.read.datasource import ReadOptions, pack_name, stamp_pack, task_groups
 from pipeline.read.plan import ReadUnit
 from pipeline.read.sources import Source
 from pipeline.schema import MOTION_COLUMNS
 from pipeline.write.compact import compact_packs
-from pipeline.write.exactly_once import Books
-from pipeline.write.records import PACKS_DIR, UNITS_DIR, pack_markers, settled_units
+from pipeline.write.exactly_once import Books, count_settled
+from pipeline.write.records import (
+    PACKS_DIR,
+    UNITS_DIR,
+    iter_pack_bodies,
+    pack_markers,
+    settled_units,
+    write_pack_marker,
+    write_unit_marker,
+)
 from pipeline.write.sinks import SinkOptions, committed_chunks, write_batch
 from tests.test_schema import chunk_rows
 
@@ -110,12 +119,30 @@ def test_an_unsettled_pack_is_found_and_cleared_before_a_run(tmp_path):
     (tmp_path / PACKS_DIR / "lost.json").unlink()  # as if the run stopped between the files and the marker
 
     books = Books.read(options)
-    assert set(books.settled) == {"a1-00000000", "b2-00000000"}
+    assert len(books.settled) == 2 and "a1-00000000" in books.settled and "b2-00000000" in books.settled
+    assert "c3-00000000" not in books.settled
     assert sorted(p.rsplit("/", 1)[-1] for p in books.unsettled_pack_files) == ["pack-lost.npz", "pack-lost.parquet"]
     books.clear_unsettled_packs()
     assert files(tmp_path, ".parquet") == ["corpus=corp/pack-kept.parquet"]
     assert files(tmp_path, ".npz") == ["_npz/corpus=corp/pack-kept.npz"]
     assert Books.read(options).unsettled_pack_files == ()
+
+
+def test_settled_units_are_read_as_a_stream_and_counted_once(tmp_path):
+    out = str(tmp_path)
+    write_unit_marker(out, "a-00000000", "failed", [])  # failed, then packed by a retried writer: done
+    write_unit_marker(out, "b-00000000", "skipped", [])
+    write_unit_marker(out, "c-00000000", "failed", [])
+    write_unit_marker(out, "d-00000000", "done", ["x"])  # done twice: a marker of its own and a pack
+    for i, units in enumerate([["a-00000000", "d-00000000"], ["e-00000000"], ["f-00000000", "g-00000000"]]):
+        write_pack_marker(out, f"p{i}", {unit: ["x"] for unit in units}, [f"pack-p{i}.parquet"])
+    keys = KeySet(f"{v}-00000000" for v in "abcdef")  # g is another run's
+    assert count_settled(out, keys, ("done", "skipped")) == 5  # a b d e f
+    assert count_settled(out, keys, ("failed",)) == 2  # a and c by their own markers
+    assert [b["pack"] for b in iter_pack_bodies(out, batch=2)] == ["p0", "p1", "p2"]
+    books = Books.read(SinkOptions(out))
+    assert len(books.settled) == 7 and all(f"{v}-00000000" in books.settled for v in "abcdefg")
+    assert "h-00000000" not in books.settled and "a-00000001" not in books.settled
 
 
 def test_pack_names_are_stable_and_differ_between_unit_sets():
@@ -200,7 +227,7 @@ def test_a_compaction_stopped_before_its_deletions_is_finished_by_the_next_run(t
     for path, data in members.items():  # as if the run stopped before deleting the members
         path.write_bytes(data)
     books = Books.read(options)
-    assert set(books.settled) == set(marker)
+    assert len(books.settled) == 3 and all(unit in books.settled for unit in marker)
     books.clear_unsettled_packs()
     assert files(tmp_path, ".parquet") == [joined] and list(pack_markers(str(tmp_path)).values()) == [marker]
     table = pads.dataset(str(tmp_path), format="parquet", partitioning="hive").to_table().sort_by("video_id")

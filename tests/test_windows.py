@@ -28,6 +28,17 @@ def test_keyset_holds_keys_across_its_merges():
     assert digest("a") != digest("b") and digest("a") == digest("a")
 
 
+def test_keyset_adds_and_looks_up_many_keys_at_once():
+    keys = [f"{i:016x}-00000000" for i in range(10_000)]
+    s = KeySet(keys[:100])  # 100 recent keys, none merged yet
+    assert s.update(keys[50:5_000] + keys[50:60]) == 4_900  # repeats in the batch and in the set count once
+    assert s.nbytes == 8 * 5_000 and len(s) == 5_000  # the batch took the recent set over 4,096: one merge
+    assert s.update(keys[4_990:5_010]) == 10 and len(s) == 5_010
+    found = s.mask([keys[0], "absent", keys[5_009], keys[5_010], keys[4_000]])
+    assert found.tolist() == [True, False, True, False, True]  # recent and merged keys alike
+    assert KeySet().mask(keys[:3]).tolist() == [False] * 3 and KeySet().update([]) == 0
+
+
 def uris(n):
     return [f"https://127.0.0.1:9/clips/c{i:02d}.mp4" for i in range(n)]
 

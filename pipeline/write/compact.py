@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.storage import filesystem, join, write_atomic
-from pipeline.write.records import PACKS_DIR, pack_marker_bodies, write_pack_marker
+from pipeline.write.records import PACKS_DIR, iter_pack_bodies, pack_marker_paths, write_pack_marker
 from pipeline.write.sinks import PACK_PREFIX, SinkOptions, data_file
 
 COMPACT_BYTES = 64 * 2**20  # joined files of up to this size: "tens of MB", a few row groups each
@@ -38,14 +38,15 @@ def compact_packs(
     if options.store != "summary":
         return 0
     so = dict(storage_options or {})
-    settled = pack_marker_bodies(options.out, so)
+    # Markers are listed, not fetched: only the members of a group are read, when it is joined.
+    settled = {posixpath.basename(path)[: -len(".json")] for path in pack_marker_paths(options.out, so)}
     groups = _groups(_small_packs(options, so, settled, target_bytes // 2), target_bytes)
     with ThreadPoolExecutor(8) as pool:
-        return sum(pool.map(lambda group: _join(options, group, settled, so), groups))
+        return sum(pool.map(lambda group: _join(options, group, so), groups))
 
 
 def _small_packs(
-    options: SinkOptions, storage_options: Mapping[str, Any], settled: Mapping[str, Any], below: int
+    options: SinkOptions, storage_options: Mapping[str, Any], settled: Container[str], below: int
 ) -> list[tuple[str, str, int]]:
     """(pack, path relative to out, bytes) of each pack file in ``settled`` smaller than ``below``, by path."""
     fs, root = filesystem(options.out, storage_options)
@@ -75,15 +76,10 @@ def _groups(packs: list[tuple[str, str, int]], target_bytes: int) -> list[list[t
     return [group for group in groups if len(group) > 1]
 
 
-def _join(
-    options: SinkOptions,
-    group: list[tuple[str, str, int]],
-    bodies: Mapping[str, Mapping[str, Any]],
-    storage_options: Mapping[str, Any],
-) -> int:
-    """Write the group's rows as one pack, its marker (units of all members, from their marker ``bodies``;
-    ``replaces`` them), then delete the members' files and markers. The joined pack is named by its
-    members, so a retry writes the same."""
+def _join(options: SinkOptions, group: list[tuple[str, str, int]], storage_options: Mapping[str, Any]) -> int:
+    """Write the group's rows as one pack, its marker (the units of all members' markers; ``replaces``
+    them), then delete the members' files and markers. The joined pack is named by its members, so a retry
+    writes the same."""
     fs, root = filesystem(options.out, storage_options)
     members = [pack for pack, _, _ in group]
     tables = []
@@ -96,8 +92,13 @@ def _join(
     pq.write_table(pa.concat_tables(tables), buffer, compression=options.compression)
     path = data_file(options, stem, "parquet")
     write_atomic(fs, join(root, path), buffer.getvalue())
-    units = {unit: chunks for pack in members for unit, chunks in bodies[pack]["units"].items()}
+    markers = [join(root, PACKS_DIR, f"{pack}.json") for pack in members]
+    units = {
+        unit: chunks
+        for body in iter_pack_bodies(options.out, storage_options, markers)
+        for unit, chunks in body["units"].items()
+    }
     write_pack_marker(options.out, name, units, [path], storage_options, replaces=members)
     fs.rm([join(root, relative) for _, relative, _ in group])
-    fs.rm([join(root, PACKS_DIR, f"{pack}.json") for pack in members])
+    fs.rm(markers)
     return len(group)

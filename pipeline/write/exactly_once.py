@@ -13,6 +13,7 @@ with exactly the rows of an uninterrupted run.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
@@ -25,8 +26,9 @@ from pipeline.write.records import (
     PACKS_DIR,
     SKIPPED_DIR,
     UnitRecord,
-    marked_units,
-    pack_marker_bodies,
+    iter_marked_units,
+    iter_pack_bodies,
+    iter_settled,
     read_records,
     write_unit_marker,
 )
@@ -100,24 +102,29 @@ def setting_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: 
 
 @dataclass(frozen=True)
 class Books:
-    """What earlier runs left in ``out``: settled units (key → status), committed chunks (video_id → chunk
-    names) and the pack files to delete before a run: packs that no marker settled (a run stopped between a
-    pack's files and its marker) and packs a joined pack replaces (a run stopped while compacting, see
-    pipeline.write.compact), with the latter's markers. Read once when a run starts, from three listings
-    and one request per pack marker."""
+    """What earlier runs left in ``out``: the settled units' keys (a :class:`KeySet`, 8 bytes a unit),
+    committed chunks (video_id → chunk names) and the pack files to delete before a run: packs that no
+    marker settled (a run stopped between a pack's files and its marker) and packs a joined pack replaces (a
+    run stopped while compacting, see pipeline.write.compact), with the latter's markers. Read once when a
+    run starts, from three listings and one request per pack marker, a batch of markers at a time."""
 
     out: str
-    settled: Mapping[str, str]
+    settled: Container[str]
     committed: Mapping[str, frozenset[str]]
     unsettled_pack_files: tuple[str, ...] = ()
     replaced_pack_markers: tuple[str, ...] = ()
 
     @classmethod
     def read(cls, sink: SinkOptions, storage_options: Mapping[str, Any] | None = None) -> Books:
-        settled = marked_units(sink.out, storage_options)
-        packs = pack_marker_bodies(sink.out, storage_options)
-        settled.update({unit: "done" for body in packs.values() for unit in body["units"]})
-        replaced = {old for body in packs.values() for old in body.get("replaces", ()) if old in packs}
+        settled = KeySet()
+        settled.update(unit for unit, _ in iter_marked_units(sink.out, storage_options))
+        packs: set[str] = set()
+        replaced: set[str] = set()
+        for body in iter_pack_bodies(sink.out, storage_options):
+            packs.add(body["pack"])
+            replaced.update(body.get("replaces", ()))
+            settled.update(body["units"])
+        replaced &= packs
         files = output_files(sink, storage_options)
         stale = tuple(
             path for pack, paths in files.packs.items() if pack not in packs or pack in replaced for path in paths
@@ -154,6 +161,20 @@ def unit_outcomes(
         [r for r in read_records(out, ERRORS_DIR, storage_options) if r.unit in keys],
         [r for r in read_records(out, SKIPPED_DIR, storage_options) if r.unit in keys],
     )
+
+
+def count_settled(
+    out: str, keys: KeySet, statuses: Container[str], storage_options: Mapping[str, Any] | None = None
+) -> int:
+    """How many units of ``keys`` are settled under ``out`` with one of ``statuses``, each counted once (a
+    unit with a marker of its own and a pack counts as done), read as a stream of markers."""
+    counted = KeySet()
+    done = 0
+    settled = iter_settled(out, storage_options)
+    while batch := list(itertools.islice(settled, 4096)):
+        units = [unit for unit, status in batch if status in statuses]
+        done += counted.update(itertools.compress(units, keys.mask(units)))
+    return done
 
 
 class UnitTracker:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -88,25 +88,30 @@ def write_unit_marker(
 
 
 def settled_units(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """unit key → status, for every unit settled under ``out``: one listing of ``_units/``, and the units
-    of every pack marker (done; one listing of ``_packs/`` and one request per pack, not per unit)."""
-    settled = marked_units(out, storage_options)
-    settled.update({unit: "done" for units in pack_markers(out, storage_options).values() for unit in units})
-    return settled
+    """unit key → status, for every unit settled under ``out`` (:func:`iter_settled` collected: small outs)."""
+    return dict(iter_settled(out, storage_options))
 
 
-def marked_units(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """unit key → status of the units with a marker of their own: one listing of ``_units/``."""
+def iter_settled(out: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[tuple[str, str]]:
+    """(unit key, status) of every unit settled under ``out``, as they are read: one listing of ``_units/``,
+    and one listing of ``_packs/`` with the pack markers fetched a batch at a time (their units are done). A
+    unit with a marker of its own and a pack (a writer retried) comes twice."""
+    yield from iter_marked_units(out, storage_options)
+    for body in iter_pack_bodies(out, storage_options):
+        for unit in body["units"]:
+            yield unit, "done"
+
+
+def iter_marked_units(out: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[tuple[str, str]]:
+    """(unit key, status) of the units with a marker of their own: one listing of ``_units/``."""
     fs, root = filesystem(out, storage_options)
     base = join(root, UNITS_DIR)
     if not fs.exists(base):
-        return {}
-    settled = {}
+        return
     for path in fs.find(base):
         unit, _, rest = path.rsplit("/", 1)[-1].rpartition(".")[0].rpartition(".")
         if rest in UNIT_STATUSES and unit:
-            settled[unit] = rest
-    return settled
+            yield unit, rest
 
 
 def write_pack_marker(
@@ -129,19 +134,29 @@ def write_pack_marker(
 
 def pack_markers(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, dict[str, list[str]]]:
     """pack → its units (unit key → chunks), for every pack settled under ``out``."""
-    return {pack: body["units"] for pack, body in pack_marker_bodies(out, storage_options).items()}
+    return {body["pack"]: body["units"] for body in iter_pack_bodies(out, storage_options)}
 
 
-def pack_marker_bodies(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """pack → its marker (pack, units, files, and replaces for a joined pack), for every pack settled under
-    ``out``: the markers are listed once and fetched together (concurrently on object stores)."""
+def pack_marker_paths(out: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """The paths of every pack marker under ``out``: one listing of ``_packs/``."""
     fs, root = filesystem(out, storage_options)
     base = join(root, PACKS_DIR)
     if not fs.exists(base):
-        return {}
-    paths = [p for p in fs.find(base) if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")]
-    bodies = fs.cat(paths) if paths else {}
-    return {body["pack"]: body for body in (json.loads(data) for data in bodies.values())}
+        return []
+    return sorted(p for p in fs.find(base) if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith("."))
+
+
+def iter_pack_bodies(
+    out: str, storage_options: Mapping[str, Any] | None = None, paths: Iterable[str] | None = None, batch: int = 256
+) -> Iterator[dict[str, Any]]:
+    """The markers (pack, units, files, and replaces for a joined pack) of the packs at ``paths`` (default:
+    every pack under ``out``), fetched ``batch`` at a time (concurrently on object stores): a run over a
+    corpus never holds every marker at once."""
+    fs, _ = filesystem(out, storage_options)
+    paths = pack_marker_paths(out, storage_options) if paths is None else list(paths)
+    for i in range(0, len(paths), batch):
+        for data in fs.cat(paths[i : i + batch]).values():
+            yield json.loads(data)
 
 
 def clear_records(out: str, units: Iterable[str], storage_options: Mapping[str, Any] | None = None) -> None:
