@@ -11,7 +11,8 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -386,3 +387,18 @@ def map_whole_blocks(ds: Any, fn: Any, **kwargs: Any) -> Any:
     ``map_batches_internal`` is the same call without that check, and this is its one caller.
     """
     return ds.map_batches_internal(fn, batch_size=None, **kwargs)
+
+
+class RemoteExecutor(Executor):
+    """An executor whose calls run as Ray tasks (one CPU each), anywhere in the cluster: the driver plans,
+    the workers read. ``submit`` returns the task's result as a :class:`concurrent.futures.Future`."""
+
+    def __init__(self) -> None:
+        self._remote: dict[Callable[..., Any], Any] = {}  # one Ray function per Python one, exported once
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        import ray
+
+        if fn not in self._remote:
+            self._remote[fn] = ray.remote(fn)
+        return self._remote[fn].remote(*args, **kwargs).future()

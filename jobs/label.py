@@ -10,6 +10,7 @@ import itertools
 import math
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -39,7 +40,7 @@ from pipeline.write.records import ERRORS_DIR, UnitRecord, clear_records, write_
 from pipeline.write.run_manifest import RunProgress, versions
 from pipeline.write.sinks import SinkOptions, write_batch
 
-from .cluster import ClusterOptions, connect, map_whole_blocks, plan_stages
+from .cluster import ClusterOptions, RemoteExecutor, connect, map_whole_blocks, plan_stages
 from .label_clips import clip_unit, run_clip_labels
 from .options import (
     add_cluster_options,
@@ -186,13 +187,17 @@ class RunCounts:
     plan: dict[str, Any] | None = None  # the stage plan of the largest window
     plan_units: int = 0  # that window's pending units
     actors: int = 0  # the most labeler actors any window had
+    last_source: str | None = None  # the URI of the last pending unit of the windows so far
 
     def add(self, window: Window) -> None:
         self.windows += 1
         self.sources += len(window.sources)
         self.units += window.units
         self.settled_before += window.settled_before
-        self.source_bytes += sum({u.source.uri: u.source.size or 0 for u in window.pending}.values())
+        sizes = {u.source.uri: u.source.size or 0 for u in window.pending}
+        sizes.pop(self.last_source, None)  # a long video's segments in two windows: its bytes count once
+        self.source_bytes += sum(sizes.values())
+        self.last_source = window.pending[-1].source.uri if window.pending else self.last_source
         self.keys.update(window.keys)
 
 
@@ -206,7 +211,9 @@ def run_label(job: LabelJob) -> LabelResult:
     started = time.time()
     start = prepare(job, started)
     so = dict(job.storage_options)
-    windows = plan_windows(job, start.books)  # a bad manifest fails here, before _flowlabel.json is written
+    # A bad manifest fails here, before _flowlabel.json is written; long videos are probed by Ray tasks.
+    windows = plan_windows(job, start.books, RemoteExecutor())
+    connect(job.cluster)
     progress = RunProgress(job.sink.out, start.manifest, so)
     progress.write("running")
     tally, counts = RunTally(start.books.tracker(so)), RunCounts()
@@ -231,23 +238,28 @@ def prepare(job: LabelJob, started: float) -> RunStart:
     return RunStart(manifest, books)
 
 
-def plan_windows(job: LabelJob, books: Books) -> Iterator[Window]:
+def plan_windows(job: LabelJob, books: Books, probes: Executor | None = None) -> Iterator[Window]:
     """The run's inputs listed and planned as they come, cut into windows of at most ``window_units`` units:
     the first is small (its pairs come soon), and each next one four times the last. A unit settled by an
     earlier run counts towards its window but keeps only its key. Raises ValueError on a manifest without its
-    URI column (or a carried one) at once, not at the first window."""
+    URI column (or a carried one) at once, not at the first window. Long videos are probed on ``probes``
+    (default: threads of the driver; see :func:`pipeline.read.plan.iter_units`)."""
     so = dict(job.storage_options)
     items = iter_sources(job.inputs, so, job.corpus, job.manifest)
     head = list(itertools.islice(items, 1))  # opens the manifest and checks its columns
-    return _windows(job, books, itertools.chain(head, items), so)
+    return _windows(job, books, itertools.chain(head, items), so, probes)
 
 
 def _windows(
-    job: LabelJob, books: Books, items: Iterator[Source | ListingError], storage_options: Mapping[str, Any]
+    job: LabelJob,
+    books: Books,
+    items: Iterator[Source | ListingError],
+    storage_options: Mapping[str, Any],
+    probes: Executor | None,
 ) -> Iterator[Window]:
     size = min(job.plan.first_window_units, job.plan.window_units)
     window = Window()
-    for item in iter_units(items, job.read.decode, job.plan, storage_options):
+    for item in iter_units(items, job.read.decode, job.plan, storage_options, probes):
         if isinstance(item, ListingError):
             window.listing_errors.append(item)
             continue

@@ -198,7 +198,7 @@ def run_stats(
 
 
 def format_stats(stats: Mapping[str, Any]) -> list[str]:
-    """Lines for the CLI summary: one per stage, one per labeler actor, bytes."""
+    """Lines for the CLI summary: one per stage, one per device the labeler actors held, bytes."""
     if not stats.get("stages"):
         return []
     lines = [f"{'stage':<6} {'span s':>8} {'busy s':>8} {'pairs/s':>8}  operator"]
@@ -208,14 +208,25 @@ def format_stats(stats: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"{s['stage']:<6} {s['seconds']:>8.1f} {s['busy_seconds']:>8.1f} {rate:>8}  {s['operator']}{extra}"
         )
-    for a in stats.get("actors", []):
-        gpus = ",".join(str(g) for g in a["gpu_ids"]) or "none"
-        lines.append(f"actor {a['actor'][:8]} on {a['node']}: GPU {gpus} → {a['device']}, {a['pairs']} pairs")
+    lines += _actor_lines(stats.get("actors", []))
     b = stats["bytes"]
     lines.append(
         f"read {_size(b['sources'])} of sources ({_size(b['decoded'])} decoded), wrote {_size(b['written'])}; "
         f"{stats['failed_tasks']} task retries"
     )
+    return lines
+
+
+def _actor_lines(actors: list[dict[str, Any]]) -> list[str]:
+    """One line per (node, GPUs, device): each window of a run starts actors of its own on the same devices."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for a in actors:
+        gpus = ",".join(str(g) for g in a["gpu_ids"]) or "none"
+        groups.setdefault((a["node"], gpus, a["device"]), []).append(a)
+    lines = []
+    for (node, gpus, device), group in groups.items():
+        who = f"actor {group[0]['actor'][:8]}" if len(group) == 1 else f"{len(group)} actors"
+        lines.append(f"{who} on {node}: GPU {gpus} → {device}, {sum(a['pairs'] for a in group)} pairs")
     return lines
 
 

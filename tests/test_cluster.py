@@ -210,6 +210,13 @@ def test_run_summary_throughput_utilisation_and_placements():
     assert "MapBatches(Labeler), 2 actor(s), 75% busy" in text
     assert "actor a on 10.0.0.1: GPU 0 → cuda:0, 80 pairs" in text
     assert "read 2.9 KiB of sources (9.8 KiB decoded), wrote 100 B; 1 task retries" in text
+    # Each window starts actors of its own on the same GPUs: one line per GPU, not one per actor.
+    windows = [{**a, "actor": f"{a['actor']}{w}"} for w in range(3) for a in actors]
+    lines = [line for line in format_stats({**stats, "actors": windows}) if " on 10.0.0." in line]
+    assert lines == [
+        "3 actors on 10.0.0.1: GPU 0 → cuda:0, 240 pairs",
+        "3 actors on 10.0.0.2: GPU 1 → cuda:0, 360 pairs",
+    ]
 
 
 def test_local_ray_listens_on_loopback_only(ray_local):

@@ -1,10 +1,12 @@
 """Decoding and pairing on generated videos (known content) and on the real corpus in ../shared/data/videos."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 
+from jobs.cluster import RemoteExecutor
 from jobs.synthetic import Motion, translating_frames, write_video
 from pipeline.chunks import pair_rows
 from pipeline.read.datasource import ReadOptions, UnitOutcome, read_unit
@@ -130,6 +132,16 @@ def test_split_video_gives_exactly_the_pairs_of_the_whole_video(
     np.testing.assert_array_equal(
         np.concatenate([as_pairs(b)["ordinal"] for b in parts]), np.arange(len(pairs_of(whole)))
     )
+
+
+def test_long_videos_are_probed_by_ray_tasks_off_the_driver(ray_local, short_gop_video):
+    remote = RemoteExecutor()
+    assert remote.submit(lambda: os.getpid()).result() != os.getpid()  # a Ray worker, not the driver
+    sources, _ = list_sources([str(short_gop_video)])
+    split_plan = PlanOptions(segment_frames=12, split_bytes=0)
+    units = plan_units(sources, DecodeOptions(), split_plan, probes=remote)
+    assert [u.start for u in units] == [0, 16, 32, 48]
+    assert units == plan_units(sources, DecodeOptions(), split_plan)  # the same units as the driver's threads
 
 
 # Frames decoded by PyAV per file (../shared/data/videos/README.md) and display size (H, W).

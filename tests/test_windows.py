@@ -6,12 +6,12 @@ import json
 import fsspec
 import pytest
 
-from jobs.label import LabelJob, plan_windows
+from jobs.label import LabelJob, RunCounts, Window, plan_windows
 from pipeline.keyset import KeySet, digest
 from pipeline.label.labeler import LabelerConfig
 from pipeline.read.manifest import ManifestOptions
-from pipeline.read.plan import PlanOptions
-from pipeline.read.sources import video_id_for
+from pipeline.read.plan import PlanOptions, ReadUnit
+from pipeline.read.sources import Source, video_id_for
 from pipeline.write.exactly_once import Books
 from pipeline.write.sinks import SinkOptions
 
@@ -169,3 +169,15 @@ def test_stage_stats_add_up_over_windows_and_utilisation_counts_each_windows_act
     label = stats["stages"][1]
     # At most 3 actors at once; 23 busy seconds of the 10·2 + 5·3 the windows' actors had, not of 15 s · 5.
     assert (label["actors"], label["utilisation"]) == (3, 0.657)
+
+
+def test_a_video_split_over_two_windows_counts_its_bytes_once():
+    long, short, next_ = (
+        Source(f"s3://b/{n}.mp4", "video", n, "c", size=size) for n, size in (("long", 900), ("short", 50), ("next", 7))
+    )
+    counts = RunCounts()
+    counts.add(Window(pending=[ReadUnit(short), ReadUnit(long)]))
+    counts.add(Window(pending=[ReadUnit(long, 1800, first=False), ReadUnit(next_)]))
+    counts.add(Window(settled=["x-00000000"]))
+    assert counts.source_bytes == 50 + 900 + 7 and counts.units == 5 and counts.windows == 3
+    assert counts.last_source == next_.uri and len(counts.keys) == 5

@@ -11,7 +11,8 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -81,9 +82,11 @@ def plan_units(
     decode: DecodeOptions,
     plan: PlanOptions = PlanOptions(),
     storage_options: Mapping[str, Any] | None = None,
+    probes: Executor | None = None,
 ) -> list[ReadUnit]:
     """One or more read units per source, in source order (:func:`iter_units` collected)."""
-    return [unit for unit in iter_units(sources, decode, plan, storage_options) if isinstance(unit, ReadUnit)]
+    units = iter_units(sources, decode, plan, storage_options, probes)
+    return [unit for unit in units if isinstance(unit, ReadUnit)]
 
 
 def iter_units(
@@ -91,10 +94,12 @@ def iter_units(
     decode: DecodeOptions,
     plan: PlanOptions = PlanOptions(),
     storage_options: Mapping[str, Any] | None = None,
+    probes: Executor | None = None,
 ) -> Iterator[ReadUnit | T]:
     """The read units of each source of ``items`` in order, as the items come; anything that is not a
-    :class:`Source` (a listing error) passes through in its place. Long videos are probed on
-    ``plan.probe_threads`` threads, at most twice that many sources ahead of the one being yielded."""
+    :class:`Source` (a listing error) passes through in its place. Long videos are probed on ``probes``
+    (default: ``plan.probe_threads`` threads here; jobs.cluster.RemoteExecutor runs them as Ray tasks, off
+    the driver), at most ``2 * plan.probe_threads`` sources ahead of the one being yielded."""
 
     def needs_probe(item: T) -> bool:
         return isinstance(item, Source) and item.kind == "video" and (item.size or 0) > plan.split_bytes
@@ -103,25 +108,36 @@ def iter_units(
         if not isinstance(item, Source):
             return [item]
         if item.kind == "sequence":
-            units = _sequence_units(item, plan.segment_frames)
-        elif not needs_probe(item):
-            return [ReadUnit(item)]
-        else:
-            units = _video_units(item, decode, plan.segment_frames, storage_options)
-        # Segments past --max-pairs-per-video are never read.
-        return [u for u in units if decode.max_pairs is None or u.first_ordinal < decode.max_pairs or u.first]
+            return _within_max_pairs(_sequence_units(item, plan.segment_frames), decode)
+        return [ReadUnit(item)]
 
-    # Only long videos are probed on the threads: a future per short clip or manifest row would cost more
-    # than planning it.
+    # Only long videos are probed: a future per short clip or manifest row would cost more than planning it.
     threads = max(1, plan.probe_threads)
-    with ThreadPoolExecutor(threads) as pool:
+    with nullcontext(probes) if probes else ThreadPoolExecutor(threads) as pool:
         ahead: deque[Future | list[ReadUnit | T]] = deque()
         for item in items:
-            ahead.append(pool.submit(units_of, item) if needs_probe(item) else units_of(item))
+            if needs_probe(item):
+                ahead.append(pool.submit(probe_units, item, decode, plan.segment_frames, storage_options))
+            else:
+                ahead.append(units_of(item))
             while len(ahead) > 2 * threads or (ahead and _ready(ahead[0])):
                 yield from _result(ahead.popleft())
         while ahead:
             yield from _result(ahead.popleft())
+
+
+def probe_units(
+    source: Source, decode: DecodeOptions, segment_frames: int, storage_options: Mapping[str, Any] | None = None
+) -> list[ReadUnit]:
+    """The units of a long video: its frame times and keyframes read (demuxed, not decoded), then cut at
+    keyframes into segments of at least ``segment_frames`` frames; one unit when it cannot be read here
+    (its read task records the error)."""
+    return _within_max_pairs(_video_units(source, decode, segment_frames, storage_options), decode)
+
+
+def _within_max_pairs(units: list[ReadUnit], decode: DecodeOptions) -> list[ReadUnit]:
+    # Segments past --max-pairs-per-video are never read.
+    return [u for u in units if decode.max_pairs is None or u.first_ordinal < decode.max_pairs or u.first]
 
 
 def _ready(planned: Future | list) -> bool:
