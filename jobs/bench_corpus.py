@@ -21,6 +21,8 @@ CLIP_SIZE = (96, 128)  # H, W
 CLIP_FRAMES = 6
 MANIFEST_ROWS = (1_000, 100_000, 1_000_000)
 FIRST_CHUNK_ROWS = (1_000, 1_000_000)
+RESUME_UNITS = (100_000, 1_000_000)
+PACK_UNITS = 1_000  # units per pack marker of the resume probe: a joined pack of summary rows
 FIRST_CHUNK_CLIPS = 40  # the rows name spans of these clips, each a source of its own
 
 
@@ -48,6 +50,7 @@ def corpus_suite(cache: Path, quick: bool = False) -> dict[str, Any]:
         "noop_resume": resume,
         "help_s": _cli_seconds(["--help"]),
         "driver_memory": [_driver_memory(rows) for rows in MANIFEST_ROWS],
+        "resume_memory": [_resume_memory(units) for units in RESUME_UNITS],
         "first_chunk": [_first_chunk(clips[:FIRST_CHUNK_CLIPS], rows) for rows in FIRST_CHUNK_ROWS],
     }
 
@@ -164,6 +167,45 @@ def _driver_memory(rows: int) -> dict[str, Any]:
     return {"rows": rows, "units": int(out[0]), "windows": int(out[1]), "peak_mib": round(float(out[2]), 3)}
 
 
+_RESUME_PROBE = """
+import sys, time, tracemalloc
+from pipeline.keyset import KeySet
+from pipeline.write.exactly_once import Books, count_settled
+from pipeline.write.sinks import SinkOptions
+out, units = sys.argv[1], int(sys.argv[2])
+keys = KeySet()
+keys.update(f"{i:016x}-00000000" for i in range(0, units, 2))  # the run's own units: every other one
+tracemalloc.start()
+start = time.perf_counter()
+books = Books.read(SinkOptions(out, store="summary"))
+done = count_settled(out, keys, ("done", "skipped"))
+print(len(books.settled), done, time.perf_counter() - start, tracemalloc.get_traced_memory()[1] / 2**20)
+"""
+
+
+def _resume_memory(units: int) -> dict[str, Any]:
+    """Peak Python memory (tracemalloc) and seconds for the driver to read the books of an ``out`` where ``units``
+    are settled by pack markers of PACK_UNITS units each (as joined summary packs leave them), and to count the
+    run's own done units at its end, in a fresh interpreter. Local files."""
+    with tempfile.TemporaryDirectory() as tmp:
+        packs = Path(tmp) / "_packs"
+        packs.mkdir()
+        for p in range(0, units, PACK_UNITS):
+            body = {f"{i:016x}-00000000": [f"00000000-{i:08d}"] for i in range(p, min(p + PACK_UNITS, units))}
+            name = f"{p // PACK_UNITS:08d}-joined"
+            marker = {"pack": name, "units": body, "files": [f"corpus=c/pack-{name}.parquet"]}
+            (packs / f"{name}.json").write_text(json.dumps(marker))
+        out = subprocess.run(
+            [sys.executable, "-c", _RESUME_PROBE, tmp, str(units)], check=True, capture_output=True, text=True
+        ).stdout.split()
+    return {
+        "units": int(out[0]),
+        "done": int(out[1]),
+        "seconds": round(float(out[2]), 2),
+        "peak_mib": round(float(out[3]), 1),
+    }
+
+
 def _first_chunk(clips: list[Path], rows: int) -> dict[str, Any]:
     """Seconds from ``flowlabel label --manifest`` starting (a fresh interpreter that starts its own local Ray)
     to the first data file in ``--out``, for a local JSONL manifest of ``rows`` distinct sources: spans of
@@ -238,6 +280,12 @@ def corpus_table(report: dict[str, Any]) -> list[str]:
         f"{report['noop_resume']['in_process_s']} s ({report['noop_resume']['pairs']} pairs labeled).",
         f"- `flowlabel --help`: {report['help_s']} s (median of 3, fresh interpreter).",
         f"- Driver memory added by listing and planning a manifest of http clips, window by window: {memory}.",
+        "- Driver memory to read the books of an out whose units are settled by pack markers of "
+        f"{PACK_UNITS:,} units, and to count the run's done units at its end: "
+        + ", ".join(
+            f"{m['units']:,} units: {m['peak_mib']} MiB, {m['seconds']} s" for m in report.get("resume_memory", [])
+        )
+        + ".",
         "- From `flowlabel label --manifest` starting (its own local Ray) to the first data file, local files: "
         + ", ".join(f"{m['rows']:,} rows: {m['seconds']} s" for m in report.get("first_chunk", []))
         + ".",

@@ -150,10 +150,12 @@ def test_bad_options():
 
 def test_corpus_table_and_driver_memory_probe():
     """The corpus suite's report renders every run and measure; the memory probe plans every manifest row."""
-    from jobs.bench_corpus import _driver_memory, corpus_table
+    from jobs.bench_corpus import _driver_memory, _resume_memory, corpus_table
 
     memory = _driver_memory(50)
     assert (memory["rows"], memory["units"], memory["windows"]) == (50, 50, 1) and memory["peak_mib"] > 0
+    resume = _resume_memory(2_500)  # three pack markers, the last one short
+    assert (resume["units"], resume["done"]) == (2_500, 1_250) and resume["peak_mib"] > 0
     report = {
         "clip": {"height": 96, "width": 128, "frames": 6},
         "sizes": [40, 200],
@@ -169,12 +171,14 @@ def test_corpus_table_and_driver_memory_probe():
         "noop_resume": {"in_process_s": 0.25, "pairs": 0},
         "help_s": 0.059,
         "driver_memory": [memory],
+        "resume_memory": [resume],
         "first_chunk": [{"rows": 1000, "seconds": 14.7}, {"rows": 1000000, "seconds": 15.2}],
     }
     text = "\n".join(corpus_table(report))
     assert "first data file, local files: 1,000 rows: 14.7 s, 1,000,000 rows: 15.2 s." in text
     assert "| summary | 11.07 / 31.19 | 125.8 | 2.01 | 0.014 / 0.031 / 0.009 |" in text
     assert "0.25 s (0 pairs labeled)" in text and "50 rows in 1 window(s): " in text
+    assert f"count the run's done units at its end: 2,500 units: {resume['peak_mib']} MiB" in text
 
 
 @pytest.mark.slow
