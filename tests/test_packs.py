@@ -17,12 +17,18 @@ from pipeline.schema import MOTION_COLUMNS
 from pipeline.write.compact import compact_packs
 from pipeline.write.exactly_once import Books, count_settled
 from pipeline.write.records import (
+    ERRORS_DIR,
     PACKS_DIR,
+    SKIPPED_DIR,
     UNITS_DIR,
+    UnitRecord,
+    clear_records,
     iter_pack_bodies,
     pack_markers,
+    read_records,
     settled_units,
     write_pack_marker,
+    write_record,
     write_unit_marker,
 )
 from pipeline.write.sinks import SinkOptions, committed_chunks, write_batch
@@ -143,6 +149,22 @@ def test_settled_units_are_read_as_a_stream_and_counted_once(tmp_path):
     books = Books.read(SinkOptions(out))
     assert len(books.settled) == 7 and all(f"{v}-00000000" in books.settled for v in "abcdefg")
     assert "h-00000000" not in books.settled and "a-00000001" not in books.settled
+
+
+def test_clearing_records_deletes_only_those_of_the_units_about_to_run(tmp_path):
+    out = str(tmp_path)
+    records = [
+        (ERRORS_DIR, "v1-00000000", "decode"),
+        (ERRORS_DIR, "v1-00001800", "decode"),  # another segment of the same video
+        (SKIPPED_DIR, "v2-00000000", "pair"),
+        (ERRORS_DIR, "list-0123456789abcdef", "list"),
+        (ERRORS_DIR, "clips-v3", "clips"),
+    ]
+    for folder, unit, stage in records:
+        write_record(out, folder, UnitRecord("s3://b/x.mp4", unit[:2], unit, stage, "E", "m"))
+    clear_records(out, ["v1-00000000", "list-0123456789abcdef", "clips-v3", "v9-00000000"])
+    assert [r.unit for r in read_records(out, ERRORS_DIR)] == ["v1-00001800"]
+    assert [r.unit for r in read_records(out, SKIPPED_DIR)] == ["v2-00000000"]
 
 
 def test_pack_names_are_stable_and_differ_between_unit_sets():

@@ -163,10 +163,11 @@ def clear_records(out: str, units: Iterable[str], storage_options: Mapping[str, 
     """Delete the error/skip records of ``units`` before they run again (a fixed input must not
     keep reporting its old failure)."""
     fs, root = filesystem(out, storage_options)
-    prefixes = tuple(f"{unit}-" for unit in units)
+    units = set(units)
     for folder in (ERRORS_DIR, SKIPPED_DIR):
         base = join(root, folder)
-        if prefixes and fs.exists(base):
-            stale = [p for p in fs.find(base) if p.rsplit("/", 1)[-1].startswith(prefixes)]
+        if units and fs.exists(base):
+            # A record is <unit>-<stage>.parquet and no stage has a hyphen: one set lookup a record.
+            stale = [p for p in fs.find(base) if p.rsplit("/", 1)[-1].rpartition("-")[0] in units]
             if stale:
                 fs.rm(stale)
