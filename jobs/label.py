@@ -36,7 +36,7 @@ from pipeline.write.exactly_once import (
     count_settled,
     unit_outcomes,
 )
-from pipeline.write.records import ERRORS_DIR, UnitRecord, clear_records, write_record
+from pipeline.write.records import ERRORS_DIR, SKIPPED_DIR, UnitRecord, clear_records, write_record
 from pipeline.write.run_manifest import RunProgress, versions
 from pipeline.write.sinks import SinkOptions, write_batch
 
@@ -72,6 +72,7 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 2
+MAX_RECORDS = 50  # failures (and skips) the CLI summary lists one by one; <out>/_errors/ has every one
 WINDOW_OPTIONS = ("window_units", "first_window_units")  # PlanOptions fields that change no row
 
 
@@ -658,10 +659,14 @@ def format_label_summary(result: LabelResult, sink: SinkOptions) -> str:
         lines.append(f"labeled {result.clips} clips ({join(out, CLIPS_DIR)}/)")
     if result.clip_summaries:
         lines.append(f"motion summaries of {result.clip_summaries} sources in {join(out, CLIP_SUMMARY_DIR)}/")
-    for r in result.skipped:
+    for r in result.skipped[:MAX_RECORDS]:
         lines.append(f"skipped  {r.source}: {r.message}")
-    for r in result.errors:
+    if len(result.skipped) > MAX_RECORDS:
+        lines.append(f"… and {len(result.skipped) - MAX_RECORDS} more skipped: {join(out, SKIPPED_DIR)}/")
+    for r in result.errors[:MAX_RECORDS]:
         lines.append(f"FAILED   {r.source} [{r.stage}] {r.error_type}: {r.message}")
+    if len(result.errors) > MAX_RECORDS:
+        lines.append(f"… and {len(result.errors) - MAX_RECORDS} more failed: {join(out, ERRORS_DIR)}/")
     lines += format_stats(result.stats)
     if result.errors:
         lines.append(f"{len(result.errors)} input(s) failed; details in {join(out, ERRORS_DIR)}/ (exit code 2)")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from jobs.label import LabelResult, format_label_summary
+from jobs.label import MAX_RECORDS, LabelResult, format_label_summary
 from pipeline.write.exactly_once import setting_differences
+from pipeline.write.records import UnitRecord
 from pipeline.write.sinks import SinkOptions
 
 
@@ -42,6 +43,20 @@ def test_summary_of_a_resume_says_what_was_already_done():
     assert partial[0].startswith("labeled 10 pairs") and partial[1] == (
         "resumed: 1 of 3 units were already labeled by an earlier run"
     )
+
+
+def test_summary_lists_a_bounded_number_of_failures_and_points_to_the_rest():
+    errors = [
+        UnitRecord(f"s3://b/{i}.mp4", "v", f"v{i}-00000000", "decode", "E", "bad") for i in range(MAX_RECORDS + 7)
+    ]
+    skipped = [UnitRecord("s3://b/one.mp4", "w", "w-00000000", "pair", "NoPairs", "one frame")]
+    lines = format_label_summary(result(errors=errors, skipped=skipped), SinkOptions("s3://b/o")).splitlines()
+    assert sum(line.startswith("FAILED   ") for line in lines) == MAX_RECORDS
+    assert lines[lines.index(f"FAILED   s3://b/{MAX_RECORDS - 1}.mp4 [decode] E: bad") + 1] == (
+        "… and 7 more failed: s3://b/o/_errors/"
+    )
+    assert "skipped  s3://b/one.mp4: one frame" in lines and not any("more skipped" in line for line in lines)
+    assert lines[-1] == f"{MAX_RECORDS + 7} input(s) failed; details in s3://b/o/_errors/ (exit code 2)"
 
 
 def test_setting_differences_name_only_the_changed_settings():

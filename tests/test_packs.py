@@ -151,7 +151,7 @@ def test_settled_units_are_read_as_a_stream_and_counted_once(tmp_path):
     assert "h-00000000" not in books.settled and "a-00000001" not in books.settled
 
 
-def test_clearing_records_deletes_only_those_of_the_units_about_to_run(tmp_path):
+def test_records_are_picked_and_cleared_by_the_unit_in_their_name(tmp_path):
     out = str(tmp_path)
     records = [
         (ERRORS_DIR, "v1-00000000", "decode"),
@@ -162,6 +162,8 @@ def test_clearing_records_deletes_only_those_of_the_units_about_to_run(tmp_path)
     ]
     for folder, unit, stage in records:
         write_record(out, folder, UnitRecord("s3://b/x.mp4", unit[:2], unit, stage, "E", "m"))
+    picked = read_records(out, ERRORS_DIR, units={"clips-v3", "v1-00001800", "v2-00000000"}, batch=1)
+    assert [(r.unit, r.stage) for r in picked] == [("clips-v3", "clips"), ("v1-00001800", "decode")]
     clear_records(out, ["v1-00000000", "list-0123456789abcdef", "clips-v3", "v9-00000000"])
     assert [r.unit for r in read_records(out, ERRORS_DIR)] == ["v1-00001800"]
     assert [r.unit for r in read_records(out, SKIPPED_DIR)] == ["v2-00000000"]

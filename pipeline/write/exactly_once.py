@@ -158,8 +158,8 @@ def unit_outcomes(
     """(errors, skipped): the records in ``out`` of the units in ``keys`` (this run's plan; records of
     other inputs labeled into the same ``out`` are not this run's)."""
     return (
-        [r for r in read_records(out, ERRORS_DIR, storage_options) if r.unit in keys],
-        [r for r in read_records(out, SKIPPED_DIR, storage_options) if r.unit in keys],
+        read_records(out, ERRORS_DIR, storage_options, keys),
+        read_records(out, SKIPPED_DIR, storage_options, keys),
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -56,18 +56,33 @@ def write_record(out: str, folder: str, record: UnitRecord, storage_options: Map
     return path
 
 
-def read_records(out: str, folder: str, storage_options: Mapping[str, Any] | None = None) -> list[UnitRecord]:
-    """All records under ``out/folder`` (empty when there are none)."""
+def read_records(
+    out: str,
+    folder: str,
+    storage_options: Mapping[str, Any] | None = None,
+    units: Container[str] | None = None,
+    batch: int = 256,
+) -> list[UnitRecord]:
+    """The records under ``out/folder`` (empty when there are none), by file name; only those of ``units`` when
+    given, chosen by name before any is fetched. Fetched ``batch`` at a time (concurrently on object stores)."""
     fs, root = filesystem(out, storage_options)
     base = join(root, folder)
     if not fs.exists(base):
         return []
+    paths = sorted(p for p in fs.find(base) if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith("."))
+    if units is not None:
+        paths = [p for p in paths if _record_unit(p) in units]
     records = []
-    for path in sorted(fs.find(base)):
-        if path.endswith(".parquet"):
-            with fs.open(path, "rb") as f:
-                records += [UnitRecord(**row) for row in pq.read_table(f).to_pylist()]
+    for i in range(0, len(paths), batch):
+        fetched = fs.cat(paths[i : i + batch])
+        for path in paths[i : i + batch]:
+            records += [UnitRecord(**row) for row in pq.read_table(io.BytesIO(fetched[path])).to_pylist()]
     return records
+
+
+def _record_unit(path: str) -> str:
+    """The unit of a record's path: records are <unit>-<stage>.parquet, and no stage has a hyphen."""
+    return path.rsplit("/", 1)[-1].rpartition("-")[0]
 
 
 UNIT_STATUSES = ("done", "failed", "skipped")
@@ -167,7 +182,6 @@ def clear_records(out: str, units: Iterable[str], storage_options: Mapping[str, 
     for folder in (ERRORS_DIR, SKIPPED_DIR):
         base = join(root, folder)
         if units and fs.exists(base):
-            # A record is <unit>-<stage>.parquet and no stage has a hyphen: one set lookup a record.
-            stale = [p for p in fs.find(base) if p.rsplit("/", 1)[-1].rpartition("-")[0] in units]
+            stale = [p for p in fs.find(base) if _record_unit(p) in units]
             if stale:
                 fs.rm(stale)
