@@ -214,7 +214,7 @@ def run_label(job: LabelJob) -> LabelResult:
     so = dict(job.storage_options)
     # A bad manifest fails here, before _flowlabel.json is written; long videos are probed by Ray tasks.
     windows = plan_windows(job, start.books, RemoteExecutor())
-    connect(job.cluster)
+    connect(job.cluster)  # once for the run: its probes, windows and clip labels
     progress = RunProgress(job.sink.out, start.manifest, so)
     progress.write("running")
     tally, counts = RunTally(start.books.tracker(so)), RunCounts()
@@ -281,7 +281,8 @@ def _windows(
 
 def execute(job: LabelJob, window: Window, tally: RunTally, counts: RunCounts, progress: RunProgress) -> None:
     """Label one window: clear the records of its units, record its listing failures, run its pending units
-    through Ray Data and settle each unit as its last chunk is committed, then its clip labels."""
+    through Ray Data and settle each unit as its last chunk is committed, then its clip labels. Ray is
+    connected once per run, before the first window (:func:`run_label`; a runtime env applies only then)."""
     so = dict(job.storage_options)
     clear_records(job.sink.out, window.run_keys, so)
     for err in window.listing_errors:
@@ -400,7 +401,6 @@ def _stream(job: LabelJob, units: list[ReadUnit], execution: dict[str, Any]) -> 
     once the stream is consumed, Ray Data's per-stage stats."""
     import ray
 
-    connect(job.cluster)
     so = dict(job.storage_options)
     stages = plan_stages(job.cluster, job.read.chunk_bytes, len(units))  # resources and limits: jobs/cluster.py
     # Short clips share read tasks, spread over the concurrent readers; then the stages are sized again

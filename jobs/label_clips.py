@@ -37,7 +37,7 @@ from pipeline.write.records import (
 )
 from pipeline.write.sinks import SinkOptions, write_batch
 
-from .cluster import ClusterOptions, actor_pool, connect, map_whole_blocks
+from .cluster import ClusterOptions, actor_pool, map_whole_blocks
 
 
 @dataclass
@@ -67,7 +67,8 @@ def run_clip_labels(
     """Label the clips of every video in ``sources`` into ``<sink.out>/_clips/``.
 
     Image sequences are skipped with a record (no audio, no timestamps to take 25 frames/s from).
-    A video that fails is recorded under ``_errors`` and does not stop the others.
+    A video that fails is recorded under ``_errors`` and does not stop the others. Runs on the Ray the caller
+    connected (:func:`jobs.cluster.connect`; ``run_label`` connects once per run).
     """
     so = dict(storage_options or {})
     # Fail fast on a bad checkpoint; the clip shape (frames, size, rates) comes from the model's config.
@@ -159,7 +160,6 @@ def _execute(
 ) -> Iterator[dict[str, Any]]:
     import ray
 
-    connect(cluster)
     pool, resources = actor_pool(cluster)
     ds = ray.data.from_items([{"source": json.dumps(asdict(v))} for v in videos], override_num_blocks=len(videos))
 

@@ -314,7 +314,8 @@ def test_plugin_shipped_to_ray_workers_with_runtime_env(tmp_path, how):
     env = {"py_modules": [str(package)]} if how == "py_modules" else {"working_dir": str(package.parent)}
     (tmp_path / "env.json").write_text(json.dumps(env))
     (tmp_path / "in").mkdir()
-    write_translating_video(tmp_path / "in" / "clip.mp4", 32, 48, 3, Motion(1.0, 0.0))
+    for name in ("a.mp4", "b.mp4"):  # two windows of one clip each: the runtime env is applied once per run
+        write_translating_video(tmp_path / "in" / name, 32, 48, 3, Motion(1.0, 0.0))
     command = [
         sys.executable,
         "-m",
@@ -329,6 +330,8 @@ def test_plugin_shipped_to_ray_workers_with_runtime_env(tmp_path, how):
         f"{package.name}.flows:ConstFlow",
         "--runtime-env",
         str(tmp_path / "env.json"),
+        "--window-units",
+        "1",
     ]
     done = subprocess.run(
         command,
@@ -340,7 +343,7 @@ def test_plugin_shipped_to_ray_workers_with_runtime_env(tmp_path, how):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     flow, model_column = _labeled_flow(tmp_path / "out")
-    assert flow.shape == (2, 32, 48, 2) and set(model_column) == {f"{package.name}.flows:ConstFlow"}
+    assert flow.shape == (4, 32, 48, 2) and set(model_column) == {f"{package.name}.flows:ConstFlow"}
     assert (flow[..., 0] == 3.0).all() and (flow[..., 1] == 0.5).all()  # run from the shipped copy in the workers
 
 
