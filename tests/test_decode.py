@@ -1,16 +1,18 @@
 """Decoding and pairing on generated videos (known content) and on the real corpus in ../shared/data/videos."""
 
+import itertools
 import json
 import os
 
 import numpy as np
 import pytest
+from av.video.reformatter import VideoReformatter
 
 from jobs.cluster import RemoteExecutor
 from jobs.synthetic import Motion, translating_frames, write_video
 from pipeline.chunks import pair_rows
 from pipeline.read.datasource import ReadOptions, UnitOutcome, read_unit
-from pipeline.read.decode import DecodeOptions, decode_image
+from pipeline.read.decode import DecodeOptions, DecodeReport, decode_image, iter_video_frames
 from pipeline.read.plan import PlanOptions, plan_units
 from pipeline.read.sources import list_sources
 
@@ -171,6 +173,21 @@ def test_real_corpus_one_pair_per_consecutive_frames_in_display_orientation(shar
     assert {as_pairs(b)["image0"].shape[1:3] for b in batches} == {size}
     times = np.concatenate([as_pairs(b)["t0"] for b in batches])
     assert np.all(np.diff(times) > 0)
+
+
+def test_one_converter_for_videos_of_other_sizes_and_formats_gives_their_own_frames(shared_data):
+    """A read task shares its RGB converter among its clips: each video's frames are still exactly its own."""
+    names = ["bear-vp9-odd-dimensions.webm", "var_fps_video.mp4", "bear-vp9-odd-dimensions.webm", "fire2.mp4"]
+
+    def frames(name, to_rgb=None):
+        with open(VIDEOS / name, "rb") as f:
+            return [frame.image for frame in itertools.islice(iter_video_frames(f, DecodeReport(), to_rgb=to_rgb), 3)]
+
+    shared = VideoReformatter()
+    for name in names:
+        ours, own = frames(name, shared), frames(name)
+        assert len(ours) == 3 and all(np.array_equal(a, b) for a, b in zip(ours, own, strict=True))
+    assert {frames(name)[0].shape for name in names} == {(121, 161, 3), (128, 128, 3), (720, 1280, 3)}
 
 
 def test_rotation_matches_opencv_display_orientation(shared_data):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from fsspec.core import strip_protocol
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
@@ -85,9 +86,11 @@ def iter_unit_pairs(
     storage_options: Mapping[str, Any] | None = None,
     decode_threads: int = 1,
     whole_bytes: int = 0,
+    to_rgb: VideoReformatter | None = None,
 ) -> Iterator[Pair]:
     """The pairs of ``unit`` in order: frame0 index in [start, stop), at most ``max_pairs`` per video.
-    A whole video of at most ``whole_bytes`` is fetched with one request (see :func:`open_video`)."""
+    A whole video of at most ``whole_bytes`` is fetched with one request (see :func:`open_video`);
+    ``to_rgb`` as in :func:`pipeline.read.decode.iter_video_frames`."""
     source = unit.source
     if source.kind == "sequence":
         fs, _ = filesystem(source.uri, storage_options)
@@ -121,6 +124,7 @@ def iter_unit_pairs(
             fit=options.fit,
             deinterlace=options.deinterlace,
             threads=decode_threads,
+            to_rgb=to_rgb,
         )
         sampled = resample(frames, options.fps, unit.origin, unit.previous_time)
         pairs = make_pairs(sampled, options.stride, unit.first_ordinal, report, contiguous=options.fps is None)
@@ -226,14 +230,18 @@ def chunk_name(pairs: list[Pair]) -> str:
 
 
 def iter_unit_chunks(
-    unit: ReadUnit, options: ReadOptions, report: DecodeReport, storage_options: Mapping[str, Any] | None = None
+    unit: ReadUnit,
+    options: ReadOptions,
+    report: DecodeReport,
+    storage_options: Mapping[str, Any] | None = None,
+    to_rgb: VideoReformatter | None = None,
 ) -> Iterator[list[Pair]]:
     """The unit's pairs cut into chunks: a new chunk every ``chunk_pairs`` ordinals counted
     from the unit's first ordinal, and at a change of frame size."""
     chunk: list[Pair] = []
     limit = 1
     pairs = iter_unit_pairs(
-        unit, options.decode, report, storage_options, options.decode_threads, options.small_unit_bytes
+        unit, options.decode, report, storage_options, options.decode_threads, options.small_unit_bytes, to_rgb
     )
     for pair in pairs:
         if chunk and (
@@ -253,8 +261,10 @@ def read_unit(
     options: ReadOptions,
     storage_options: Mapping[str, Any] | None = None,
     outcome: UnitOutcome | None = None,
+    to_rgb: VideoReformatter | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Decode ``unit`` and yield one batch per chunk not in ``unit.done_chunks``.
+    """Decode ``unit`` and yield one batch per chunk not in ``unit.done_chunks`` (``to_rgb``: the read
+    task's converter to RGB, see :func:`pipeline.read.decode.iter_video_frames`).
 
     The last chunk is held back one step so that it can carry the unit's full chunk list
     (column ``unit_chunks``): the driver marks the unit done once all of them are committed.
@@ -272,7 +282,7 @@ def read_unit(
         pairs_seen = 0
         outcome.chunks = []
         try:
-            for pairs in iter_unit_chunks(unit, options, report, storage_options):
+            for pairs in iter_unit_chunks(unit, options, report, storage_options, to_rgb):
                 if held and chunk_name(held) not in skip:
                     yield _emit(held, unit, outcome, skip)
                 held = pairs
@@ -431,9 +441,10 @@ def _read_units(
 ) -> Iterator[dict[str, np.ndarray]]:
     """The chunks of ``units`` in order; each unit's records (and its marker, when it sends
     nothing to the writers) are written as soon as the unit is read."""
+    to_rgb = VideoReformatter()  # one swscale context for clips of one size, not one per clip
     for unit in units:
         outcome = UnitOutcome()
-        yield from read_unit(unit, options, storage_options, outcome)
+        yield from read_unit(unit, options, storage_options, outcome, to_rgb)
         for folder, record in outcome.records:
             write_record(records_out, folder, record, storage_options)
         if outcome.yielded == 0 and (outcome.finished or not outcome.retryable):

@@ -213,6 +213,7 @@ def iter_video_frames(
     fit: Callable[[np.ndarray], np.ndarray] = lambda image: image,
     deinterlace: bool = True,
     threads: int = 0,
+    to_rgb: VideoReformatter | None = None,
 ) -> Iterator[Frame]:
     """Decode the best video stream in presentation order, frames with start_time ≤ time < end_time.
 
@@ -224,12 +225,14 @@ def iter_video_frames(
     without it, are counted from the keyframe's own index (:func:`seek_keyframe`), so they are
     the video's indices either way. Decoding stops at the first frame at or after ``end_time``.
     Corrupt packets are counted in ``report`` and skipped; decoding goes on. ``fit`` sizes each
-    frame (see :meth:`DecodeOptions.fit`); ``threads`` as in :func:`open_video`.
+    frame (see :meth:`DecodeOptions.fit`); ``threads`` as in :func:`open_video`. ``to_rgb``: the converter to
+    RGB, shared by the videos of a read task (default: one for this video).
     """
     container, stream = open_video(fileobj, threads)
-    # One converter for the whole video: it keeps its swscale context from frame to frame, where
-    # VideoFrame.to_ndarray(format=…) sets one up for every frame (most of a small frame's decode cost).
-    to_rgb = VideoReformatter()
+    # One converter at least for the whole video: it keeps its swscale context from frame to frame (and from
+    # clip to clip of one size), where VideoFrame.to_ndarray(format=…) sets one up for every frame (most of a
+    # small frame's decode cost).
+    to_rgb = to_rgb or VideoReformatter()
     try:
         tb = stream.time_base
         first_index, keyframe_pts, packets = _start(container, stream, start_time, time_to_index is None)
