@@ -391,14 +391,18 @@ def map_whole_blocks(ds: Any, fn: Any, **kwargs: Any) -> Any:
 
 class RemoteExecutor(Executor):
     """An executor whose calls run as Ray tasks (one CPU each), anywhere in the cluster: the driver plans,
-    the workers read. ``submit`` returns the task's result as a :class:`concurrent.futures.Future`."""
+    the workers read. ``submit`` returns the task's result as a :class:`concurrent.futures.Future`.
+    ``ray_up``: called before each submission, to connect when Ray is first needed (default: Ray is up)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ray_up: Callable[[], object] | None = None) -> None:
+        self._ray_up = ray_up
         self._remote: dict[Callable[..., Any], Any] = {}  # one Ray function per Python one, exported once
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         import ray
 
+        if self._ray_up is not None:
+            self._ray_up()
         if fn not in self._remote:
             self._remote[fn] = ray.remote(fn)
         return self._remote[fn].remote(*args, **kwargs).future()

@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -212,16 +213,18 @@ def run_label(job: LabelJob) -> LabelResult:
     started = time.time()
     start = prepare(job, started)
     so = dict(job.storage_options)
+    # Ray is started (or joined) once, when first needed: a run with nothing left to do never starts it, and a
+    # runtime env can only be applied then.
+    ray_up = functools.cache(lambda: connect(job.cluster))
     # A bad manifest fails here, before _flowlabel.json is written; long videos are probed by Ray tasks.
-    windows = plan_windows(job, start.books, RemoteExecutor())
-    connect(job.cluster)  # once for the run: its probes, windows and clip labels
+    windows = plan_windows(job, start.books, RemoteExecutor(ray_up))
     progress = RunProgress(job.sink.out, start.manifest, so)
     progress.write("running")
     tally, counts = RunTally(start.books.tracker(so)), RunCounts()
     for window in windows:
         counts.add(window)
         progress.planned(window.units, window.settled_before)
-        execute(job, window, tally, counts, progress)
+        execute(job, window, tally, counts, progress, ray_up)
         del window  # not held while the next one is planned
     return finish(job, tally, counts, progress, started)
 
@@ -279,10 +282,17 @@ def _windows(
         yield window
 
 
-def execute(job: LabelJob, window: Window, tally: RunTally, counts: RunCounts, progress: RunProgress) -> None:
+def execute(
+    job: LabelJob,
+    window: Window,
+    tally: RunTally,
+    counts: RunCounts,
+    progress: RunProgress,
+    ray_up: Callable[[], object],
+) -> None:
     """Label one window: clear the records of its units, record its listing failures, run its pending units
-    through Ray Data and settle each unit as its last chunk is committed, then its clip labels. Ray is
-    connected once per run, before the first window (:func:`run_label`; a runtime env applies only then)."""
+    through Ray Data and settle each unit as its last chunk is committed, then its clip labels. ``ray_up``
+    connects to Ray before its first use; it must do so once per run (a runtime env applies only then)."""
     so = dict(job.storage_options)
     clear_records(job.sink.out, window.run_keys, so)
     for err in window.listing_errors:
@@ -290,6 +300,8 @@ def execute(job: LabelJob, window: Window, tally: RunTally, counts: RunCounts, p
         write_record(job.sink.out, ERRORS_DIR, record, so)
     execution: dict[str, Any] = {}
     actors_before = len(tally.actors)
+    if window.pending or (job.clip_labels and window.sources):
+        ray_up()
     for summary in _stream(job, window.pending, execution) if window.pending else []:
         tally.add(summary)
         progress.update(int(summary["pairs"]), tally.tracker.settled)

@@ -42,13 +42,21 @@ class KeySet:
 
     def update(self, keys: Iterable[str]) -> int:
         """Add many keys at once (a lookup per batch, not per key); returns how many were new."""
-        before = len(self._recent)
         new = np.unique(_digests(keys))
-        self._recent.update(new[~self._in_sorted_many(new)].tolist())
-        added = len(self._recent) - before
-        if len(self._recent) >= _MERGE_EVERY:
-            self._merge()
-        return added
+        new = new[~self._in_sorted_many(new)]
+        if len(new) < _MERGE_EVERY:  # a small batch waits in the recent set, as single keys do
+            before = len(self._recent)
+            self._recent.update(new.tolist())
+            if len(self._recent) >= _MERGE_EVERY:
+                self._merge()
+            return len(self._recent) - before
+        # A large batch joins the sorted array at once: never a Python int per key.
+        self._merge()
+        new = new[~self._in_sorted_many(new)]
+        merged = np.concatenate([self._sorted, new])
+        merged.sort(kind="stable")
+        self._sorted = merged
+        return len(new)
 
     def mask(self, keys: Sequence[str]) -> np.ndarray:
         """Whether each of ``keys`` is in the set (bool array, in order)."""
@@ -85,6 +93,8 @@ class KeySet:
     def _merge(self) -> None:
         # The recent keys are not in the array (add checks): one new array, sorted in place, is all the
         # merge allocates.
+        if not self._recent:
+            return
         merged = np.empty(len(self._sorted) + len(self._recent), np.uint64)
         merged[: len(self._sorted)] = self._sorted
         merged[len(self._sorted) :] = np.fromiter(self._recent, np.uint64, len(self._recent))

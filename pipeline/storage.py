@@ -176,6 +176,18 @@ def join(base: str, *parts: str) -> str:
     return posixpath.join(base.rstrip("/"), *parts) if parts else base
 
 
+def cat_files(fs: fsspec.AbstractFileSystem, paths: list[str]) -> list[bytes]:
+    """The bytes of each of ``paths``, in order, fetched together (concurrently on object stores). Paths are
+    taken as they are: ``fs.cat`` would expand glob characters in them (an ``out`` named ``o[1]``)."""
+    if not paths:
+        return []
+    data = fs.cat_ranges(paths, 0, None, on_error="return")
+    for value in data:
+        if isinstance(value, BaseException):
+            raise value
+    return data
+
+
 def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Make ``data`` visible at ``path`` all at once, or not at all.
 

@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+from concurrent.futures import Executor, Future
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from jobs.synthetic import Motion, translating_frames, write_video
 from pipeline.chunks import pair_rows
 from pipeline.read.datasource import ReadOptions, UnitOutcome, read_unit
 from pipeline.read.decode import DecodeOptions, DecodeReport, decode_image, iter_video_frames
-from pipeline.read.plan import PlanOptions, plan_units
+from pipeline.read.plan import PlanOptions, ReadUnit, plan_units
 from pipeline.read.sources import list_sources
 
 from .conftest import BENCHMARKS, VIDEOS
@@ -144,6 +145,21 @@ def test_long_videos_are_probed_by_ray_tasks_off_the_driver(ray_local, short_gop
     units = plan_units(sources, DecodeOptions(), split_plan, probes=remote)
     assert [u.start for u in units] == [0, 16, 32, 48]
     assert units == plan_units(sources, DecodeOptions(), split_plan)  # the same units as the driver's threads
+
+
+class LostWorkers(Executor):
+    """Every call fails as a Ray task does when its worker dies."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = Future()
+        future.set_exception(RuntimeError("the worker died"))
+        return future
+
+
+def test_a_failed_probe_leaves_the_video_whole_for_its_read_task(short_gop_video):
+    sources, _ = list_sources([str(short_gop_video)])
+    split_plan = PlanOptions(segment_frames=12, split_bytes=0)
+    assert plan_units(sources, DecodeOptions(), split_plan, probes=LostWorkers()) == [ReadUnit(sources[0])]
 
 
 # Frames decoded by PyAV per file (../shared/data/videos/README.md) and display size (H, W).

@@ -135,7 +135,7 @@ def test_an_unsettled_pack_is_found_and_cleared_before_a_run(tmp_path):
 
 
 def test_settled_units_are_read_as_a_stream_and_counted_once(tmp_path):
-    out = str(tmp_path)
+    out = str(tmp_path / "out[1]")  # glob characters in out are taken as they are
     write_unit_marker(out, "a-00000000", "failed", [])  # failed, then packed by a retried writer: done
     write_unit_marker(out, "b-00000000", "skipped", [])
     write_unit_marker(out, "c-00000000", "failed", [])
@@ -152,7 +152,7 @@ def test_settled_units_are_read_as_a_stream_and_counted_once(tmp_path):
 
 
 def test_records_are_picked_and_cleared_by_the_unit_in_their_name(tmp_path):
-    out = str(tmp_path)
+    out = str(tmp_path / "out[1]")  # glob characters in out are taken as they are
     records = [
         (ERRORS_DIR, "v1-00000000", "decode"),
         (ERRORS_DIR, "v1-00001800", "decode"),  # another segment of the same video

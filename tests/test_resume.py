@@ -72,6 +72,25 @@ def test_rerun_of_a_finished_job_does_no_work(ray_local, corpus, baseline):
     assert rows(out)[0] == keys
 
 
+def test_a_rerun_with_nothing_to_do_never_starts_ray(corpus, baseline):
+    """The no-op resume in a fresh process: its books say every unit is settled, so it neither plans a Ray
+    Data execution nor starts (or joins) a Ray at all."""
+    out, _ = baseline
+    script = (
+        "import sys, ray\n"
+        "from tests.test_resume import make_job\n"
+        "from jobs.label import run_label\n"
+        "result = run_label(make_job(sys.argv[1], sys.argv[2]))\n"
+        "print(result.pairs, result.settled_before, ray.is_initialized())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(corpus), str(out)], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "3", "False"]
+
+
 def test_partial_output_is_completed_without_duplicates(ray_local, corpus, baseline, tmp_path):
     out, (keys, flows) = baseline
     import shutil

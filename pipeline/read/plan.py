@@ -114,10 +114,10 @@ def iter_units(
     # Only long videos are probed: a future per short clip or manifest row would cost more than planning it.
     threads = max(1, plan.probe_threads)
     with nullcontext(probes) if probes else ThreadPoolExecutor(threads) as pool:
-        ahead: deque[Future | list[ReadUnit | T]] = deque()
+        ahead: deque[tuple[Future, Source] | list[ReadUnit | T]] = deque()
         for item in items:
             if needs_probe(item):
-                ahead.append(pool.submit(probe_units, item, decode, plan.segment_frames, storage_options))
+                ahead.append((pool.submit(probe_units, item, decode, plan.segment_frames, storage_options), item))
             else:
                 ahead.append(units_of(item))
             while len(ahead) > 2 * threads or (ahead and _ready(ahead[0])):
@@ -140,12 +140,20 @@ def _within_max_pairs(units: list[ReadUnit], decode: DecodeOptions) -> list[Read
     return [u for u in units if decode.max_pairs is None or u.first_ordinal < decode.max_pairs or u.first]
 
 
-def _ready(planned: Future | list) -> bool:
-    return not isinstance(planned, Future) or planned.done()
+def _ready(planned: tuple[Future, Source] | list) -> bool:
+    return isinstance(planned, list) or planned[0].done()
 
 
-def _result(planned: Future | list) -> list:
-    return planned.result() if isinstance(planned, Future) else planned
+def _result(planned: tuple[Future, Source] | list) -> list:
+    if isinstance(planned, list):
+        return planned
+    future, source = planned
+    try:
+        return future.result()
+    except Exception:
+        # The probe itself failed (a Ray worker lost, say; a bad file is caught inside it): the video is one
+        # unit, read whole, and its read task records any error against it.
+        return [ReadUnit(source)]
 
 
 def _sequence_units(source: Source, segment_frames: int) -> list[ReadUnit]:

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import filesystem, join, scrub, write_atomic
+from pipeline.storage import cat_files, filesystem, join, scrub, write_atomic
 
 ERRORS_DIR = "_errors"
 SKIPPED_DIR = "_skipped"
@@ -74,9 +74,8 @@ def read_records(
         paths = [p for p in paths if _record_unit(p) in units]
     records = []
     for i in range(0, len(paths), batch):
-        fetched = fs.cat(paths[i : i + batch])
-        for path in paths[i : i + batch]:
-            records += [UnitRecord(**row) for row in pq.read_table(io.BytesIO(fetched[path])).to_pylist()]
+        for data in cat_files(fs, paths[i : i + batch]):
+            records += [UnitRecord(**row) for row in pq.read_table(io.BytesIO(data)).to_pylist()]
     return records
 
 
@@ -170,7 +169,7 @@ def iter_pack_bodies(
     fs, _ = filesystem(out, storage_options)
     paths = pack_marker_paths(out, storage_options) if paths is None else list(paths)
     for i in range(0, len(paths), batch):
-        for data in fs.cat(paths[i : i + batch]).values():
+        for data in cat_files(fs, paths[i : i + batch]):
             yield json.loads(data)
 
 
