@@ -1,9 +1,10 @@
 from pathlib import Path
 
+import fsspec
 import pytest
 
 from jobs.synthetic import texture, write_image_sequence
-from pipeline.read.sources import list_sources, natural_key, sanitize_partition_value, video_id_for
+from pipeline.read.sources import iter_sources, list_sources, natural_key, sanitize_partition_value, video_id_for
 
 from .conftest import BENCHMARKS, VIDEOS
 
@@ -27,6 +28,29 @@ def test_image_folder_is_one_sequence_in_natural_order(tmp_path):
     [seq] = sources
     assert seq.kind == "sequence" and seq.uri == str(tmp_path / "seq")
     assert [Path(f).name for f in seq.frames] == [f"f{i}.png" for i in range(1, 12)]  # f2 before f10
+
+
+def test_a_folder_is_listed_a_directory_at_a_time_depth_first_in_name_order(memory_root):
+    fs = fsspec.filesystem("memory")
+    for name in ("z.mp4", "a.mp4", "notes.txt", "sub2/c.mkv", "sub1/b.mp4", "sub1/seq/f2.png", "sub1/seq/f10.png"):
+        fs.pipe_file(f"{memory_root}/corpus/{name}", b"x")
+    items = iter_sources([f"{memory_root}/corpus"])
+    first = next(items)
+    fs.pipe_file(f"{memory_root}/corpus/sub2/d.mp4", b"x")  # sub2 is listed only when its turn comes
+    names = [first, *items]
+    assert [s.uri.split("/corpus/")[1] for s in names] == [
+        "a.mp4",
+        "z.mp4",
+        "sub1/b.mp4",
+        "sub1/seq",
+        "sub2/c.mkv",
+        "sub2/d.mp4",
+    ]
+    assert [s.kind for s in names] == ["video"] * 3 + ["sequence"] + ["video"] * 2
+    assert [f.rsplit("/", 1)[1] for f in names[3].frames] == ["f2.png", "f10.png"]
+    assert {s.corpus for s in names} == {"corpus"} and all(s.size == 1 for s in names if s.kind == "video")
+    again, _ = list_sources([f"{memory_root}/corpus/sub1", f"{memory_root}/corpus"])  # a video listed twice: once
+    assert [s.uri.split("/corpus/")[1] for s in again][:3] == ["sub1/b.mp4", "sub1/seq", "a.mp4"] and len(again) == 6
 
 
 @pytest.mark.usefixtures("shared_data")

@@ -125,25 +125,27 @@ def iter_sources(
     corpus: str | None = None,
     manifest: ManifestOptions | None = None,
 ) -> Iterator[Source | ListingError]:
-    """The rows of ``manifest`` in its order, as they are read, then ``inputs`` expanded into sources
-    sorted by URI, without duplicates (same URI and span: the first is kept, manifest rows first);
-    a listing error in the place of what could not be listed.
+    """The rows of ``manifest`` in its order, as they are read, then ``inputs`` expanded into sources as they
+    are listed, without duplicates (same URI and span: the first is kept, manifest rows first); a listing
+    error in the place of what could not be listed.
 
     Files with a video extension (or any file named explicitly) are videos; every folder
-    that directly holds image files is one image sequence (frames in natural sort order).
-    ``corpus`` defaults to the last path element of each input's root, and for manifest rows to
-    the manifest's file name without extension. A bad manifest row is a listing error whose
-    ``uri`` is ``<manifest>#row=<n>``; a manifest without its URI column raises ValueError before
-    any row. A manifest is streamed: the driver holds 8 bytes per row it has seen (:class:`KeySet`).
+    that directly holds image files is one image sequence (frames in natural sort order). A folder is
+    listed a directory at a time, in name order: a directory's videos and its image sequence, then its
+    subdirectories. ``corpus`` defaults to the last path element of each input's root, and for manifest
+    rows to the manifest's file name without extension. A bad manifest row is a listing error whose
+    ``uri`` is ``<manifest>#row=<n>``; a manifest without its URI column raises ValueError before any row.
+    Nothing is held whole: the driver keeps 8 bytes per source it has seen (:class:`KeySet`) and one
+    directory's listing at a time.
     """
     seen = KeySet()
     if manifest is not None:
         for item in iter_manifest_sources(manifest, storage_options, corpus):
             if isinstance(item, ListingError) or seen.add(item.video_id):
                 yield item
-    listed, errors = _list_inputs(inputs, storage_options, corpus)
-    yield from (s for s in listed if s.video_id not in seen)
-    yield from errors
+    for item in _iter_inputs(inputs, storage_options, corpus):
+        if isinstance(item, ListingError) or seen.add(item.video_id):
+            yield item
 
 
 def iter_manifest_sources(
@@ -170,15 +172,13 @@ def iter_manifest_sources(
             )
 
 
-def _list_inputs(
+def _iter_inputs(
     inputs: Iterable[str], storage_options: Mapping[str, Any] | None, corpus: str | None
-) -> tuple[list[Source], list[ListingError]]:
-    sources: dict[str, Source] = {}
-    errors: list[ListingError] = []
+) -> Iterator[Source | ListingError]:
     for uri in inputs:
         if _is_http(uri):  # no listing over HTTP: the URI is one video, read (or refused) by its read task
             name = sanitize_partition_value(corpus or _root_name(posixpath.dirname(uri.split("?")[0])))
-            sources.setdefault(uri, Source(uri, "video", video_id_for(uri), name))
+            yield Source(uri, "video", video_id_for(uri), name)
             continue
         try:
             fs, path = filesystem(uri, storage_options)
@@ -186,40 +186,53 @@ def _list_inputs(
             if not _GLOB_CHARS.search(root) and fs.isfile(root):
                 root = posixpath.dirname(root)  # a single file belongs to its folder's corpus
             name = sanitize_partition_value(corpus or _root_name(root))
-            for source in _expand(fs, path, name):
-                sources.setdefault(source.uri, source)
+            yield from _expand(fs, path, name)
         except (FileNotFoundError, PermissionError, OSError, ValueError) as exc:
-            errors.append(ListingError(uri, type(exc).__name__, str(exc) or repr(exc)))
-    return [sources[k] for k in sorted(sources)], errors
+            yield ListingError(uri, type(exc).__name__, str(exc) or repr(exc))
 
 
-def _expand(fs, path: str, corpus: str) -> list[Source]:
+def _expand(fs, path: str, corpus: str) -> Iterator[Source]:
     if _GLOB_CHARS.search(path):
         matches = sorted(fs.glob(path))
         if not matches:
             raise FileNotFoundError(f"no input matches {path!r}")
-        found = []
         for match in matches:
-            found += _expand(fs, match, corpus)
-        return found
+            yield from _expand(fs, match, corpus)
+        return
     if not fs.exists(path):
         raise FileNotFoundError(f"input not found: {full_uri(fs, path)}")
     if fs.isfile(path):
-        return [_video(fs, path, corpus, fs.size(path))]
-    details = fs.find(path, withdirs=False, detail=True)
-    files = sorted(details)
-    found = [_video(fs, f, corpus, details[f].get("size")) for f in files if _extension(f) in VIDEO_EXTENSIONS]
-    images_by_dir: dict[str, list[str]] = {}
-    for f in files:
-        if _extension(f) in IMAGE_EXTENSIONS:
-            images_by_dir.setdefault(posixpath.dirname(f), []).append(f)
-    for folder, images in sorted(images_by_dir.items()):
-        uri = full_uri(fs, folder)
-        frames = tuple(full_uri(fs, f) for f in sorted(images, key=natural_key))
-        found.append(Source(uri, "sequence", video_id_for(uri), corpus, frames))
+        yield _video(fs, path, corpus, fs.size(path))
+        return
+    found = False
+    for files in _walk(fs, path):
+        for f in files:
+            if _extension(f["name"]) in VIDEO_EXTENSIONS:
+                found = True
+                yield _video(fs, f["name"], corpus, f.get("size"))
+        images = sorted((f["name"] for f in files if _extension(f["name"]) in IMAGE_EXTENSIONS), key=natural_key)
+        if images:
+            found = True
+            uri = full_uri(fs, posixpath.dirname(images[0]))  # the folder as its files name it
+            yield Source(uri, "sequence", video_id_for(uri), corpus, tuple(full_uri(fs, f) for f in images))
     if not found:
         raise FileNotFoundError(f"no videos or image sequences under {full_uri(fs, path)}")
-    return found
+
+
+def _walk(fs, path: str) -> Iterator[list[dict[str, Any]]]:
+    """The file infos of ``path`` and of every directory below it, a directory at a time, depth first in name
+    order: one listing each, dropped from the filesystem's listing cache once read, so a corpus in many
+    directories is never held whole."""
+    entries = fs.ls(path, detail=True)
+    fs.invalidate_cache(path)
+    own = path.rstrip("/")
+    files = sorted((e for e in entries if e["type"] == "file"), key=lambda e: e["name"])
+    folders = sorted(e["name"] for e in entries if e["type"] == "directory" and e["name"].rstrip("/") != own)
+    del entries  # the subdirectories are walked holding only their names
+    yield files
+    del files
+    for folder in folders:
+        yield from _walk(fs, folder)
 
 
 def _video(fs, path: str, corpus: str, size: int | None) -> Source:
