@@ -173,8 +173,7 @@ from pipeline.keyset import KeySet
 from pipeline.write.exactly_once import Books, count_settled
 from pipeline.write.sinks import SinkOptions
 out, units = sys.argv[1], int(sys.argv[2])
-keys = KeySet()
-keys.update(f"{i:016x}-00000000" for i in range(0, units, 2))  # the run's own units: every other one
+keys = KeySet(f"{i:016x}-00000000" for i in range(0, units, 2))  # the run's own units: every other one
 tracemalloc.start()
 start = time.perf_counter()
 books = Books.read(SinkOptions(out, store="summary"))

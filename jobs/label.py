@@ -300,17 +300,18 @@ def execute(
         write_record(job.sink.out, ERRORS_DIR, record, so)
     execution: dict[str, Any] = {}
     actors_before = len(tally.actors)
-    if window.pending or (job.clip_labels and window.sources):
+    if window.pending:
         ray_up()
-    for summary in _stream(job, window.pending, execution) if window.pending else []:
-        tally.add(summary)
-        progress.update(int(summary["pairs"]), tally.tracker.settled)
+        for summary in _stream(job, window.pending, execution):
+            tally.add(summary)
+            progress.update(int(summary["pairs"]), tally.tracker.settled)
     actors = len(tally.actors) - actors_before  # each window starts labeler actors of its own
     counts.actors = max(counts.actors, actors)
     counts.stages.append(stamp_actor_seconds(execution.get("stages", []), actors))
     if execution.get("plan") and len(window.pending) >= counts.plan_units:
         counts.plan, counts.plan_units = execution["plan"], len(window.pending)
     if job.clip_labels and window.sources:
+        ray_up()
         counts.clips += run_clip_labels(window.sources, job.clip_labels, job.sink, job.cluster, so).clips
         for source in window.sources:
             counts.keys.add(clip_unit(source))

@@ -27,8 +27,7 @@ class KeySet:
     def __init__(self, keys: Iterable[str] = ()):
         self._sorted = np.empty(0, np.uint64)
         self._recent: set[int] = set()
-        for key in keys:
-            self.add(key)
+        self.update(keys)
 
     def add(self, key: str) -> bool:
         """Add ``key``; False when it was there already."""

@@ -9,6 +9,7 @@ named: the driver does not open them; a missing or refused one fails in its read
 from __future__ import annotations
 
 import hashlib
+import itertools
 import posixpath
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -139,11 +140,8 @@ def iter_sources(
     directory's listing at a time.
     """
     seen = KeySet()
-    if manifest is not None:
-        for item in iter_manifest_sources(manifest, storage_options, corpus):
-            if isinstance(item, ListingError) or seen.add(item.video_id):
-                yield item
-    for item in _iter_inputs(inputs, storage_options, corpus):
+    rows = iter_manifest_sources(manifest, storage_options, corpus) if manifest is not None else ()
+    for item in itertools.chain(rows, _iter_inputs(inputs, storage_options, corpus)):
         if isinstance(item, ListingError) or seen.add(item.video_id):
             yield item
 

@@ -116,8 +116,7 @@ class Books:
 
     @classmethod
     def read(cls, sink: SinkOptions, storage_options: Mapping[str, Any] | None = None) -> Books:
-        settled = KeySet()
-        settled.update(unit for unit, _ in iter_marked_units(sink.out, storage_options))
+        settled = KeySet(unit for unit, _ in iter_marked_units(sink.out, storage_options))
         packs: set[str] = set()
         replaced: set[str] = set()
         for body in iter_pack_bodies(sink.out, storage_options):
