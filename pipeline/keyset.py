@@ -46,9 +46,10 @@ class KeySet:
         if len(new) < _MERGE_EVERY:  # a small batch waits in the recent set, as single keys do
             before = len(self._recent)
             self._recent.update(new.tolist())
+            added = len(self._recent) - before  # counted before a merge empties the recent set
             if len(self._recent) >= _MERGE_EVERY:
                 self._merge()
-            return len(self._recent) - before
+            return added
         # A large batch joins the sorted array at once: never a Python int per key.
         self._merge()
         new = new[~self._in_sorted_many(new)]

@@ -268,3 +268,15 @@ def test_visualize_splits_a_pack_into_its_videos(tmp_path):
     assert [(v.video_id, v.frame0.tolist()) for v in videos] == [("a1", [0, 1, 2]), ("b2", [0, 1])]
     for v, c in zip(videos, chunks):
         np.testing.assert_array_equal(v.flow, c["flow"].astype(np.float32))
+
+
+def test_settled_units_of_many_packs_are_counted_exactly(tmp_path):
+    # More units than the KeySet keeps before a merge: the count runs across merges of its recent keys.
+    out = str(tmp_path / "out")
+    units = [f"{i:016x}-00000000" for i in range(12_000)]
+    for p in range(0, len(units), 1_000):
+        write_pack_marker(out, f"p{p:05d}", {unit: ["x"] for unit in units[p : p + 1_000]}, [f"pack-p{p}.parquet"])
+    keys = KeySet(units[::2] + ["another run's-00000000"])
+    assert count_settled(out, keys, ("done", "skipped")) == 6_000
+    assert count_settled(out, keys, ("failed",)) == 0
+    assert len(Books.read(SinkOptions(out)).settled) == 12_000

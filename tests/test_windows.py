@@ -39,6 +39,14 @@ def test_keyset_adds_and_looks_up_many_keys_at_once():
     assert KeySet().mask(keys[:3]).tolist() == [False] * 3 and KeySet().update([]) == 0
 
 
+def test_keyset_counts_new_keys_of_small_batches_across_merges():
+    keys = [f"{i:016x}-00000000" for i in range(10_000)]
+    s = KeySet()
+    added = [s.update(keys[i : i + 1_000] + keys[max(0, i - 10) : i]) for i in range(0, len(keys), 1_000)]
+    assert added == [1_000] * 10  # the 5th and 10th batches take the recent set over 4,096: merges
+    assert len(s) == 10_000 and s.nbytes == 8 * 10_000 and all(s.mask(keys[::101]))
+
+
 def uris(n):
     return [f"https://127.0.0.1:9/clips/c{i:02d}.mp4" for i in range(n)]
 
