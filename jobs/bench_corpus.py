@@ -197,6 +197,9 @@ def _resume_memory(units: int) -> dict[str, Any]:
         out = subprocess.run(
             [sys.executable, "-c", _RESUME_PROBE, tmp, str(units)], check=True, capture_output=True, text=True
         ).stdout.split()
+    expected = (units, (units + 1) // 2)  # every unit settled; the run's own are every other one
+    if (int(out[0]), int(out[1])) != expected:
+        raise RuntimeError(f"resume probe: settled and done units {out[:2]}, expected {list(expected)}")
     return {
         "units": int(out[0]),
         "done": int(out[1]),
