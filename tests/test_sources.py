@@ -53,6 +53,43 @@ def test_a_folder_is_listed_a_directory_at_a_time_depth_first_in_name_order(memo
     assert [s.uri.split("/corpus/")[1] for s in again][:3] == ["sub1/b.mp4", "sub1/seq", "a.mp4"] and len(again) == 6
 
 
+def test_symlinked_videos_and_frames_are_listed(tmp_path):
+    # A corpus of links into a shared store: fsspec lists a local symlink as type "other", not "file".
+    store, corpus = tmp_path / "store", tmp_path / "corpus"
+    write_image_sequence(store / "seq", [texture(8, 8, seed=i) for i in range(3)], pattern="f{}.png")
+    (store / "v.mp4").write_bytes(b"x" * 7)
+    (corpus / "seq").mkdir(parents=True)
+    (corpus / "a.mp4").symlink_to(store / "v.mp4")
+    (corpus / "b.mp4").write_bytes(b"y")
+    for frame in (store / "seq").iterdir():
+        (corpus / "seq" / frame.name).symlink_to(frame)
+    sources, errors = list_sources([str(corpus)])
+    assert errors == []
+    assert [(Path(s.uri).name, s.kind, s.size) for s in sources] == [
+        ("a.mp4", "video", 7),  # the size of the file it links to
+        ("b.mp4", "video", 1),
+        ("seq", "sequence", None),
+    ]
+    assert [Path(f).name for f in sources[2].frames] == ["f1.png", "f2.png", "f3.png"]
+
+
+def test_a_folder_gone_during_the_walk_is_an_error_and_its_siblings_are_listed(tmp_path):
+    for name in ("a/1.mp4", "a/b/2.mp4", "a/b/deep/3.mp4", "a/c/4.mp4", "a/d/5.mp4"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    items = iter_sources([str(tmp_path / "a")])
+    first = next(items)  # a's own listing is read: b, c and d are walked when their turn comes
+    for path in sorted((tmp_path / "a" / "b").rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    (tmp_path / "a" / "b").rmdir()
+    rest = list(items)
+    assert [first.uri, *(item.uri for item in rest)] == [
+        str(tmp_path / name) for name in ("a/1.mp4", "a/b", "a/c/4.mp4", "a/d/5.mp4")
+    ]
+    assert [type(item).__name__ for item in rest] == ["ListingError", "Source", "Source"]
+    assert rest[0].error_type == "FileNotFoundError"
+
+
 @pytest.mark.usefixtures("shared_data")
 def test_sintel_scene_folder_and_globs():
     scene = BENCHMARKS / "Sintel" / "training" / "clean" / "alley_1"

@@ -189,7 +189,7 @@ def _iter_inputs(
             yield ListingError(uri, type(exc).__name__, str(exc) or repr(exc))
 
 
-def _expand(fs, path: str, corpus: str) -> Iterator[Source]:
+def _expand(fs, path: str, corpus: str) -> Iterator[Source | ListingError]:
     if _GLOB_CHARS.search(path):
         matches = sorted(fs.glob(path))
         if not matches:
@@ -204,6 +204,10 @@ def _expand(fs, path: str, corpus: str) -> Iterator[Source]:
         return
     found = False
     for files in _walk(fs, path):
+        if isinstance(files, ListingError):  # a folder below could not be listed; its siblings still are
+            found = True
+            yield files
+            continue
         for f in files:
             if _extension(f["name"]) in VIDEO_EXTENSIONS:
                 found = True
@@ -217,20 +221,25 @@ def _expand(fs, path: str, corpus: str) -> Iterator[Source]:
         raise FileNotFoundError(f"no videos or image sequences under {full_uri(fs, path)}")
 
 
-def _walk(fs, path: str) -> Iterator[list[dict[str, Any]]]:
+def _walk(fs, path: str) -> Iterator[list[dict[str, Any]] | ListingError]:
     """The file infos of ``path`` and of every directory below it, a directory at a time, depth first in name
     order: one listing each, dropped from the filesystem's listing cache once read, so a corpus in many
-    directories is never held whole."""
+    directories is never held whole. A directory below ``path`` that cannot be listed (unreadable, or
+    deleted meanwhile) is a ListingError in its place; ``path`` itself raises."""
     entries = fs.ls(path, detail=True)
     fs.invalidate_cache(path)
     own = path.rstrip("/")
-    files = sorted((e for e in entries if e["type"] == "file"), key=lambda e: e["name"])
+    # Whatever is not a directory is a file, as fs.find has it: a local symlink is of type "other".
+    files = sorted((e for e in entries if e["type"] != "directory"), key=lambda e: e["name"])
     folders = sorted(e["name"] for e in entries if e["type"] == "directory" and e["name"].rstrip("/") != own)
     del entries  # the subdirectories are walked holding only their names
     yield files
     del files
     for folder in folders:
-        yield from _walk(fs, folder)
+        try:
+            yield from _walk(fs, folder)
+        except OSError as exc:  # raised by the folder's own listing: each folder below catches its own
+            yield ListingError(full_uri(fs, folder), type(exc).__name__, str(exc) or repr(exc))
 
 
 def _video(fs, path: str, corpus: str, size: int | None) -> Source:
