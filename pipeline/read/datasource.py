@@ -114,12 +114,17 @@ def iter_unit_pairs(
     # A span (manifest start/end) narrows the video: a planned segment seeks to its own start,
     # a whole-span unit to the span's start.
     start_time = unit.seek_time if unit.seek_time is not None else source.start
+    end_time = source.end
+    if unit.times is not None and unit.stop is not None:
+        # A planned segment decodes no further than the last frame its pairs need (the last of its times).
+        last = unit.times[-1] + 2e-6  # the decoder stops at a frame ≥ end_time − 1e-6
+        end_time = last if end_time is None else min(end_time, last)
     with open_video(fs, path, unit, whole_bytes) as f:
         frames = iter_video_frames(
             f,
             report,
             start_time=start_time,
-            end_time=source.end,
+            end_time=end_time,
             time_to_index=time_to_index,
             fit=options.fit,
             deinterlace=options.deinterlace,

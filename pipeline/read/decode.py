@@ -183,6 +183,7 @@ def video_frame_times(fileobj: IO[bytes]) -> tuple[list[float], list[int]]:
     """
     container, stream = open_video(fileobj)
     try:
+        time_base = stream.time_base  # a closed container's stream reads freed memory: keep it first
         entries = []
         for packet in container.demux(stream):
             if packet.pts is None or packet.size == 0:
@@ -192,7 +193,7 @@ def video_frame_times(fileobj: IO[bytes]) -> tuple[list[float], list[int]]:
         container.close()
     entries.sort()
     return (
-        [pts_seconds(pts, stream.time_base) for pts, _ in entries],
+        [pts_seconds(pts, time_base) for pts, _ in entries],
         [i for i, (_, key) in enumerate(entries) if key],
     )
 
@@ -275,8 +276,25 @@ def _start(
         return 0, None, container.demux(stream)
     if count_frames:
         return seek_keyframe(container, stream, start_time)
-    first, packets = _seek_packets(container, stream, start_time)
-    return 0, None, itertools.chain([first] if first is not None else [], packets)
+    return 0, None, _packets_from_keyframe(container, stream, start_time)
+
+
+def _packets_from_keyframe(container, stream, start_time: float) -> Iterator[av.Packet]:
+    """The packets from the last keyframe shown at or before ``start_time``, for a planned segment (its
+    frame indices come from the plan: nothing is counted). MPEG-TS seeks by byte position and can land on
+    a frame between keyframes; then the seek goes further back until it lands on one, and the packets are
+    read on (not decoded) to the last keyframe at or before ``start_time``."""
+    back = 0.0
+    while start_time - back > 0:
+        first, packets = _seek_packets(container, stream, start_time - back)
+        if first is None or first.is_keyframe:
+            packets = itertools.chain([first] if first is not None else [], packets)
+            break
+        back = max(1.0, 2 * back)
+    else:
+        container.seek(0, stream=stream, backward=True, any_frame=False)
+        packets = container.demux(stream)
+    return _gop_at(packets, start_time, stream.time_base)[2]
 
 
 def seek_keyframe(container, stream, start_time: float) -> tuple[int, int | None, Iterator[av.Packet]]:

@@ -182,13 +182,15 @@ def _video_units(
             starts.append(k)
     if len(starts) == 1 or lo >= hi:
         return [ReadUnit(source)]
-    selected_before = _selected_counts(times[lo:hi], decode.fps)
+    kept = _kept_frames(times[lo:hi], decode.fps)  # video indices − lo of the frames resampling keeps
     units = []
     for i, start in enumerate(starts):
         stop = starts[i + 1] if i + 1 < len(starts) else None
-        # Frames past ``stop`` are needed for the pairs that end after it: hand over the times
-        # up to the end of the next segment, far more than any stride needs.
-        end = starts[i + 2] if i + 2 < len(starts) else hi
+        # The pairs that start before ``stop`` end past it, ``stride`` kept frames on from the last kept frame
+        # before it (many frames at a low --fps): the segment gets the times up to that frame's.
+        before_stop = bisect.bisect_left(kept, stop - lo) if stop is not None else len(kept)
+        reach = before_stop - 1 + decode.stride
+        end = hi if stop is None or reach >= len(kept) else max(stop, lo + kept[reach] + 1)
         units.append(
             ReadUnit(
                 source,
@@ -198,7 +200,7 @@ def _video_units(
                 times=tuple(times[start:end]),
                 origin=times[lo],
                 previous_time=times[start - 1] if start > lo else None,
-                first_ordinal=selected_before[start - lo],
+                first_ordinal=bisect.bisect_left(kept, start - lo),
                 first=i == 0,
             )
         )
@@ -213,12 +215,11 @@ def span_indices(times: Sequence[float], start: float | None, end: float | None)
     return lo, hi
 
 
-def _selected_counts(times: Sequence[float], fps: float | None) -> list[int]:
-    """counts[k] = number of frames before frame k that fps resampling keeps."""
-    counts, kept, previous = [], 0, None
-    for t in times:
-        counts.append(kept)
+def _kept_frames(times: Sequence[float], fps: float | None) -> list[int]:
+    """The positions in ``times`` of the frames that fps resampling keeps, in order."""
+    kept, previous = [], None
+    for k, t in enumerate(times):
         if fps is None or on_tick(t, previous, times[0], fps):
-            kept += 1
+            kept.append(k)
         previous = t
-    return counts
+    return kept
