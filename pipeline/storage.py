@@ -10,15 +10,17 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 T = TypeVar("T")
+GLOB_CHARS = re.compile(r"[*?\[]")  # what fsspec takes for a pattern in a path
 
 
 def _transient_error_types() -> tuple[type[BaseException], ...]:
@@ -186,6 +188,19 @@ def cat_files(fs: fsspec.AbstractFileSystem, paths: list[str]) -> list[bytes]:
         if isinstance(value, BaseException):
             raise value
     return data
+
+
+def remove_files(fs: fsspec.AbstractFileSystem, paths: Iterable[str]) -> None:
+    """Delete the files at ``paths``, taken as they are: ``fs.rm`` would expand glob characters in them and
+    delete other files (a stale pack in ``o[1]`` matching a settled one in ``o1``). Paths without such
+    characters, almost always all of them, go together (bulk deletes on object stores)."""
+    paths = list(paths)
+    globbed = [p for p in paths if GLOB_CHARS.search(p)]
+    plain = [p for p in paths if not GLOB_CHARS.search(p)]
+    if plain:
+        fs.rm(plain)
+    for path in globbed:
+        fs.rm_file(path)
 
 
 def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:

@@ -259,6 +259,26 @@ def test_a_compaction_stopped_before_its_deletions_is_finished_by_the_next_run(t
     assert compact_packs(options) == 0  # one file: nothing left to join
 
 
+def test_deletions_take_paths_as_they_are_not_as_patterns(memory_root):
+    # fsspec's rm expands glob characters: a stale pack in o[1] would match the settled one in o1.
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for out in ("o1", "o[1]"):
+        options = SinkOptions(f"{memory_root}/{out}", store="summary")
+        for i in range(3):
+            write_batch(summary_pack([clip(f"v{i}", seed=i)], f"p{i}"), options)
+    other = {path: fs.cat_file(path) for path in fs.find(f"{memory_root}/o1")}
+    fs.rm_file(f"{memory_root}/o[1]/{PACKS_DIR}/p2.json")  # o[1] stopped between p2's file and its marker
+
+    Books.read(options).clear_unsettled_packs()
+    assert compact_packs(options) == 2  # p0 and p1 joined, their files and markers deleted
+    assert {path: fs.cat_file(path) for path in fs.find(f"{memory_root}/o1")} == other
+    left = [path.split("/o[1]/", 1)[1] for path in fs.find(f"{memory_root}/o[1]")]
+    [joined] = [p for p in left if p.endswith(".parquet") and not p.startswith("_")]
+    assert joined.startswith("corpus=corp/pack-") and joined.endswith("-joined.parquet")
+
+
 def test_visualize_splits_a_pack_into_its_videos(tmp_path):
     from jobs.visualize import load_labels
 

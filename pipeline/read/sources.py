@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline.keyset import KeySet
 from pipeline.read.manifest import ManifestOptions, ManifestRow, read_manifest_rows
-from pipeline.storage import filesystem, full_uri
+from pipeline.storage import GLOB_CHARS, filesystem, full_uri
 
 VIDEO_EXTENSIONS = frozenset(
     [
@@ -42,7 +42,6 @@ VIDEO_EXTENSIONS = frozenset(
     ]
 )
 IMAGE_EXTENSIONS = frozenset([".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp"])
-_GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +100,8 @@ def _extension(path: str) -> str:
 
 
 def _root_name(path: str) -> str:
-    prefix = _GLOB_CHARS.split(path, maxsplit=1)[0]
-    if _GLOB_CHARS.search(path):
+    prefix = GLOB_CHARS.split(path, maxsplit=1)[0]
+    if GLOB_CHARS.search(path):
         prefix = posixpath.dirname(prefix)
     return posixpath.basename(prefix.rstrip("/")) or "corpus"
 
@@ -181,7 +180,7 @@ def _iter_inputs(
         try:
             fs, path = filesystem(uri, storage_options)
             root = path.rstrip("/")
-            if not _GLOB_CHARS.search(root) and fs.isfile(root):
+            if not GLOB_CHARS.search(root) and fs.isfile(root):
                 root = posixpath.dirname(root)  # a single file belongs to its folder's corpus
             name = sanitize_partition_value(corpus or _root_name(root))
             yield from _expand(fs, path, name)
@@ -190,7 +189,7 @@ def _iter_inputs(
 
 
 def _expand(fs, path: str, corpus: str) -> Iterator[Source | ListingError]:
-    if _GLOB_CHARS.search(path):
+    if GLOB_CHARS.search(path):
         matches = sorted(fs.glob(path))
         if not matches:
             raise FileNotFoundError(f"no input matches {path!r}")

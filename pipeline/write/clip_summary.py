@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.schema import MOTION_COLUMNS
-from pipeline.storage import filesystem, join, write_atomic
+from pipeline.storage import filesystem, join, remove_files, write_atomic
 
 CLIP_SUMMARY_DIR = "_clips_summary"
 ROWS_PER_FILE = 100_000
@@ -98,7 +98,7 @@ def write_clip_summary(
     for path in fs.ls(folder, detail=False):  # parts of an earlier, larger table
         name = posixpath.basename(path.rstrip("/"))
         if _PART.fullmatch(name) and name not in names:
-            fs.rm(path)
+            remove_files(fs, [path])
     return table.num_rows
 
 

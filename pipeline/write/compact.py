@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import filesystem, join, write_atomic
+from pipeline.storage import filesystem, join, remove_files, write_atomic
 from pipeline.write.records import PACKS_DIR, iter_pack_bodies, pack_marker_paths, write_pack_marker
 from pipeline.write.sinks import PACK_PREFIX, SinkOptions, data_file
 
@@ -99,6 +99,6 @@ def _join(options: SinkOptions, group: list[tuple[str, str, int]], storage_optio
         for unit, chunks in body["units"].items()
     }
     write_pack_marker(options.out, name, units, [path], storage_options, replaces=members)
-    fs.rm([join(root, relative) for _, relative, _ in group])
-    fs.rm(markers)
+    remove_files(fs, [join(root, relative) for _, relative, _ in group])
+    remove_files(fs, markers)
     return len(group)

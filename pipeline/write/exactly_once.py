@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.keyset import KeySet
-from pipeline.storage import filesystem, join
+from pipeline.storage import filesystem, join, remove_files
 from pipeline.write.records import (
     ERRORS_DIR,
     PACKS_DIR,
@@ -138,7 +138,7 @@ class Books:
         fs, _ = filesystem(self.out, storage_options)
         for paths in (self.unsettled_pack_files, self.replaced_pack_markers):  # files first, then markers
             if paths:
-                fs.rm(list(paths))
+                remove_files(fs, paths)
 
     def pending(self, keys: Iterable[str]) -> list[str]:
         """The keys of ``keys`` not settled yet, in order."""

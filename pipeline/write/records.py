@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import cat_files, filesystem, join, scrub, write_atomic
+from pipeline.storage import cat_files, filesystem, join, remove_files, scrub, write_atomic
 
 ERRORS_DIR = "_errors"
 SKIPPED_DIR = "_skipped"
@@ -183,4 +183,4 @@ def clear_records(out: str, units: Iterable[str], storage_options: Mapping[str, 
         if units and fs.exists(base):
             stale = [p for p in fs.find(base) if _record_unit(p) in units]
             if stale:
-                fs.rm(stale)
+                remove_files(fs, stale)
