@@ -219,7 +219,7 @@ def flow_magnitude_sum(stored: Mapping[str, np.ndarray]) -> float:
     flow = np.asarray(stored["flow"])
     magnitude = np.hypot(flow[..., 0], flow[..., 1], dtype=np.float32)
     if flow.dtype != np.int16:
-        return float(np.nansum(magnitude))
+        return float(magnitude[np.isfinite(magnitude)].sum(dtype=np.float64))  # NaN and ±inf alike
     if (flow == INVALID_FLOW).any():
         magnitude[(flow[..., 0] == INVALID_FLOW) | (flow[..., 1] == INVALID_FLOW)] = 0
     return float((magnitude.reshape(len(flow), -1).sum(1) / np.asarray(stored[SCALE_COLUMN], np.float64)).sum())

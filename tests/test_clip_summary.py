@@ -94,12 +94,13 @@ def test_clip_table_is_aggregate_per_video_with_duration():
     "formats, partition", [(("parquet",), ("corpus", "video")), (("npz",), ("video",)), (("parquet", "npz"), ())]
 )
 def test_summarize_reads_the_committed_files_of_any_layout(tmp_path, formats, partition):
-    sink = SinkOptions(str(tmp_path), formats=formats, partition=partition)
+    out = tmp_path / "corpus=2023" / "labels"  # a partition-like folder above out is not out's partition
+    sink = SinkOptions(str(out), formats=formats, partition=partition)
     chunks = [pair_rows("a", 3, seed=1), pair_rows("a", 2, seed=2, first=3), pair_rows("b", 4, seed=3)]
     for rows in chunks:
         write_batch(rows, sink)
-    (tmp_path / "_clips").mkdir()  # other tables under out are not pair rows
-    pq.write_table(pa.table({"video_id": ["x"]}), tmp_path / "_clips" / "x.parquet")
+    (out / "_clips").mkdir()  # other tables under out are not pair rows
+    pq.write_table(pa.table({"video_id": ["x"]}), out / "_clips" / "x.parquet")
     pairs = read_pair_columns(sink)
     assert pairs.num_rows == 9 and pairs.schema == pa.schema(list(PAIR_COLUMNS.items()))
     assert set(pairs["corpus"].to_pylist()) == {"corp"}  # from the path where it is a partition

@@ -114,6 +114,14 @@ def test_encode_is_idempotent_and_checks_its_input():
 
 
 @pytest.mark.parametrize("encoding", ["int16", "float16"])
+def test_the_magnitude_sum_leaves_non_finite_flow_out_in_both_encodings(encoding):
+    rows = float_rows(n=1, h=1, w=4)
+    rows["flow"] = np.array([[[[3, 4], [np.inf, 0], [0, -np.inf], [np.nan, 1]]]], np.float32)
+    stored = {**rows, **encode_labels(rows, encoding)}
+    assert flow_magnitude_sum(stored) == 5.0
+
+
+@pytest.mark.parametrize("encoding", ["int16", "float16"])
 def test_labeler_hands_over_the_stored_arrays(encoding, tmp_path):
     frames = np.stack(translating_frames(48, 64, 3, Motion(2.0, 1.0), seed=3))
     batch = {

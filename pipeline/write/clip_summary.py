@@ -178,8 +178,9 @@ def _parquet_columns(fs, path: str, size: int, schema: pa.Schema, corpus_in_path
 
 
 def _path_value(path: str, key: str) -> str | None:
-    """The value of a hive partition ``key=value`` in ``path``, as written (no URL decoding)."""
-    for part in path.split("/"):
+    """The value of a hive partition ``key=value`` in ``path``, as written (no URL decoding). The last such
+    part: the folders above ``out`` may hold one too."""
+    for part in reversed(path.split("/")):
         if part.startswith(f"{key}="):
             return part[len(key) + 1 :]
     return None
