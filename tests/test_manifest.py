@@ -1,6 +1,7 @@
 """Manifests without Ray: each format, the columns, spans, carried values and bad rows."""
 
 import argparse
+import decimal
 import io
 import json
 
@@ -51,6 +52,14 @@ def typed_table() -> pa.Table:
     )
 
 
+def decimal_spans(table: pa.Table) -> pa.Table:
+    """``table`` with its start and end as Parquet decimals (as a database export may give them)."""
+    for name in ("start", "end"):
+        column = pa.array([None if v is None else decimal.Decimal(str(v)) for v in table[name].to_pylist()])
+        table = table.set_column(table.schema.get_field_index(name), name, column.cast(pa.decimal128(6, 2)))
+    return table
+
+
 EXPECTED_CARRY = [
     (("clip_id", "7"), ("caption", "a dog")),
     (("clip_id", "8"), ("caption", None)),
@@ -86,6 +95,9 @@ def jsonl_text() -> str:
         ("clips.csv", lambda: csv_text().encode()),
         ("clips.jsonl", lambda: jsonl_text().encode()),
         ("clips.ndjson", lambda: jsonl_text().encode()),
+        ("clips.jsonl", lambda: "\ufeff".join(["", jsonl_text()]).encode()),  # a byte order mark
+        ("clips.csv", lambda: "\ufeff".join(["", csv_text()]).encode()),
+        ("clips.parquet", lambda: parquet_bytes(decimal_spans(typed_table()))),
     ],
 )
 def test_each_format_gives_the_same_sources(memory_root, name, data):
@@ -96,7 +108,8 @@ def test_each_format_gives_the_same_sources(memory_root, name, data):
 
 
 def test_plain_text_skips_blank_lines_and_comments(memory_root):
-    uri = put(f"{memory_root}/list.txt", f"# my clips\n{VIDEO_B}\n\n   {VIDEO_A}  \n# {VIDEO_A}\n".encode())
+    text = f"\ufeff# my clips\n{VIDEO_B}\n\n   {VIDEO_A}  \n# {VIDEO_A}\n"  # with a byte order mark
+    uri = put(f"{memory_root}/list.txt", text.encode())
     sources, errors = list_sources([], manifest=ManifestOptions(uri), corpus="mine")
     assert errors == []
     assert sources == [
@@ -147,17 +160,21 @@ def test_bad_rows_become_listing_errors_with_their_row_number(memory_root):
         f"{VIDEO_A},1,2\n"  # row 3: good
         ",1,2\n"  # row 4: no URI
         f"{VIDEO_B},-1,\n"  # row 5: negative start
-        f"{VIDEO_B},,inf\n"
-    )  # row 6: good, an end of +inf is no end
+        f"{VIDEO_B},,inf\n"  # row 6: good, an end of +inf is no end
+        f"{VIDEO_B},inf,\n"  # row 7: a start of +inf
+        f"{VIDEO_B},,0\n"  # row 8: an end of 0 seconds
+    )
     uri = put(f"{memory_root}/bad.csv", text.encode())
     sources, errors = list_sources([], manifest=ManifestOptions(uri))
     assert [(s.uri, s.start, s.end) for s in sources] == [(VIDEO_A, 1.0, 2.0), (VIDEO_B, None, None)]
-    assert [e.uri for e in errors] == [f"{uri}#row={n}" for n in (1, 2, 4, 5)]
+    assert [e.uri for e in errors] == [f"{uri}#row={n}" for n in (1, 2, 4, 5, 7, 8)]
     assert {e.error_type for e in errors} == {"ManifestRowError"}
     assert errors[0].message == f"row 1 ({VIDEO_A}): start: expected a number of seconds, got 'abc'"
     assert errors[1].message == f"row 2 ({VIDEO_A}): end: expected more than start (3.0), got 3.0"
     assert errors[2].message == "row 4 (no URI): expected a URI in column 'uri', got None"
     assert errors[3].message == f"row 5 ({VIDEO_B}): start: expected ≥ 0 seconds, got -1.0"
+    assert errors[4].message == f"row 7 ({VIDEO_B}): start: expected a number of seconds, got 'inf'"
+    assert errors[5].message == f"row 8 ({VIDEO_B}): end: expected more than 0 seconds, got 0.0"
 
 
 def test_jsonl_lines_that_are_not_objects_are_row_errors(memory_root):

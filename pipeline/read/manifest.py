@@ -11,9 +11,11 @@ a manifest without the URI column (or a carried column) is refused at once.
 from __future__ import annotations
 
 import csv
+import decimal
 import io
 import json
 import math
+import numbers
 import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -123,8 +125,8 @@ def manifest_row(number: int, record: Mapping[str, Any], options: ManifestOption
         )
     uri = uri.strip()
     try:
-        start = _seconds(record.get(options.start_column), options.start_column)
-        end = _seconds(record.get(options.end_column), options.end_column)
+        start = _seconds(record.get(options.start_column), options.start_column, end=False)
+        end = _seconds(record.get(options.end_column), options.end_column, end=True)
     except ValueError as exc:
         return ManifestRowError(number, uri, str(exc))
     if start is not None and start < 0:
@@ -133,21 +135,24 @@ def manifest_row(number: int, record: Mapping[str, Any], options: ManifestOption
         return ManifestRowError(
             number, uri, f"{options.end_column}: expected more than {options.start_column} ({start}), got {end}"
         )
+    if end is not None and end <= 0:
+        return ManifestRowError(number, uri, f"{options.end_column}: expected more than 0 seconds, got {end}")
     carry = tuple((name, carried_text(record.get(name))) for name in options.carry)
     return ManifestRow(number, uri, start, end, carry)
 
 
-def _seconds(value: Any, column: str) -> float | None:
-    """A span bound: a number or numeric text; None, NaN, "" and +inf (for an end) mean no bound."""
+def _seconds(value: Any, column: str, *, end: bool) -> float | None:
+    """A span bound: a number (a Parquet decimal too) or numeric text; None, NaN and "" mean no bound, and so
+    does +inf for an ``end``."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal, str)):
         raise ValueError(f"{column}: expected a number of seconds, got {value!r}")
     try:
         seconds = float(value)
     except ValueError:
         raise ValueError(f"{column}: expected a number of seconds, got {value!r}") from None
-    if math.isnan(seconds) or seconds == math.inf:
+    if math.isnan(seconds) or (end and seconds == math.inf):
         return None
     if not math.isfinite(seconds):
         raise ValueError(f"{column}: expected a number of seconds, got {value!r}")
@@ -204,7 +209,7 @@ def _jsonl_records(f: IO[bytes], options: ManifestOptions) -> Iterator[tuple[int
     """One JSON object per line; a key absent from a line is null. The first object must have
     the URI and carried keys (later ones may omit carried keys)."""
     checked = False
-    for number, line in enumerate(io.TextIOWrapper(f, encoding="utf-8"), start=1):
+    for number, line in enumerate(io.TextIOWrapper(f, encoding="utf-8-sig"), start=1):  # a BOM is no text
         if not line.strip():
             continue
         try:
@@ -227,7 +232,7 @@ def _text_records(f: IO[bytes], options: ManifestOptions) -> Iterator[tuple[int,
             f"manifest {options.uri}: a plain-text manifest (one URI per line) has no columns to "
             f"carry, got --carry {','.join(options.carry)}; use Parquet, CSV or JSONL"
         )
-    for number, line in enumerate(io.TextIOWrapper(f, encoding="utf-8"), start=1):
+    for number, line in enumerate(io.TextIOWrapper(f, encoding="utf-8-sig"), start=1):
         text = line.strip()
         if text and not text.startswith("#"):
             yield number, {options.column: text}
