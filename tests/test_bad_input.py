@@ -2,6 +2,7 @@
 
 import shutil
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import s3fs
@@ -93,6 +94,14 @@ def test_max_pixels_downscales_or_rejects(tmp_path):
     pairs, outcome = read_one(path, DecodeOptions(max_pixels=3000, oversize="reject"))
     [(folder, record)] = outcome.records
     assert pairs == [] and record.error_type == "FrameTooLargeError" and "12288" in record.message
+
+
+@pytest.mark.parametrize("h, w, max_pixels", [(1080, 1920, 307_200), (2160, 3840, 100_000), (747, 832, 10_000)])
+def test_max_pixels_holds_after_the_rounding_of_the_short_side(h, w, max_pixels):
+    fitted = DecodeOptions(max_pixels=max_pixels).fit(np.zeros((h, w, 3), np.uint8))
+    fh, fw = fitted.shape[:2]
+    assert fh * fw <= max_pixels and fh * fw > 0.98 * max_pixels  # within the limit, but barely smaller
+    assert abs(fw / fh - w / h) < 0.01
 
 
 @pytest.mark.slow

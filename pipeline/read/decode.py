@@ -68,8 +68,10 @@ class DecodeOptions:
                 f"frame of {w}×{h} = {w * h} pixels, expected at most {self.max_pixels} "
                 "(--max-pixels; use --oversize downscale to resize instead)"
             )
-        scale = (self.max_pixels / (h * w)) ** 0.5
-        return resize_to_max_side(image, max(8, int(max(h, w) * scale)))
+        side = max(8, int(max(h, w) * (self.max_pixels / (h * w)) ** 0.5))
+        while side > 8 and math.prod(_size_at(h, w, side)) > self.max_pixels:
+            side -= 1  # the short side is rounded: a step or two at most
+        return resize_to_max_side(image, side)
 
 
 @dataclass(frozen=True)
@@ -141,9 +143,14 @@ def resize_to_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
     h, w = image.shape[:2]
     if max_side is None or max(h, w) <= max_side:
         return image
+    height, width = _size_at(h, w, max_side)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _size_at(h: int, w: int, max_side: int) -> tuple[int, int]:
+    """(H, W) of an H×W frame scaled so that its longer side is ``max_side``, each side rounded."""
     scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def display_orientation(image: np.ndarray, rotation: int) -> np.ndarray:
