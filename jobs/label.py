@@ -28,7 +28,13 @@ from pipeline.read.manifest import ManifestOptions
 from pipeline.read.plan import PlanOptions, ReadUnit, iter_units
 from pipeline.read.sources import ListingError, Source, iter_sources
 from pipeline.storage import join, redact
-from pipeline.write.clip_summary import CLIP_SUMMARY_DIR, clip_summary_rows, write_clip_summary
+from pipeline.write.clip_summary import (
+    CLIP_SUMMARY_DIR,
+    clip_summary_is_stale,
+    clip_summary_rows,
+    mark_clip_summary_stale,
+    write_clip_summary,
+)
 from pipeline.write.compact import compact_packs
 from pipeline.write.exactly_once import (
     Books,
@@ -301,6 +307,7 @@ def execute(
     execution: dict[str, Any] = {}
     actors_before = len(tally.actors)
     if window.pending:
+        mark_clip_summary_stale(job.sink, so)
         ray_up()
         for summary in _stream(job, window.pending, execution):
             tally.add(summary)
@@ -347,10 +354,12 @@ def finish(job: LabelJob, tally: RunTally, counts: RunCounts, progress: RunProgr
         actors_at_once=counts.actors,
     )
     result.stats["windows"] = counts.windows
-    if tally.chunks:  # summary packs are small: join them into files of tens of MB
+    # A run (this one, or one killed before its end) committed rows: join the small summary packs into files
+    # of tens of MB, and rewrite the clip table, which covers all of out.
+    committed = tally.chunks > 0 or clip_summary_is_stale(job.sink, so)
+    if committed:
         compact_packs(job.sink, so)
-    # The clip table covers all of out: rewrite it when this run committed something (or it is missing).
-    existing = None if tally.chunks else clip_summary_rows(job.sink, so)
+    existing = None if committed else clip_summary_rows(job.sink, so)
     result.clip_summaries = write_clip_summary(job.sink, so) if existing is None else existing
     progress.write(
         "finished",

@@ -21,7 +21,7 @@ from models import FlowModel, load_model
 from pipeline.label.labeler import Labeler, LabelerConfig, label_frames, label_pairs
 from pipeline.label.motion import SUMMARY_COLUMNS
 from pipeline.schema import SCALAR_COLUMNS
-from pipeline.write.clip_summary import CLIP_SUMMARY_DIR, CLIP_TABLE_COLUMNS
+from pipeline.write.clip_summary import CLIP_SUMMARY_DIR, CLIP_TABLE_COLUMNS, mark_clip_summary_stale
 from pipeline.write.sinks import SinkOptions
 
 PAN = Motion(3.0, -2.0)  # integer pixels per frame: no resampling blur in the frames
@@ -136,6 +136,33 @@ def test_pan_dense_rows_and_clip_table_give_the_pan(ray_local, videos, tmp_path)
     assert clip["camera_translation_mean"] == pytest.approx(np.hypot(PAN.u, PAN.v), abs=0.1)
     assert clip["duration"] == pytest.approx((FRAMES - 1) / 30)  # first t0 = 0 to last t1 = 5/30 s at 30 fps
     assert clip["flow_mean_per_s"] == pytest.approx(30 * table["flow_mean"].to_numpy().mean(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_clip_table_left_stale_by_a_killed_run_is_rewritten_by_the_next(ray_local, videos, tmp_path):
+    sink = SinkOptions(str(tmp_path / "out"))
+    folder = tmp_path / "out" / CLIP_SUMMARY_DIR
+
+    def label(*names: str):
+        inputs = tuple(str(videos / name) for name in names)
+        return run_label(LabelJob(inputs=inputs, sink=sink, labeler=LabelerConfig(model="dis")))
+
+    assert label("pan").clip_summaries == 1
+    first = {path.name: path.read_bytes() for path in folder.iterdir()}
+    assert list(first) == ["part-00000.parquet"]  # the run cleared its note
+    assert label("pan", "object").clip_summaries == 2
+    # What a run killed after its units settled, before its clip table, leaves: the table of the run before
+    # it, and the note it wrote when it started.
+    (folder / "part-00000.parquet").write_bytes(first["part-00000.parquet"])
+    mark_clip_summary_stale(sink)
+    again = label("pan", "object")
+    assert again.pairs == 0 and again.clip_summaries == 2
+    assert sorted(pq.read_table(folder)["source"].to_pylist()) == [
+        str(videos / "object" / "object.mp4"),
+        str(videos / "pan" / "pan.mp4"),
+    ]
+    assert [path.name for path in folder.iterdir()] == ["part-00000.parquet"]
+    assert label("pan", "object").clip_summaries == 2  # a no-op run without the note reads the table's size
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ CLIP_SUMMARY_DIR = "_clips_summary"
 ROWS_PER_FILE = 100_000
 READ_THREADS = 16  # data files read at once when the table is built (object-store GETs wait on the network)
 _PART = re.compile(r"part-\d{5}\.parquet")
+STALE_MARKER = "_stale"  # '_': readers of the table's folder (pyarrow, polars, DuckDB globs of *.parquet) skip it
 
 # The aggregates of one clip's pairs (:func:`aggregate`).
 CLIP_SUMMARY_COLUMNS = {
@@ -99,7 +100,24 @@ def write_clip_summary(
         name = posixpath.basename(path.rstrip("/"))
         if _PART.fullmatch(name) and name not in names:
             remove_files(fs, [path])
+    stale = join(folder, STALE_MARKER)
+    if fs.exists(stale):  # last: a table cut short by a crash stays marked
+        remove_files(fs, [stale])
     return table.num_rows
+
+
+def mark_clip_summary_stale(sink: Any, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Note, before a run commits rows, that the clip table under ``sink.out`` will lack them until
+    :func:`write_clip_summary` rewrites it and clears the note. A run killed in between leaves the note, so
+    the next run rewrites the table even when it has nothing left to label."""
+    fs, root = filesystem(sink.out, storage_options)
+    write_atomic(fs, join(root, CLIP_SUMMARY_DIR, STALE_MARKER), b"")
+
+
+def clip_summary_is_stale(sink: Any, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether a run committed rows under ``sink.out`` that its clip table may lack."""
+    fs, root = filesystem(sink.out, storage_options)
+    return fs.exists(join(root, CLIP_SUMMARY_DIR, STALE_MARKER))
 
 
 def clip_summary_rows(sink: Any, storage_options: Mapping[str, Any] | None = None) -> int | None:
