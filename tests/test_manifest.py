@@ -152,6 +152,20 @@ def test_missing_uri_column_names_it_and_the_columns_found(memory_root, name, da
         list_sources([], manifest=ManifestOptions(uri, column="path", carry=("clip_id",)))
 
 
+@pytest.mark.parametrize(
+    "name, data, column",
+    [
+        ("m.csv", lambda: b"uri,start,uri\ns3://b/a.mp4,1,s3://b/b.mp4\n", "uri"),
+        ("m.csv", lambda: b"uri,start,end,start\ns3://b/a.mp4,1,2,3\n", "start"),
+        ("m.parquet", lambda: parquet_bytes(pa.table([["s3://b/a.mp4"], ["x"], ["y"]], ["uri", "c", "c"])), "c"),
+    ],
+)
+def test_a_column_named_twice_is_refused(memory_root, name, data, column):
+    uri = put(f"{memory_root}/{name}", data())
+    with pytest.raises(ValueError, match=f"column '{column}' appears 2 times, expected once"):
+        list_sources([], manifest=ManifestOptions(uri, carry=("c",) if column == "c" else ()))
+
+
 def test_bad_rows_become_listing_errors_with_their_row_number(memory_root):
     text = (
         "uri,start,end\n"

@@ -178,6 +178,13 @@ def _check_columns(found: list[str], options: ManifestOptions) -> None:
             f"manifest {options.uri}: no column {missing[0]!r} (columns found: {', '.join(found)}); "
             "name the URI column with --manifest-column"
         )
+    # A column named twice would be read from one of its copies, silently (CSV: the last).
+    used = (options.column, *options.carry, options.start_column, options.end_column)
+    twice = [name for name in dict.fromkeys(used) if found.count(name) > 1]
+    if twice:
+        raise ValueError(
+            f"manifest {options.uri}: column {twice[0]!r} appears {found.count(twice[0])} times, expected once"
+        )
 
 
 def _parquet_records(f: IO[bytes], options: ManifestOptions) -> Iterator[tuple[int, Any]]:
