@@ -92,17 +92,15 @@ def write_clip_summary(
     folder = join(root, CLIP_SUMMARY_DIR)
     names = set()
     for start in range(0, max(table.num_rows, 1), rows_per_file):  # an empty table is one empty file
-        names.add(f"part-{start // rows_per_file:05d}.parquet")
+        name = f"part-{start // rows_per_file:05d}.parquet"
+        names.add(name)
         buffer = io.BytesIO()
         pq.write_table(table.slice(start, rows_per_file), buffer, compression="zstd")
-        write_atomic(fs, join(folder, f"part-{start // rows_per_file:05d}.parquet"), buffer.getvalue())
-    for path in fs.ls(folder, detail=False):  # parts of an earlier, larger table
-        name = posixpath.basename(path.rstrip("/"))
-        if _PART.fullmatch(name) and name not in names:
-            remove_files(fs, [path])
-    stale = join(folder, STALE_MARKER)
-    if fs.exists(stale):  # last: a table cut short by a crash stays marked
-        remove_files(fs, [stale])
+        write_atomic(fs, join(folder, name), buffer.getvalue())
+    listed = {posixpath.basename(path.rstrip("/")): path for path in fs.ls(folder, detail=False)}
+    remove_files(fs, [path for name, path in listed.items() if _PART.fullmatch(name) and name not in names])
+    if STALE_MARKER in listed:  # last: a table cut short by a crash stays marked
+        remove_files(fs, [listed[STALE_MARKER]])
     return table.num_rows
 
 
@@ -110,14 +108,19 @@ def mark_clip_summary_stale(sink: Any, storage_options: Mapping[str, Any] | None
     """Note, before a run commits rows, that the clip table under ``sink.out`` will lack them until
     :func:`write_clip_summary` rewrites it and clears the note. A run killed in between leaves the note, so
     the next run rewrites the table even when it has nothing left to label."""
-    fs, root = filesystem(sink.out, storage_options)
-    write_atomic(fs, join(root, CLIP_SUMMARY_DIR, STALE_MARKER), b"")
+    fs, path = _stale_marker(sink, storage_options)
+    write_atomic(fs, path, b"")
 
 
 def clip_summary_is_stale(sink: Any, storage_options: Mapping[str, Any] | None = None) -> bool:
     """Whether a run committed rows under ``sink.out`` that its clip table may lack."""
+    fs, path = _stale_marker(sink, storage_options)
+    return fs.exists(path)
+
+
+def _stale_marker(sink: Any, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
     fs, root = filesystem(sink.out, storage_options)
-    return fs.exists(join(root, CLIP_SUMMARY_DIR, STALE_MARKER))
+    return fs, join(root, CLIP_SUMMARY_DIR, STALE_MARKER)
 
 
 def clip_summary_rows(sink: Any, storage_options: Mapping[str, Any] | None = None) -> int | None:
